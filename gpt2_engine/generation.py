@@ -1,0 +1,183 @@
+"""Generation: prefill, decode with a KV cache, re-prime for the window, stop -> a stream of Steps.
+
+`Engine.stream(prompt, settings)` is a plain generator. It yields one `Step` per token as soon as
+the token is sampled, and does the next forward pass only when asked for the next step, so
+closing the generator (or breaking out of the loop) stops the work at once.
+
+Window N (see README, "Window N"): at every N-th generated token the cache is dropped and the
+model re-primed, in one batched forward pass, from the last N token ids of prompt + generated.
+The model then holds at most max(prompt, N) + N - 1 tokens. With the window off the whole context
+is kept until it reaches the model's limit, then re-primed from the most recent half.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .context import Context, KVCacheContext
+from .detokenize import TextStream
+from .loading import ModelShape, dtype_name
+from .memory import read_process_memory
+from .sampling import choose, draw, new_generator
+from .settings import MAX_SEED, GenerationSettings
+
+SENTENCE_ENDS = (".", "!", "?")  # the tutorial stopped on a token holding "."; ! and ? end sentences too
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated token and everything a chart or a table needs about the moment it was made."""
+
+    index: int  # 0 for the first generated token
+    token_id: int
+    text: str  # the text this token completes; "" while a character is still incomplete
+    logprob: float  # the model's own log-probability of this token (temperature 1, before top-k/top-p)
+    reset: bool  # the window dropped the cache and re-primed just before this token
+    context_tokens: int  # tokens the model held when it predicted this token
+    kv_bytes: int  # KV-cache size at that moment
+    rss_bytes: int  # process resident memory after this token
+    anon_bytes: int  # ... of which not file-backed
+    elapsed_s: float  # since the stream started, prefill included
+    seed: int  # the seed of this run: the same seed and settings repeat it exactly
+    stop_reason: str | None  # on the last step: "length", "eos" or "sentence_end"
+    prompt_tokens: int  # prompt tokens the model was given
+    prompt_tokens_dropped: int  # prompt tokens dropped from the start to fit the model
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as the model will see it."""
+
+    ids: list[int]
+    dropped: int  # tokens cut from the start because the prompt was longer than the model allows
+    text: str  # the prompt text as given (after replacing characters that cannot be encoded)
+
+
+class Engine:
+    """A loaded GPT-2 and its tokenizer, ready to stream text. Made by `gpt2_engine.load()`."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str, shape: ModelShape):
+        self.model, self.tokenizer, self.name, self.shape = model, tokenizer, name, shape
+        self.n_positions = shape.n_positions
+        self.eos_token_id: int | None = tokenizer.eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def precision(self) -> str:
+        return dtype_name(self.dtype)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights in memory (shared tensors, like the tied embedding, counted once)."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.shape.kv_bytes_per_token(self.dtype)
+
+    def new_context(self) -> Context:
+        return KVCacheContext(self.model)
+
+    def prepare_prompt(self, prompt: str, window: int | None) -> Prompt:
+        """Token ids for a prompt: an empty prompt starts a fresh document (<|endoftext|>), and a prompt
+        longer than the model allows keeps its most recent tokens (limit - N with window N on)."""
+        text = str(prompt).encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates -> "?"
+        ids = self.tokenizer.encode(text) if text else []
+        if not ids:
+            ids = [self.eos_token_id if self.eos_token_id is not None else 0]
+        limit = self.n_positions - (window or 0)
+        dropped = max(0, len(ids) - limit)
+        return Prompt(ids[dropped:], dropped, text)
+
+    def stream(self, prompt: str, settings: GenerationSettings | None = None, **changes: Any) -> Iterator[Step]:
+        """Yields one Step per generated token. `changes` override fields of `settings`."""
+        settings = (settings or GenerationSettings()).with_(**changes) if changes else (settings or GenerationSettings())
+        settings.check_for(self.n_positions)
+        seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        return self._stream(self.prepare_prompt(prompt, settings.window), settings, seed)
+
+    def _stream(self, prompt: Prompt, settings: GenerationSettings, seed: int) -> Iterator[Step]:
+        start = time.perf_counter()
+        generator = new_generator(seed)
+        text = TextStream(self.tokenizer)
+        ids = list(prompt.ids)  # prompt + generated: the window re-primes from the tail of this
+        context = self.new_context()
+        with torch.inference_mode():
+            logits = context.prime(ids)
+            reset = False
+            for index in range(settings.max_new_tokens + settings.sentence_end_max_extra):
+                token, _ = choose(logits, settings.sampler, draw(generator), settings.temperature, settings.top_k, settings.top_p)
+                logprob = float(torch.log_softmax(logits.float(), dim=-1)[token])
+                ids.append(token)
+                delta = text.push(token)
+                stop = self._stop_reason(index, token, settings)
+                if stop:
+                    delta += text.flush()
+                memory = read_process_memory()
+                yield Step(
+                    index=index,
+                    token_id=token,
+                    text=delta,
+                    logprob=logprob,
+                    reset=reset,
+                    context_tokens=context.length,
+                    kv_bytes=context.kv_bytes(),
+                    rss_bytes=memory.rss_bytes,
+                    anon_bytes=memory.anon_bytes,
+                    elapsed_s=time.perf_counter() - start,
+                    seed=seed,
+                    stop_reason=stop,
+                    prompt_tokens=len(prompt.ids),
+                    prompt_tokens_dropped=prompt.dropped,
+                )
+                if stop:
+                    return
+                logits, reset = self._advance(context, ids, index + 1, settings.window)
+
+    def _advance(self, context: Context, ids: list[int], generated: int, window: int | None) -> tuple[Tensor, bool]:
+        """Feeds the newest token, or re-primes when the window (or the model's limit) says so."""
+        if window is not None and generated % window == 0:
+            return context.prime(ids[-window:]), True
+        if context.length + 1 > self.n_positions:  # window off and the context is full
+            return context.prime(ids[-(self.n_positions // 2) :]), True
+        return context.append(ids[-1]), False
+
+    def _stop_reason(self, index: int, token: int, settings: GenerationSettings) -> str | None:
+        if settings.stop_at_eos and token == self.eos_token_id:
+            return "eos"
+        generated = index + 1
+        if generated < settings.max_new_tokens:
+            return None
+        if not settings.stop_at_sentence_end:
+            return "length"
+        token_text = self.tokenizer.decode([token])
+        if any(mark in token_text for mark in SENTENCE_ENDS):
+            return "sentence_end"
+        if generated >= settings.max_new_tokens + settings.sentence_end_max_extra:
+            return "length"
+        return None
+
+    def xspeak(self, prompt: str, settings: GenerationSettings | None = None, **changes: Any) -> Iterator[str]:
+        """The tutorial's API: yields the prompt, then the text of each new token."""
+        steps = self.stream(prompt, settings, **changes)
+        yield prompt
+        for step in steps:
+            yield step.text
+
+    def speak(self, prompt: str, settings: GenerationSettings | None = None, **changes: Any) -> str:
+        """The tutorial's API: the prompt and its continuation, as one string."""
+        return "".join(self.xspeak(prompt, settings, **changes))

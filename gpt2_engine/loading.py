@@ -1,0 +1,213 @@
+"""Model names, sizes and memory needs, device and precision choice, and `load()`.
+
+A user names a model the way they know it (`gpt2-xl`), by any hub id, or by a local folder. Before
+any weights are read, the model's config says how much memory it needs at the chosen precision,
+and a machine that cannot hold it gets a refusal that suggests what would fit. Every failure ends
+in one `ModelLoadError` that says what was tried and what to do. Remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import ModelLoadError, NotEnoughMemoryError
+from .memory import GB, available_bytes, format_bytes
+
+DEFAULT_MODEL = "gpt2-xl"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+RUNTIME_OVERHEAD_BYTES = int(0.6 * GB)  # Python, torch, tokenizer and activations, measured ~0.4-0.5 GB
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers that fix a GPT-2's size; enough to know its memory before downloading it."""
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    vocab_size: int = 50257
+    n_positions: int = 1024
+
+    @property
+    def parameters(self) -> int:
+        """Parameter count with the tied input/output embedding counted once."""
+        e = self.n_embd
+        per_layer = 12 * e * e + 13 * e  # qkv + proj + 4x MLP weights, their biases, two layer norms
+        return self.vocab_size * e + self.n_positions * e + self.n_layer * per_layer + 2 * e
+
+    def weight_bytes(self, dtype: torch.dtype) -> int:
+        return self.parameters * dtype.itemsize
+
+    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
+        return 2 * self.n_layer * self.n_embd * dtype.itemsize  # a key and a value per layer
+
+    def memory_needed(self, dtype: torch.dtype) -> int:
+        """Weights + a full KV cache + the runtime: what loading and generating will hold."""
+        full_cache = self.kv_bytes_per_token(dtype) * self.n_positions
+        return self.weight_bytes(dtype) + full_cache + RUNTIME_OVERHEAD_BYTES
+
+    @classmethod
+    def from_config(cls, config: object) -> ModelShape:
+        return cls(
+            config.n_layer, config.n_embd, config.n_head, config.vocab_size, config.n_positions  # type: ignore[attr-defined]
+        )
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    hub_id: str
+    shape: ModelShape
+
+
+KNOWN_MODELS = {  # smallest first; the names people know, mapped to their current hub ids
+    "distilgpt2": KnownModel("distilbert/distilgpt2", ModelShape(6, 768, 12)),
+    "gpt2": KnownModel("openai-community/gpt2", ModelShape(12, 768, 12)),
+    "gpt2-medium": KnownModel("openai-community/gpt2-medium", ModelShape(24, 1024, 16)),
+    "gpt2-large": KnownModel("openai-community/gpt2-large", ModelShape(36, 1280, 20)),
+    "gpt2-xl": KnownModel("openai-community/gpt2-xl", ModelShape(48, 1600, 25)),
+}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` takes the GPU when torch sees one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ModelLoadError(f"device = {device!r} is not a device torch knows: use auto, cpu or cuda.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device = 'cuda' was asked for, but torch sees no GPU here: use auto or cpu.")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: fp32 on a CPU (stock torch's 16-bit matmuls are not faster there at batch 1, measured
+    in bench/), bf16 on a GPU that has it, else fp16."""
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"precision = {dtype!r} is not allowed: use one of {', '.join(DTYPE_CHOICES)}.")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+def resolve_name(name_or_path: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local folder)."""
+    name = str(name_or_path).strip()
+    if not name:
+        raise ModelLoadError(f"model = {name_or_path!r} is empty: give one of {', '.join(KNOWN_MODELS)}, a hub id or a folder.")
+    if name in KNOWN_MODELS:
+        return KNOWN_MODELS[name].hub_id, False
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")):  # a hub id is never absolute or relative
+        if not path.is_dir():
+            raise ModelLoadError(f"model folder {str(path)!r} does not exist or is not a folder.")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{str(path)!r} is not a model folder: it has no config.json. A model folder is what "
+                "`save_pretrained()` writes (config.json, model.safetensors and the tokenizer files)."
+            )
+        return str(path.resolve()), True
+    return name, False
+
+
+def _what_to_do(source: str) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+    net = "HF_HUB_OFFLINE is set, so nothing is downloaded" if offline else "it may be a typo, or the network is down"
+    return (
+        f"{net}. Try a known name ({', '.join(KNOWN_MODELS)}) that is already downloaded, a local folder "
+        "written by `save_pretrained()`, or run once with a network connection to fill the Hugging Face cache."
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def read_shape(source: str, is_local: bool) -> tuple[object, ModelShape]:
+    """Reads only the model's config (a few kB) and checks it is a GPT-2."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except Exception as error:  # noqa: BLE001 - every failure here means "cannot find this model"
+        where = f"the folder {source!r}" if is_local else f"the hub id {source!r}"
+        raise ModelLoadError(
+            f"Could not find a model at {where} ({_first_line(error)}). " + ("" if is_local else _what_to_do(source))
+        ) from None
+    if getattr(config, "model_type", None) != "gpt2":
+        raise ModelLoadError(
+            f"{source!r} is a {getattr(config, 'model_type', 'unknown')!r} model; GPT-2 Studio runs GPT-2 models only "
+            f"({', '.join(KNOWN_MODELS)}, or a GPT-2 folder)."
+        )
+    return config, ModelShape.from_config(config)
+
+
+def check_memory(shape: ModelShape, dtype: torch.dtype, source: str, device: torch.device) -> None:
+    """Refuses up front when the machine's available memory cannot hold the model."""
+    if device.type != "cpu":
+        return  # GPU memory is checked by torch itself with a clear CUDA OOM message
+    needed, free = shape.memory_needed(dtype), available_bytes()
+    if needed <= free:
+        return
+    fits = [
+        f"{name} in {dtype_name(d)} ({format_bytes(k.shape.memory_needed(d))})"
+        for name, k in KNOWN_MODELS.items()
+        for d in (torch.float32, torch.bfloat16)
+        if k.shape.memory_needed(d) <= free
+    ]
+    suggestion = f"What fits now: {', '.join(fits[-3:])}." if fits else "No GPT-2 fits: close other programs."
+    raise NotEnoughMemoryError(
+        f"{source!r} in {dtype_name(dtype)} needs about {format_bytes(needed)} of memory, but this machine has "
+        f"{format_bytes(free)} available. {suggestion}"
+    )
+
+
+def load(
+    name_or_path: str = DEFAULT_MODEL,
+    dtype: str = "auto",
+    device: str = "auto",
+    progress: Callable[[str], None] | None = None,
+):
+    """Loads a GPT-2 and its tokenizer into an `Engine`.
+
+    name_or_path: a known name (distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl), a hub id, or a
+    folder written by `save_pretrained()`. dtype: auto, fp32, bf16 or fp16. device: auto, cpu or cuda.
+    progress: called with a short sentence at each phase (the page shows it).
+    """
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from .generation import Engine
+
+    say = progress or (lambda message: None)
+    source, is_local = resolve_name(name_or_path)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    say(f"Reading the configuration of {name_or_path}")
+    config, shape = read_shape(source, is_local)
+    check_memory(shape, torch_dtype, str(name_or_path), torch_device)
+    say(f"Loading {format_bytes(shape.weight_bytes(torch_dtype))} of weights ({dtype_name(torch_dtype)})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        model = GPT2LMHeadModel.from_pretrained(source, config=config, dtype=torch_dtype, trust_remote_code=False)
+    except Exception as error:  # noqa: BLE001 - a damaged or partial download, in whatever form it fails
+        raise ModelLoadError(
+            f"Found {source!r} but could not load it ({_first_line(error)}). The weights or tokenizer files may be "
+            "missing or damaged: download the model again, or save it again with `save_pretrained()`."
+        ) from None
+    model.to(torch_device).eval()
+    say("Ready")
+    return Engine(model, tokenizer, name=str(name_or_path), shape=shape)

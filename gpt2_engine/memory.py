@@ -1,0 +1,45 @@
+"""Memory readings: the process's resident memory, its anonymous part, and what the machine has free.
+
+RSS counts memory-mapped weight files too (safetensors are mapped, not copied), so the anonymous
+part (RSS minus file-backed and shared pages) is what the process really allocated. Each reading
+is one small read of /proc, cheap enough to take after every token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+_PROCESS = psutil.Process()
+GB = 1e9
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    rss_bytes: int  # resident set size: every page of this process in RAM
+    anon_bytes: int  # the part not backed by a file (heap, tensors made at run time)
+
+
+def read_process_memory() -> MemoryReading:
+    info = _PROCESS.memory_info()
+    shared = getattr(info, "shared", 0)  # Linux: file-backed and shared pages (statm's third field)
+    return MemoryReading(rss_bytes=info.rss, anon_bytes=max(0, info.rss - shared))
+
+
+def available_bytes() -> int:
+    """Memory the machine can give without swapping (psutil's `available`)."""
+    return int(psutil.virtual_memory().available)
+
+
+def total_bytes() -> int:
+    return int(psutil.virtual_memory().total)
+
+
+def format_bytes(n: float) -> str:
+    """1.23 GB / 456 MB / 12 kB: decimal units, as memory is sold."""
+    for unit, size in (("GB", GB), ("MB", MB), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}" if unit == "GB" else f"{n / size:.0f} {unit}"
+    return f"{n:.0f} B"

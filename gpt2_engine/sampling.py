@@ -1,0 +1,83 @@
+"""Pure functions that turn one row of next-token logits into a choice of token.
+
+Order of operations, as in transformers' own logits processors: temperature, then top-k, then top-p.
+Each pick consumes exactly one uniform draw `u` in [0, 1) (inverse-CDF sampling), so two runs with
+the same seed use the same draw at the same step: where their distributions agree, so do their tokens.
+This file knows nothing of models or caches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """The next-token distribution after temperature and top-k, most likely first."""
+
+    probs: Tensor  # (k,) float32, descending, sums to 1
+    token_ids: Tensor  # (k,) int64, the vocabulary id of each entry of probs
+    nucleus_size: int  # how many of the first entries form the top-p set
+
+    @property
+    def nucleus_mass(self) -> float:
+        """Probability mass of the top-p set (>= top_p, by construction)."""
+        return float(self.probs[: self.nucleus_size].sum())
+
+
+def distribution(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0) -> Distribution:
+    """Softmax of `logits / temperature` over the `top_k` most likely tokens, sorted, with its top-p set."""
+    probs = torch.softmax(logits.detach().float().reshape(-1) / temperature, dim=-1)  # (V,)
+    if top_k is not None and top_k < probs.numel():
+        probs, token_ids = torch.topk(probs, top_k)  # sorted descending
+        probs = probs / probs.sum()  # top-p then works on the renormalised top-k, as in transformers
+    else:
+        probs, token_ids = torch.sort(probs, descending=True)
+    return Distribution(probs, token_ids, nucleus_size(probs, top_p))
+
+
+def nucleus_size(sorted_probs: Tensor, top_p: float) -> int:
+    """Size of the smallest prefix of `sorted_probs` whose mass reaches `top_p` (crossing token included)."""
+    mass_before = torch.cumsum(sorted_probs, dim=0) - sorted_probs  # mass of the tokens ahead of each
+    return max(1, int((mass_before < top_p).sum()))
+
+
+def pick_nucleus(dist: Distribution, u: float) -> int:
+    """Standard top-p: one token of the set, drawn in proportion to its probability."""
+    kept = torch.cumsum(dist.probs[: dist.nucleus_size].double(), dim=0)
+    index = int(torch.searchsorted(kept, torch.tensor([u * float(kept[-1])], dtype=kept.dtype), right=True))
+    return int(dist.token_ids[min(index, dist.nucleus_size - 1)])
+
+
+def pick_tutorial(dist: Distribution, u: float) -> int:
+    """The tutorial's sampler: one token of the top-p set, each equally likely whatever its weight."""
+    return int(dist.token_ids[min(int(u * dist.nucleus_size), dist.nucleus_size - 1)])
+
+
+def pick_greedy(dist: Distribution, u: float) -> int:
+    """The most likely token; `u` is unused but still drawn, so seeds line up across samplers."""
+    return int(dist.token_ids[0])
+
+
+PICKERS = {"nucleus": pick_nucleus, "tutorial": pick_tutorial, "greedy": pick_greedy}
+
+
+def choose(logits: Tensor, sampler: str, u: float, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0) -> tuple[int, Distribution]:
+    """Picks the next token from one row of logits; returns it with the distribution it came from."""
+    dist = distribution(logits, temperature, top_k, top_p)
+    return PICKERS[sampler](dist, u), dist
+
+
+def new_generator(seed: int) -> torch.Generator:
+    """A private CPU generator: a run's draws never touch (or depend on) torch's global RNG."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed)
+    return generator
+
+
+def draw(generator: torch.Generator) -> float:
+    """One uniform number in [0, 1) from the run's own generator."""
+    return float(torch.rand((), generator=generator, dtype=torch.float64))
