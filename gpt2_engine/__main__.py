@@ -1,0 +1,98 @@
+"""Command line: `python -m gpt2_engine "phrase"` streams GPT-2's continuation to the terminal.
+
+    python -m gpt2_engine "The meaning of life is" --length 40 --top-p 0.9 --window off
+    python -m gpt2_engine --long                # the tutorial's long paragraph: 500 tokens, window 50
+    python -m gpt2_engine --model ./my-gpt2 --seed 7 "Once upon a time"
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .errors import StudioError
+from .loading import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS
+from .memory import format_bytes
+from .settings import SAMPLERS, GenerationSettings
+
+TUTORIAL_PHRASE = "In a shocking finding, scientists discovered a herd of unicorns living in a remote valley."
+
+
+def window_value(text: str) -> int | None:
+    """`off` (or 0) keeps the whole context; otherwise a whole number of tokens."""
+    if text.strip().lower() in ("off", "none", "0"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"window = {text!r}: use 'off' or a whole number of tokens") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = GenerationSettings()
+    parser = argparse.ArgumentParser(prog="python -m gpt2_engine", description="Stream GPT-2's continuation of a phrase.")
+    parser.add_argument("prompt", nargs="?", default=TUTORIAL_PHRASE, help="the phrase to continue (default: the tutorial's)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"{', '.join(KNOWN_MODELS)}, a hub id or a local folder (default {DEFAULT_MODEL})")
+    parser.add_argument("--precision", default="auto", choices=DTYPE_CHOICES, help="weights' number format (default auto: fastest safe one for the device)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto: the GPU when there is one)")
+    parser.add_argument("--length", type=int, default=None, help=f"tokens to generate (default {defaults.max_new_tokens}; 500 with --long)")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help=f"sample from the smallest set of tokens holding this much probability (default {defaults.top_p})")
+    parser.add_argument("--window", type=window_value, default=defaults.window, help=f"re-prime from the last N tokens every N tokens; 'off' keeps the whole context (default {defaults.window})")
+    parser.add_argument("--sampler", default=defaults.sampler, choices=SAMPLERS, help="nucleus: by weight; tutorial: uniform in the top-p set; greedy: the most likely")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="divide the logits by this: <1 surer, >1 wilder (default 1)")
+    parser.add_argument("--top-k", type=int, default=None, help="keep only the k most likely tokens before top-p (default: no limit)")
+    parser.add_argument("--seed", type=int, default=None, help="repeat a run exactly (default: a fresh seed, printed at the end)")
+    parser.add_argument("--sentence-end", action="store_true", help="after the length, go on to the end of the sentence")
+    parser.add_argument("--no-eos-stop", action="store_true", help="do not stop when the model writes <|endoftext|>")
+    parser.add_argument("--long", action="store_true", help="the tutorial's long paragraph: 500 tokens, window 50, stop at sentence end")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> GenerationSettings:
+    return GenerationSettings(
+        max_new_tokens=args.length if args.length is not None else (500 if args.long else 20),
+        top_p=args.top_p,
+        window=args.window,
+        sampler=args.sampler,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop_at_eos=not args.no_eos_stop,
+        stop_at_sentence_end=args.sentence_end or args.long,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from . import load  # after parsing, so --help and bad flags answer at once
+
+    try:
+        settings = settings_from(args)
+        engine = load(args.model, dtype=args.precision, device=args.device, progress=lambda m: print(f"[{m}]", file=sys.stderr))
+        steps = engine.stream(args.prompt, settings)
+        print(args.prompt, end="", flush=True)
+        last, peak_rss = None, 0
+        for step in steps:
+            print(step.text, end="", flush=True)
+            last, peak_rss = step, max(peak_rss, step.rss_bytes)
+    except StudioError as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\n[stopped]", file=sys.stderr)
+        return 130
+    print()
+    if last is not None:
+        tokens = last.index + 1
+        print(
+            f"[{tokens} tokens in {last.elapsed_s:.1f} s: {tokens / last.elapsed_s:.1f} tokens/s, "
+            f"peak memory {format_bytes(peak_rss)}, stopped by {last.stop_reason}, seed {last.seed}, "
+            f"{engine.name} {engine.precision} on {engine.device}]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
