@@ -1,8 +1,8 @@
 """Command line: `python -m gpt2_engine "phrase"` streams GPT-2's continuation to the terminal.
 
-    python -m gpt2_engine "The meaning of life is" --length 40 --top-p 0.9 --window off
-    python -m gpt2_engine --long                # the tutorial's long paragraph: 500 tokens, window 50
-    python -m gpt2_engine --model ./my-gpt2 --seed 7 "Once upon a time"
+python -m gpt2_engine "The meaning of life is" --length 40 --top-p 0.9 --window off
+python -m gpt2_engine --long                # the tutorial's long paragraph: 500 tokens, window 50
+python -m gpt2_engine --model ./my-gpt2 --seed 7 "Once upon a time"
 """
 
 from __future__ import annotations
@@ -31,21 +31,67 @@ def window_value(text: str) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = GenerationSettings()
-    parser = argparse.ArgumentParser(prog="python -m gpt2_engine", description="Stream GPT-2's continuation of a phrase.")
-    parser.add_argument("prompt", nargs="?", default=TUTORIAL_PHRASE, help="the phrase to continue (default: the tutorial's)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"{', '.join(KNOWN_MODELS)}, a hub id or a local folder (default {DEFAULT_MODEL})")
-    parser.add_argument("--precision", default="auto", choices=DTYPE_CHOICES, help="weights' number format (default auto: fastest safe one for the device)")
+    parser = argparse.ArgumentParser(
+        prog="python -m gpt2_engine", description="Stream GPT-2's continuation of a phrase."
+    )
+    parser.add_argument(
+        "prompt", nargs="?", default=TUTORIAL_PHRASE, help="the phrase to continue (default: the tutorial's)"
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"{', '.join(KNOWN_MODELS)}, a hub id or a local folder (default {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="weights' number format (default auto: fastest safe one for the device)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto: the GPU when there is one)")
-    parser.add_argument("--length", type=int, default=None, help=f"tokens to generate (default {defaults.max_new_tokens}; 500 with --long)")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p, help=f"sample from the smallest set of tokens holding this much probability (default {defaults.top_p})")
-    parser.add_argument("--window", type=window_value, default=defaults.window, help=f"re-prime from the last N tokens every N tokens; 'off' keeps the whole context (default {defaults.window})")
-    parser.add_argument("--sampler", default=defaults.sampler, choices=SAMPLERS, help="nucleus: by weight; tutorial: uniform in the top-p set; greedy: the most likely")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="divide the logits by this: <1 surer, >1 wilder (default 1)")
-    parser.add_argument("--top-k", type=int, default=None, help="keep only the k most likely tokens before top-p (default: no limit)")
-    parser.add_argument("--seed", type=int, default=None, help="repeat a run exactly (default: a fresh seed, printed at the end)")
-    parser.add_argument("--sentence-end", action="store_true", help="after the length, go on to the end of the sentence")
+    parser.add_argument(
+        "--length",
+        type=int,
+        default=None,
+        help=f"tokens to generate (default {defaults.max_new_tokens}; 500 with --long)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=defaults.top_p,
+        help=f"sample from the smallest set of tokens holding this much probability (default {defaults.top_p})",
+    )
+    parser.add_argument(
+        "--window",
+        type=window_value,
+        default=defaults.window,
+        help=f"re-prime from the last N tokens every N tokens; 'off' keeps the whole context (default {defaults.window})",
+    )
+    parser.add_argument(
+        "--sampler",
+        default=defaults.sampler,
+        choices=SAMPLERS,
+        help="nucleus: by weight; tutorial: uniform in the top-p set; greedy: the most likely",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
+        help="divide the logits by this: <1 surer, >1 wilder (default 1)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="keep only the k most likely tokens before top-p (default: no limit)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="repeat a run exactly (default: a fresh seed, printed at the end)"
+    )
+    parser.add_argument(
+        "--sentence-end", action="store_true", help="after the length, go on to the end of the sentence"
+    )
     parser.add_argument("--no-eos-stop", action="store_true", help="do not stop when the model writes <|endoftext|>")
-    parser.add_argument("--long", action="store_true", help="the tutorial's long paragraph: 500 tokens, window 50, stop at sentence end")
+    parser.add_argument(
+        "--long", action="store_true", help="the tutorial's long paragraph: 500 tokens, window 50, stop at sentence end"
+    )
     return parser
 
 
@@ -69,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = settings_from(args)
-        engine = load(args.model, dtype=args.precision, device=args.device, progress=lambda m: print(f"[{m}]", file=sys.stderr))
+        engine = load(
+            args.model, dtype=args.precision, device=args.device, progress=lambda m: print(f"[{m}]", file=sys.stderr)
+        )
         steps = engine.stream(args.prompt, settings)
         print(args.prompt, end="", flush=True)
         last, peak_rss = None, 0

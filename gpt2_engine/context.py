@@ -54,4 +54,9 @@ class KVCacheContext:
     def kv_bytes(self) -> int:
         if self.cache is None:
             return 0
-        return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values) if t is not None)
+        return sum(
+            t.numel() * t.element_size()
+            for layer in self.cache.layers
+            for t in (layer.keys, layer.values)
+            if t is not None
+        )

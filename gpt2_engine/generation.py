@@ -105,7 +105,9 @@ class Engine:
 
     def stream(self, prompt: str, settings: GenerationSettings | None = None, **changes: Any) -> Iterator[Step]:
         """Yields one Step per generated token. `changes` override fields of `settings`."""
-        settings = (settings or GenerationSettings()).with_(**changes) if changes else (settings or GenerationSettings())
+        settings = (
+            (settings or GenerationSettings()).with_(**changes) if changes else (settings or GenerationSettings())
+        )
         settings.check_for(self.n_positions)
         seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
         return self._stream(self.prepare_prompt(prompt, settings.window), settings, seed)
@@ -120,7 +122,9 @@ class Engine:
             logits = context.prime(ids)
             reset = False
             for index in range(settings.max_new_tokens + settings.sentence_end_max_extra):
-                token, _ = choose(logits, settings.sampler, draw(generator), settings.temperature, settings.top_k, settings.top_p)
+                token, _ = choose(
+                    logits, settings.sampler, draw(generator), settings.temperature, settings.top_k, settings.top_p
+                )
                 logprob = float(torch.log_softmax(logits.float(), dim=-1)[token])
                 ids.append(token)
                 delta = text.push(token)

@@ -9,9 +9,9 @@ in one `ModelLoadError` that says what was tried and what to do. Remote code is 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -55,7 +55,11 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: object) -> ModelShape:
         return cls(
-            config.n_layer, config.n_embd, config.n_head, config.vocab_size, config.n_positions  # type: ignore[attr-defined]
+            config.n_layer,
+            config.n_embd,
+            config.n_head,
+            config.vocab_size,
+            config.n_positions,  # type: ignore[attr-defined]
         )
 
 
@@ -107,7 +111,9 @@ def resolve_name(name_or_path: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, whether it is a local folder)."""
     name = str(name_or_path).strip()
     if not name:
-        raise ModelLoadError(f"model = {name_or_path!r} is empty: give one of {', '.join(KNOWN_MODELS)}, a hub id or a folder.")
+        raise ModelLoadError(
+            f"model = {name_or_path!r} is empty: give one of {', '.join(KNOWN_MODELS)}, a hub id or a folder."
+        )
     if name in KNOWN_MODELS:
         return KNOWN_MODELS[name].hub_id, False
     path = Path(name).expanduser()

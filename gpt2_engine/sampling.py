@@ -28,7 +28,9 @@ class Distribution:
         return float(self.probs[: self.nucleus_size].sum())
 
 
-def distribution(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0) -> Distribution:
+def distribution(
+    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0
+) -> Distribution:
     """Softmax of `logits / temperature` over the `top_k` most likely tokens, sorted, with its top-p set."""
     probs = torch.softmax(logits.detach().float().reshape(-1) / temperature, dim=-1)  # (V,)
     if top_k is not None and top_k < probs.numel():
@@ -65,7 +67,9 @@ def pick_greedy(dist: Distribution, u: float) -> int:
 PICKERS = {"nucleus": pick_nucleus, "tutorial": pick_tutorial, "greedy": pick_greedy}
 
 
-def choose(logits: Tensor, sampler: str, u: float, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0) -> tuple[int, Distribution]:
+def choose(
+    logits: Tensor, sampler: str, u: float, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0
+) -> tuple[int, Distribution]:
     """Picks the next token from one row of logits; returns it with the distribution it came from."""
     dist = distribution(logits, temperature, top_k, top_p)
     return PICKERS[sampler](dist, u), dist

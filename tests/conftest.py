@@ -36,10 +36,14 @@ def write_tokenizer(folder: Path, vocab_size: int = 400) -> None:
     )
     tokenizer.train_from_iterator(TRAINING_TEXT * 20, trainer)
     special = "<|endoftext|>"
-    GPT2TokenizerFast(tokenizer_object=tokenizer, bos_token=special, eos_token=special, unk_token=special).save_pretrained(folder)
+    GPT2TokenizerFast(
+        tokenizer_object=tokenizer, bos_token=special, eos_token=special, unk_token=special
+    ).save_pretrained(folder)
 
 
-def write_tiny_model(folder: Path, n_positions: int = 128, n_embd: int = 32, n_layer: int = 2, n_head: int = 4, seed: int = 0) -> Path:
+def write_tiny_model(
+    folder: Path, n_positions: int = 128, n_embd: int = 32, n_layer: int = 2, n_head: int = 4, seed: int = 0
+) -> Path:
     """A random GPT-2 of the given shape with the test tokenizer, as `save_pretrained()` writes it."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 

@@ -61,7 +61,12 @@ def test_greedy_equals_transformers_generate(engine) -> None:
     ours = token_ids(engine, prompt, sampler="greedy", max_new_tokens=40, window=None, stop_at_eos=False)
     input_ids = torch.tensor([engine.tokenizer.encode(prompt)])
     theirs = engine.model.generate(
-        input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False, max_new_tokens=40, min_new_tokens=40, pad_token_id=0
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=False,
+        max_new_tokens=40,
+        min_new_tokens=40,
+        pad_token_id=0,
     )[0, input_ids.shape[1] :].tolist()
     assert ours == theirs
 
@@ -80,7 +85,9 @@ def test_seeded_runs_repeat_exactly(engine) -> None:
     assert all(s.seed == 7 for s in a)
     c = list(engine.stream("Once upon", max_new_tokens=50))  # no seed: one is drawn and reported
     assert c[0].seed == c[-1].seed
-    assert [s.token_id for s in engine.stream("Once upon", max_new_tokens=50, seed=c[0].seed)] == [s.token_id for s in c]
+    assert [s.token_id for s in engine.stream("Once upon", max_new_tokens=50, seed=c[0].seed)] == [
+        s.token_id for s in c
+    ]
 
 
 @pytest.mark.parametrize("sampler", ["nucleus", "tutorial", "greedy"])
@@ -107,7 +114,9 @@ def test_after_a_reset_logits_equal_a_fresh_forward_over_the_last_n_ids(engine, 
 
 @pytest.mark.parametrize("prompt_tokens,window", [(3, 8), (20, 8), (3, 64), (60, 30)])
 def test_context_never_exceeds_the_bound(engine, recording, prompt_tokens, window) -> None:
-    prompt_ids = list(itertools.islice(itertools.cycle(engine.tokenizer.encode("The cat sat on the mat. ")), prompt_tokens))
+    prompt_ids = list(
+        itertools.islice(itertools.cycle(engine.tokenizer.encode("The cat sat on the mat. ")), prompt_tokens)
+    )
     prompt = engine.tokenizer.decode(prompt_ids)
     steps = list(engine.stream(prompt, max_new_tokens=200, window=window, seed=1, stop_at_eos=False))
     kept = steps[0].prompt_tokens
@@ -157,7 +166,9 @@ def test_stops_at_end_of_text_and_says_why(engine, monkeypatch) -> None:
 
 
 def test_stop_at_sentence_end_runs_on_to_a_full_stop(engine) -> None:
-    settings = gpt2_engine.GenerationSettings(max_new_tokens=5, stop_at_sentence_end=True, sentence_end_max_extra=300, seed=4, stop_at_eos=False)
+    settings = gpt2_engine.GenerationSettings(
+        max_new_tokens=5, stop_at_sentence_end=True, sentence_end_max_extra=300, seed=4, stop_at_eos=False
+    )
     steps = list(engine.stream("The cat sat on the mat.", settings))
     last = steps[-1]
     assert len(steps) >= 5

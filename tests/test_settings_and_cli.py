@@ -70,25 +70,36 @@ def test_parse_seed_refuses_the_rest(text) -> None:
 )
 def test_any_values_either_validate_or_raise_a_settings_error(max_new_tokens, top_p, temperature, window) -> None:
     try:
-        settings = GenerationSettings(max_new_tokens=max_new_tokens, top_p=top_p, temperature=temperature, window=window)
+        settings = GenerationSettings(
+            max_new_tokens=max_new_tokens, top_p=top_p, temperature=temperature, window=window
+        )
     except SettingsError as error:
         assert error.field in ("max_new_tokens", "top_p", "temperature", "window")
         return
-    assert 1 <= settings.max_new_tokens and 0 < settings.top_p <= 1 and settings.temperature > 0
+    assert settings.max_new_tokens >= 1 and 0 < settings.top_p <= 1 and settings.temperature > 0
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env_code = "import os; os.environ['HF_HUB_OFFLINE']='1'; import runpy, sys; sys.argv[0]='gpt2_engine'; runpy.run_module('gpt2_engine', run_name='__main__')"
-    return subprocess.run([sys.executable, "-c", env_code, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", env_code, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_cli_streams_from_a_local_folder(tiny_model_dir) -> None:
-    out = run_cli("The cat", "--model", str(tiny_model_dir), "--length", "15", "--seed", "3", "--window", "off", "--no-eos-stop")
+    out = run_cli(
+        "The cat", "--model", str(tiny_model_dir), "--length", "15", "--seed", "3", "--window", "off", "--no-eos-stop"
+    )
     assert out.returncode == 0, out.stderr
     engine = gpt2_engine.load(str(tiny_model_dir))
     expected = engine.speak("The cat", max_new_tokens=15, seed=3, window=None, stop_at_eos=False)
     assert out.stdout.rstrip("\n") == expected
-    assert "15 tokens in" in out.stderr and "tokens/s" in out.stderr and "peak memory" in out.stderr and "seed 3" in out.stderr
+    assert (
+        "15 tokens in" in out.stderr
+        and "tokens/s" in out.stderr
+        and "peak memory" in out.stderr
+        and "seed 3" in out.stderr
+    )
 
 
 def test_cli_long_mode_is_the_tutorials_long_paragraph(tiny_model_dir) -> None:

@@ -15,7 +15,9 @@ MULTI_BYTE = ["😀 🎉 👍🏽 ❤️", "日本語のテキスト", "中文�
 def test_multi_byte_characters_split_across_tokens_stream_whole(engine, text) -> None:
     tokenizer = engine.tokenizer
     ids = tokenizer.encode(text)
-    assert any(REPLACEMENT in tokenizer.decode([i]) for i in ids) or text.isascii() or len(ids) == len(text), "no split here"
+    assert any(REPLACEMENT in tokenizer.decode([i]) for i in ids) or text.isascii() or len(ids) == len(text), (
+        "no split here"
+    )
     stream = TextStream(tokenizer)
     deltas = [stream.push(i) for i in ids]
     deltas.append(stream.flush())
