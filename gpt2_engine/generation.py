@@ -23,7 +23,8 @@ from torch import Tensor
 
 from .context import Context, KVCacheContext
 from .detokenize import TextStream
-from .loading import ModelShape, dtype_name
+from .fast import FastContext
+from .loading import ModelShape
 from .memory import read_process_memory
 from .sampling import choose, draw, new_generator
 from .settings import MAX_SEED, GenerationSettings
@@ -63,8 +64,10 @@ class Prompt:
 class Engine:
     """A loaded GPT-2 and its tokenizer, ready to stream text. Made by `gpt2_engine.load()`."""
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, shape: ModelShape):
-        self.model, self.tokenizer, self.name, self.shape = model, tokenizer, name, shape
+    def __init__(self, model: Any, tokenizer: Any, name: str, shape: ModelShape, precision: str = "fp32"):
+        self.model, self.tokenizer, self.name, self.shape, self.precision = model, tokenizer, name, shape, precision
+        self.backend = "fast"  # "fast": fast.py's forward and static cache; "reference": transformers' own
+        self.window_mode = "shadow"  # with a window: "shadow" (a second row, no prefill) or "reprime"
         self.n_positions = shape.n_positions
         self.eos_token_id: int | None = tokenizer.eos_token_id
 
@@ -77,20 +80,22 @@ class Engine:
         return next(self.model.parameters()).dtype
 
     @property
-    def precision(self) -> str:
-        return dtype_name(self.dtype)
-
-    @property
     def weight_bytes(self) -> int:
         """Bytes of weights in memory (shared tensors, like the tied embedding, counted once)."""
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+        tensors = {t.data_ptr(): t for t in (*self.model.parameters(), *self.model.buffers()) if t is not None}
+        return sum(
+            t.numel() * t.element_size() for t in tensors.values() if t.is_floating_point() or t.dtype == torch.int8
+        )
 
     @property
     def kv_bytes_per_token(self) -> int:
-        return self.shape.kv_bytes_per_token(self.dtype)
+        return self.shape.kv_bytes_per_token(self.precision)
 
-    def new_context(self) -> Context:
-        return KVCacheContext(self.model)
+    def new_context(self, window: int | None = None) -> Context:
+        """A fresh context for one run, on the engine's backend."""
+        if self.backend == "reference":
+            return KVCacheContext(self.model)
+        return FastContext(self.model, window if self.window_mode == "shadow" else None)
 
     def prepare_prompt(self, prompt: str, window: int | None) -> Prompt:
         """Token ids for a prompt: an empty prompt starts a fresh document (<|endoftext|>), and a prompt
@@ -117,7 +122,7 @@ class Engine:
         generator = new_generator(seed)
         text = TextStream(self.tokenizer)
         ids = list(prompt.ids)  # prompt + generated: the window re-primes from the tail of this
-        context = self.new_context()
+        context = self.new_context(settings.window)
         with torch.inference_mode():
             logits = context.prime(ids)
             reset = False

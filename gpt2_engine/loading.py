@@ -15,11 +15,18 @@ from pathlib import Path
 
 import torch
 
+from . import quantize
 from .errors import ModelLoadError, NotEnoughMemoryError
 from .memory import GB, available_bytes, format_bytes
 
 DEFAULT_MODEL = "gpt2-xl"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTO_CPU_PRECISION = "fp32"  # measured choice, see README "Performance"
+DTYPES = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "int8": torch.bfloat16,
+}  # int8: weights; activations in bf16
 DTYPE_CHOICES = ("auto", *DTYPES)
 RUNTIME_OVERHEAD_BYTES = int(0.6 * GB)  # Python, torch, tokenizer and activations, measured ~0.4-0.5 GB
 
@@ -41,16 +48,22 @@ class ModelShape:
         per_layer = 12 * e * e + 13 * e  # qkv + proj + 4x MLP weights, their biases, two layer norms
         return self.vocab_size * e + self.n_positions * e + self.n_layer * per_layer + 2 * e
 
-    def weight_bytes(self, dtype: torch.dtype) -> int:
-        return self.parameters * dtype.itemsize
+    def weight_bytes(self, precision: str) -> int:
+        """Bytes of weights in memory at a precision (see DTYPES)."""
+        if precision != "int8":
+            return self.parameters * DTYPES[precision].itemsize
+        e, v = self.n_embd, self.vocab_size
+        matrices = self.n_layer * 12 * e * e + v * e  # int8: the layers' matrices and the LM head's own copy
+        scales = self.n_layer * 9 * e + v  # one bf16 scale per output channel
+        return matrices + 2 * (self.parameters - self.n_layer * 12 * e * e + scales)  # the rest in bf16
 
-    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
-        return 2 * self.n_layer * self.n_embd * dtype.itemsize  # a key and a value per layer
+    def kv_bytes_per_token(self, precision: str) -> int:
+        return 2 * self.n_layer * self.n_embd * DTYPES[precision].itemsize  # a key and a value per layer
 
-    def memory_needed(self, dtype: torch.dtype) -> int:
+    def memory_needed(self, precision: str) -> int:
         """Weights + a full KV cache + the runtime: what loading and generating will hold."""
-        full_cache = self.kv_bytes_per_token(dtype) * self.n_positions
-        return self.weight_bytes(dtype) + full_cache + RUNTIME_OVERHEAD_BYTES
+        full_cache = self.kv_bytes_per_token(precision) * self.n_positions
+        return self.weight_bytes(precision) + full_cache + RUNTIME_OVERHEAD_BYTES
 
     @classmethod
     def from_config(cls, config: object) -> ModelShape:
@@ -91,20 +104,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto`: fp32 on a CPU (stock torch's 16-bit matmuls are not faster there at batch 1, measured
-    in bench/), bf16 on a GPU that has it, else fp16."""
-    if dtype == "auto":
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: on a CPU, AUTO_CPU_PRECISION (the fastest path in `python -m bench.benchmark`);
+    on a GPU, bf16 where it has it, else fp16. int8 kernels are CPU-only."""
+    if precision == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"precision = {dtype!r} is not allowed: use one of {', '.join(DTYPE_CHOICES)}.")
-    return DTYPES[dtype]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return next(name for name, value in DTYPES.items() if value == dtype)
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return AUTO_CPU_PRECISION
+    if precision not in DTYPES:
+        raise ModelLoadError(f"precision = {precision!r} is not allowed: use one of {', '.join(DTYPE_CHOICES)}.")
+    if precision == "int8" and device.type != "cpu":
+        raise ModelLoadError("precision = 'int8' runs on the CPU only: use bf16 or fp16 on a GPU.")
+    return precision
 
 
 def resolve_name(name_or_path: str) -> tuple[str, bool]:
@@ -162,22 +173,22 @@ def read_shape(source: str, is_local: bool) -> tuple[object, ModelShape]:
     return config, ModelShape.from_config(config)
 
 
-def check_memory(shape: ModelShape, dtype: torch.dtype, source: str, device: torch.device) -> None:
+def check_memory(shape: ModelShape, precision: str, source: str, device: torch.device) -> None:
     """Refuses up front when the machine's available memory cannot hold the model."""
     if device.type != "cpu":
         return  # GPU memory is checked by torch itself with a clear CUDA OOM message
-    needed, free = shape.memory_needed(dtype), available_bytes()
+    needed, free = shape.memory_needed(precision), available_bytes()
     if needed <= free:
         return
     fits = [
-        f"{name} in {dtype_name(d)} ({format_bytes(k.shape.memory_needed(d))})"
+        f"{name} in {p} ({format_bytes(k.shape.memory_needed(p))})"
         for name, k in KNOWN_MODELS.items()
-        for d in (torch.float32, torch.bfloat16)
-        if k.shape.memory_needed(d) <= free
+        for p in ("fp32", "bf16", "int8")
+        if k.shape.memory_needed(p) <= free
     ]
     suggestion = f"What fits now: {', '.join(fits[-3:])}." if fits else "No GPT-2 fits: close other programs."
     raise NotEnoughMemoryError(
-        f"{source!r} in {dtype_name(dtype)} needs about {format_bytes(needed)} of memory, but this machine has "
+        f"{source!r} in {precision} needs about {format_bytes(needed)} of memory, but this machine has "
         f"{format_bytes(free)} available. {suggestion}"
     )
 
@@ -191,7 +202,8 @@ def load(
     """Loads a GPT-2 and its tokenizer into an `Engine`.
 
     name_or_path: a known name (distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl), a hub id, or a
-    folder written by `save_pretrained()`. dtype: auto, fp32, bf16 or fp16. device: auto, cpu or cuda.
+    folder written by `save_pretrained()`. dtype: auto, fp32, bf16, fp16 or int8 (weights; CPU only).
+    device: auto, cpu or cuda.
     progress: called with a short sentence at each phase (the page shows it).
     """
     from transformers import AutoTokenizer, GPT2LMHeadModel
@@ -201,19 +213,24 @@ def load(
     say = progress or (lambda message: None)
     source, is_local = resolve_name(name_or_path)
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    precision = resolve_precision(dtype, torch_device)
     say(f"Reading the configuration of {name_or_path}")
     config, shape = read_shape(source, is_local)
-    check_memory(shape, torch_dtype, str(name_or_path), torch_device)
-    say(f"Loading {format_bytes(shape.weight_bytes(torch_dtype))} of weights ({dtype_name(torch_dtype)})")
+    check_memory(shape, precision, str(name_or_path), torch_device)
+    say(f"Loading {format_bytes(shape.weight_bytes(precision))} of weights ({precision})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        model = GPT2LMHeadModel.from_pretrained(source, config=config, dtype=torch_dtype, trust_remote_code=False)
+        model = GPT2LMHeadModel.from_pretrained(source, config=config, dtype=DTYPES[precision], trust_remote_code=False)
     except Exception as error:  # noqa: BLE001 - a damaged or partial download, in whatever form it fails
         raise ModelLoadError(
             f"Found {source!r} but could not load it ({_first_line(error)}). The weights or tokenizer files may be "
             "missing or damaged: download the model again, or save it again with `save_pretrained()`."
         ) from None
     model.to(torch_device).eval()
+    if precision == "int8":
+        say("Converting the weights to int8")
+        quantize.to_int8(model)
+    elif precision == "bf16" and torch_device.type == "cpu" and quantize.can_pack():
+        quantize.to_packed(model)
     say("Ready")
-    return Engine(model, tokenizer, name=str(name_or_path), shape=shape)
+    return Engine(model, tokenizer, name=str(name_or_path), shape=shape, precision=precision)

@@ -15,6 +15,8 @@ import torch  # noqa: E402
 
 import gpt2_engine  # noqa: E402
 
+torch.set_num_threads(1)  # tiny models gain nothing from threads, and lose a lot when the cores are busy
+
 TRAINING_TEXT = [
     "The cat sat on the mat. Hello world! Is it raining? Yes, it is.",
     "Café, naïve, façade, Ärger, smörgåsbord, jalapeño.",
@@ -23,19 +25,54 @@ TRAINING_TEXT = [
 ]
 
 
+def learn_merges(texts: list[str], n_merges: int, alphabet: list[str], pre_tokenize) -> list[tuple[str, str]]:
+    """Byte-pair merges learned by the textbook loop, ties broken by the pair itself: the same
+    tokenizer in every process (the Rust trainer breaks ties in hash order, which varies)."""
+    words: dict[tuple[str, ...], int] = {}
+    for text in texts:
+        for piece, _ in pre_tokenize(text):
+            words[tuple(piece)] = words.get(tuple(piece), 0) + 1
+    merges = []
+    for _ in range(n_merges):
+        pairs: dict[tuple[str, str], int] = {}
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] = pairs.get(pair, 0) + count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        merged = {}
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if word[i : i + 2] == best:
+                    out.append(best[0] + best[1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] = count
+        words = merged
+    return merges
+
+
 def write_tokenizer(folder: Path, vocab_size: int = 400) -> None:
-    """A GPT-2-style byte-level BPE tokenizer, trained in a blink on a few sentences."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A GPT-2-style byte-level BPE tokenizer (256 bytes, learned merges, <|endoftext|>)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import GPT2TokenizerFast
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(TRAINING_TEXT * 20, trainer)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     special = "<|endoftext|>"
+    merges = learn_merges(TRAINING_TEXT, vocab_size - len(alphabet) - 1, alphabet, byte_level.pre_tokenize_str)
+    vocab = {char: i for i, char in enumerate(alphabet)}
+    vocab[special] = len(vocab)
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = byte_level
+    tokenizer.decoder = decoders.ByteLevel()
     GPT2TokenizerFast(
         tokenizer_object=tokenizer, bos_token=special, eos_token=special, unk_token=special
     ).save_pretrained(folder)

@@ -9,6 +9,7 @@ import torch
 
 import gpt2_engine
 from gpt2_engine.context import KVCacheContext
+from gpt2_engine.fast import FastContext
 
 
 def token_ids(engine: gpt2_engine.Engine, prompt: str, **settings) -> list[int]:
@@ -48,7 +49,7 @@ class RecordingContext(KVCacheContext):
 def recording(engine, monkeypatch):
     contexts: list[RecordingContext] = []
 
-    def new_context():
+    def new_context(window=None):
         contexts.append(RecordingContext(engine.model))
         return contexts[-1]
 
@@ -157,7 +158,8 @@ def test_stops_at_end_of_text_and_says_why(engine, monkeypatch) -> None:
     eos = engine.eos_token_id
     forced = torch.full((engine.model.config.vocab_size,), -1e9)
     forced[eos] = 0.0
-    monkeypatch.setattr(KVCacheContext, "append", lambda self, token: forced.clone())
+    for context_class in (KVCacheContext, FastContext):
+        monkeypatch.setattr(context_class, "append", lambda self, token: forced.clone())
     steps = list(engine.stream("Hi", max_new_tokens=10, sampler="greedy", window=None, stop_at_eos=True))
     assert len(steps) == 2 and steps[-1].token_id == eos and steps[-1].stop_reason == "eos"
     assert steps[-1].text == ""  # special tokens are not shown

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import gpt2_engine
-from gpt2_engine.loading import KNOWN_MODELS, ModelShape, check_memory, resolve_dtype
+from gpt2_engine.loading import KNOWN_MODELS, ModelShape, check_memory, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,9 @@ def test_known_sizes_match_the_published_parameter_counts() -> None:
     for name, count in published.items():
         assert KNOWN_MODELS[name].shape.parameters == count
     xl = KNOWN_MODELS["gpt2-xl"].shape
-    assert 6.2e9 < xl.weight_bytes(torch.float32) < 6.3e9 and 3.1e9 < xl.weight_bytes(torch.bfloat16) < 3.2e9
-    assert xl.kv_bytes_per_token(torch.float32) == 2 * 48 * 1600 * 4  # 0.61 MB a token
+    assert 6.2e9 < xl.weight_bytes("fp32") < 6.3e9 and 3.1e9 < xl.weight_bytes("bf16") < 3.2e9
+    assert 1.6e9 < xl.weight_bytes("int8") < 1.9e9  # int8 matrices + bf16 embeddings
+    assert xl.kv_bytes_per_token("fp32") == 2 * 48 * 1600 * 4  # 0.61 MB a token
 
 
 def test_shape_from_a_real_model_counts_its_parameters(engine) -> None:
@@ -95,19 +96,19 @@ def test_a_model_that_is_not_gpt2_is_refused(tiny_model_dir, tmp_path) -> None:
 def test_memory_check_refuses_and_suggests_what_fits(monkeypatch) -> None:
     monkeypatch.setattr("gpt2_engine.loading.available_bytes", lambda: int(2e9))
     with pytest.raises(gpt2_engine.NotEnoughMemoryError) as caught:
-        check_memory(KNOWN_MODELS["gpt2-xl"].shape, torch.float32, "gpt2-xl", torch.device("cpu"))
+        check_memory(KNOWN_MODELS["gpt2-xl"].shape, "fp32", "gpt2-xl", torch.device("cpu"))
     message = str(caught.value)
     assert "needs about 7" in message and "2.00 GB available" in message and "gpt2-medium" in message
 
 
 def test_auto_precision_and_bad_names() -> None:
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16", "int8")
     with pytest.raises(gpt2_engine.ModelLoadError, match="precision"):
-        resolve_dtype("fp8", torch.device("cpu"))
+        resolve_precision("fp8", torch.device("cpu"))
     with pytest.raises(gpt2_engine.ModelLoadError, match="empty"):
         gpt2_engine.load("  ")
 
 
 def test_memory_needed_grows_with_precision() -> None:
     shape = ModelShape(48, 1600, 25)
-    assert shape.memory_needed(torch.float32) > shape.memory_needed(torch.bfloat16)
+    assert shape.memory_needed("fp32") > shape.memory_needed("bf16") > shape.memory_needed("int8")

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from gpt2_engine.detokenize import REPLACEMENT, TextStream
 
-MULTI_BYTE = ["😀 🎉 👍🏽 ❤️", "日本語のテキスト", "中文文本，한국어", "Café naïve façade jalapeño", "a😀b日c", "🎉🎉🎉"]
+# Not in the test tokenizer's training text, so its characters are split over byte tokens.
+MULTI_BYTE = ["🙂 🚀 👋🏾 ❤️‍🔥", "東京都の天気", "汉字与한글", "Ünïcödé ŝtrîñg", "a🙂b東c", "🚀🚀🚀"]
 
 
 @pytest.mark.parametrize("text", MULTI_BYTE)

@@ -1,0 +1,146 @@
+"""Which matmul kernel reads gpt2-xl's weights fastest at batch 1 on this CPU? Measured, not assumed.
+
+For each candidate it allocates all 48 layers' matrices (plus the LM head) in that kernel's layout,
+runs one "decode pass" of matmuls over them (x: 1 or 2 rows), and reports the median time and the
+bandwidth achieved (weight bytes / time), beside a plain memory-read probe taken in the same run.
+
+    python -m bench.kernels --size gpt2-xl --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gpt2_engine.loading import KNOWN_MODELS
+
+
+def read_bandwidth(gb: float = 2.0, repeats: int = 7) -> float:
+    """GB/s of reading a buffer far larger than the caches (median of several sums)."""
+    buf = torch.ones(int(gb * 1e9 / 4))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        buf.sum()
+        times.append(time.perf_counter() - t)
+    return buf.numel() * 4 / statistics.median(times) / 1e9
+
+
+def matrices(size: str) -> list[tuple[int, int]]:
+    s = KNOWN_MODELS[size].shape
+    e = s.n_embd
+    per_layer = [(e, 3 * e), (e, e), (e, 4 * e), (4 * e, e)]  # (in, out): qkv, attn proj, fc, mlp proj
+    return per_layer * s.n_layer + [(e, s.vocab_size)]  # + the LM head
+
+
+def timed(run: Callable[[], None], repeats: int) -> float:
+    run()  # warm-up (and first-touch of the weights)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def candidates(shapes: list[tuple[int, int]], rows: int):
+    """(name, bytes, run) for each kernel; weights are built lazily so only one layout is in memory."""
+
+    def conv1d_addmm():  # what transformers' GPT-2 does: x @ W with W stored (in, out)
+        ws = [(torch.randn(i, o) * 0.02, torch.zeros(o)) for i, o in shapes]
+        xs = {i: torch.randn(rows, i) for i, _ in shapes}
+        return sum(w.numel() * 4 for w, _ in ws), lambda: [torch.addmm(b, xs[w.shape[0]], w) for w, b in ws]
+
+    def linear(dtype):
+        def build():
+            ws = [((torch.randn(o, i) * 0.02).to(dtype), torch.zeros(o, dtype=dtype)) for i, o in shapes]
+            xs = {i: torch.randn(rows, i, dtype=dtype) for i, _ in shapes}
+            return sum(w.numel() * w.element_size() for w, _ in ws), lambda: [
+                F.linear(xs[w.shape[1]], w, b) for w, b in ws
+            ]
+
+        return build
+
+    def mkldnn_packed(dtype):
+        def build():
+            ws = []
+            for i, o in shapes:
+                w = (torch.randn(o, i) * 0.02).to(dtype)
+                packed = (
+                    torch.ops.mkldnn._reorder_linear_weight(w, rows)
+                    if hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+                    else w
+                )
+                ws.append((packed, torch.zeros(o, dtype=dtype), o, i))
+            xs = {i: torch.randn(rows, i, dtype=dtype) for i in {s[0] for s in shapes}}
+
+            def run():
+                for packed, b, _o, i in ws:
+                    torch.ops.mkldnn._linear_pointwise(xs[i], packed, b, "none", [], "")
+
+            return sum(o * i * torch.tensor([], dtype=dtype).element_size() for _, _, o, i in ws), run
+
+        return build
+
+    def int8_weight_only(act_dtype):
+        def build():
+            ws = []
+            for i, o in shapes:
+                w = torch.randn(o, i) * 0.02
+                scale = w.abs().amax(dim=1) / 127
+                ws.append((torch.round(w / scale[:, None]).to(torch.int8), scale.to(act_dtype)))
+            xs = {i: torch.randn(rows, i, dtype=act_dtype) for i, _ in shapes}
+            return sum(w.numel() for w, _ in ws), lambda: [
+                torch.ops.aten._weight_int8pack_mm(xs[w.shape[1]], w, s) for w, s in ws
+            ]
+
+        return build
+
+    yield "fp32 addmm (Conv1D layout)", conv1d_addmm
+    yield "fp32 F.linear", linear(torch.float32)
+    yield "bf16 F.linear", linear(torch.bfloat16)
+    yield "fp16 F.linear", linear(torch.float16)
+    yield "fp32 mkldnn packed", mkldnn_packed(torch.float32)
+    yield "bf16 mkldnn packed", mkldnn_packed(torch.bfloat16)
+    yield "int8 weights, bf16 act (_weight_int8pack_mm)", int8_weight_only(torch.bfloat16)
+    yield "int8 weights, fp32 act (_weight_int8pack_mm)", int8_weight_only(torch.float32)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Time batch-1 matmul kernels over a GPT-2's weights.")
+    parser.add_argument(
+        "--size", default="gpt2-xl", choices=list(KNOWN_MODELS), help="whose matrices (default gpt2-xl)"
+    )
+    parser.add_argument("--rows", type=int, default=1, help="rows of x: 1 = plain decode, 2 = with the shadow context")
+    parser.add_argument("--repeats", type=int, default=7, help="timed passes per kernel (median reported)")
+    parser.add_argument("--only", default="", help="run only kernels whose name contains this")
+    args = parser.parse_args()
+    shapes = matrices(args.size)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size}, rows={args.rows}")
+    print("| kernel | weight GB | ms / pass | GB/s | % of read probe |\n|---|---|---|---|---|")
+    for name, build in candidates(shapes, args.rows):
+        if args.only not in name:
+            continue
+        try:
+            nbytes, run = build()
+            with torch.inference_mode():
+                seconds = timed(run, args.repeats)
+        except Exception as error:  # noqa: BLE001 - a kernel this torch lacks is a row that says so
+            print(f"| {name} | - | unavailable: {type(error).__name__}: {str(error).splitlines()[0][:80]} | | |")
+            continue
+        finally:
+            run = build = None  # free this layout before the next
+        probe = read_bandwidth()
+        print(
+            f"| {name} | {nbytes / 1e9:.2f} | {seconds * 1e3:.0f} | {nbytes / seconds / 1e9:.1f} | {nbytes / seconds / 1e9 / probe:.0%} (probe {probe:.1f}) |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

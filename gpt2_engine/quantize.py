@@ -1,0 +1,88 @@
+"""Weights in the layout of the kernel that reads them fastest: int8 per channel, or bf16 prepacked.
+
+Each GPT-2 matrix (the Conv1D layers and the LM head) is swapped, one at a time, for a module that
+holds its weight in the new form, so the old copy is freed before the next is made and loading
+never holds two full copies. Every path (the fast forward, the reference forward, scoring) runs
+through the swapped modules. Kernels are torch's own (`_weight_int8pack_mm`, oneDNN's
+`_linear_pointwise`); `python -m bench.kernels` measures which is fastest on a machine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T + b with W in int8, one scale per output channel (symmetric, absmax / 127)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype):
+        super().__init__()
+        weight = weight.detach().float()  # (out, in)
+        scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,)
+        self.register_buffer("weight", torch.round(weight / scales[:, None]).to(torch.int8).contiguous())
+        self.register_buffer("scales", scales.to(dtype))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight, self.scales)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], -1)
+
+
+class PackedLinear(nn.Module):
+    """y = x W^T + b with W reordered once into oneDNN's blocked layout (bf16 on CPUs with AVX-512 BF16/AMX)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        super().__init__()
+        self.out_features = weight.shape[0]
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1))
+        self.register_buffer("bias", None if bias is None else bias.detach().contiguous())
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.ops.mkldnn._linear_pointwise(
+            x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.bias, "none", [], ""
+        )
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def _matrices(model: Any):
+    """(parent module, attribute name, weight as (out, in), bias) for every matrix a token reads."""
+    for block in model.transformer.h:
+        for parent, name in (
+            (block.attn, "c_attn"),
+            (block.attn, "c_proj"),
+            (block.mlp, "c_fc"),
+            (block.mlp, "c_proj"),
+        ):
+            conv = getattr(parent, name)  # transformers' Conv1D stores (in, out)
+            yield parent, name, conv.weight.T, conv.bias
+    yield model, "lm_head", model.lm_head.weight, model.lm_head.bias  # tied to wte: the embedding keeps its copy
+
+
+def swap_matrices(model: Any, make: Any) -> None:
+    """Replaces each matrix with `make(weight, bias)`, freeing the old one before the next is made."""
+    model.config.tie_word_embeddings = False  # the LM head gets its own copy; wte stays for lookups
+    with torch.no_grad():
+        for parent, name, weight, bias in list(_matrices(model)):
+            setattr(parent, name, make(weight, bias))
+            del weight, bias
+    model.requires_grad_(False)
+
+
+def to_int8(model: Any) -> None:
+    """int8 weights, activations in the model's dtype (bf16): a quarter of fp32's bytes per token."""
+    dtype = model.transformer.wte.weight.dtype
+    swap_matrices(model, lambda w, b: Int8Linear(w, b, dtype))
+
+
+def to_packed(model: Any) -> None:
+    """bf16 weights prepacked for oneDNN: same bytes, read faster than plain bf16 matmuls on this CPU."""
+    swap_matrices(model, PackedLinear)
+
+
+def can_pack() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
