@@ -17,7 +17,12 @@ from pathlib import Path
 
 import torch
 
-from gpt2_engine.loading import KNOWN_MODELS
+from gpt2_engine.loading import KNOWN_MODELS, ModelShape
+
+SHAPES = {name: known.shape for name, known in KNOWN_MODELS.items()}
+SHAPES["tiny"] = ModelShape(
+    n_layer=2, n_embd=64, n_head=4, vocab_size=257, n_positions=256
+)  # smoke tests: 256 bytes + eos
 
 
 def write_byte_tokenizer(folder: Path) -> None:
@@ -42,9 +47,9 @@ def build_standin(size: str, out: Path, tokenizer: Path | None = None, seed: int
     """Writes config, random safetensors weights (fp32) and a tokenizer to `out`; returns `out`."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    if size not in KNOWN_MODELS:
-        raise SystemExit(f"size = {size!r}: use one of {', '.join(KNOWN_MODELS)}")
-    shape = KNOWN_MODELS[size].shape
+    if size not in SHAPES:
+        raise SystemExit(f"size = {size!r}: use one of {', '.join(SHAPES)}")
+    shape = SHAPES[size]
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
         AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out)
@@ -56,8 +61,8 @@ def build_standin(size: str, out: Path, tokenizer: Path | None = None, seed: int
         n_embd=shape.n_embd,
         n_layer=shape.n_layer,
         n_head=shape.n_head,
-        bos_token_id=50256 if shape.vocab_size > 50256 else 0,
-        eos_token_id=50256 if shape.vocab_size > 50256 else 0,
+        bos_token_id=shape.vocab_size - 1,  # <|endoftext|> is the last id, in GPT-2 and in the byte tokenizer
+        eos_token_id=shape.vocab_size - 1,
     )
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)  # GPT-2's own init: normal(0, 0.02) weights, the real scale
@@ -68,7 +73,7 @@ def build_standin(size: str, out: Path, tokenizer: Path | None = None, seed: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("size", choices=list(KNOWN_MODELS), help="which GPT-2's shape to copy")
+    parser.add_argument("size", choices=list(SHAPES), help="which GPT-2's shape to copy (tiny: for smoke tests)")
     parser.add_argument("out", type=Path, help="folder to write (config.json, model.safetensors, tokenizer)")
     parser.add_argument(
         "--tokenizer",

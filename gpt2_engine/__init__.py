@@ -10,11 +10,18 @@ Knows nothing of Streamlit: the page (app.py) and the command line (python -m gp
 """
 
 from .errors import ModelLoadError, NotEnoughMemoryError, SettingsError, StudioError
-from .generation import Engine, Prompt, Step
+from .generation import STOP_REASONS, Candidate, Engine, Prompt, Step
 from .loading import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS, ModelShape, load
+from .scoring import Coherence, coherence
 from .settings import SAMPLERS, GenerationSettings, max_window, parse_seed
+from .stepping import StepMode
 
 __all__ = [
+    "STOP_REASONS",
+    "Candidate",
+    "Coherence",
+    "StepMode",
+    "coherence",
     "DEFAULT_MODEL",
     "DTYPE_CHOICES",
     "KNOWN_MODELS",

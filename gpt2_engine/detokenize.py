@@ -8,6 +8,7 @@ character. It decodes only a short tail of ids each time, not the whole text.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 REPLACEMENT = "\ufffd"
@@ -46,3 +47,14 @@ class TextStream:
         new_text = self._decode(self.ids[self._prefix :])
         self._prefix, self._read = self._read, len(self.ids)
         return new_text[len(prefix_text) :]
+
+
+@cache
+def byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet back to bytes: printable bytes stand for themselves, the other 68
+    are shifted to code points 256 and up (GPT-2's published `bytes_to_unicode`, inverted)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in printable]
+    table = {chr(b): b for b in printable}
+    table.update({chr(256 + n): b for n, b in enumerate(shifted)})
+    return table

@@ -135,6 +135,12 @@ class FastContext:
         self.length = self.cache.lengths[self.main]
         return logits
 
+    def truncate(self, tokens: int) -> None:
+        """Forgets the last `tokens` tokens of the main row (step mode's undo); the cache keeps no shadow then."""
+        assert not self.shadowed and 0 <= tokens <= self.length
+        self.cache.lengths[self.main] -= tokens
+        self.length = self.cache.lengths[self.main]
+
     def kv_bytes(self) -> int:
         """Bytes of keys and values held: the main row and, with a window, the shadow row."""
         held = self.length + (self.cache.lengths[self.shadow] if self.shadowed else 0)

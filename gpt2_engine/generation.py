@@ -22,14 +22,35 @@ import torch
 from torch import Tensor
 
 from .context import Context, KVCacheContext
-from .detokenize import TextStream
+from .detokenize import REPLACEMENT, TextStream, byte_decoder
+from .errors import SettingsError
 from .fast import FastContext
 from .loading import ModelShape
-from .memory import read_process_memory
-from .sampling import choose, draw, new_generator
+from .memory import available_bytes, read_process_memory
+from .sampling import Distribution, choose, draw, new_generator
 from .settings import MAX_SEED, GenerationSettings
 
-SENTENCE_ENDS = (".", "!", "?")  # the tutorial stopped on a token holding "."; ! and ? end sentences too
+SENTENCE_ENDS = (".", "!", "?")
+STOP_REASONS = {  # why a run ended, in the words the page and the command line show
+    "length": "reached the length",
+    "eos": "the model wrote <|endoftext|>",
+    "sentence_end": "reached the end of a sentence",
+    "memory": "the memory guard stopped it before the machine ran short",
+}  # the tutorial stopped on a token holding "."; ! and ? end sentences too
+
+
+class MemoryGuard:
+    """Stops a run before the process holds more than `share` of the memory that was available when it
+    started (plus what it held then), one step ahead: the next step is assumed to grow as the last did."""
+
+    def __init__(self, share: float):
+        self.limit_bytes = read_process_memory().rss_bytes + int(share * available_bytes())
+        self.last_rss = 0
+
+    def check(self, rss_bytes: int) -> str | None:
+        growth = max(0, rss_bytes - self.last_rss) if self.last_rss else 0
+        self.last_rss = rss_bytes
+        return "memory" if rss_bytes + 2 * growth > self.limit_bytes else None
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,20 @@ class Step:
     stop_reason: str | None  # on the last step: "length", "eos" or "sentence_end"
     prompt_tokens: int  # prompt tokens the model was given
     prompt_tokens_dropped: int  # prompt tokens dropped from the start to fit the model
+    nucleus_size: int = 0  # tokens in the top-p set this token was drawn from
+    nucleus_mass: float = 0.0  # their probability mass (>= top_p)
+    candidates: tuple[Candidate, ...] = ()  # the most likely tokens at this step, if asked for
+    memory_limit_bytes: int = 0  # the memory guard's limit for this run
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One possible next token, as the sampler saw it."""
+
+    token_id: int
+    text: str  # its text (a piece of a split character shows as bytes, e.g. <0xE6>)
+    probability: float  # after temperature and top-k
+    in_top_p: bool  # inside the top-p set the sampler picks from
 
 
 @dataclass(frozen=True)
@@ -82,7 +117,9 @@ class Engine:
     @property
     def weight_bytes(self) -> int:
         """Bytes of weights in memory (shared tensors, like the tied embedding, counted once)."""
-        tensors = {t.data_ptr(): t for t in (*self.model.parameters(), *self.model.buffers()) if t is not None}
+        tensors = {
+            id(t): t for t in (*self.model.parameters(), *self.model.buffers())
+        }  # parameters() skips tied copies
         return sum(
             t.numel() * t.element_size() for t in tensors.values() if t.is_floating_point() or t.dtype == torch.int8
         )
@@ -110,38 +147,49 @@ class Engine:
 
     def stream(self, prompt: str, settings: GenerationSettings | None = None, **changes: Any) -> Iterator[Step]:
         """Yields one Step per generated token. `changes` override fields of `settings`."""
-        settings = (
-            (settings or GenerationSettings()).with_(**changes) if changes else (settings or GenerationSettings())
-        )
-        settings.check_for(self.n_positions)
+        settings = self.settings_for(settings, **changes)
         seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
         return self._stream(self.prepare_prompt(prompt, settings.window), settings, seed)
+
+    def settings_for(self, settings: GenerationSettings | None = None, **changes: Any) -> GenerationSettings:
+        """`settings` with `changes`, checked against this model (raises SettingsError)."""
+        settings = settings or GenerationSettings()
+        settings = settings.with_(**changes) if changes else settings
+        settings.check_for(self.n_positions)
+        if settings.autograd and not any(p.requires_grad for p in self.model.parameters()):
+            raise SettingsError(
+                "autograd", True, f"tutorial mode needs fp32 or fp16 weights; this model is {self.precision}"
+            )
+        return settings
 
     def _stream(self, prompt: Prompt, settings: GenerationSettings, seed: int) -> Iterator[Step]:
         start = time.perf_counter()
         generator = new_generator(seed)
         text = TextStream(self.tokenizer)
         ids = list(prompt.ids)  # prompt + generated: the window re-primes from the tail of this
-        context = self.new_context(settings.window)
-        with torch.inference_mode():
+        guard = MemoryGuard(settings.memory_share)
+        # Tutorial mode runs as the tutorial did: autograd on, transformers' own cache, so each step's
+        # graph stays reachable from the cache and memory grows with the square of the context.
+        context = KVCacheContext(self.model) if settings.autograd else self.new_context(settings.window)
+        with torch.enable_grad() if settings.autograd else torch.inference_mode():
             logits = context.prime(ids)
             reset = False
             for index in range(settings.max_new_tokens + settings.sentence_end_max_extra):
-                token, _ = choose(
+                logits = logits.detach() if settings.autograd else logits
+                token, dist = choose(
                     logits, settings.sampler, draw(generator), settings.temperature, settings.top_k, settings.top_p
                 )
-                logprob = float(torch.log_softmax(logits.float(), dim=-1)[token])
                 ids.append(token)
                 delta = text.push(token)
-                stop = self._stop_reason(index, token, settings)
+                memory = read_process_memory()
+                stop = self._stop_reason(index, token, settings) or guard.check(memory.rss_bytes)
                 if stop:
                     delta += text.flush()
-                memory = read_process_memory()
                 yield Step(
                     index=index,
                     token_id=token,
                     text=delta,
-                    logprob=logprob,
+                    logprob=float(torch.log_softmax(logits.float(), dim=-1)[token]),
                     reset=reset,
                     context_tokens=context.length,
                     kv_bytes=context.kv_bytes(),
@@ -152,10 +200,32 @@ class Engine:
                     stop_reason=stop,
                     prompt_tokens=len(prompt.ids),
                     prompt_tokens_dropped=prompt.dropped,
+                    nucleus_size=dist.nucleus_size,
+                    nucleus_mass=dist.nucleus_mass,
+                    candidates=self.candidates(dist, settings.candidates) if settings.candidates else (),
+                    memory_limit_bytes=guard.limit_bytes,
                 )
                 if stop:
                     return
                 logits, reset = self._advance(context, ids, index + 1, settings.window)
+
+    def candidates(self, dist: Distribution, k: int) -> tuple[Candidate, ...]:
+        """The k most likely next tokens of a distribution, with their text and top-p membership."""
+        return tuple(
+            Candidate(int(token), self.token_text(int(token)), float(p), rank < dist.nucleus_size)
+            for rank, (token, p) in enumerate(zip(dist.token_ids[:k].tolist(), dist.probs[:k].tolist()))
+        )
+
+    def token_text(self, token_id: int) -> str:
+        """A token as text; a piece of a character split over tokens shows as its bytes, e.g. <0xE6>."""
+        text = self.tokenizer.decode([token_id])
+        if REPLACEMENT not in text:
+            return text
+        raw = self.tokenizer.convert_ids_to_tokens(token_id)
+        decoder = byte_decoder()
+        if all(ch in decoder for ch in raw):
+            return "".join(chr(b) if 32 <= b < 127 else f"<0x{b:02X}>" for b in (decoder[ch] for ch in raw))
+        return text
 
     def _advance(self, context: Context, ids: list[int], generated: int, window: int | None) -> tuple[Tensor, bool]:
         """Feeds the newest token, or re-primes when the window (or the model's limit) says so."""

@@ -15,6 +15,7 @@ from .errors import SettingsError
 SAMPLERS = ("nucleus", "tutorial", "greedy")
 MAX_NEW_TOKENS = 100_000  # memory stays bounded at any length (the window re-primes), time does not
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
+MAX_CANDIDATES = 100  # candidates shown per step: enough to see the top-p set of a sure model
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class GenerationSettings:
     stop_at_eos: bool = True  # stop when the model writes <|endoftext|>
     stop_at_sentence_end: bool = False  # long_speak.py: after the length, run on to a "." ...
     sentence_end_max_extra: int = 64  # ... but at most this many extra tokens
+    candidates: int = 0  # attach the top-k candidates to each Step (0 = off: no cost)
+    autograd: bool = False  # tutorial mode: keep autograd on, as the tutorial did, to show its memory growth
+    memory_share: float = 0.8  # stop a run before the process takes this share of the memory available at its start
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
@@ -48,10 +52,14 @@ class GenerationSettings:
             _check_int("top_k", self.top_k, 1, None, "off (None) or a whole number >= 1")
         if self.seed is not None:
             _check_int("seed", self.seed, 0, MAX_SEED)
-        for flag in ("stop_at_eos", "stop_at_sentence_end"):
+        for flag in ("stop_at_eos", "stop_at_sentence_end", "autograd"):
             if not isinstance(getattr(self, flag), bool):
                 raise SettingsError(flag, getattr(self, flag), "True or False")
         _check_int("sentence_end_max_extra", self.sentence_end_max_extra, 0, 10_000)
+        _check_int("candidates", self.candidates, 0, MAX_CANDIDATES)
+        _check_float("memory_share", self.memory_share, "a number greater than 0 and at most 1")
+        if not 0.0 < self.memory_share <= 1.0:
+            raise SettingsError("memory_share", self.memory_share, "a number greater than 0 and at most 1")
 
     def check_for(self, n_positions: int) -> None:
         """Checks what depends on the model: the window must leave room under its context limit."""

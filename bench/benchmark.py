@@ -1,0 +1,280 @@
+"""The benchmark: the engine against transformers' `generate()` on the same weights, in one process.
+
+For each precision it loads the model (first and second load), probes the machine's read bandwidth
+right before each timing, and measures: decode tokens/s (median per-token time after warm-up) for
+the engine and for `model.generate()` in alternating rounds, each as a share of the bandwidth
+ceiling (weight bytes x tokens/s / bandwidth); prefill tokens/s for prompts of 20, 200 and 1000
+tokens; time to first token; the window's cost (the same run with window 50, by shadow row and by
+re-prime, and with the window off); peak RSS and its anonymous part; teacher-forced agreement with
+fp32 (top-1 and KL). Prints a Markdown table and writes a JSON report with the machine's facts.
+
+    python -m bench.benchmark --model bench/models/gpt2-xl --precisions fp32,bf16,int8
+    python -m bench.benchmark --smoke          # a tiny stand-in, a few tokens: checks it all runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import gpt2_engine
+from bench.kernels import read_bandwidth
+from bench.standin import build_standin
+from gpt2_engine.fast import FastContext
+from gpt2_engine.memory import read_process_memory
+
+
+class TokenClock:
+    """A `generate()` streamer that notes the time each new token arrives."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first put() is the prompt
+            self.prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def per_token_seconds(times: list[float], warmup: int) -> float:
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return statistics.median(gaps[warmup:])
+
+
+def engine_decode(engine: gpt2_engine.Engine, prompt: list[int], tokens: int, warmup: int) -> float:
+    """Median seconds per token of the engine's own loop (sampling and memory readings included)."""
+    text = engine.tokenizer.decode(prompt)
+    settings = gpt2_engine.GenerationSettings(
+        max_new_tokens=tokens + warmup + 1, window=None, sampler="greedy", stop_at_eos=False, seed=0
+    )
+    times = [time.perf_counter()]
+    for _ in engine.stream(text, settings):
+        times.append(time.perf_counter())
+    return per_token_seconds(times[1:], warmup)
+
+
+def generate_decode(engine: gpt2_engine.Engine, prompt: list[int], tokens: int, warmup: int) -> float:
+    """Median seconds per token of `model.generate()` on the same model object."""
+    clock = TokenClock()
+    ids = torch.tensor([prompt], device=engine.device)
+    n = tokens + warmup + 1
+    with torch.inference_mode():
+        engine.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            pad_token_id=0,
+            streamer=clock,
+        )
+    return per_token_seconds(clock.times, warmup)
+
+
+def prefill(engine: gpt2_engine.Engine, length: int, repeats: int) -> float:
+    """Median seconds to read `length` tokens in one forward pass (the time to first token, less sampling)."""
+    ids = [(i * 7919) % 50000 % engine.model.config.vocab_size for i in range(length)]
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            FastContext(engine.model).prime(ids)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def run_seconds(engine: gpt2_engine.Engine, tokens: int, window: int | None, mode: str) -> float:
+    engine.window_mode = mode
+    try:
+        steps = engine.stream("The", max_new_tokens=tokens, window=window, sampler="greedy", stop_at_eos=False, seed=0)
+        return [step.elapsed_s for step in steps][-1]
+    finally:
+        engine.window_mode = "shadow"
+
+
+AGREEMENT_IDS = [(i * 7919 + 13) % 50000 for i in range(128)]  # teacher-forced text for the agreement check
+
+
+def log_probs(engine: gpt2_engine.Engine) -> torch.Tensor:
+    ids = [i % engine.model.config.vocab_size for i in AGREEMENT_IDS]
+    with torch.inference_mode():
+        return engine.model(input_ids=torch.tensor([ids], device=engine.device)).logits[0].float().cpu().log_softmax(-1)
+
+
+def agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
+    """Top-1 agreement and mean KL(fp32 || this precision) of teacher-forced next-token distributions."""
+    return float((reference.argmax(-1) == other.argmax(-1)).float().mean()), float(
+        (reference.exp() * (reference - other)).sum(-1).mean()
+    )
+
+
+def measure(model_dir: str, precision: str, args: argparse.Namespace, reference: dict) -> dict:
+    row: dict = {"precision": precision}
+    start = time.perf_counter()
+    engine = gpt2_engine.load(model_dir, dtype=precision, device=args.device)
+    row["first_load_s"] = time.perf_counter() - start
+    del engine
+    gc.collect()
+    start = time.perf_counter()
+    engine = gpt2_engine.load(model_dir, dtype=precision, device=args.device)
+    row["second_load_s"] = time.perf_counter() - start
+    row["weight_bytes"] = engine.weight_bytes
+    prompt = [(i * 31) % engine.model.config.vocab_size for i in range(20)]
+    ours, theirs, probes = [], [], []
+    for _ in range(args.rounds):  # alternate, so a noisy neighbour hurts both alike
+        probes.append(read_bandwidth(gb=1.0, repeats=5))
+        ours.append(engine_decode(engine, prompt, args.tokens // args.rounds, args.warmup))
+        probes.append(read_bandwidth(gb=1.0, repeats=5))
+        theirs.append(generate_decode(engine, prompt, args.tokens // args.rounds, args.warmup))
+    bandwidth = statistics.median(probes) * 1e9
+    row["bandwidth_gb_s"] = bandwidth / 1e9
+    row["ceiling_tok_s"] = bandwidth / engine.weight_bytes
+    row["engine_tok_s"] = 1 / statistics.median(ours)
+    row["generate_tok_s"] = 1 / statistics.median(theirs)
+    for length in args.prefill:
+        row[f"prefill_{length}_tok_s"] = length / prefill(engine, length, args.prefill_repeats)
+    first = next(
+        iter(
+            engine.stream(
+                "The cat sat on the mat and looked at the dog, who looked back at the", max_new_tokens=1, seed=0
+            )
+        )
+    )
+    row["time_to_first_token_s"] = first.elapsed_s
+    if args.window_tokens:
+        row["window_off_s"] = run_seconds(engine, args.window_tokens, None, "shadow")
+        row["window_50_shadow_s"] = run_seconds(engine, args.window_tokens, 50, "shadow")
+        row["window_50_reprime_s"] = run_seconds(engine, args.window_tokens, 50, "reprime")
+    memory = read_process_memory()
+    row["rss_bytes"], row["anon_bytes"] = memory.rss_bytes, memory.anon_bytes
+    row["kv_bytes_per_token"] = engine.kv_bytes_per_token
+    if precision == "fp32":
+        reference["fp32"] = log_probs(engine)
+    elif "fp32" in reference:
+        row["top1_agreement"], row["kl_vs_fp32"] = agreement(reference["fp32"], log_probs(engine))
+    del engine
+    gc.collect()
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = "| precision | engine tok/s | generate() tok/s | speed-up | ceiling tok/s | engine % of ceiling | generate() % of ceiling | prefill tok/s | first token s | window run s: off / 50 shadow / 50 re-prime | load s: 1st / 2nd | RSS GB (anon) after | top-1 / KL vs fp32 |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        window = (
+            f"{r['window_off_s']:.1f} / {r['window_50_shadow_s']:.1f} / {r['window_50_reprime_s']:.1f}"
+            if "window_off_s" in r
+            else "-"
+        )
+        agree = f"{r['top1_agreement']:.3f} / {r['kl_vs_fp32']:.4f}" if "top1_agreement" in r else "-"
+        prefills = "/".join(f"{r[k]:.0f}" for k in r if k.startswith("prefill_"))
+        lines.append(
+            f"| {r['precision']} | {r['engine_tok_s']:.2f} | {r['generate_tok_s']:.2f} | {r['engine_tok_s'] / r['generate_tok_s']:.2f}x | "
+            f"{r['ceiling_tok_s']:.2f} | {r['engine_tok_s'] / r['ceiling_tok_s']:.0%} | {r['generate_tok_s'] / r['ceiling_tok_s']:.0%} | {prefills} | "
+            f"{r['time_to_first_token_s']:.2f} | {window} | {r['first_load_s']:.1f} / {r['second_load_s']:.1f} | "
+            f"{r['rss_bytes'] / 1e9:.2f} ({r['anon_bytes'] / 1e9:.2f}) | {agree} |"
+        )
+    return "\n".join(lines)
+
+
+def machine_facts() -> dict:
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    import transformers
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Engine vs transformers generate(), per precision, in one process.")
+    parser.add_argument(
+        "--model", default="bench/models/gpt2-xl", help="a model folder (built as a gpt2-xl stand-in if missing)"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="../shared/gpt2-tokenizer",
+        help="tokenizer for a stand-in that must be built (skipped if missing)",
+    )
+    parser.add_argument("--precisions", default="fp32,bf16,int8", help="comma-separated: fp32, bf16, fp16, int8")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--tokens", type=int, default=100, help="decode tokens timed per side (split over the rounds)")
+    parser.add_argument("--warmup", type=int, default=5, help="tokens not timed at the start of each round")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating engine/generate() rounds")
+    parser.add_argument("--prefill", default="20,200,1000", help="prompt lengths for prefill speed")
+    parser.add_argument("--prefill-repeats", type=int, default=3, help="timed prefills per length (median)")
+    parser.add_argument("--window-tokens", type=int, default=500, help="length of the window-cost runs (0 skips them)")
+    parser.add_argument("--out", default="bench/out/report.json", help="where to write the JSON report")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tiny stand-in and a few tokens: checks that everything runs"
+    )
+    args = parser.parse_args()
+    args.prefill = [int(x) for x in args.prefill.split(",") if x]
+    model_dir = args.model
+    if args.smoke:
+        model_dir = str(build_standin("tiny", Path(tempfile.mkdtemp()) / "tiny"))
+        args.tokens, args.warmup, args.rounds, args.window_tokens, args.prefill, args.prefill_repeats = (
+            8,
+            1,
+            2,
+            60,
+            [20, 200],
+            1,
+        )
+    elif not Path(model_dir, "config.json").exists():
+        tokenizer = Path(args.tokenizer) if Path(args.tokenizer).exists() else None
+        print(f"building a gpt2-xl stand-in in {model_dir} (random weights, a minute) ...", flush=True)
+        build_standin("gpt2-xl", Path(model_dir), tokenizer)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if "fp32" in precisions:  # measured first, so every other precision is compared with its logits
+        precisions.remove("fp32")
+        precisions.insert(0, "fp32")
+    reference: dict = {}
+    rows = []
+    for precision in precisions:
+        print(f"measuring {precision} ...", flush=True)
+        rows.append(measure(model_dir, precision, args, reference))
+    report = {"machine": machine_facts(), "model": model_dir, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(
+        f"\n{report['machine']['cpu']}, {report['machine']['torch_threads']} threads, torch {report['machine']['torch']}, transformers {report['machine']['transformers']}"
+    )
+    print(table(rows))
+    print(f"\nreport: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
