@@ -1,0 +1,141 @@
+"""Sharing a model among visitors (plan, load once, turns) and the numbers a run's steps add up to."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import gpt2_engine
+from gpt2_engine.serving import SharedModel, TurnQueue, plan_load
+from gpt2_engine.stats import RunStats, generated_text, memory_rows
+
+
+def test_stats_add_up_the_steps(engine: gpt2_engine.Engine) -> None:
+    steps = list(engine.stream("The cat sat", max_new_tokens=30, window=7, seed=5))
+    stats = RunStats.from_steps(steps)
+    assert stats.tokens == 30 and stats.seed == 5 and stats.stop_reason == "length"
+    assert stats.resets == (7, 14, 21, 28)
+    assert stats.words == len(generated_text(steps).split())
+    assert stats.peak_rss_bytes == max(s.rss_bytes for s in steps) > 0
+    assert stats.peak_kv_bytes == max(s.kv_bytes for s in steps) > 0
+    assert stats.tokens_per_s > 0 and stats.elapsed_s == steps[-1].elapsed_s
+    assert "The cat sat" + generated_text(steps) == engine.speak("The cat sat", max_new_tokens=30, window=7, seed=5)
+    rows = memory_rows(steps)
+    assert [row["tokens"] for row in rows] == list(range(1, 31))
+    assert [row["tokens"] - 1 for row in rows if row["reset"]] == [7, 14, 21, 28]
+
+
+def test_stats_of_no_steps_and_one_step(engine: gpt2_engine.Engine) -> None:
+    assert RunStats.from_steps([]).tokens == 0 and RunStats.from_steps([]).seed is None
+    one = RunStats.from_steps(list(engine.stream("Hi", max_new_tokens=1, seed=1)))
+    assert one.tokens == 1 and one.tokens_per_s == 0.0 and one.resets == ()
+
+
+def test_plan_of_a_known_name_reads_nothing_and_of_a_folder_reads_its_config(tiny_model_dir: Path) -> None:
+    plan = plan_load("gpt2-xl", "fp32", "cpu")
+    assert plan.precision == "fp32" and plan.device == "cpu" and plan.shape.n_layer == 48
+    assert plan.memory_needed_bytes > plan.weight_bytes > 6e9
+    folder = plan_load(str(tiny_model_dir), "bf16", "cpu")
+    assert folder.is_local and folder.shape.n_positions == 128 and folder.precision == "bf16"
+
+
+def test_plan_of_a_missing_folder_says_so(tmp_path: Path) -> None:
+    with pytest.raises(gpt2_engine.ModelLoadError, match="does not exist"):
+        plan_load(str(tmp_path / "nothing"))
+
+
+def test_a_shared_model_loads_once_however_many_ask_at_once() -> None:
+    calls = []
+
+    def slow_loader(name, dtype, device, progress):
+        calls.append(name)
+        progress("loading")
+        time.sleep(0.2)
+        return f"engine of {name}"
+
+    shared = SharedModel("m", loader=slow_loader)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(shared.get())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert results == ["engine of m"] * 4 and calls == ["m"] and shared.loaded
+    assert shared.progress == ["loading"]
+
+
+def test_a_failed_load_is_reported_then_tried_again() -> None:
+    attempts = []
+
+    def flaky_loader(name, dtype, device, progress):
+        attempts.append(name)
+        if len(attempts) == 1:
+            raise gpt2_engine.ModelLoadError("not downloaded yet")
+        return "engine"
+
+    shared = SharedModel("m", loader=flaky_loader)
+    shared.start()
+    with pytest.raises(gpt2_engine.ModelLoadError, match="not downloaded"):
+        while shared.wait(timeout_s=1) is None:
+            pass
+    with pytest.raises(gpt2_engine.ModelLoadError):  # still the same failure until someone starts again
+        shared.wait(timeout_s=1)
+    assert shared.get() == "engine" and len(attempts) == 2
+
+
+def test_turns_are_one_at_a_time_first_come_first_served() -> None:
+    queue = TurnQueue()
+    first = queue.join()
+    second = queue.join()
+    assert queue.ahead(first) == 0 and queue.ahead(second) == 1
+    assert not queue.wait(second, timeout_s=0.01)
+    queue.leave(first)
+    assert queue.wait(second, timeout_s=0.01) and len(queue) == 1
+    queue.leave(second)
+    queue.leave(second)  # harmless
+    assert len(queue) == 0
+
+
+def test_a_waiting_run_hears_how_many_are_ahead_and_gets_its_turn() -> None:
+    queue = TurnQueue()
+    heard: list[int] = []
+    order: list[str] = []
+    holding = threading.Event()
+
+    def first_run() -> None:
+        with queue.turn():
+            holding.set()
+            time.sleep(0.3)
+            order.append("first")
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    holding.wait(5)
+    with queue.turn(waiting=heard.append, poll_s=0.05):
+        order.append("second")
+    thread.join(5)
+    assert order == ["first", "second"] and heard and set(heard) == {1}
+    assert len(queue) == 0
+
+
+def test_a_turn_is_given_back_when_the_run_raises_or_gives_up() -> None:
+    queue = TurnQueue()
+    with pytest.raises(RuntimeError), queue.turn():
+        raise RuntimeError("boom")
+    assert len(queue) == 0
+
+    class Interrupted(BaseException):  # what Streamlit raises in a script it stops
+        pass
+
+    blocker = queue.join()
+
+    def give_up(ahead: int) -> None:
+        raise Interrupted
+
+    with pytest.raises(Interrupted), queue.turn(waiting=give_up, poll_s=0.01):
+        pass
+    assert len(queue) == 1  # only the blocker is left
+    queue.leave(blocker)
