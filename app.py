@@ -1,0 +1,49 @@
+"""GPT-2 Studio: type a phrase, watch GPT-2 continue it token by token while its memory is charted.
+
+    streamlit run app.py
+    GPT2_STUDIO_MODEL=gpt2 streamlit run app.py          # start with another model (a name or a folder)
+
+Layout and wiring only, top to bottom: the parts live in studio/, the work in gpt2_engine/.
+"""
+
+from pathlib import Path
+
+import streamlit as st
+
+import gpt2_engine
+from studio import controls, model_picker, runner
+from studio.run_view import RunView
+
+st.set_page_config(page_title="GPT-2 Studio", page_icon="✍️", layout="wide")
+st.html(Path(__file__).parent / "studio" / "style.css")
+
+st.title("GPT-2 Studio")
+st.caption(
+    "Type a phrase and watch GPT-2 continue it, one word piece at a time, "
+    "while the charts show how much memory it takes and what a smaller context window saves."
+)
+
+with st.sidebar:
+    st.header("Model")
+    choice = model_picker.pick_model()
+loading_box = st.empty()
+engine = model_picker.load_model(choice, st.sidebar, loading_box)
+
+settings_column, run_column = st.columns([1, 2], gap="large")
+with settings_column:
+    request = controls.generation_form(
+        max_window=gpt2_engine.max_window(engine.n_positions if engine else 1024),
+        enabled=engine is not None,
+    )
+    if request.problem:
+        st.error(request.problem, icon="⚠️")
+with run_column:
+    status_row, stop_row = st.columns([5, 1], vertical_alignment="center")
+    # Clicking Stop reruns the page, which interrupts a run within one token (see studio/runner.py).
+    stop_row.button("Stop", key="stop", icon=":material/stop:", help="Stop writing; the text so far is kept.")
+    view = RunView(status_row)
+
+if request.generate and engine is not None and request.settings is not None:
+    runner.generate(engine, request.prompt, request.settings, view)
+else:
+    view.show(runner.latest_run())

@@ -1,0 +1,11 @@
+"""The page's parts: app.py lays them out top to bottom and wires them to the engine.
+
+    model_picker  the sidebar: which model and precision, what it needs, loading it with progress
+    controls      the form: prompt, length, top-p, window and the advanced settings -> GenerationSettings
+    runner        one visitor's run: waits its turn, streams into session state, ends cleanly on Stop
+    run_view      what a run looks like: its text, its status, its numbers
+    charts        the live memory charts (Altair)
+
+Nothing here is worth a unit test on its own: numbers come from gpt2_engine (stats, serving), and
+tests/test_page.py drives the whole page.
+"""

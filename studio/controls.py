@@ -1,0 +1,140 @@
+"""The generation form: prompt, length, top-p, window, the advanced settings, and Generate.
+
+The widgets sit in an `st.form`, so moving a slider during a run does not interrupt it: nothing is
+sent until Generate. Widget keys are the settings' names in the user's words, and the tests' handles:
+prompt, length, top_p, window, sampler, temperature, top_k, seed, sentence_end, generate.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import streamlit as st
+
+import gpt2_engine
+from gpt2_engine.__main__ import TUTORIAL_PHRASE
+
+OFF = "off"  # the window slider's last stop: keep the whole context
+DEFAULT_LENGTH = 100  # enough to see two window resets at the default window of 50
+MAX_LENGTH = 1000  # a few minutes of gpt2-xl on a laptop CPU
+SHORT_SEED_BELOW = 1_000_000  # a seed the page picks is short, to read out and type again
+SAMPLER_LABELS = {
+    "nucleus": "nucleus: pick by probability (usual)",
+    "tutorial": "tutorial: pick uniformly among the likely ones",
+    "greedy": "greedy: always the most likely",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the form asks for."""
+
+    prompt: str
+    settings: gpt2_engine.GenerationSettings | None  # None when a value is not allowed
+    problem: str | None  # that value, said in words
+    generate: bool  # Generate was pressed in this rerun
+
+
+def _window_label(value: int | str) -> str:
+    return "off (whole context)" if value == OFF else f"{value} tokens"
+
+
+def generation_form(max_window: int, enabled: bool) -> Request:
+    """Draws the form; `max_window` is the model's largest window, `enabled` False while no model is loaded."""
+    with st.form("generation", border=False, enter_to_submit=False):
+        prompt = st.text_area(
+            "Your phrase",
+            value=TUTORIAL_PHRASE,
+            key="prompt",
+            height=110,
+            help="GPT-2 continues this text. It has not seen anything else: no question, no chat, just text to go on.",
+        )
+        length = st.slider(
+            "Length (tokens)",
+            1,
+            MAX_LENGTH,
+            DEFAULT_LENGTH,
+            key="length",
+            help="How much to write, in tokens. A token is a word piece: about 3/4 of a word on average, "
+            "so 100 tokens are roughly 75 words.",
+        )
+        top_p = st.slider(
+            "Top-p",
+            0.05,
+            1.0,
+            0.70,
+            step=0.05,
+            key="top_p",
+            help="How adventurous the choice of each next token is. The model ranks every possible token; "
+            "it keeps the most likely ones until they add up to this share of the probability, and picks among "
+            "them. Low: safe and repetitive. High: varied, sometimes odd.",
+        )
+        window = st.select_slider(
+            "Window",
+            options=[*range(1, max_window + 1), OFF],
+            value=min(50, max_window),
+            format_func=_window_label,
+            key="window",
+            help="How many recent tokens the model keeps in mind. Every N tokens it forgets everything but the "
+            "last N and re-reads them (marked ⟲ in the text). A small window saves memory but loses the thread; "
+            "'off' keeps the whole text, up to the model's limit.",
+        )
+        with st.expander("Advanced"):
+            sampler = st.radio(
+                "Sampler",
+                gpt2_engine.SAMPLERS,
+                format_func=SAMPLER_LABELS.get,
+                key="sampler",
+                help="How the next token is picked from the likely ones. 'tutorial' is what the original "
+                "tutorial did: every likely token has the same chance.",
+            )
+            temperature = st.slider(
+                "Temperature",
+                0.1,
+                2.0,
+                1.0,
+                step=0.05,
+                key="temperature",
+                help="Below 1 the model plays safe; above 1 it takes more risks. 1 leaves it as it is.",
+            )
+            top_k = st.number_input(
+                "Top-k",
+                min_value=0,
+                value=None,
+                step=1,
+                key="top_k",
+                placeholder="off",
+                help="Consider only the k most likely tokens before top-p. Empty or 0: no limit.",
+            )
+            seed_text = st.text_input(
+                "Seed",
+                key="seed",
+                placeholder="empty: a new one each time",
+                help="The same seed with the same settings writes exactly the same text. "
+                "Every run shows the seed it used, so you can repeat it.",
+            )
+            sentence_end = st.checkbox(
+                "Finish the sentence",
+                key="sentence_end",
+                help="After the length is reached, keep writing until a sentence ends (. ! or ?), "
+                "at most 64 tokens more.",
+            )
+        generate = st.form_submit_button(
+            "Generate", key="generate", type="primary", icon=":material/play_arrow:", disabled=not enabled
+        )
+    try:
+        seed = gpt2_engine.parse_seed(seed_text)
+        settings = gpt2_engine.GenerationSettings(
+            max_new_tokens=int(length),
+            top_p=float(top_p),
+            window=None if window == OFF else int(window),
+            sampler=str(sampler),
+            temperature=float(temperature),
+            top_k=int(top_k) if top_k else None,
+            seed=seed if seed is not None else secrets.randbelow(SHORT_SEED_BELOW),
+            stop_at_sentence_end=bool(sentence_end),
+        )
+    except gpt2_engine.SettingsError as error:
+        return Request(prompt, None, str(error), generate)
+    return Request(prompt, settings, None, generate)

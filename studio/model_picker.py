@@ -1,0 +1,149 @@
+"""The sidebar's model choice, what that model needs, and loading it once per server with visible progress.
+
+The start-up model comes from GPT2_STUDIO_MODEL (a known name, a hub id or a folder), else gpt2-xl.
+Every failure ends as a message on the page that says what to do; the page stays usable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import streamlit as st
+
+import gpt2_engine
+from gpt2_engine.memory import available_bytes, format_bytes
+from gpt2_engine.serving import LoadPlan, SharedModel, plan_load
+
+ENV_MODEL = "GPT2_STUDIO_MODEL"
+OTHER = "other"  # the last choice in the model list: a folder on this computer, or a hub id
+PRECISION_LABELS = {
+    "auto": "auto (best here)",
+    "fp32": "fp32 (full)",
+    "bf16": "bf16 (half the memory)",
+    "fp16": "fp16 (half, GPU)",
+    "int8": "int8 (a quarter, CPU)",
+}
+LOG = logging.getLogger("gpt2_studio")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    name: str  # a known name, a hub id or a folder
+    precision: str  # one of gpt2_engine.DTYPE_CHOICES
+
+
+def start_model() -> str:
+    return os.environ.get(ENV_MODEL, "").strip() or gpt2_engine.DEFAULT_MODEL
+
+
+def _model_label(name: str) -> str:
+    if name == OTHER:
+        return "other: a folder or hub id"
+    billions = gpt2_engine.KNOWN_MODELS[name].shape.parameters / 1e9
+    size = f"{billions:.2f} billion" if billions >= 1 else f"{billions * 1000:.0f} million"
+    return f"{name} ({size} parameters)"
+
+
+def pick_model() -> ModelChoice:
+    """The model and precision widgets (keys `model`, `model_folder`, `precision`)."""
+    start = start_model()
+    options = [*gpt2_engine.KNOWN_MODELS, OTHER]
+    picked = st.selectbox(
+        "Which GPT-2",
+        options,
+        index=options.index(start) if start in gpt2_engine.KNOWN_MODELS else len(options) - 1,
+        format_func=_model_label,
+        key="model",
+        help="Bigger models write better text but need more memory and run slower. "
+        "gpt2-xl is the largest GPT-2; gpt2 is the smallest download.",
+    )
+    name = picked
+    if picked == OTHER:
+        name = st.text_input(
+            "Folder or hub id",
+            value="" if start in gpt2_engine.KNOWN_MODELS else start,
+            key="model_folder",
+            placeholder="/path/to/a/gpt2-folder",
+            help="A folder written by save_pretrained() (config.json, weights and tokenizer files), "
+            "or a Hugging Face hub id such as openai-community/gpt2.",
+        )
+    precision = st.selectbox(
+        "Precision",
+        gpt2_engine.DTYPE_CHOICES,
+        format_func=lambda p: PRECISION_LABELS.get(p, p),
+        key="precision",
+        help="How many bits each weight takes. Fewer bits: less memory, often faster, slightly different text. "
+        "auto picks what runs best on this machine.",
+    )
+    return ModelChoice(name.strip(), precision)
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def _plan(name: str, precision: str) -> LoadPlan:
+    return plan_load(name, precision)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)  # at most two models in memory at once
+def shared_model(name: str, precision: str) -> SharedModel:
+    """One per server for each model and precision: every visitor uses the same weights."""
+    return SharedModel(name, precision)
+
+
+def show_plan(plan: LoadPlan, loaded: bool) -> None:
+    """Device, precision and memory, in the sidebar, shown before the load starts."""
+    st.markdown(
+        f"**Runs on** {plan.device.upper()} · **precision** {plan.precision}  \n"
+        f"**Weights** {format_bytes(plan.weight_bytes)} · **context** {plan.shape.n_positions} tokens  \n"
+        f"**Memory needed** about {format_bytes(plan.memory_needed_bytes)}"
+        + ("" if loaded else f" ({format_bytes(available_bytes())} free now)")
+    )
+
+
+def load_model(choice: ModelChoice, sidebar, loading_box) -> gpt2_engine.Engine | None:
+    """The engine for this choice, loading it with progress in `loading_box` the first time.
+    None, with a message on the page, when it cannot be loaded."""
+    if not choice.name:
+        st.info("Type the folder (or hub id) of a GPT-2 model in the sidebar.")
+        return None
+    try:
+        plan = _plan(choice.name, choice.precision)
+        shared = shared_model(choice.name, choice.precision)
+        with sidebar:
+            show_plan(plan, shared.loaded)
+        return _wait_for(shared, plan, loading_box)
+    except gpt2_engine.StudioError as error:
+        _cannot_load(choice, str(error))
+    except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
+        LOG.exception("loading %s failed", choice.name)
+        _cannot_load(choice, f"{type(error).__name__}: {error}")
+    return None
+
+
+def _wait_for(shared: SharedModel, plan: LoadPlan, loading_box) -> gpt2_engine.Engine:
+    shared.start()  # a no-op once loaded; after a failed load, tries again
+    engine = shared.wait(timeout_s=0.05)
+    if engine is not None:
+        return engine
+    label = f"Loading {plan.name}: {format_bytes(plan.weight_bytes)} of weights, once for everyone"
+    try:
+        with loading_box.status(label, expanded=True) as status:
+            shown = 0
+            while engine is None:  # each pass is also where Streamlit can stop this script run
+                for message in shared.progress[shown:]:
+                    status.write(message)
+                    shown += 1
+                engine = shared.wait(timeout_s=0.25)
+    finally:
+        loading_box.empty()  # loaded, or failed: the message goes on the page instead
+    return engine
+
+
+def _cannot_load(choice: ModelChoice, message: str) -> None:
+    st.error(f"**Could not load this model.** {message}", icon=":material/error:")
+    st.info(
+        "Pick another model in the sidebar (gpt2 is the smallest), or give the folder of a model "
+        "written by `save_pretrained()`. Set `HF_HUB_OFFLINE=1` to use only models already downloaded.",
+        icon=":material/lightbulb:",
+    )

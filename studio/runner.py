@@ -1,0 +1,93 @@
+"""One visitor's run: wait for the model's turn, stream into session state, end cleanly however it ends.
+
+How Stop works. Clicking Stop (or any widget outside the form) makes Streamlit rerun the script. The
+running script is interrupted at its next Streamlit call with an exception Streamlit raises itself
+(a BaseException, not caught here). Each token is appended to the run kept in `st.session_state`,
+and reading session state is one of those interrupt points, so the run ends within one token.
+On the way out, `finally` closes the engine's generator, gives the turn back, and marks the run
+stopped; the new script run then shows the text kept so far. A closed tab ends a run the same way.
+.streamlit/config.toml turns runner.fastReruns off, so the new script run starts only after that;
+with it on, Streamlit starts the new run at once, beside the old, and `latest_run` waits for the old.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+import gpt2_engine
+from gpt2_engine.serving import TurnQueue
+from gpt2_engine.stats import RunStats, generated_text
+
+RUN_KEY = "run"  # st.session_state[RUN_KEY]: the latest Run of this visitor
+SETTLE_S = 10.0  # longest wait for a stopped run to notice: one token, or a long prompt's first read
+LOG = logging.getLogger("gpt2_studio")
+
+
+@dataclass
+class Run:
+    """A run as the page keeps it: what was asked, and the steps so far."""
+
+    prompt: str
+    settings: gpt2_engine.GenerationSettings
+    model: str
+    weight_bytes: int
+    steps: list[gpt2_engine.Step] = field(default_factory=list)
+    stopped: bool = False  # ended before the engine finished it (Stop, a page change, a closed tab)
+    error: str | None = None  # why it failed, in words
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped or self.error is not None or bool(self.steps and self.steps[-1].stop_reason)
+
+    @property
+    def generated(self) -> str:
+        return generated_text(self.steps)
+
+    @property
+    def stats(self) -> RunStats:
+        return RunStats.from_steps(self.steps)
+
+
+@st.cache_resource(show_spinner=False)
+def turn_queue() -> TurnQueue:
+    """One per server: generations run one at a time, whoever asks."""
+    return TurnQueue()
+
+
+def latest_run(settle_s: float = SETTLE_S) -> Run | None:
+    """This visitor's latest run. A run still writing when a new script run starts is being stopped (with
+    runner.fastReruns, Streamlit starts the new run before the old one reaches its next interrupt point):
+    wait, a token's time, for it to say so, rather than show it as still writing."""
+    run = st.session_state.get(RUN_KEY)
+    deadline = time.monotonic() + settle_s
+    while run is not None and not run.finished and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return run
+
+
+def generate(engine: gpt2_engine.Engine, prompt: str, settings: gpt2_engine.GenerationSettings, view) -> Run:
+    """Runs one generation for this visitor, drawing it on `view` as it streams (see the module's note)."""
+    run = Run(prompt, settings, engine.name, engine.weight_bytes)
+    st.session_state[RUN_KEY] = run
+    try:
+        with turn_queue().turn(waiting=view.show_waiting):
+            view.show(run)
+            with closing(engine.stream(prompt, settings)) as steps:
+                for step in steps:
+                    st.session_state[RUN_KEY].steps.append(step)  # kept as it streams; Stop takes effect here
+                    view.update(run)
+    except gpt2_engine.StudioError as error:
+        run.error = str(error)
+    except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
+        LOG.exception("generation failed")
+        run.error = f"Generation failed: {type(error).__name__}: {error}"
+    finally:
+        if not run.finished:  # interrupted by Streamlit: Stop, another widget, a closed tab
+            run.stopped = True
+    view.show(run)
+    return run
