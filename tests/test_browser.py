@@ -1,0 +1,188 @@
+"""End to end: the real Streamlit server with the tiny model, driven by headless Chromium (Playwright).
+
+Type a phrase, Generate, see the text and the charts; start a long run and Stop it; a bad model path.
+Screenshots go to $GPT2_STUDIO_SCREENSHOTS (default: a temporary folder), to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+START_TIMEOUT_S = 90  # the server imports torch and transformers before it answers
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
+    ),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `streamlit run app.py` on a free port, killed at the end whatever happens."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("server") / "streamlit.log").open("w")
+    env = {**os.environ, "GPT2_STUDIO_MODEL": str(tiny_model_dir), "HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, f"the server exited early; see {log.name}"
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                    if answer.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"the server did not answer within {START_TIMEOUT_S} s; see {log.name}"
+            time.sleep(0.25)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("GPT2_STUDIO_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def page(server: str):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.set_default_timeout(60_000)  # generous: the machine may be busy
+            page.goto(server)
+            page.get_by_text("Type a phrase, then press").wait_for()  # the model is loaded and the form is drawn
+            yield page
+        finally:
+            browser.close()
+
+
+def full_length_seed(engine, prompt: str, length: int) -> int:
+    """A seed with which the tiny random model writes all `length` tokens at the page's default settings
+    (it often writes <|endoftext|> and stops early); the server runs the same engine on the same folder."""
+    for seed in range(100):
+        for step in engine.stream(prompt, max_new_tokens=length, seed=seed, top_p=0.7, window=50):
+            if step.stop_reason == "eos":
+                break
+        else:
+            return seed
+    raise AssertionError("no seed in 0..99 runs to the full length")
+
+
+def type_seed(page, seed: int) -> None:
+    page.get_by_text("Advanced").click()
+    page.get_by_role("textbox", name="Seed").fill(str(seed))
+
+
+def status_text(page) -> str:
+    return page.locator('[data-testid="stAlert"]').first.inner_text()
+
+
+def generated_text(page) -> str:
+    return page.locator(".studio-text .generated").inner_text()
+
+
+def set_length_to_max(page) -> None:
+    slider = page.get_by_role("slider").first  # Length is the form's first slider
+    slider.focus()
+    slider.press("End")
+
+
+def test_type_generate_and_watch_it_stream(page, engine, shots: Path) -> None:
+    page.screenshot(path=shots / "1-idle.png", full_page=True)
+    page.get_by_role("textbox", name="Your phrase").fill("The cat sat on the mat.")
+    type_seed(page, full_length_seed(engine, "The cat sat on the mat.", 100))
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Done:").wait_for()
+    assert page.locator(".studio-text .prompt").inner_text() == "The cat sat on the mat."
+    assert generated_text(page).strip()
+    assert page.locator('[data-testid="stVegaLiteChart"]').count() == 2
+    page.locator('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg').first.wait_for()
+    assert page.locator('[data-testid="stMetricValue"]').last.inner_text().isdigit()  # the seed
+    assert "⟲" in page.locator(".studio-text").inner_text()  # 100 tokens with a window of 50: a reset, marked
+    page.screenshot(path=shots / "3-after-a-run.png", full_page=True)
+
+
+def test_stop_ends_a_long_run_and_keeps_its_text(page, engine, shots: Path) -> None:
+    set_length_to_max(page)
+    # a seed that writes 500 tokens or more: Stop, not <|endoftext|>, must end this run
+    type_seed(page, full_length_seed(engine, page.get_by_role("textbox", name="Your phrase").input_value(), 500))
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Writing…").wait_for()
+    page.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
+    page.screenshot(path=shots / "2-generating.png", full_page=True)
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Stopped after").wait_for()
+    stopped = status_text(page)
+    tokens = int(stopped.split("Stopped after ")[1].split(" ")[0])
+    assert 0 < tokens < 1000
+    text = generated_text(page)
+    assert text
+    time.sleep(1.0)  # a run that had not stopped would write hundreds of tokens in this time
+    assert generated_text(page) == text and status_text(page) == stopped
+    page.screenshot(path=shots / "4-stopped.png", full_page=True)
+
+
+def test_a_bad_model_path_shows_what_to_do(page, shots: Path, tmp_path: Path) -> None:
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name="other: a folder or hub id").click()
+    folder = page.get_by_role("textbox", name="Folder or hub id")
+    folder.fill(str(tmp_path / "no-such-model"))
+    folder.press("Enter")
+    page.get_by_text("Could not load this model").wait_for()
+    assert page.get_by_text("Pick another model").count() == 1
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=shots / "5-bad-model.png", full_page=True)

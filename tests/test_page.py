@@ -1,0 +1,215 @@
+"""The real app.py, driven by Streamlit's AppTest with the tiny model folder: widgets by key, the streamed
+text against the engine's own output, the chart's data, the seed, messages instead of tracebacks."""
+
+from __future__ import annotations
+
+import html
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import write_tiny_model
+from streamlit import dataframe_util
+from streamlit.testing.v1 import AppTest
+
+import gpt2_engine
+from studio import runner
+from studio.run_view import RESET_MARK, RunView
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+@pytest.fixture
+def page(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tiny_model_dir))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def generate(at: AppTest, **values) -> AppTest:
+    """Sets widgets by key (prompt, length, top_p, window, seed, ...) and presses Generate."""
+    for key, value in values.items():
+        widget = next(
+            w
+            for kind in ("text_area", "slider", "select_slider", "text_input", "radio", "checkbox")
+            for w in getattr(at, kind)
+            if w.key == key
+        )
+        widget.set_value(value)
+    at.button(key="generate").click()
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def full_length_seed(engine: gpt2_engine.Engine, prompt: str, length: int, **settings) -> int:
+    """A seed with which the tiny random model writes all `length` tokens (it often writes <|endoftext|>)."""
+    for seed in range(100):
+        steps = list(engine.stream(prompt, max_new_tokens=length, seed=seed, **settings))
+        if steps[-1].stop_reason == "length":
+            return seed
+    raise AssertionError("no seed in 0..99 runs to the full length")
+
+
+def shown_text(at: AppTest) -> str:
+    """The streamed text's HTML, without the reset marks."""
+    box = next(h.value for h in at.html if 'class="studio-text"' in h.value)
+    return box.replace(RESET_MARK, "")
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def chart_datasets(at: AppTest) -> list[pd.DataFrame]:
+    return [
+        dataframe_util.convert_arrow_bytes_to_pandas_df(dataset.data.data)
+        for chart in at.get("vega_lite_chart")
+        for dataset in chart.proto.datasets
+    ]
+
+
+def test_the_page_starts_with_the_model_and_explains_itself(page: AppTest) -> None:
+    assert page.title[0].value == "GPT-2 Studio"
+    assert not page.error
+    assert page.text_area(key="prompt").value  # pre-filled with an example phrase
+    assert page.slider(key="top_p").value == pytest.approx(0.70)
+    assert page.select_slider(key="window").value == 50
+    assert "Generate" in page.info[0].value
+    for key in ("prompt", "length", "top_p", "window", "temperature", "seed", "sentence_end", "sampler"):
+        widget = next(
+            w
+            for kind in ("text_area", "slider", "select_slider", "text_input", "checkbox", "radio")
+            for w in getattr(page, kind)
+            if w.key == key
+        )
+        assert widget.help, f"{key} has no help text"
+
+
+def test_streamed_text_is_the_engines_own_for_the_seed_shown(page: AppTest, engine: gpt2_engine.Engine) -> None:
+    prompt = "The cat sat on the mat."
+    at = generate(page, prompt=prompt, length=30, top_p=0.9, window=8)
+    seed = int(metric(at, "Seed"))  # a seed the page drew: the field was empty
+    run = at.session_state["run"]
+    expected = engine.speak(prompt, max_new_tokens=30, top_p=0.9, window=8, seed=seed)
+    assert prompt + run.generated == expected
+    assert f'<span class="generated">{html.escape(expected[len(prompt) :])}</span>' in shown_text(at)
+    assert f"seed {seed}" in at.caption[-1].value
+    assert metric(at, "Tokens") == str(len(run.steps))  # 30, or fewer when the model wrote <|endoftext|>
+    assert "Done" in at.success[0].value
+
+
+def test_a_typed_seed_repeats_the_run_exactly(page: AppTest) -> None:
+    first = generate(page, seed="4242", length=20).session_state["run"].generated
+    again = generate(page, length=20).session_state["run"].generated
+    assert metric(page, "Seed") == "4242" and again == first
+
+
+@pytest.mark.parametrize("window", [8, 5])
+def test_chart_has_a_point_per_token_and_resets_where_the_window_says(
+    page: AppTest, engine: gpt2_engine.Engine, window: int
+) -> None:
+    seed = full_length_seed(engine, page.text_area(key="prompt").value, 40, top_p=0.7, window=window)
+    at = generate(page, length=40, window=window, seed=str(seed))
+    datasets = chart_datasets(at)
+    memory = next(d for d in datasets if "tokens" in d.columns)
+    resets = next(d for d in datasets if "reset_at" in d.columns)
+    assert list(memory["tokens"]) == list(range(1, 41))
+    assert {"rss_mb", "anon_mb", "kv_mb"} <= set(memory.columns) and (memory["rss_mb"] > 0).all()
+    multiples = [n for n in range(1, 40) if n % window == 0]  # 8, 16, 24, 32 for a window of 8
+    assert list(resets["reset_at"]) == multiples
+    assert list(memory.loc[memory["reset"], "tokens"] - 1) == multiples  # the token right after each reset
+    assert any("weights_mb" in d.columns for d in datasets)
+
+
+def test_window_off_has_no_resets(page: AppTest) -> None:
+    at = generate(page, prompt="Hello world!", length=20, window="off", seed="3")
+    resets = next(d for d in chart_datasets(at) if "reset_at" in d.columns)
+    assert resets.empty
+    assert at.session_state["run"].settings.window is None
+
+
+def test_model_markup_is_shown_as_text(page: AppTest) -> None:
+    prompt = "<script>alert(1)</script> ![x](http://example.com/x.png) **bold** $x$"
+    at = generate(page, prompt=prompt, length=5)
+    text = shown_text(at)
+    assert html.escape(prompt) in text and "<script>" not in text
+
+
+def test_text_survives_a_rerun_and_a_stop_click(page: AppTest) -> None:
+    at = generate(page, length=25, seed="11")
+    text = shown_text(at)
+    at.run()  # any rerun: a sidebar change, a click elsewhere
+    assert shown_text(at) == text
+    at.button(key="stop").click()
+    at.run()
+    assert shown_text(at) == text and not at.exception
+
+
+def test_a_bad_seed_is_a_message_not_a_traceback(page: AppTest) -> None:
+    at = generate(page, seed="abc")
+    assert not at.exception
+    assert any("seed" in e.value and "abc" in e.value for e in at.error)
+    assert "run" not in at.session_state
+
+
+def test_a_long_prompt_says_it_was_cut(page: AppTest) -> None:
+    at = generate(page, prompt="Once upon a time, there was a cat. " * 40, length=5, window=8)
+    assert at.session_state["run"].stats.prompt_tokens_dropped > 0
+    assert any("left out" in w.value for w in at.warning)
+
+
+def test_a_bad_model_path_is_a_message_and_the_page_stays_usable(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tmp_path / "no-such-model"))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception
+    assert any("Could not load this model" in e.value and "no-such-model" in e.value for e in at.error)
+    assert at.button(key="generate").disabled
+    at.text_input(key="model_folder").set_value(str(tiny_model_dir)).run()  # pick another: it loads
+    assert not at.exception and not at.error
+    assert not at.button(key="generate").disabled
+
+
+def test_a_failing_run_shows_a_message_and_gives_the_turn_back(page: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_stream(self, prompt, settings=None, **changes):
+        yield from ()
+        raise RuntimeError("the model fell over")
+
+    monkeypatch.setattr(gpt2_engine.Engine, "stream", broken_stream)
+    at = generate(page, length=5)
+    assert any("the model fell over" in e.value for e in at.error)
+    assert len(runner.turn_queue()) == 0
+
+
+def test_a_second_visitor_waits_for_the_turn_then_gets_the_run(page: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    heard: list[int] = []
+    show_waiting = RunView.show_waiting
+
+    def record(view: RunView, ahead: int) -> None:
+        heard.append(ahead)
+        show_waiting(view, ahead)
+
+    monkeypatch.setattr(RunView, "show_waiting", record)
+    queue = runner.turn_queue()
+    other_visitor = queue.join()  # another visitor's run has the model
+    threading.Timer(0.6, queue.leave, args=(other_visitor,)).start()
+    at = generate(page, length=5)
+    assert heard and set(heard) == {1}  # told one run is ahead, while it was
+    assert at.session_state["run"].steps and not at.session_state["run"].stopped
+    assert len(queue) == 0
+
+
+def test_a_window_too_big_for_the_next_model_is_not_an_error(
+    page: AppTest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    longer = write_tiny_model(tmp_path_factory.mktemp("tiny-256"), n_positions=256)  # windows up to 128
+    page.text_input(key="model_folder").set_value(str(longer)).run()
+    at = generate(page, window=100, length=5, seed="1")
+    assert at.session_state["run"].settings.window == 100
+    at.text_input(key="model_folder").set_value(str(tiny_model_dir)).run()  # windows up to 64
+    assert not at.exception
+    assert at.select_slider(key="window").value in (*range(1, 65), "off")
