@@ -95,19 +95,29 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def page(server: str):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.set_default_timeout(60_000)  # generous: the machine may be busy
-            page.goto(server)
-            page.get_by_text("Type a phrase, then press").wait_for()  # the model is loaded and the form is drawn
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def open_page(browser, url: str):
+    """A new tab on the page: a visitor of its own (its own Streamlit session)."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.set_default_timeout(60_000)  # generous: the machine may be busy
+    page.goto(url)
+    page.get_by_text("Type a phrase, then press").wait_for()  # the model is loaded and the form is drawn
+    return page
+
+
+@pytest.fixture
+def page(browser, server: str):
+    return open_page(browser, server)
 
 
 def full_length_seed(engine, prompt: str, length: int) -> int:
@@ -125,6 +135,12 @@ def full_length_seed(engine, prompt: str, length: int) -> int:
 def type_seed(page, seed: int) -> None:
     page.get_by_text("Advanced").click()
     page.get_by_role("textbox", name="Seed").fill(str(seed))
+    page.get_by_text("Advanced").click()  # folded again: it keeps the seed
+
+
+def screenshot(page, path: Path) -> None:
+    page.locator('[data-testid="stAlert"]').first.scroll_into_view_if_needed()  # the status, text and charts
+    page.screenshot(path=path)
 
 
 def status_text(page) -> str:
@@ -142,7 +158,7 @@ def set_length_to_max(page) -> None:
 
 
 def test_type_generate_and_watch_it_stream(page, engine, shots: Path) -> None:
-    page.screenshot(path=shots / "1-idle.png", full_page=True)
+    screenshot(page, shots / "1-idle.png")
     page.get_by_role("textbox", name="Your phrase").fill("The cat sat on the mat.")
     type_seed(page, full_length_seed(engine, "The cat sat on the mat.", 100))
     page.get_by_role("button", name="Generate").click()
@@ -153,7 +169,7 @@ def test_type_generate_and_watch_it_stream(page, engine, shots: Path) -> None:
     page.locator('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg').first.wait_for()
     assert page.locator('[data-testid="stMetricValue"]').last.inner_text().isdigit()  # the seed
     assert "⟲" in page.locator(".studio-text").inner_text()  # 100 tokens with a window of 50: a reset, marked
-    page.screenshot(path=shots / "3-after-a-run.png", full_page=True)
+    screenshot(page, shots / "3-after-a-run.png")
 
 
 def test_stop_ends_a_long_run_and_keeps_its_text(page, engine, shots: Path) -> None:
@@ -163,7 +179,7 @@ def test_stop_ends_a_long_run_and_keeps_its_text(page, engine, shots: Path) -> N
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("Writing…").wait_for()
     page.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
-    page.screenshot(path=shots / "2-generating.png", full_page=True)
+    screenshot(page, shots / "2-generating.png")
     page.get_by_role("button", name="Stop").click()
     page.get_by_text("Stopped after").wait_for()
     stopped = status_text(page)
@@ -173,7 +189,7 @@ def test_stop_ends_a_long_run_and_keeps_its_text(page, engine, shots: Path) -> N
     assert text
     time.sleep(1.0)  # a run that had not stopped would write hundreds of tokens in this time
     assert generated_text(page) == text and status_text(page) == stopped
-    page.screenshot(path=shots / "4-stopped.png", full_page=True)
+    screenshot(page, shots / "4-stopped.png")
 
 
 def test_a_bad_model_path_shows_what_to_do(page, shots: Path, tmp_path: Path) -> None:
@@ -185,4 +201,23 @@ def test_a_bad_model_path_shows_what_to_do(page, shots: Path, tmp_path: Path) ->
     page.get_by_text("Could not load this model").wait_for()
     assert page.get_by_text("Pick another model").count() == 1
     assert page.locator('[data-testid="stException"]').count() == 0
-    page.screenshot(path=shots / "5-bad-model.png", full_page=True)
+    screenshot(page, shots / "5-bad-model.png")
+
+
+def test_two_visitors_take_turns_and_a_closed_tab_gives_its_turn_back(browser, server, engine, shots: Path) -> None:
+    first, second = open_page(browser, server), open_page(browser, server)
+    seed = full_length_seed(engine, first.get_by_role("textbox", name="Your phrase").input_value(), 1000)
+    for visitor in (first, second):
+        set_length_to_max(visitor)
+        type_seed(visitor, seed)
+    first.get_by_role("button", name="Generate").click()
+    first.get_by_text("Writing…").wait_for()
+    second.get_by_role("button", name="Generate").click()
+    second.get_by_text("Waiting for the model").wait_for()
+    assert "1 run is ahead" in status_text(second)
+    screenshot(second, shots / "6-waiting-for-the-model.png")
+    assert "Writing…" in status_text(first)  # the first run still holds the model ...
+    first.close()  # ... when its tab closes: its turn must come back
+    second.get_by_text("Writing…").wait_for()
+    second.get_by_role("button", name="Stop").click()
+    second.get_by_text("Stopped after").wait_for()
