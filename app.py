@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 import gpt2_engine
-from studio import controls, model_picker, runner
+from studio import compare, controls, history, model_picker, runner, step_mode
 from studio.run_view import RunView
 
 st.set_page_config(page_title="GPT-2 Studio", page_icon="✍️", layout="wide")
@@ -29,20 +29,29 @@ with st.sidebar:
 loading_box = st.empty()
 engine = model_picker.load_model(choice, st.sidebar, loading_box)
 
-settings_column, run_column = st.columns([1, 2], gap="large")
-with settings_column:
-    request = controls.generation_form(
-        max_window=gpt2_engine.max_window(engine.n_positions if engine else 1024),
-        enabled=engine is not None,
-    )
-    if request.problem:
-        st.error(request.problem, icon="⚠️")
-with run_column:
-    status_row, stop_row = st.columns([5, 1], vertical_alignment="center")
-    # Clicking Stop reruns the page, which interrupts a run within one token (see studio/runner.py).
-    stop_row.button("Stop", key="stop", icon=":material/stop:", help="Stop writing; the text so far is kept.")
-    view = RunView(status_row)
+write_tab, step_tab, compare_tab, history_tab = st.tabs(["Write", "Step by step", "Compare windows", "History"])
+with write_tab:
+    settings_column, run_column = st.columns([1, 2], gap="large")
+    with settings_column:
+        request = controls.generation_form(
+            max_window=gpt2_engine.max_window(engine.n_positions if engine else 1024),
+            enabled=engine is not None,
+        )
+        if request.problem:
+            st.error(request.problem, icon="⚠️")
+    with run_column:
+        status_row, stop_row = st.columns([5, 1], vertical_alignment="center")
+        # Clicking Stop reruns the page, which interrupts a run within one token (see studio/runner.py).
+        stop_row.button("Stop", key="stop", icon=":material/stop:", help="Stop writing; the text so far is kept.")
+        view = RunView(status_row)
+with step_tab:
+    step_mode.render(engine)
+with compare_tab:
+    compare.render(engine)
+with history_tab:
+    history.render(engine)
 
+# Last, so that every tab is drawn before a run starts streaming into the Write tab.
 if request.generate and engine is not None and request.settings is not None:
     runner.generate(engine, request.prompt, request.settings, view)
 else:

@@ -55,25 +55,26 @@ def per_token_seconds(times: list[float], warmup: int) -> float:
     return statistics.median(gaps[warmup:])
 
 
-def engine_decode(engine: gpt2_engine.Engine, prompt: list[int], tokens: int, warmup: int) -> float:
-    """Median seconds per token of the engine's own loop (sampling and memory readings included)."""
+def engine_decode(engine: gpt2_engine.Engine, prompt: list[int], tokens: int, warmup: int) -> tuple[float, list[int]]:
+    """Median seconds per token of the engine's own loop (sampling and memory readings included), and its ids."""
     text = engine.tokenizer.decode(prompt)
     settings = gpt2_engine.GenerationSettings(
         max_new_tokens=tokens + warmup + 1, window=None, sampler="greedy", stop_at_eos=False, seed=0
     )
-    times = [time.perf_counter()]
-    for _ in engine.stream(text, settings):
+    times, ids = [time.perf_counter()], []
+    for step in engine.stream(text, settings):
         times.append(time.perf_counter())
-    return per_token_seconds(times[1:], warmup)
+        ids.append(step.token_id)
+    return per_token_seconds(times[1:], warmup), ids
 
 
-def generate_decode(engine: gpt2_engine.Engine, prompt: list[int], tokens: int, warmup: int) -> float:
-    """Median seconds per token of `model.generate()` on the same model object."""
+def generate_decode(engine: gpt2_engine.Engine, prompt: list[int], tokens: int, warmup: int) -> tuple[float, list[int]]:
+    """Median seconds per token of `model.generate()` on the same model object, and its ids."""
     clock = TokenClock()
     ids = torch.tensor([prompt], device=engine.device)
     n = tokens + warmup + 1
     with torch.inference_mode():
-        engine.model.generate(
+        out = engine.model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
             do_sample=False,
@@ -82,7 +83,7 @@ def generate_decode(engine: gpt2_engine.Engine, prompt: list[int], tokens: int, 
             pad_token_id=0,
             streamer=clock,
         )
-    return per_token_seconds(clock.times, warmup)
+    return per_token_seconds(clock.times, warmup), out[0, len(prompt) :].tolist()
 
 
 def prefill(engine: gpt2_engine.Engine, length: int, repeats: int) -> float:
@@ -136,10 +137,15 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
     prompt = [(i * 31) % engine.model.config.vocab_size for i in range(20)]
     ours, theirs, probes = [], [], []
     for _ in range(args.rounds):  # alternate, so a noisy neighbour hurts both alike
-        probes.append(read_bandwidth(gb=1.0, repeats=5))
-        ours.append(engine_decode(engine, prompt, args.tokens // args.rounds, args.warmup))
-        probes.append(read_bandwidth(gb=1.0, repeats=5))
-        theirs.append(generate_decode(engine, prompt, args.tokens // args.rounds, args.warmup))
+        probes.append(read_bandwidth(gb=1.0, repeats=5, device=engine.device))
+        seconds, our_ids = engine_decode(engine, prompt, args.tokens // args.rounds, args.warmup)
+        ours.append(seconds)
+        probes.append(read_bandwidth(gb=1.0, repeats=5, device=engine.device))
+        seconds, their_ids = generate_decode(engine, prompt, args.tokens // args.rounds, args.warmup)
+        theirs.append(seconds)
+    # a speed-up counts only if the outputs agree: greedy tokens, same prompt, same weights
+    row["greedy_tokens_equal"] = next((i for i, (a, b) in enumerate(zip(our_ids, their_ids)) if a != b), len(our_ids))
+    row["greedy_tokens_compared"] = len(our_ids)
     bandwidth = statistics.median(probes) * 1e9
     row["bandwidth_gb_s"] = bandwidth / 1e9
     row["ceiling_tok_s"] = bandwidth / engine.weight_bytes
@@ -172,7 +178,7 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| precision | engine tok/s | generate() tok/s | speed-up | ceiling tok/s | engine % of ceiling | generate() % of ceiling | prefill tok/s | first token s | window run s: off / 50 shadow / 50 re-prime | load s: 1st / 2nd | RSS GB (anon) after | top-1 / KL vs fp32 |"
+    head = "| precision | engine tok/s | generate() tok/s | speed-up | ceiling tok/s | engine % of ceiling | generate() % of ceiling | prefill tok/s | first token s | window run s: off / 50 shadow / 50 re-prime | load s: 1st / 2nd | RSS GB (anon) after | top-1 / KL vs fp32 | greedy = generate() |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         window = (
@@ -186,7 +192,7 @@ def table(rows: list[dict]) -> str:
             f"| {r['precision']} | {r['engine_tok_s']:.2f} | {r['generate_tok_s']:.2f} | {r['engine_tok_s'] / r['generate_tok_s']:.2f}x | "
             f"{r['ceiling_tok_s']:.2f} | {r['engine_tok_s'] / r['ceiling_tok_s']:.0%} | {r['generate_tok_s'] / r['ceiling_tok_s']:.0%} | {prefills} | "
             f"{r['time_to_first_token_s']:.2f} | {window} | {r['first_load_s']:.1f} / {r['second_load_s']:.1f} | "
-            f"{r['rss_bytes'] / 1e9:.2f} ({r['anon_bytes'] / 1e9:.2f}) | {agree} |"
+            f"{r['rss_bytes'] / 1e9:.2f} ({r['anon_bytes'] / 1e9:.2f}) | {agree} | {r['greedy_tokens_equal']}/{r['greedy_tokens_compared']} |"
         )
     return "\n".join(lines)
 

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from gpt2_engine.loading import KNOWN_MODELS
 
 
-def read_bandwidth(gb: float = 2.0, repeats: int = 7) -> float:
-    """GB/s of reading a buffer far larger than the caches (median of several sums)."""
-    buf = torch.ones(int(gb * 1e9 / 4))
+def read_bandwidth(gb: float = 2.0, repeats: int = 7, device: str | torch.device = "cpu") -> float:
+    """GB/s of reading a buffer far larger than the caches (median of several sums), on a device."""
+    buf = torch.ones(int(gb * 1e9 / 4), device=device)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        buf.sum()
+        float(buf.sum())  # float(): waits for a GPU to finish
         times.append(time.perf_counter() - t)
     return buf.numel() * 4 / statistics.median(times) / 1e9
 

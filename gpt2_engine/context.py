@@ -8,6 +8,7 @@ class here, not a change there.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Protocol
 
 import torch
@@ -32,11 +33,13 @@ class KVCacheContext:
         self.device = next(model.parameters()).device
         self.cache: Any = None
         self.length = 0
+        # transformers renamed `past_key_values` to `cache` during 5.x; speak whichever this one knows
+        self.cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def _forward(self, ids: list[int]) -> Tensor:
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
-        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
-        self.cache = out.cache
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_name: self.cache})
+        self.cache = getattr(out, self.cache_name)
         self.length += len(ids)
         return out.logits[0, -1]  # (vocab,)
 

@@ -67,7 +67,7 @@ def swap_matrices(model: Any, make: Any) -> None:
     """Replaces each matrix with `make(weight, bias)`, freeing the old one before the next is made."""
     model.config.tie_word_embeddings = False  # the LM head gets its own copy; wte stays for lookups
     with torch.no_grad():
-        for parent, name, weight, bias in list(_matrices(model)):
+        for parent, name, weight, bias in _matrices(model):  # lazily: one old matrix alive at a time
             setattr(parent, name, make(weight, bias))
             del weight, bias
     model.requires_grad_(False)

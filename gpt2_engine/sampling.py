@@ -32,7 +32,8 @@ def distribution(
     logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0
 ) -> Distribution:
     """Softmax of `logits / temperature` over the `top_k` most likely tokens, sorted, with its top-p set."""
-    probs = torch.softmax(logits.detach().float().reshape(-1) / temperature, dim=-1)  # (V,)
+    logits = logits.detach().reshape(-1).float().cpu()  # (V,) sampling is CPU work, whatever the device
+    probs = torch.softmax(logits / temperature, dim=-1)
     if top_k is not None and top_k < probs.numel():
         probs, token_ids = torch.topk(probs, top_k)  # sorted descending
         probs = probs / probs.sum()  # top-p then works on the renormalised top-k, as in transformers
