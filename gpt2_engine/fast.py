@@ -52,41 +52,31 @@ def forward(model: Any, cache: StaticKVCache, rows: list[int], tokens: Tensor) -
     """Reads `tokens` (len(rows), T) into the given cache rows, each after what the row holds already,
     and returns the next-token logits of each row: (len(rows), vocab).
 
-    Either one row and any T (a prefill), or several rows and T = 1 (a decode step)."""
+    Either one empty row and any T (a prefill), or any rows and T = 1 (a decode step)."""
     transformer = model.transformer
     n_rows, T = tokens.shape
-    assert n_rows == 1 or T == 1, "several rows decode one token each"
     starts = [cache.lengths[r] for r in rows]
+    assert T == 1 or starts == [0], "a prefill is one row from position 0; several rows decode one token each"
     positions = torch.tensor([[s + t for t in range(T)] for s in starts], device=tokens.device)  # (R, T)
     x = transformer.wte(tokens) + transformer.wpe(positions)  # (R, T, E)
     n_head, head_dim = cache.keys.shape[2], cache.head_dim
     ends = [s + T for s in starts]
-    longest = max(ends)
-    if n_rows == 1:
-        mask, causal = None, T > 1  # one row: keys 0..end, causal within the new tokens
-    else:  # each row sees only its own keys: (R, 1, 1, longest)
-        mask = torch.arange(longest, device=tokens.device)[None, :] < torch.tensor(ends, device=tokens.device)[:, None]
-        mask, causal = mask[:, None, None, :], False
-    row_index = torch.tensor(rows, device=tokens.device)
     for layer, block in enumerate(transformer.h):
-        qkv = block.attn.c_attn(block.ln_1(x))  # (R, T, 3E)
+        qkv = block.attn.c_attn(block.ln_1(x))  # (R, T, 3E): the weights are read once for all rows
         q, k, v = (
             t.view(n_rows, T, n_head, head_dim).transpose(1, 2) for t in qkv.split(x.shape[-1], dim=2)
         )  # (R, H, T, D)
-        for i, (row, start) in enumerate(zip(rows, starts)):
-            cache.keys[layer, row, :, start : start + T] = k[i]
-            cache.values[layer, row, :, start : start + T] = v[i]
-        keys = (
-            cache.keys[layer].index_select(0, row_index)[:, :, :longest]
-            if n_rows > 1
-            else cache.keys[layer, rows[0], None, :, :longest]
-        )
-        values = (
-            cache.values[layer].index_select(0, row_index)[:, :, :longest]
-            if n_rows > 1
-            else cache.values[layer, rows[0], None, :, :longest]
-        )
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal)  # (R, H, T, D)
+        ys = []
+        for i, (row, start, end) in enumerate(zip(rows, starts, ends)):
+            cache.keys[layer, row, :, start:end] = k[i]
+            cache.values[layer, row, :, start:end] = v[i]
+            # attention per row, over exactly the positions it holds: never a read of unwritten cache
+            keys, values = (
+                cache.keys[layer, row, None, :, :end],
+                cache.values[layer, row, None, :, :end],
+            )  # (1, H, end, D)
+            ys.append(F.scaled_dot_product_attention(q[i : i + 1], keys, values, is_causal=T > 1))  # (1, H, T, D)
+        y = ys[0] if n_rows == 1 else torch.cat(ys)  # (R, H, T, D)
         x = x + block.attn.c_proj(y.transpose(1, 2).reshape(n_rows, T, -1))
         x = x + block.mlp(block.ln_2(x))
     for row, end in zip(rows, ends):

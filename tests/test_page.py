@@ -20,6 +20,12 @@ from studio.run_view import RESET_MARK, RunView
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> gpt2_engine.Engine:
+    """The model as the page loads it: its default precision ("auto")."""
+    return gpt2_engine.load(str(tiny_model_dir), dtype="auto")
+
+
 @pytest.fixture
 def page(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tiny_model_dir))
