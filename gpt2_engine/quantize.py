@@ -9,6 +9,8 @@ through the swapped modules. Kernels are torch's own (`_weight_int8pack_mm`, one
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from typing import Any
 
 import torch
@@ -18,11 +20,15 @@ from torch import Tensor, nn
 class Int8Linear(nn.Module):
     """y = x W^T + b with W in int8, one scale per output channel (symmetric, absmax / 127)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype):
+    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, rows_at_once: int = 1024):
         super().__init__()
-        weight = weight.detach().float()  # (out, in)
-        scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,)
-        self.register_buffer("weight", torch.round(weight / scales[:, None]).to(torch.int8).contiguous())
+        weight = weight.detach()  # (out, in), any float dtype
+        scales = weight.abs().amax(dim=1).float().clamp(min=1e-12) / 127.0  # (out,)
+        quantized = torch.empty(weight.shape, dtype=torch.int8)
+        for start in range(0, weight.shape[0], rows_at_once):  # in fp32 a block at a time: no full fp32 copy
+            rows = slice(start, start + rows_at_once)
+            quantized[rows] = torch.round(weight[rows].float() / scales[rows, None]).to(torch.int8)
+        self.register_buffer("weight", quantized)
         self.register_buffer("scales", scales.to(dtype))
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
 
@@ -71,6 +77,14 @@ def swap_matrices(model: Any, make: Any) -> None:
             setattr(parent, name, make(weight, bias))
             del weight, bias
     model.requires_grad_(False)
+    _give_back_freed_memory()
+
+
+def _give_back_freed_memory() -> None:
+    """glibc keeps freed heap pages for reuse; the old matrices' pages are not coming back, so return
+    them to the system (measured: 75 MB kept after packing gpt2's weights, until this call)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def to_int8(model: Any) -> None:

@@ -1,0 +1,166 @@
+"""Keeps working under bad input, long runs, stops and several visitors at once (engine side)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import threading
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gpt2_engine
+from gpt2_engine.memory import read_process_memory
+from gpt2_engine.serving import TurnQueue
+
+NASTY_PROMPTS = [
+    "",
+    "   \n\t ",
+    "\x00\x01\x02 NUL and control \x1b[31m",
+    "lone surrogate \ud800 here \udfff",
+    "مرحبا بالعالم שלום עולם",  # right-to-left
+    "emoji 🙂🚀👋🏾 ❤️‍🔥 and 日本語 mixed Ünïcödé",
+    "<script>alert(1)</script> ![x](http://example.invalid/x.png)",
+    "a" * 20_000,  # longer than the model's positions
+]
+
+
+@pytest.mark.parametrize("prompt", NASTY_PROMPTS)
+def test_any_prompt_streams_and_joins_to_decode(engine, prompt) -> None:
+    steps = list(engine.stream(prompt, max_new_tokens=8, seed=0, stop_at_eos=False))
+    assert len(steps) == 8
+    text = "".join(s.text for s in steps)
+    assert text == engine.tokenizer.decode([s.token_id for s in steps], skip_special_tokens=True)
+    if len(prompt) > 10_000:
+        assert steps[0].prompt_tokens_dropped > 0 and steps[0].prompt_tokens == engine.n_positions - 50
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prompt=st.text(max_size=200),
+    length=st.integers(min_value=-5, max_value=12),
+    top_p=st.floats(allow_nan=True, allow_infinity=True),
+    window=st.one_of(st.none(), st.integers(min_value=-3, max_value=100)),
+    temperature=st.one_of(st.floats(min_value=-1, max_value=5), st.just(float("nan"))),
+)
+def test_any_settings_and_prompt_either_run_or_say_which_field(
+    engine, prompt, length, top_p, window, temperature
+) -> None:
+    try:
+        steps = list(
+            engine.stream(prompt, max_new_tokens=length, top_p=top_p, window=window, temperature=temperature, seed=1)
+        )
+    except gpt2_engine.SettingsError as error:
+        assert error.field in {"max_new_tokens", "top_p", "window", "temperature"}
+        assert str(error).startswith(f"{error.field} = ")
+        return
+    assert 1 <= len(steps) <= length
+    assert "".join(s.text for s in steps) == engine.tokenizer.decode(
+        [s.token_id for s in steps], skip_special_tokens=True
+    )
+
+
+def rss_slope_bytes_per_token(rss: torch.Tensor) -> float:
+    """Least-squares slope of RSS readings over their index."""
+    xs = torch.arange(len(rss), dtype=torch.float64)
+    ys = rss.double()
+    xs, ys = xs - xs.mean(), ys - ys.mean()
+    return float((xs * ys).sum() / (xs * xs).sum())
+
+
+@pytest.mark.parametrize("window", [32, None])
+def test_a_5000_token_run_completes_with_flat_memory(engine, window) -> None:
+    rss = torch.zeros(5000, dtype=torch.int64)  # made beforehand: keeping 5000 Steps would itself grow memory
+    count, held = 0, 0
+    for step in engine.stream("The cat", max_new_tokens=5000, window=window, seed=3, stop_at_eos=False):
+        rss[step.index] = step.rss_bytes
+        count, held = count + 1, max(held, step.context_tokens)
+    assert count == 5000 and held <= engine.n_positions
+    slope = rss_slope_bytes_per_token(rss[1000:])
+    assert abs(slope) < 50, f"RSS grows {slope:.0f} bytes per token over the last 4000 tokens"
+
+
+def test_a_hundred_runs_in_a_row_do_not_grow_memory(engine) -> None:
+    def run() -> None:
+        list(engine.stream("The cat", max_new_tokens=30, window=8, seed=0, stop_at_eos=False))
+
+    for _ in range(20):  # warm up the allocator and caches
+        run()
+    gc.collect()
+    before = read_process_memory().anon_bytes
+    for _ in range(100):
+        run()
+    gc.collect()
+    grown = read_process_memory().anon_bytes - before
+    assert grown < 8e6, f"anonymous memory grew {grown / 1e6:.1f} MB over 100 runs"
+
+
+def test_stopping_mid_run_fifty_times_leaves_the_engine_ready(engine) -> None:
+    threads_before = threading.active_count()
+    expected = [s.token_id for s in engine.stream("The cat", max_new_tokens=20, seed=9, stop_at_eos=False)]
+    for k in range(50):
+        steps = engine.stream("The cat", max_new_tokens=500, seed=k, stop_at_eos=False, window=None if k % 2 else 16)
+        for step in steps:
+            if step.index == k % 7:
+                break
+        steps.close()
+    assert threading.active_count() == threads_before
+    assert [s.token_id for s in engine.stream("The cat", max_new_tokens=20, seed=9, stop_at_eos=False)] == expected
+
+
+def test_several_visitors_take_turns_and_each_gets_their_own_run(engine) -> None:
+    queue, results, errors, running, overlaps = TurnQueue(), {}, [], [], []
+
+    def visitor(n: int) -> None:
+        try:
+            with queue.turn():
+                running.append(n)
+                overlaps.append(len(running))
+                if n == 3:
+                    raise RuntimeError("a visitor's run fails")
+                steps = list(engine.stream(f"Visitor {n} says", max_new_tokens=15, seed=100 + n, stop_at_eos=False))
+                results[n] = ("".join(s.text for s in steps), steps[0].seed)
+        except RuntimeError as error:
+            errors.append(str(error))
+        finally:
+            if n in running:
+                running.remove(n)
+
+    threads = [threading.Thread(target=visitor, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a visitor never got a turn"
+    assert max(overlaps) == 1  # one generation at a time
+    assert errors == ["a visitor's run fails"] and sorted(results) == [0, 1, 2, 4, 5]
+    for n, (text, seed) in results.items():
+        assert seed == 100 + n
+        assert (
+            text
+            == engine.speak(f"Visitor {n} says", max_new_tokens=15, seed=100 + n, stop_at_eos=False)[
+                len(f"Visitor {n} says") :
+            ]
+        )
+
+
+def test_remote_code_is_never_trusted(tiny_model_dir, tmp_path) -> None:
+    """A folder that asks for its own Python code (auto_map) still loads as a plain GPT-2, running none of it."""
+    folder = tmp_path / "with-code"
+    shutil.copytree(tiny_model_dir, folder)
+    marker = tmp_path / "code-ran"
+    (folder / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import GPT2LMHeadModel as EvilModel\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    try:
+        engine = gpt2_engine.load(str(folder))
+        assert engine.speak("Hi", max_new_tokens=2, seed=0).startswith("Hi")
+    except gpt2_engine.ModelLoadError:
+        pass  # refusing is fine too
+    assert not marker.exists()
