@@ -3,18 +3,21 @@
 python -m gpt2_engine "The meaning of life is" --length 40 --top-p 0.9 --window off
 python -m gpt2_engine --long                # the tutorial's long paragraph: 500 tokens, window 50
 python -m gpt2_engine --model ./my-gpt2 --seed 7 "Once upon a time"
+python -m gpt2_engine "The cat sat on the" --length 5 --show-candidates 5   # the top 5 at each step, on stderr
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
 from .errors import StudioError
+from .generation import Step
 from .loading import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS
 from .memory import format_bytes
-from .settings import SAMPLERS, GenerationSettings
+from .settings import MAX_CANDIDATES, SAMPLERS, GenerationSettings
 
 TUTORIAL_PHRASE = "In a shocking finding, scientists discovered a herd of unicorns living in a remote valley."
 
@@ -92,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--long", action="store_true", help="the tutorial's long paragraph: 500 tokens, window 50, stop at sentence end"
     )
+    parser.add_argument(
+        "--show-candidates",
+        type=int,
+        default=0,
+        metavar="K",
+        help=f"at each step, print the K most likely next tokens with their probabilities (after temperature "
+        f"and top-k; * marks the top-p set the token was drawn from) to stderr, one line per token, while the text "
+        f"goes to stdout as usual: add 2>candidates.txt to keep them apart (K up to {MAX_CANDIDATES}; default 0: off)",
+    )
     return parser
 
 
@@ -106,6 +118,27 @@ def settings_from(args: argparse.Namespace) -> GenerationSettings:
         seed=args.seed,
         stop_at_eos=not args.no_eos_stop,
         stop_at_sentence_end=args.sentence_end or args.long,
+        candidates=args.show_candidates,
+    )
+
+
+def candidates_line(step: Step, token_text: str) -> str:
+    """One line for --show-candidates: the token taken (`token_text`, as Engine.token_text shows it) and its
+    probability, then the candidates in rank order, * on those in the top-p set.
+
+    #3 " mat" 41.0% (top-p set: 2 tokens, 61.2%) | *" mat" 41.0%  *" floor" 20.2%  " rug" 8.3%
+    """
+    shown = json.dumps  # quotes, and shows spaces, newlines and tabs as they are in the token
+    taken = next((c for c in step.candidates if c.token_id == step.token_id), None)
+    chance = f"{100 * taken.probability:.1f}%" if taken else f"(not in the top {len(step.candidates)})"
+    ranked = "  ".join(
+        f"{'*' if c.in_top_p else ''}{shown(c.text, ensure_ascii=False)} {100 * c.probability:.1f}%"
+        for c in step.candidates
+    )
+    return (
+        f"#{step.index + 1} {shown(token_text, ensure_ascii=False)} {chance} "
+        f"(top-p set: {step.nucleus_size} token{'s' if step.nucleus_size != 1 else ''}, {100 * step.nucleus_mass:.1f}%) "
+        f"| {ranked}"
     )
 
 
@@ -123,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         last, peak_rss = None, 0
         for step in steps:
             print(step.text, end="", flush=True)
+            if step.candidates:
+                print(candidates_line(step, engine.token_text(step.token_id)), file=sys.stderr, flush=True)
             last, peak_rss = step, max(peak_rss, step.rss_bytes)
     except StudioError as error:
         print(f"\nerror: {error}", file=sys.stderr)
