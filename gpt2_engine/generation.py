@@ -26,7 +26,7 @@ from .detokenize import REPLACEMENT, TextStream, byte_decoder
 from .errors import SettingsError
 from .fast import FastContext
 from .loading import ModelShape
-from .memory import available_bytes, read_process_memory
+from .memory import available_bytes, read_process_memory, release_freed_memory
 from .sampling import Distribution, choose, draw, new_generator
 from .settings import MAX_SEED, GenerationSettings
 
@@ -169,6 +169,7 @@ class Engine:
         generator = new_generator(seed)
         text = TextStream(self.tokenizer)
         ids = list(prompt.ids)  # prompt + generated: the window re-primes from the tail of this
+        release_freed_memory()  # every run starts from what the process really holds (fair comparisons)
         guard = MemoryGuard(settings.memory_share)
         # Tutorial mode runs as the tutorial did: autograd on, transformers' own cache, so each step's
         # graph stays reachable from the cache and memory grows with the square of the context.
@@ -210,6 +211,8 @@ class Engine:
                 if stop:
                     return
                 logits, reset = self._advance(context, ids, index + 1, settings.window)
+                if reset and settings.autograd:
+                    release_freed_memory()  # the dropped cache's graph is gone: let the chart show the drop
 
     def candidates(self, dist: Distribution, k: int) -> tuple[Candidate, ...]:
         """The k most likely next tokens of a distribution, with their text and top-p membership."""
