@@ -161,7 +161,7 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
         )
     )
     row["time_to_first_token_s"] = first.elapsed_s
-    if args.window_tokens:
+    if args.window_tokens and precision in args.window_precisions:
         row["window_off_s"] = run_seconds(engine, args.window_tokens, None, "shadow")
         row["window_50_shadow_s"] = run_seconds(engine, args.window_tokens, 50, "shadow")
         row["window_50_reprime_s"] = run_seconds(engine, args.window_tokens, 50, "reprime")
@@ -178,8 +178,9 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| precision | engine tok/s | generate() tok/s | speed-up | ceiling tok/s | engine % of ceiling | generate() % of ceiling | prefill tok/s | first token s | window run s: off / 50 shadow / 50 re-prime | load s: 1st / 2nd | RSS GB (anon) after | top-1 / KL vs fp32 | greedy = generate() |"
+    head = "| precision | engine tok/s | generate() tok/s | vs generate() same precision | vs generate() fp32 | ceiling tok/s | engine % of ceiling | generate() % of ceiling | prefill tok/s | first token s | window run s: off / 50 shadow / 50 re-prime | load s: 1st / 2nd | RSS GB (anon) after | top-1 / KL vs fp32 | greedy = generate() |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    fp32 = next((r["generate_tok_s"] for r in rows if r["precision"] == "fp32"), None)
     for r in rows:
         window = (
             f"{r['window_off_s']:.1f} / {r['window_50_shadow_s']:.1f} / {r['window_50_reprime_s']:.1f}"
@@ -190,6 +191,7 @@ def table(rows: list[dict]) -> str:
         prefills = "/".join(f"{r[k]:.0f}" for k in r if k.startswith("prefill_"))
         lines.append(
             f"| {r['precision']} | {r['engine_tok_s']:.2f} | {r['generate_tok_s']:.2f} | {r['engine_tok_s'] / r['generate_tok_s']:.2f}x | "
+            f"{(r['engine_tok_s'] / fp32) if fp32 else float('nan'):.2f}x | "
             f"{r['ceiling_tok_s']:.2f} | {r['engine_tok_s'] / r['ceiling_tok_s']:.0%} | {r['generate_tok_s'] / r['ceiling_tok_s']:.0%} | {prefills} | "
             f"{r['time_to_first_token_s']:.2f} | {window} | {r['first_load_s']:.1f} / {r['second_load_s']:.1f} | "
             f"{r['rss_bytes'] / 1e9:.2f} ({r['anon_bytes'] / 1e9:.2f}) | {agree} | {r['greedy_tokens_equal']}/{r['greedy_tokens_compared']} |"
@@ -242,12 +244,18 @@ def main() -> None:
     parser.add_argument("--prefill", default="20,200,1000", help="prompt lengths for prefill speed")
     parser.add_argument("--prefill-repeats", type=int, default=3, help="timed prefills per length (median)")
     parser.add_argument("--window-tokens", type=int, default=500, help="length of the window-cost runs (0 skips them)")
+    parser.add_argument(
+        "--window-precisions",
+        default="fp32,bf16,fp16,int8",
+        help="precisions that get the window-cost runs (they are the slow part)",
+    )
     parser.add_argument("--out", default="bench/out/report.json", help="where to write the JSON report")
     parser.add_argument(
         "--smoke", action="store_true", help="a tiny stand-in and a few tokens: checks that everything runs"
     )
     args = parser.parse_args()
     args.prefill = [int(x) for x in args.prefill.split(",") if x]
+    args.window_precisions = [p.strip() for p in args.window_precisions.split(",")]
     model_dir = args.model
     if args.smoke:
         model_dir = str(build_standin("tiny", Path(tempfile.mkdtemp()) / "tiny"))

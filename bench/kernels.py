@@ -101,6 +101,24 @@ def candidates(shapes: list[tuple[int, int]], rows: int):
 
         return build
 
+    def int8_dynamic_fbgemm():  # int8 weights and int8 activations, quantized per call (torch.ao, fbgemm)
+        import warnings
+
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        ws = []
+        for i, o in shapes:
+            w = torch.randn(o, i) * 0.02
+            module = DynamicLinear(i, o, dtype=torch.qint8)
+            scales = (w.abs().amax(dim=1) / 127).double()
+            module.set_weight_bias(
+                torch.quantize_per_channel(w, scales, torch.zeros(o, dtype=torch.long), 0, torch.qint8), torch.zeros(o)
+            )
+            ws.append((i, module))
+        xs = {i: torch.randn(rows, i) for i, _ in shapes}
+        return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]
+
     yield "fp32 addmm (Conv1D layout)", conv1d_addmm
     yield "fp32 F.linear", linear(torch.float32)
     yield "bf16 F.linear", linear(torch.bfloat16)
@@ -109,6 +127,7 @@ def candidates(shapes: list[tuple[int, int]], rows: int):
     yield "bf16 mkldnn packed", mkldnn_packed(torch.bfloat16)
     yield "int8 weights, bf16 act (_weight_int8pack_mm)", int8_weight_only(torch.bfloat16)
     yield "int8 weights, fp32 act (_weight_int8pack_mm)", int8_weight_only(torch.float32)
+    yield "int8 weights and activations (fbgemm dynamic)", int8_dynamic_fbgemm
 
 
 def main() -> None:

@@ -1,0 +1,32 @@
+"""The benchmark's smoke mode: a tiny stand-in, a few tokens, every precision; it runs and writes its report.
+No speed is asserted here: the benchmark reports speed, tests do not."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_smoke_mode_writes_its_table_and_report(tmp_path) -> None:
+    report = tmp_path / "report.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.benchmark", "--smoke", "--precisions", "fp32,bf16,int8", "--out", str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(report.read_text())
+    assert [row["precision"] for row in data["rows"]] == ["fp32", "bf16", "int8"]
+    for row in data["rows"]:
+        assert row["engine_tok_s"] > 0 and row["generate_tok_s"] > 0 and row["ceiling_tok_s"] > 0
+        assert row["greedy_tokens_compared"] > 0 and "window_50_shadow_s" in row
+    assert {"cpu", "cores", "torch", "transformers"} <= set(data["machine"])
+    assert "| precision | engine tok/s |" in out.stdout and out.stdout.count("\n| ") >= 4
