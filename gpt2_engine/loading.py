@@ -143,7 +143,7 @@ def resolve_name(name_or_path: str) -> tuple[str, bool]:
 
 def _what_to_do(source: str) -> str:
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-    net = "HF_HUB_OFFLINE is set, so nothing is downloaded" if offline else "it may be a typo, or the network is down"
+    net = "HF_HUB_OFFLINE is set, so nothing is downloaded" if offline else "It may be a typo, or the network is down"
     return (
         f"{net}. Try a known name ({', '.join(KNOWN_MODELS)}) that is already downloaded, a local folder "
         "written by `save_pretrained()`, or run once with a network connection to fill the Hugging Face cache."
@@ -163,8 +163,9 @@ def read_shape(source: str, is_local: bool) -> tuple[object, ModelShape]:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except Exception as error:  # noqa: BLE001 - every failure here means "cannot find this model"
         where = f"the folder {source!r}" if is_local else f"the hub id {source!r}"
+        reason = _first_line(error).rstrip(".")
         raise ModelLoadError(
-            f"Could not find a model at {where} ({_first_line(error)}). " + ("" if is_local else _what_to_do(source))
+            f"Could not find a model at {where} ({reason}). " + ("" if is_local else _what_to_do(source))
         ) from None
     if getattr(config, "model_type", None) != "gpt2":
         raise ModelLoadError(
