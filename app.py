@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 import gpt2_engine
-from studio import compare, controls, history, model_picker, runner, step_mode
+from studio import coherence_view, compare, controls, history, model_picker, runner, step_mode
 from studio.run_view import RunView
 
 st.set_page_config(page_title="GPT-2 Studio", page_icon="✍️", layout="wide")
@@ -47,12 +47,20 @@ with write_tab:
 with step_tab:
     step_mode.render(engine)
 with compare_tab:
-    compare.render(engine)
+    start_comparison = compare.render(engine)  # a comparison asked for now starts last, as a Write run does
 with history_tab:
-    history.render(engine)
+    history_box = st.empty()  # drawn last, so that it lists every run, this script run's included
+    history_box.caption("The list of this visit's runs appears here when the model is done writing.")
 
-# Last, so that every tab is drawn before a run starts streaming into the Write tab.
+# Last, so that every tab is drawn before a run starts streaming into its tab.
 if request.generate and engine is not None and request.settings is not None:
-    runner.generate(engine, request.prompt, request.settings, view)
+    latest = runner.generate(engine, request.prompt, request.settings, view)
 else:
-    view.show(runner.latest_run())
+    latest = runner.latest_run()
+    view.show(latest)
+with run_column:
+    coherence_view.panel(engine, latest)  # under the run: tutorial mode, and its coherence on request
+if start_comparison is not None:
+    start_comparison()
+with history_box.container():
+    history.render(engine)

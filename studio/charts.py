@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from gpt2_engine import Step
-from gpt2_engine.memory import MB
+from gpt2_engine.memory import GB, MB
 from gpt2_engine.stats import memory_rows, reset_points
 
 TOTAL_LABEL, ALLOCATED_LABEL = "total (RSS)", "allocated"
@@ -29,6 +29,9 @@ TOTAL_COLOR, ALLOCATED_COLOR, KV_COLOR, WEIGHTS_COLOR, RESET_COLOR = (
     "#d97706",
 )
 HEIGHT_PX = 270  # of each chart element, title and legend included (a spec's own height is not kept)
+MACHINE_GB = (8, 16, 24)  # common laptops' memory: "would this fit on mine?"
+MACHINE_LINES_WITHIN = 2.0  # draw a machine's line only below this many times the plotted peak (no squashed curves)
+MACHINE_COLOR = "#9aa0ad"
 TITLE = {"anchor": "start", "subtitleColor": "#6b7080", "subtitleFontSize": 12}
 EXPLANATION = (
     "**Total** is all the memory the program holds, the weights read from disk included; **allocated** is what it "
@@ -55,6 +58,30 @@ def _resets_frame(steps: Sequence[Step]) -> pd.DataFrame:
     return pd.DataFrame({"reset_at": list(reset_points(steps))}, dtype="int64")
 
 
+def machine_lines(peak_bytes: float) -> pd.DataFrame:
+    """The 8 / 16 / 24 GB lines worth drawing over a peak: those within MACHINE_LINES_WITHIN times it, so a
+    tiny model's chart (hundreds of MB) gets none and is not squashed flat under a line at 8 GB."""
+    sizes = [gb for gb in MACHINE_GB if gb * GB <= MACHINE_LINES_WITHIN * peak_bytes]
+    return pd.DataFrame({"machine_mb": [gb * GB / MB for gb in sizes], "machine": [f"{gb} GB" for gb in sizes]})
+
+
+def _machine_layers() -> list[dict[str, Any]]:
+    """Dotted lines at common machines' memory (dataset `machines`), labelled at their right end."""
+    y = {"field": "machine_mb", "type": "quantitative"}
+    return [
+        {
+            "data": {"name": "machines"},
+            "mark": {"type": "rule", "color": MACHINE_COLOR, "strokeDash": [1, 3], "strokeWidth": 1.5},
+            "encoding": {"y": y, "tooltip": [{"field": "machine", "title": "a computer with"}]},
+        },
+        {
+            "data": {"name": "machines"},
+            "mark": {"type": "text", "align": "right", "dy": -7, "color": MACHINE_COLOR, "fontSize": 11},
+            "encoding": {"y": y, "x": {"value": "width"}, "text": {"field": "machine"}},
+        },
+    ]
+
+
 def _x(x_max: int) -> dict[str, Any]:
     scale = {"domain": [0, max(1, x_max)], "nice": False}
     return {"field": "tokens", "type": "quantitative", "title": "tokens generated", "scale": scale}
@@ -74,12 +101,14 @@ def _reset_rules(x_max: int) -> dict[str, Any]:
 def process_memory_chart(steps: Sequence[Step], weight_bytes: int, x_max: int) -> dict[str, Any]:
     """Total memory (RSS) and its allocated (anonymous) part, with the weights as a dashed line."""
     weights_y = {"field": "weights_mb", "type": "quantitative"}
+    peak_bytes = max([weight_bytes, *(step.rss_bytes for step in steps)])
     return {
         "title": {"text": "Memory of the program", "subtitle": "the weights, the cache and everything else", **TITLE},
         "datasets": {
             "memory": memory_frame(steps),
             "weights": pd.DataFrame({"weights_mb": [weight_bytes / MB]}),
             "resets": _resets_frame(steps),
+            "machines": machine_lines(peak_bytes),
         },
         "layer": [
             {
@@ -115,6 +144,7 @@ def process_memory_chart(steps: Sequence[Step], weight_bytes: int, x_max: int) -
                 "mark": {"type": "text", "align": "left", "dx": 4, "dy": -7, "color": WEIGHTS_COLOR, "fontSize": 11},
                 "encoding": {"y": weights_y, "x": {"value": 0}, "text": {"value": "weights"}},
             },
+            *_machine_layers(),
             _reset_rules(x_max),
         ],
     }
@@ -146,4 +176,101 @@ def kv_cache_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:
             },
             _reset_rules(x_max),
         ],
+    }
+
+
+COMPARE_COLORS = ("#0ca678", "#1f6feb")  # window A, window B
+COMPARE_MEMORY_HEIGHT_PX, COMPARE_KV_HEIGHT_PX = 250, 150
+COMPARE_EXPLANATION = (
+    "Top: all the memory the program holds (RSS), the weights (dashed) included; dotted grey lines, where they "
+    "fit, are the memory of common computers. Bottom: the KV cache, the keys and values of every token the model "
+    "keeps in mind. Dotted coloured lines: a ⟲ window reset of the run of that colour."
+)
+
+
+def compare_frame(runs: Sequence[tuple[str, Sequence[Step]]]) -> pd.DataFrame:
+    """One row per run and generated token: run (its label), tokens (x), rss_mb, kv_mb, reset."""
+    frames = [memory_frame(steps).assign(run=label) for label, steps in runs]
+    columns = ["run", "tokens", "rss_mb", "kv_mb", "reset"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], weight_bytes: int, x_max: int) -> dict[str, Any]:
+    """Two runs (label, steps) on one chart, x = tokens generated: their process memory above, their KV
+    caches below (scales a thousandfold apart, so two panels sharing x), resets as rules in each run's colour.
+    Datasets: `memory` (compare_frame), `resets` (run, reset_at), `weights`, `machines`."""
+    labels = [label for label, _ in runs]
+    color = {
+        "field": "run",
+        "type": "nominal",
+        "title": None,
+        "scale": {"domain": labels, "range": list(COMPARE_COLORS[: len(labels)])},
+        "legend": {"orient": "top", "labelFontSize": 13, "symbolStrokeWidth": 3},
+    }
+    resets = pd.DataFrame(
+        {
+            "run": [label for label, steps in runs for _ in reset_points(steps)],
+            "reset_at": [point for _, steps in runs for point in reset_points(steps)],
+        }
+    ).astype({"reset_at": "int64"})
+    peak_bytes = max([weight_bytes, *(step.rss_bytes for _, steps in runs for step in steps)])
+    reset_rules = {
+        "data": {"name": "resets"},
+        "mark": {"type": "rule", "strokeDash": [2, 3], "strokeWidth": 1.5, "opacity": 0.8},
+        "encoding": {
+            "x": {**_x(x_max), "field": "reset_at"},
+            "color": {**color, "legend": None},
+            "tooltip": [
+                {"field": "run", "type": "nominal"},
+                {"field": "reset_at", "type": "quantitative", "title": "window reset after token"},
+            ],
+        },
+    }
+
+    def lines(field: str, title: str, number_format: str) -> dict[str, Any]:
+        return {
+            "data": {"name": "memory"},
+            "mark": {"type": "line", "strokeWidth": 2.4, "interpolate": "step-after" if field == "kv_mb" else "linear"},
+            "encoding": {
+                "x": _x(x_max),
+                "y": {"field": field, "type": "quantitative", "title": title, "scale": {"zero": True}},
+                "color": color,
+                "tooltip": [
+                    {"field": "run", "type": "nominal"},
+                    {"field": "tokens", "type": "quantitative"},
+                    {"field": field, "type": "quantitative", "title": title, "format": number_format},
+                ],
+            },
+        }
+
+    weights_y = {"field": "weights_mb", "type": "quantitative"}
+    memory_panel = {
+        "height": COMPARE_MEMORY_HEIGHT_PX,
+        "layer": [
+            lines("rss_mb", "program memory, MB", ",.0f"),
+            {
+                "data": {"name": "weights"},
+                "mark": {"type": "rule", "color": WEIGHTS_COLOR, "strokeDash": [6, 4]},
+                "encoding": {"y": weights_y},
+            },
+            {
+                "data": {"name": "weights"},
+                "mark": {"type": "text", "align": "left", "dx": 4, "dy": -7, "color": WEIGHTS_COLOR, "fontSize": 11},
+                "encoding": {"y": weights_y, "x": {"value": 0}, "text": {"value": "weights"}},
+            },
+            *_machine_layers(),
+            reset_rules,
+        ],
+    }
+    kv_panel = {"height": COMPARE_KV_HEIGHT_PX, "layer": [lines("kv_mb", "KV cache, MB", ",.3f"), reset_rules]}
+    return {
+        "title": {"text": "Memory, token by token", "subtitle": "the same phrase and seed, two windows", **TITLE},
+        "datasets": {
+            "memory": compare_frame(runs),
+            "resets": resets,
+            "weights": pd.DataFrame({"weights_mb": [weight_bytes / MB]}),
+            "machines": machine_lines(peak_bytes),
+        },
+        "vconcat": [memory_panel, kv_panel],
+        "spacing": 12,
     }

@@ -1,7 +1,420 @@
-"""The Compare windows tab (being built in this session)."""
+"""The Compare windows tab: one phrase and one seed, written twice with two window sizes, one run after the
+other in the model's turn; the texts side by side as they stream, then both memory curves on one chart and
+a table of what each window cost and saved, coherence included (scored by itself once both runs end).
 
+Widget keys: compare_prompt, compare_window_a, compare_window_b, compare_length, compare_top_p, compare_seed,
+compare_tutorial_mode, compare_run, compare_stop (and compare_reuse_seed under a result). The comparison is
+kept in st.session_state["comparison"], so it survives reruns; its two runs also go to the History tab.
+"""
+
+from __future__ import annotations
+
+import html
+import secrets
+import time
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+
+import pandas as pd
 import streamlit as st
 
+import gpt2_engine
+from gpt2_engine import STOP_REASONS
+from gpt2_engine.__main__ import TUTORIAL_PHRASE
+from gpt2_engine.memory import MB, format_bytes
 
-def render(engine) -> None:
-    st.info("Compare windows: coming in this session.")
+from . import charts, coherence_view, runner
+from .controls import MAX_LENGTH, OFF, SHORT_SEED_BELOW, TUTORIAL_MODE_HELP
+from .run_view import RESET_MARK
+from .runner import Run
+
+COMPARE_KEY = "comparison"  # st.session_state[COMPARE_KEY]: this visitor's latest Comparison
+DEFAULT_WINDOWS = (20, OFF)  # a small window against the whole context
+DEFAULT_LENGTH = 100  # five resets of a window of 20: enough to see the cache's saw-tooth
+TEXT_EVERY_S, CHARTS_EVERY_S = 0.1, 0.5  # as the Write tab: a browser draws ~10 texts and ~2 charts a second
+TABLE_COLUMNS = {  # the table's columns, and how each is shown
+    "tokens": st.column_config.NumberColumn("Tokens", help="Tokens written.", format="%d"),
+    "tokens_per_s": st.column_config.NumberColumn(
+        "Tokens/s", help="Writing speed, after the phrase was read.", format="%.1f"
+    ),
+    "peak_memory_mb": st.column_config.NumberColumn(
+        "Peak memory", help="The most memory the whole program held (RSS), weights included.", format="%.0f MB"
+    ),
+    "peak_kv_cache_mb": st.column_config.NumberColumn(
+        "Peak KV cache", help="The most the cache of keys and values grew to.", format="%.3f MB"
+    ),
+    "resets": st.column_config.NumberColumn("Resets", help="How often the window forgot all but its last N tokens."),
+    "log_likelihood": st.column_config.NumberColumn(
+        "Log-likelihood",
+        help="Per token, when the model rereads the whole text: closer to 0 is more coherent.",
+        format="%.3f",
+    ),
+    "perplexity": st.column_config.NumberColumn(
+        "Perplexity", help="As unsure as choosing among this many words: lower is more coherent.", format="%.1f"
+    ),
+}
+
+
+@dataclass
+class Comparison:
+    """One phrase, one seed, two runs that differ only in their window."""
+
+    prompt: str
+    seed: int
+    runs: tuple[Run, Run]  # window A, window B
+
+    @property
+    def finished(self) -> bool:
+        return all(run.finished for run in self.runs)
+
+    def labels(self) -> tuple[str, str]:
+        a, b = (window_label(run.settings.window) for run in self.runs)
+        return (f"{a} (A)", f"{b} (B)") if a == b else (a, b)
+
+
+def window_label(window: int | None) -> str:
+    return f"window {window}" if window else "window off"
+
+
+def _window_option(value: int | str) -> str:
+    return "off (whole context)" if value == OFF else f"{value} tokens"
+
+
+def first_difference(a: Run, b: Run) -> int | None:
+    """How many tokens the two runs wrote alike before they parted (None: they never did, so far)."""
+    for index, (step_a, step_b) in enumerate(zip(a.steps, b.steps)):
+        if step_a.token_id != step_b.token_id:
+            return index
+    return None if len(a.steps) == len(b.steps) else min(len(a.steps), len(b.steps))
+
+
+def table(comparison: Comparison) -> pd.DataFrame:
+    """One row per run, straight from its own RunStats (and its coherence, once scored)."""
+    rows = []
+    for run in comparison.runs:
+        stats, score = run.stats, run.coherence
+        rows.append(
+            {
+                "tokens": stats.tokens,
+                "tokens_per_s": stats.tokens_per_s,
+                "peak_memory_mb": stats.peak_rss_bytes / MB,
+                "peak_kv_cache_mb": stats.peak_kv_bytes / MB,
+                "resets": len(stats.resets),
+                "log_likelihood": score.mean_logprob if score else None,
+                "perplexity": score.perplexity if score else None,
+            }
+        )
+    return pd.DataFrame(rows, index=pd.Index(comparison.labels(), name="run"))
+
+
+def summary(comparison: Comparison) -> str:
+    """What window A saved and cost next to window B, in one or two sentences."""
+    (a, b), (label_a, label_b) = comparison.runs, comparison.labels()
+    if not (a.steps and b.steps):
+        return ""
+    kv_a, kv_b = a.stats.peak_kv_bytes, b.stats.peak_kv_bytes
+    if kv_a and kv_b and kv_a != kv_b:
+        small, big = sorted((kv_a, kv_b))
+        fewer = label_a if kv_a < kv_b else label_b
+        saved = f"**{fewer.capitalize()}** kept the KV cache {big / small:.1f}× smaller ({format_bytes(small)} against {format_bytes(big)} at most)"
+    else:
+        saved = f"Both kept the KV cache within {format_bytes(max(kv_a, kv_b))}"
+    peak_a, peak_b = a.stats.peak_rss_bytes, b.stats.peak_rss_bytes
+    saved += f"; the whole program peaked at {format_bytes(peak_a)} and {format_bytes(peak_b)}."
+    if a.coherence is None or b.coherence is None:
+        return saved
+    pa, pb = a.coherence.perplexity, b.coherence.perplexity
+    if abs(pa - pb) < 0.05:
+        cost = "Reread with the whole text in view, both read as equally coherent"
+    else:
+        better = label_a if pa < pb else label_b
+        cost = f"Reread with the whole text in view, **{better}** reads as more coherent"
+    return f"{saved} {cost} (perplexity {pa:,.1f} against {pb:,.1f})."
+
+
+# ---- the form -------------------------------------------------------------------------------------------
+
+
+def _reuse_seed(seed: int) -> None:
+    st.session_state["compare_seed"] = str(seed)
+
+
+def _form(
+    engine: gpt2_engine.Engine | None,
+) -> tuple[str, tuple[gpt2_engine.GenerationSettings, ...] | None, str | None, bool]:
+    """Draws the form; returns the prompt, the two runs' settings (None when a value is not allowed), the
+    problem in words, and whether Compare was pressed in this rerun."""
+    max_window = gpt2_engine.max_window(engine.n_positions if engine else 1024)
+    options = [*range(1, max_window + 1), OFF]
+    with st.form("compare", border=False, enter_to_submit=False):
+        prompt = st.text_area(
+            "Your phrase",
+            value=TUTORIAL_PHRASE,
+            key="compare_prompt",
+            height=90,
+            help="Both runs continue this same text.",
+        )
+        window_a, window_b, length, top_p, seed_box = st.columns([1.2, 1.2, 1, 1, 1], gap="medium")
+        windows = [
+            column.select_slider(
+                f"Window {name}",
+                options=options,
+                value=min(default, max_window) if default != OFF else OFF,
+                format_func=_window_option,
+                key=f"compare_window_{name.lower()}",
+                help="How many recent tokens the model keeps in mind; 'off' keeps the whole text.",
+            )
+            for column, name, default in ((window_a, "A", DEFAULT_WINDOWS[0]), (window_b, "B", DEFAULT_WINDOWS[1]))
+        ]
+        length = length.slider(
+            "Length (tokens)", 1, MAX_LENGTH, DEFAULT_LENGTH, key="compare_length", help="How much each run writes."
+        )
+        top_p = top_p.slider(
+            "Top-p",
+            0.05,
+            1.0,
+            0.70,
+            step=0.05,
+            key="compare_top_p",
+            help="How adventurous each pick is; the same for both.",
+        )
+        seed_text = seed_box.text_input(
+            "Seed",
+            key="compare_seed",
+            placeholder="empty: a new one",
+            help="Both runs use this seed. The same seed with the same settings gives the same comparison again.",
+        )
+        tutorial_mode = st.toggle(
+            "Tutorial mode: autograd on (teaching)", value=False, key="compare_tutorial_mode", help=TUTORIAL_MODE_HELP
+        )
+        go = st.form_submit_button(
+            "Compare", key="compare_run", type="primary", icon=":material/compare_arrows:", disabled=engine is None
+        )
+    try:
+        seed = gpt2_engine.parse_seed(seed_text)
+        seed = seed if seed is not None else secrets.randbelow(SHORT_SEED_BELOW)
+        pair = tuple(
+            gpt2_engine.GenerationSettings(
+                max_new_tokens=int(length),
+                top_p=float(top_p),
+                window=None if window == OFF else int(window),
+                seed=seed,
+                autograd=bool(tutorial_mode),
+            )
+            for window in windows
+        )
+        if engine is not None:
+            for settings in pair:
+                engine.settings_for(settings)  # what depends on the model: the window, tutorial mode's weights
+    except gpt2_engine.SettingsError as error:
+        problem = str(error)
+        if "autograd" in problem:
+            problem += " Pick **fp32 (full)** under Precision in the sidebar for tutorial mode."
+        return prompt, None, problem, go
+    return prompt, pair, None, go
+
+
+# ---- the view -------------------------------------------------------------------------------------------
+
+
+def _texts_html(comparison: Comparison, which: int, writing: bool) -> str:
+    """One run's text: the phrase, then what it wrote, with ⟲ at resets; from where the two runs part, the
+    text is tinted in the run's colour."""
+    run, other = comparison.runs[which], comparison.runs[1 - which]
+    parted = first_difference(run, other) if other.steps else None
+    tint = ("rgba(12, 166, 120, 0.13)", "rgba(31, 111, 235, 0.12)")[which]
+    pieces = []
+    for step in run.steps:
+        if parted is not None and step.index == parted:
+            pieces.append(f'<span class="parted" style="background: {tint}" title="from here the two texts differ">')
+        pieces.append((RESET_MARK if step.reset else "") + html.escape(step.text))
+    if parted is not None and parted < len(run.steps):
+        pieces.append("</span>")
+    cursor = '<span class="cursor">▍</span>' if writing else ""
+    body = f'<span class="prompt">{html.escape(run.prompt)}</span><span class="generated">{"".join(pieces)}</span>'
+    return f'<div class="studio-text compare-text"><div>{body}{cursor}</div></div>'
+
+
+class CompareView:
+    """The placeholders a comparison is drawn in: a note on the seed, two columns (heading, status, text),
+    the chart, a progress bar for scoring, the table and what it says."""
+
+    def __init__(self) -> None:
+        self.note = st.empty()
+        self.columns = []
+        for column in st.columns(2, gap="large"):
+            with column:
+                self.columns.append((st.empty(), st.empty(), st.empty()))
+        self.chart = st.empty()
+        self.progress = st.empty()
+        self.table = st.empty()
+        self.summary = st.empty()
+        self._text_at = self._chart_at = float("-inf")
+
+    def show_waiting(self, ahead: int) -> None:
+        others = "1 run is" if ahead == 1 else f"{ahead} runs are"
+        self.note.info(f"Waiting for the model: {others} ahead. It starts by itself.", icon=":material/hourglass_top:")
+
+    def update(self, comparison: Comparison) -> None:
+        now = time.monotonic()
+        if now - self._text_at >= TEXT_EVERY_S:
+            self._text_at = now
+            self._draw_columns(comparison)
+        if now - self._chart_at >= CHARTS_EVERY_S:
+            self._chart_at = now
+            self._draw_chart(comparison)
+
+    def show(self, comparison: Comparison | None, scored: bool = True) -> None:
+        """Everything, as it stands. With `scored`, also the seed note and its button: once per script run."""
+        if comparison is None:
+            self.note.info(
+                "Pick two windows and press **Compare**: the same phrase and seed are written twice, one run after "
+                "the other, and the page shows what each window costs in memory and in coherence.",
+                icon=":material/compare_arrows:",
+            )
+            return
+        self._draw_columns(comparison)
+        self._draw_chart(comparison)
+        self._draw_table(comparison)
+        if scored:
+            self._draw_note(comparison)
+
+    def _draw_note(self, comparison: Comparison) -> None:
+        a, b = comparison.runs
+        with self.note.container():
+            text, button = st.columns([6, 1], vertical_alignment="center")
+            parted = first_difference(a, b)
+            if parted is None:
+                where = "They wrote the same tokens throughout."
+            elif parted == 0:
+                where = "They parted at the very first token."
+            else:
+                where = f"They wrote the same first {parted} tokens, then parted (tinted below)."
+            text.markdown(
+                f"Both runs used **seed {comparison.seed}**. The sampler draws one random number per token from the "
+                "seed, so wherever both windows give the model the same view, they pick the same token; they part "
+                f"where the smaller window has forgotten something. {where}"
+            )
+            button.button(
+                "Keep this seed",
+                key="compare_reuse_seed",
+                on_click=_reuse_seed,
+                args=(comparison.seed,),
+                help="Puts this seed in the form, so the next comparison can change one thing and keep the rest.",
+            )
+
+    def _draw_columns(self, comparison: Comparison) -> None:
+        current = next((run for run in comparison.runs if not run.finished), None)
+        for which, ((heading, status, text), run, label) in enumerate(
+            zip(self.columns, comparison.runs, comparison.labels())
+        ):
+            color = charts.COMPARE_COLORS[which]
+            tutorial = " · :orange-badge[tutorial mode]" if run.settings.autograd else ""
+            heading.markdown(
+                f"#### <span style='color:{color}'>●</span> {label.capitalize()}{tutorial}", unsafe_allow_html=True
+            )
+            _status(status, run, waiting=run is not current and not run.finished)
+            text.html(_texts_html(comparison, which, writing=run is current and bool(run.steps)))
+
+    def _draw_chart(self, comparison: Comparison) -> None:
+        runs = [(label, run.steps) for label, run in zip(comparison.labels(), comparison.runs)]
+        if not any(steps for _, steps in runs):
+            self.chart.empty()
+            return
+        length = max(run.settings.max_new_tokens for run in comparison.runs)
+        x_max = max(len(run.steps) for run in comparison.runs) if comparison.finished else length
+        spec = charts.compare_chart(runs, comparison.runs[0].weight_bytes, x_max)
+        with self.chart.container():
+            st.vega_lite_chart(spec=spec, width="stretch")
+            st.caption(charts.COMPARE_EXPLANATION)
+
+    def _draw_table(self, comparison: Comparison) -> None:
+        if not comparison.finished or not any(run.steps for run in comparison.runs):
+            return
+        with self.table.container():
+            st.dataframe(table(comparison), column_config=TABLE_COLUMNS, width="stretch")
+            self.summary.markdown(summary(comparison))
+            st.caption(coherence_view.EXPLANATION)
+
+
+def _status(area, run: Run, waiting: bool) -> None:
+    stats, length = run.stats, run.settings.max_new_tokens
+    if run.error is not None:
+        area.error(run.error, icon=":material/error:")
+    elif waiting:
+        area.info("Waits for the other run to finish.", icon=":material/hourglass_top:")
+    elif not run.finished:
+        area.info(f"Writing… {stats.tokens} of {length} tokens", icon=":material/edit:")
+    elif run.stopped:
+        what = f"after {stats.tokens} of {length} tokens" if run.steps else "before it started"
+        area.warning(f"Stopped {what}.", icon=":material/stop_circle:")
+    elif stats.stop_reason == "memory":
+        area.warning(f"Stopped after {stats.tokens} tokens: {STOP_REASONS['memory']}.", icon=":material/memory:")
+    else:
+        ending = STOP_REASONS.get(stats.stop_reason or "", stats.stop_reason)
+        area.success(f"Done: {stats.tokens} tokens, {ending}.", icon=":material/check_circle:")
+
+
+# ---- running it ---------------------------------------------------------------------------------------
+
+
+def run_comparison(
+    engine: gpt2_engine.Engine, prompt: str, pair: tuple[gpt2_engine.GenerationSettings, ...], view: CompareView
+) -> Comparison:
+    """Writes both runs, one after the other in one turn of the model, then scores them (see runner's note
+    on how Stop, or any other click, ends a run: the text so far is kept)."""
+    labels = [window_label(settings.window) for settings in pair]
+    runs = tuple(
+        runner.remember(
+            Run(prompt, settings, engine.name, engine.weight_bytes, kind="compare", label=f"{label} of a comparison")
+        )
+        for settings, label in zip(pair, labels)
+    )
+    comparison = Comparison(prompt, pair[0].seed, runs)
+    st.session_state[COMPARE_KEY] = comparison
+    current = runs[0]
+    try:
+        with runner.turn_queue().turn(waiting=view.show_waiting):
+            view.note.empty()
+            for current in runs:
+                with closing(engine.stream(prompt, current.settings)) as steps:
+                    for step in steps:
+                        st.session_state[COMPARE_KEY].runs  # noqa: B018 - an interrupt point: Stop ends the run here
+                        current.steps.append(step)
+                        view.update(comparison)
+        view.show(comparison, scored=False)
+        coherence_view.score_runs(engine, runs, view.progress)
+    except gpt2_engine.StudioError as error:
+        current.error = str(error)
+    except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
+        runner.LOG.exception("comparison failed")
+        current.error = f"Generation failed: {type(error).__name__}: {error}"
+    finally:
+        for run in runs:
+            if not run.finished:  # interrupted: Stop, another widget, a closed tab (or never started)
+                run.stopped = True
+    view.show(comparison)
+    return comparison
+
+
+def render(engine: gpt2_engine.Engine | None) -> Callable[[], None] | None:
+    """Draws the tab. A comparison asked for now is returned, to be started last (after every tab is drawn)."""
+    st.markdown(
+        "Write the same phrase twice, with the same seed, changing only the **window**: see what a smaller "
+        "window saves in memory, and what it costs in coherence."
+    )
+    prompt, pair, problem, go = _form(engine)
+    if problem:
+        st.error(problem, icon="⚠️")
+    st.button("Stop", key="compare_stop", icon=":material/stop:", help="Stop the comparison; the text so far is kept.")
+    view = CompareView()
+    if go and pair is not None and engine is not None:
+        return lambda: run_comparison(engine, prompt, pair, view)
+    comparison = st.session_state.get(COMPARE_KEY)
+    if comparison is not None:
+        deadline = time.monotonic() + runner.SETTLE_S  # a comparison being stopped says so within a token
+        while not comparison.finished and time.monotonic() < deadline:
+            time.sleep(0.02)
+    view.show(comparison)
+    return None

@@ -2,7 +2,8 @@
 
 The widgets sit in an `st.form`, so moving a slider during a run does not interrupt it: nothing is
 sent until Generate. Widget keys are the settings' names in the user's words, and the tests' handles:
-prompt, length, top_p, window, sampler, temperature, top_k, seed, sentence_end, generate.
+prompt, length, top_p, window, sampler, temperature, top_k, seed, sentence_end, tutorial_mode,
+memory_share, generate.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ OFF = "off"  # the window slider's last stop: keep the whole context
 DEFAULT_LENGTH = 100  # enough to see two window resets at the default window of 50
 MAX_LENGTH = 1000  # a few minutes of gpt2-xl on a laptop CPU
 SHORT_SEED_BELOW = 1_000_000  # a seed the page picks is short, to read out and type again
+MEMORY_GUARD_PERCENT = (10, 100, 80)  # lowest, highest, default: GenerationSettings.memory_share in percent
+TUTORIAL_MODE_HELP = (
+    "Teaching only. Runs the model as the tutorial did, with PyTorch's autograd left on: every token keeps "
+    "the whole chain of sums that made it, in case someone wants gradients (nobody does). Memory then climbs "
+    "faster and faster, until a window reset throws the old cache, and its chain, away. Slower, and needs "
+    "fp32 weights (Precision, in the sidebar)."
+)
 SAMPLER_LABELS = {
     "nucleus": "nucleus: pick by probability (usual)",
     "tutorial": "tutorial: pick uniformly among the likely ones",
@@ -120,6 +128,21 @@ def generation_form(max_window: int, enabled: bool) -> Request:
                 help="After the length is reached, keep writing until a sentence ends (. ! or ?), "
                 "at most 64 tokens more.",
             )
+            tutorial_mode = st.toggle(
+                "Tutorial mode: autograd on (teaching)", value=False, key="tutorial_mode", help=TUTORIAL_MODE_HELP
+            )
+            low, high, default = MEMORY_GUARD_PERCENT
+            memory_percent = st.slider(
+                "Memory guard",
+                low,
+                high,
+                default,
+                step=5,
+                format="%d%%",
+                key="memory_share",
+                help="Stops a run before the program takes more than this share of the memory that was free "
+                "when the run started. The text written so far is kept, and the page says why it stopped.",
+            )
         generate = st.form_submit_button(
             "Generate", key="generate", type="primary", icon=":material/play_arrow:", disabled=not enabled
         )
@@ -134,6 +157,8 @@ def generation_form(max_window: int, enabled: bool) -> Request:
             top_k=int(top_k) if top_k else None,
             seed=seed if seed is not None else secrets.randbelow(SHORT_SEED_BELOW),
             stop_at_sentence_end=bool(sentence_end),
+            autograd=bool(tutorial_mode),
+            memory_share=memory_percent / 100,
         )
     except gpt2_engine.SettingsError as error:
         return Request(prompt, None, str(error), generate)

@@ -1,7 +1,215 @@
-"""The History tab (being built in this session)."""
+"""The History tab: every run of this visit (Write runs, replays, both runs of each comparison), newest first,
+to read again, replay with the same settings and seed, or download.
+
+Widget keys, n being the run's number: history_replay_<n>, history_json_<n> (everything about the run, as
+gpt2_engine.records writes it), history_csv_<n> (its memory series). Downloads are made when clicked.
+A replay is a Write run: it streams here, becomes the latest run of the Write tab, and joins the list.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from datetime import datetime
+from pathlib import Path
 
 import streamlit as st
 
+import gpt2_engine
+from gpt2_engine.memory import format_bytes
+from gpt2_engine.records import memory_csv, record_json, settings_from_record
 
-def render(engine) -> None:
-    st.info("History: coming in this session.")
+from . import charts, runner
+from .run_view import text_html
+from .runner import Run
+
+REPLAY_KEY = "history_replay"  # st.session_state: the number of the run to replay in this script run
+PREVIEW_CHARS = 220
+
+
+def _ask_replay(number: int) -> None:
+    st.session_state[REPLAY_KEY] = number
+
+
+def _history() -> list[Run]:
+    return [run for run in st.session_state.get(runner.HISTORY_KEY, []) if run.steps]
+
+
+def _title(run: Run) -> str:
+    if run.kind == "compare":
+        what = f"Compare · {run.label.removesuffix(' of a comparison')}"
+    else:
+        what = f"Write · {run.label}" if run.label else "Write"
+    at = datetime.fromtimestamp(run.started_at).strftime("%H:%M:%S")
+    return f"**Run {run.number}** · {what} · {at}"
+
+
+def _settings_line(run: Run) -> str:
+    settings, stats = run.settings, run.stats
+    parts = [
+        f"window {settings.window}" if settings.window else "window off",
+        f"{settings.max_new_tokens} tokens asked",
+        f"top-p {settings.top_p:.2f}",
+        settings.sampler,
+    ]
+    if settings.temperature != 1.0:
+        parts.append(f"temperature {settings.temperature:g}")
+    if settings.top_k:
+        parts.append(f"top-k {settings.top_k}")
+    parts.append(f"seed {stats.seed}")
+    if settings.autograd:
+        parts.append("tutorial mode")
+    model = Path(run.model).name if run.model.startswith(("/", ".", "~")) else run.model
+    return " · ".join([model, *parts])
+
+
+def _ending(run: Run) -> str:
+    stats = run.stats
+    if run.error is not None:
+        return "failed"
+    if run.stopped:
+        return "stopped"
+    if not run.finished:
+        return "writing"
+    return gpt2_engine.STOP_REASONS.get(stats.stop_reason or "", stats.stop_reason or "")
+
+
+def _numbers_line(run: Run) -> str:
+    stats = run.stats
+    parts = [
+        f"{stats.tokens} tokens ({_ending(run)})",
+        f"{stats.tokens_per_s:.1f} tokens/s",
+        f"peak {format_bytes(stats.peak_rss_bytes)}",
+        f"KV cache at most {format_bytes(stats.peak_kv_bytes)}",
+        f"{len(stats.resets)} reset{'s' if len(stats.resets) != 1 else ''}",
+    ]
+    if run.coherence is not None:
+        parts.append(f"perplexity {run.coherence.perplexity:,.1f}")
+    return " · ".join(parts)
+
+
+def _entry(run: Run) -> None:
+    n = run.number
+    with st.container(border=True):
+        head, replay, json_button, csv_button = st.columns([6, 1.1, 1, 1], vertical_alignment="center")
+        head.markdown(_title(run))
+        replay.button(
+            "Replay",
+            key=f"history_replay_{n}",
+            icon=":material/replay:",
+            on_click=_ask_replay,
+            args=(n,),
+            help="Write it again with the same phrase, settings and seed: the same text comes out.",
+        )
+        json_button.download_button(
+            "JSON",
+            data=lambda run=run: record_json(run.record()),
+            file_name=f"gpt2-studio-run-{n}.json",
+            mime="application/json",
+            key=f"history_json_{n}",
+            on_click="ignore",
+            icon=":material/download:",
+            help="Everything about this run: phrase, settings, seed, text, numbers, and every token's memory.",
+        )
+        csv_button.download_button(
+            "CSV",
+            data=lambda run=run: memory_csv(run.record()),
+            file_name=f"gpt2-studio-run-{n}-memory.csv",
+            mime="text/csv",
+            key=f"history_csv_{n}",
+            on_click="ignore",
+            icon=":material/download:",
+            help="The memory series, one row per token: program memory, its allocated part, the KV cache.",
+        )
+        st.caption(_settings_line(run))
+        preview = run.generated.strip().replace("\n", " ")
+        preview = preview if len(preview) <= PREVIEW_CHARS else preview[:PREVIEW_CHARS].rsplit(" ", 1)[0] + " …"
+        st.html(
+            f'<div class="history-preview"><span class="prompt">{html.escape(run.prompt[-80:])}</span> '
+            f"{html.escape(preview)}</div>"
+        )
+        st.caption(_numbers_line(run))
+        with st.expander("Whole text and memory"):
+            st.html(text_html(run))
+            spec = charts.process_memory_chart(run.steps, run.weight_bytes, len(run.steps))
+            st.vega_lite_chart(spec=spec, width="stretch", height=charts.HEIGHT_PX)
+
+
+class ReplayView:
+    """Where a replay streams, at the top of the tab: a status line and the text (runner.generate's view)."""
+
+    def __init__(self) -> None:
+        self.status, self.text = st.empty(), st.empty()
+        self._drawn_at = float("-inf")
+
+    def show_waiting(self, ahead: int) -> None:
+        others = "1 run is" if ahead == 1 else f"{ahead} runs are"
+        self.status.info(f"Waiting for the model: {others} ahead.", icon=":material/hourglass_top:")
+
+    def update(self, run: Run) -> None:
+        if time.monotonic() - self._drawn_at >= 0.1:  # ~10 draws a second, as the Write tab
+            self.show(run)
+
+    def show(self, run: Run) -> None:
+        self._drawn_at = time.monotonic()
+        if run.finished:
+            self.status.empty()  # the note under it says how the replay went
+        else:
+            self.status.info(
+                f"Writing… {run.stats.tokens} of {run.settings.max_new_tokens} tokens", icon=":material/replay:"
+            )
+        self.text.html(text_html(run, writing=not run.finished))
+
+
+def _replay(engine: gpt2_engine.Engine, number: int) -> None:
+    original = next((run for run in _history() if run.number == number), None)
+    if original is None:
+        return
+    settings = settings_from_record(original.record())  # the same path as a downloaded JSON's
+    st.markdown(f"#### Replay of run {number}")
+    view = ReplayView()
+    replay = runner.generate(engine, original.prompt, settings, view, label=f"replay of run {number}")
+    _replay_note(replay, original)
+
+
+def _replay_note(replay: Run, original: Run) -> None:
+    if replay.error is not None:
+        st.error(replay.error, icon=":material/error:")
+    elif replay.generated == original.generated:
+        st.success(
+            f"Run {replay.number} replayed run {original.number}: the same text, token for token. Same phrase, "
+            "same settings, same seed: the same draws.",
+            icon=":material/check_circle:",
+        )
+    else:
+        why = (
+            "one of them was stopped"
+            if replay.stopped or original.stopped
+            else "the memory guard ended one of them"
+            if "memory" in (replay.stats.stop_reason, original.stats.stop_reason)
+            else "the model or its precision changed in between"
+        )
+        st.warning(
+            f"Run {replay.number} replayed run {original.number}, and the texts differ: {why}.", icon=":material/info:"
+        )
+
+
+def render(engine: gpt2_engine.Engine | None) -> None:
+    """Draws the tab; a replay asked for (by its button's callback) runs first, at the top."""
+    number = st.session_state.pop(REPLAY_KEY, None)
+    if number is not None and engine is not None:
+        _replay(engine, number)
+    runs = _history()
+    if not runs:
+        st.info(
+            "Every run of this visit appears here, newest first: its settings, seed, text and memory. "
+            "Replay one, or download it as JSON (everything) or CSV (the memory series).",
+            icon=":material/history:",
+        )
+        return
+    st.caption(
+        f"{len(runs)} run{'s' if len(runs) != 1 else ''} this visit, newest first (the last {runner.HISTORY_LIMIT} "
+        "are kept). Downloads are made when you click them."
+    )
+    for run in reversed(runs):
+        _entry(run)

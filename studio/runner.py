@@ -20,10 +20,13 @@ from dataclasses import dataclass, field
 import streamlit as st
 
 import gpt2_engine
+from gpt2_engine.records import run_record
 from gpt2_engine.serving import TurnQueue
 from gpt2_engine.stats import RunStats, generated_text
 
 RUN_KEY = "run"  # st.session_state[RUN_KEY]: the latest Run of this visitor
+HISTORY_KEY = "history"  # st.session_state[HISTORY_KEY]: this visitor's runs, oldest first (the History tab)
+HISTORY_LIMIT = 40  # runs kept per visitor: a long demo stays within a few MB
 SETTLE_S = 10.0  # longest wait for a stopped run to notice: one token, or a long prompt's first read
 LOG = logging.getLogger("gpt2_studio")
 
@@ -39,6 +42,11 @@ class Run:
     steps: list[gpt2_engine.Step] = field(default_factory=list)
     stopped: bool = False  # ended before the engine finished it (Stop, a page change, a closed tab)
     error: str | None = None  # why it failed, in words
+    kind: str = "write"  # "write" (the Write tab, a replay) or "compare" (one of a comparison's two runs)
+    label: str = ""  # what the History tab calls it besides its number, e.g. "window 20 of a comparison"
+    number: int = 0  # its place in this visitor's history (1 = the first), set by `remember`
+    coherence: gpt2_engine.Coherence | None = None  # once scored
+    started_at: float = field(default_factory=time.time)
 
     @property
     def finished(self) -> bool:
@@ -51,6 +59,31 @@ class Run:
     @property
     def stats(self) -> RunStats:
         return RunStats.from_steps(self.steps)
+
+    def record(self) -> dict:
+        """Everything about this run as plain data (gpt2_engine.records): the History tab's downloads."""
+        return run_record(
+            self.prompt,
+            self.settings,
+            self.steps,
+            model=self.model,
+            kind=self.kind,
+            label=self.label,
+            coherence=self.coherence,
+            stopped=self.stopped,
+            error=self.error,
+            started_at=self.started_at,
+        )
+
+
+def remember(run: Run) -> Run:
+    """Adds a run to this visitor's history as it starts; the entry is the run itself, so it shows how the
+    run ended (finished, stopped, failed) and its score once it has one."""
+    history = st.session_state.setdefault(HISTORY_KEY, [])
+    run.number = history[-1].number + 1 if history else 1
+    history.append(run)
+    del history[:-HISTORY_LIMIT]
+    return run
 
 
 @st.cache_resource(show_spinner=False)
@@ -70,9 +103,11 @@ def latest_run(settle_s: float = SETTLE_S) -> Run | None:
     return run
 
 
-def generate(engine: gpt2_engine.Engine, prompt: str, settings: gpt2_engine.GenerationSettings, view) -> Run:
+def generate(
+    engine: gpt2_engine.Engine, prompt: str, settings: gpt2_engine.GenerationSettings, view, label: str = ""
+) -> Run:
     """Runs one generation for this visitor, drawing it on `view` as it streams (see the module's note)."""
-    run = Run(prompt, settings, engine.name, engine.weight_bytes)
+    run = remember(Run(prompt, settings, engine.name, engine.weight_bytes, label=label))
     st.session_state[RUN_KEY] = run
     try:
         with turn_queue().turn(waiting=view.show_waiting):

@@ -1,0 +1,102 @@
+"""Coherence on the page: how likely the model finds a run's text when it rereads all of it.
+
+Scored on request under a Write run (the `score` button) and by itself after a comparison, in the model's
+turn, with a progress bar: on gpt2-xl on a CPU the reread takes seconds. The number is gpt2_engine's
+`coherence()`; this part only asks for it, shows progress and says what it means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import streamlit as st
+
+import gpt2_engine
+
+from . import runner
+from .runner import Run
+
+EXPLANATION = (
+    "**Coherence** is how likely the model finds the text when it rereads all of it, your phrase included: "
+    "the average log-likelihood per written token (closer to 0 is more coherent), or as **perplexity**, "
+    "the model is as unsure as if it were choosing among this many words each time (lower is more coherent)."
+)
+TUTORIAL_MODE_NOTE = (
+    ":orange-badge[:material/school: Tutorial mode] Autograd was on, as in the tutorial: every token kept the "
+    "chain of sums that made it, so memory climbed faster and faster until a window reset let it go."
+)
+
+
+def _prompt_ids(engine: gpt2_engine.Engine, run: Run) -> list[int]:
+    """The phrase as the model reads it with its whole context (no window): the same for both runs of a pair."""
+    return engine.prepare_prompt(run.prompt, None).ids
+
+
+def score_runs(engine: gpt2_engine.Engine, runs: Sequence[Run], progress_area) -> None:
+    """Scores each run that has text and no score yet, in the model's turn, drawing progress in `progress_area`
+    (an st.empty()), which is emptied at the end. The score is kept on the run (`run.coherence`)."""
+    todo = [run for run in runs if run.steps and run.coherence is None]
+    if not todo:
+        return
+    bar = progress_area.progress(0.0, text="Waiting for the model to reread the text…")
+
+    def waiting(ahead: int) -> None:
+        bar.progress(0.0, text=f"Waiting for the model: {ahead} run{'s are' if ahead != 1 else ' is'} ahead.")
+
+    with runner.turn_queue().turn(waiting=waiting):
+        for done_runs, run in enumerate(todo):
+            name = f" {run.label}" if len(todo) > 1 and run.label else ""
+
+            def report(done: int, total: int, done_runs: int = done_runs, name: str = name) -> None:
+                share = (done_runs + (done / total if total else 1.0)) / len(todo)
+                bar.progress(min(1.0, share), text=f"Rereading{name}: {done} of {total} tokens scored")
+
+            report(0, len(run.steps))
+            generated = [step.token_id for step in run.steps]
+            run.coherence = gpt2_engine.coherence(engine, _prompt_ids(engine, run), generated, progress=report)
+    progress_area.empty()
+
+
+def show_score(score: gpt2_engine.Coherence) -> None:
+    log_likelihood, perplexity = st.columns(2)
+    log_likelihood.metric(
+        "Log-likelihood per token",
+        f"{score.mean_logprob:.2f}",
+        help="The average of log(probability) the model gives each written token when it rereads the whole "
+        "text. 0 would be certainty; closer to 0 is more coherent.",
+    )
+    perplexity.metric(
+        "Perplexity",
+        f"{score.perplexity:,.1f}",
+        help="exp(-log-likelihood): the model is as unsure as if it chose among this many words each time.",
+    )
+
+
+def panel(engine: gpt2_engine.Engine | None, run: Run | None) -> None:
+    """Under a Write run: tutorial mode said plainly, and its coherence (a button until it is scored)."""
+    if run is None:
+        return
+    if run.settings.autograd:
+        if run.error is not None:
+            st.info(
+                "Tutorial mode needs weights autograd can work with: pick **fp32 (full)** under Precision in the "
+                "sidebar, then Generate again.",
+                icon=":material/school:",
+            )
+        elif run.steps:
+            st.markdown(TUTORIAL_MODE_NOTE)
+    if not run.finished or not run.steps or engine is None:
+        return
+    if run.coherence is None:
+        button_area = st.empty()
+        asked = button_area.button(
+            "Score coherence",
+            key="score",
+            icon=":material/fact_check:",
+            help="The model rereads the whole text and says how likely it finds it. A few seconds on a big model.",
+        )
+        if asked:
+            score_runs(engine, [run], button_area)  # the progress bar takes the button's place, then the score
+    if run.coherence is not None:
+        show_score(run.coherence)
+    st.caption(EXPLANATION)

@@ -1,0 +1,234 @@
+"""Memory versus coherence on the real app.py, through AppTest with the tiny model: the Compare tab (two
+columns, one chart with both runs, a table equal to the runs' own stats and scores), coherence on request,
+tutorial mode and the memory guard in the Write tab, and the History tab (list, replay, JSON and CSV)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from streamlit import dataframe_util
+from streamlit.runtime.media_file_manager import MediaFileManager
+from streamlit.testing.v1 import AppTest
+
+import gpt2_engine
+from gpt2_engine import STOP_REASONS
+from gpt2_engine.memory import MB
+from gpt2_engine.records import load_record, settings_from_record
+from gpt2_engine.stats import RunStats, generated_text
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+PROMPT = "The cat sat on the mat."
+KINDS = ("text_area", "slider", "select_slider", "text_input", "radio", "checkbox", "toggle", "selectbox")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> gpt2_engine.Engine:
+    """The model as the page loads it: its default precision ("auto")."""
+    return gpt2_engine.load(str(tiny_model_dir), dtype="auto")
+
+
+@pytest.fixture
+def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """What each download button would hand the browser when clicked, by the button's widget id."""
+    made: dict[str, object] = {}
+    add_deferred = MediaFileManager.add_deferred
+
+    def record(self, data_callable, mimetype, coordinates, file_name=None, *, element_id=""):
+        made[element_id] = data_callable
+        return add_deferred(self, data_callable, mimetype, coordinates, file_name, element_id=element_id)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    return made
+
+
+@pytest.fixture
+def page(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tiny_model_dir))
+    at = AppTest.from_file(str(APP), default_timeout=90).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def set_widgets(at: AppTest, **values) -> AppTest:
+    for key, value in values.items():
+        widget = next(w for kind in KINDS for w in getattr(at, kind) if w.key == key)
+        widget.set_value(value)
+    return at
+
+
+def press(at: AppTest, key: str) -> AppTest:
+    at.button(key=key).click()
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def compare(at: AppTest, **values) -> AppTest:
+    defaults = {"compare_prompt": PROMPT, "compare_length": 40, "compare_window_a": 8, "compare_seed": "5"}
+    return press(set_widgets(at, **{**defaults, **values}), "compare_run")
+
+
+def shown_text(at: AppTest) -> str:
+    """The Write tab's text as a reader sees it: tags, tooltips and reset marks left out."""
+    box = next(h.value for h in at.html if 'class="studio-text' in h.value and "compare-text" not in h.value)
+    return html.unescape(re.sub(r"<[^>]*>", "", box)).replace("⟲", "")
+
+
+def chart_data(chart) -> dict[str, object]:
+    return {d.name: dataframe_util.convert_arrow_bytes_to_pandas_df(d.data.data) for d in chart.proto.datasets}
+
+
+def compare_chart(at: AppTest) -> dict[str, object]:
+    charts = [chart_data(c) for c in at.get("vega_lite_chart")]
+    return next(c for c in charts if "run" in c.get("memory", {}))
+
+
+def test_compare_writes_both_windows_side_by_side_with_one_seed(page: AppTest, engine: gpt2_engine.Engine) -> None:
+    at = compare(page, compare_top_p=0.9)
+    comparison = at.session_state["comparison"]
+    a, b = comparison.runs
+    assert comparison.seed == 5 and a.settings.window == 8 and b.settings.window is None
+    for run in (a, b):  # each is the engine's own text for that window and the one seed
+        assert run.settings.seed == 5 and run.settings.top_p == pytest.approx(0.9)
+        expected = engine.speak(PROMPT, max_new_tokens=40, top_p=0.9, window=run.settings.window, seed=5)
+        assert PROMPT + run.generated == expected
+    texts = [h for h in at.html if "compare-text" in h.value]
+    assert len(texts) == 2
+    columns = [c for c in at.columns if any("compare-text" in h.value for h in c.get("html"))]
+    assert len(columns) == 2  # side by side, one text in each column
+    assert "seed 5" in " ".join(m.value for m in at.markdown)
+
+
+def test_one_chart_holds_both_runs_memory_and_kv_cache(page: AppTest) -> None:
+    at = compare(page)
+    a, b = at.session_state["comparison"].runs
+    data = compare_chart(at)
+    memory = data["memory"]
+    for label, run in (("window 8", a), ("window off", b)):
+        rows = memory[memory["run"] == label]
+        assert list(rows["tokens"]) == list(range(1, len(run.steps) + 1))
+        assert list(rows["rss_mb"]) == pytest.approx([s.rss_bytes / MB for s in run.steps])
+        assert list(rows["kv_mb"]) == pytest.approx([s.kv_bytes / MB for s in run.steps])
+    resets = data["resets"]
+    assert list(resets.loc[resets["run"] == "window 8", "reset_at"]) == list(a.stats.resets)
+    assert resets.loc[resets["run"] == "window off"].empty
+    assert data["weights"]["weights_mb"][0] == pytest.approx(a.weight_bytes / MB)
+    assert data["machines"].empty  # a tiny model: no 8 GB line squashing its curves
+
+
+def test_the_table_is_the_runs_own_stats_and_coherence(page: AppTest, engine: gpt2_engine.Engine) -> None:
+    at = compare(page)
+    comparison = at.session_state["comparison"]
+    table = at.dataframe[0].value
+    assert list(table.index) == ["window 8", "window off"]
+    for (_, row), run in zip(table.iterrows(), comparison.runs):
+        stats = RunStats.from_steps(run.steps)
+        assert row["tokens"] == stats.tokens
+        assert row["tokens_per_s"] == pytest.approx(stats.tokens_per_s)
+        assert row["peak_memory_mb"] == pytest.approx(stats.peak_rss_bytes / MB)
+        assert row["peak_kv_cache_mb"] == pytest.approx(stats.peak_kv_bytes / MB)
+        assert row["resets"] == len(stats.resets)
+        prompt_ids = engine.prepare_prompt(PROMPT, None).ids
+        score = gpt2_engine.coherence(engine, prompt_ids, [s.token_id for s in run.steps])  # scored by itself
+        assert row["log_likelihood"] == pytest.approx(score.mean_logprob, abs=1e-4)
+        assert row["perplexity"] == pytest.approx(score.perplexity, rel=1e-4)
+    assert any("perplexity" in m.value for m in at.markdown)  # said in words under the table
+
+
+def test_a_comparison_survives_reruns_and_its_seed_can_be_kept(page: AppTest) -> None:
+    at = compare(page, compare_seed="")
+    seed = at.session_state["comparison"].seed
+    table = at.dataframe[0].value
+    at.run()  # any rerun: a click elsewhere
+    assert at.dataframe[0].value.equals(table)
+    at = press(at, "compare_reuse_seed")
+    assert at.text_input(key="compare_seed").value == str(seed)
+
+
+def test_a_window_too_big_for_the_model_is_a_message(page: AppTest) -> None:
+    at = compare(page, compare_window_a=64, compare_window_b=64, compare_length=5)
+    assert at.session_state["comparison"].labels() == ("window 64 (A)", "window 64 (B)")
+    at = compare(at, compare_tutorial_mode=True, compare_length=5)
+    if at.session_state["comparison"].runs[0].settings.autograd:  # fp32 here: tutorial mode runs
+        assert not at.error
+    else:  # bf16 or int8 weights: a message saying which precision to pick, and no run
+        assert any("fp32" in e.value for e in at.error)
+
+
+def test_score_button_scores_the_write_run_with_progress(page: AppTest, engine: gpt2_engine.Engine) -> None:
+    at = press(set_widgets(page, prompt=PROMPT, length=20, seed="3", window=8), "generate")
+    run = at.session_state["run"]
+    assert run.coherence is None
+    at = press(at, "score")
+    prompt_ids = engine.prepare_prompt(PROMPT, None).ids
+    expected = gpt2_engine.coherence(engine, prompt_ids, [s.token_id for s in run.steps])
+    assert run.coherence.mean_logprob == pytest.approx(expected.mean_logprob, abs=1e-4)
+    assert next(m.value for m in at.metric if m.label == "Perplexity") == f"{expected.perplexity:,.1f}"
+    assert "score" not in [b.key for b in at.button]  # scored: the number replaces the button
+
+
+def test_tutorial_mode_runs_with_autograd_on(page: AppTest) -> None:
+    at = set_widgets(page, precision="fp32")
+    at.run()
+    at = press(set_widgets(at, prompt=PROMPT, length=12, seed="2", tutorial_mode=True), "generate")
+    run = at.session_state["run"]
+    assert run.settings.autograd is True and run.steps and run.error is None
+    assert any("Tutorial mode" in m.value for m in at.markdown)
+    at = press(set_widgets(at, tutorial_mode=False), "generate")
+    assert at.session_state["run"].settings.autograd is False
+
+
+def test_tutorial_mode_on_weights_without_autograd_says_which_to_pick(page: AppTest) -> None:
+    at = set_widgets(page, precision="int8")
+    at.run()
+    at = press(set_widgets(at, prompt=PROMPT, length=5, tutorial_mode=True), "generate")
+    assert any("autograd" in e.value for e in at.error)
+    assert any("fp32" in i.value for i in at.info)
+
+
+def test_the_memory_guard_stops_a_run_says_why_and_keeps_the_text(
+    page: AppTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gpt2_engine.generation.available_bytes", lambda: -1_000_000)  # as if 1 MB short already
+    at = press(set_widgets(page, prompt=PROMPT, length=50, memory_share=10), "generate")
+    run = at.session_state["run"]
+    assert run.settings.memory_share == pytest.approx(0.10)
+    assert run.stats.stop_reason == "memory" and 0 < len(run.steps) < 50
+    assert any(STOP_REASONS["memory"] in w.value for w in at.warning)
+    assert run.generated and shown_text(at) == PROMPT + run.generated and not run.stopped  # the text is kept
+
+
+def test_history_lists_runs_newest_first_and_the_json_replays(
+    page: AppTest, engine: gpt2_engine.Engine, downloads: dict[str, object]
+) -> None:
+    at = press(set_widgets(page, prompt=PROMPT, length=15, seed="9", window=5), "generate")
+    at = compare(at, compare_length=10)
+    titles = [m.value for m in at.markdown if m.value.startswith("**Run ")]
+    assert [t.split(" · ")[0] for t in titles] == ["**Run 3**", "**Run 2**", "**Run 1**"]
+    assert "Compare · window off" in titles[0] and "Compare · window 8" in titles[1] and "Write" in titles[2]
+    saved = downloads[at.download_button(key="history_json_1").id]()
+    record = load_record(saved)
+    assert record["prompt"] == PROMPT and record["seed"] == 9 and record["settings"]["window"] == 5
+    replay = list(engine.stream(record["prompt"], settings_from_record(record)))
+    assert generated_text(replay) == record["text"] == at.session_state["history"][0].generated
+    rows = list(csv.DictReader(io.StringIO(downloads[at.download_button(key="history_csv_1").id]())))
+    assert [int(r["tokens"]) for r in rows] == list(range(1, len(record["steps"]) + 1))
+    compared = json.loads(downloads[at.download_button(key="history_json_2").id]())
+    assert compared["kind"] == "compare" and compared["coherence"]["perplexity"] > 1
+
+
+def test_replay_writes_the_same_text_again(page: AppTest) -> None:
+    at = press(set_widgets(page, prompt=PROMPT, length=15, seed="", window=4), "generate")
+    first = at.session_state["run"]
+    at = press(at, "history_replay_1")
+    replay = at.session_state["run"]
+    assert replay is not first and replay.label == "replay of run 1" and replay.number == 2
+    assert replay.settings == first.settings and replay.generated == first.generated
+    assert any("the same text" in s.value for s in at.success)
+    assert [m.value.split(" · ")[0] for m in at.markdown if m.value.startswith("**Run ")] == ["**Run 2**", "**Run 1**"]
