@@ -1,19 +1,27 @@
 """What a run looks like: a status line, the text (prompt, continuation, ⟲ at window resets), the
 memory charts and the numbers under them. Drawn into placeholders, so each draw replaces the last.
 
+Look inside: once a run has ended, each generated token is a span that shows, on hover (or on a click,
+which focuses it), the probability GPT-2 gave it and the candidates it beat (the Steps carry the top
+INSPECT_CANDIDATES, asked for by controls.py). "Colour by probability" shades each token by how sure the
+model was, with a legend. While the model writes, the text is plain (and coloured, if asked): no tooltips.
+
 The model's text is untrusted: it is HTML-escaped and shown with `st.html`, which reads no Markdown,
-so `![x](http://...)`, `<script>` or `$x$` in it appear as the characters they are.
+so `![x](http://...)`, `<script>` or `$x$` in it appear as the characters they are. The tooltips are
+escaped attribute values, shown by CSS (`content: attr(data-tip)`), never HTML.
 """
 
 from __future__ import annotations
 
 import html
+import math
 import time
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from gpt2_engine import STOP_REASONS
+from gpt2_engine import STOP_REASONS, GenerationSettings, Step
 from gpt2_engine.memory import format_bytes
 
 from . import charts
@@ -22,21 +30,92 @@ from .runner import Run
 TEXT_EVERY_S = 0.1  # at most ~10 text updates a second: a tiny model writes faster than a browser draws
 CHARTS_EVERY_S = 0.5  # charts and numbers: ~3 ms to build and more to draw, taken from the model's time
 RESET_MARK = '<span class="reset" title="window reset: the model forgot all but the last N tokens">⟲</span>'
+INSPECT_CANDIDATES = 5  # candidates per token for the tooltips: ~30 µs a token, nothing next to a forward pass
+COLOUR_KEY = "colour_tokens"  # the "Colour by probability" toggle
+_RECOLOUR = "_recolour_tokens"  # set by the toggle's callback: draw the whole page again
+CONFIDENCE = (  # (lowest probability, css class, legend): how sure GPT-2 was of the token it wrote
+    (0.8, "p-sure", "80% or more: sure"),
+    (0.5, "p-likely", "50–80%"),
+    (0.2, "p-maybe", "20–50%"),
+    (0.05, "p-unsure", "5–20%"),
+    (0.0, "p-guess", "under 5%: a guess"),
+)
 
 
-def text_html(run: Run | None, writing: bool = False) -> str:
-    """The prompt, then the continuation with ⟲ where the window reset, all escaped."""
+def confidence_class(probability: float) -> str:
+    return next(css for lowest, css, _ in CONFIDENCE if probability >= lowest)
+
+
+def visible(text: str) -> str:
+    """A token's characters made visible: line breaks ⏎, tabs ⇥, other control characters as their byte <0x1B>."""
+    text = text.replace("\n", "⏎").replace("\t", "⇥")
+    return "".join(ch if ch.isprintable() else f"<0x{ord(ch):02X}>" for ch in text)
+
+
+def quoted(text: str) -> str:
+    """A token in quotes, its spaces kept: “ little”."""
+    return "“" + visible(text) + "”"
+
+
+def percent(p: float) -> str:
+    """23% / 4.2% / 0.3% / <0.1%: as precise as a bar or a tooltip needs."""
+    return f"{100 * p:.0f}%" if p >= 0.1 else (f"{100 * p:.1f}%" if p >= 0.001 else "<0.1%")
+
+
+def token_tip(step: Step, settings: GenerationSettings) -> str:
+    """A token's tooltip, as plain text: its probability, its rank, the top-p set it came from, the candidates."""
+    p = math.exp(step.logprob)  # the model's own probability (temperature 1, before top-k and top-p)
+    rank = next((r for r, c in enumerate(step.candidates) if c.token_id == step.token_id), None)
+    taken = next((c.text for c in step.candidates if c.token_id == step.token_id), step.text)
+    place = f", its {ordinal(rank + 1)} choice" if rank is not None else ""
+    lines = [f"{quoted(taken)}: GPT-2 gave it {percent(p)}{place}"]
+    if step.nucleus_size:
+        tokens = f"{step.nucleus_size} token{'s' if step.nucleus_size != 1 else ''}"
+        lines.append(f"drawn from the top-p set: {tokens}, {percent(step.nucleus_mass)} together")
+    if step.candidates:
+        tuned = settings.temperature != 1.0 or settings.top_k is not None
+        lines.append("The candidates" + (" (after temperature and top-k):" if tuned else ":"))
+        for c in step.candidates:
+            marker = "  ← written" if c.token_id == step.token_id else ""
+            lines.append(f"{percent(c.probability):>6}  {quoted(c.text)}{marker}")
+    return "\n".join(lines)
+
+
+def ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def _token_html(step: Step, settings: GenerationSettings, colour: bool, inspect: bool) -> str:
+    text = html.escape(step.text)
+    mark = RESET_MARK if step.reset else ""
+    if not (colour or inspect) or not step.text:
+        return mark + text
+    css = "tok " + confidence_class(math.exp(step.logprob)) if colour else "tok"
+    tip = f' tabindex="0" data-tip="{html.escape(token_tip(step, settings))}"' if inspect else ""
+    return f'{mark}<span class="{css}"{tip}>{text}</span>'
+
+
+def text_html(run: Run | None, writing: bool = False, colour: bool = False) -> str:
+    """The prompt, then the continuation with ⟲ where the window reset, all escaped. Once the run has ended,
+    each token carries its tooltip; with `colour`, each token is shaded by its probability."""
     if run is None:
         body = (
             '<span class="empty">GPT-2\'s text will appear here, word piece by word piece, '
             "and the charts below will show the memory it takes.</span>"
         )
     else:
-        pieces = [RESET_MARK + html.escape(s.text) if s.reset else html.escape(s.text) for s in run.steps]
+        pieces = [_token_html(s, run.settings, colour, inspect=not writing) for s in run.steps]
         body = f'<span class="prompt">{html.escape(run.prompt)}</span><span class="generated">{"".join(pieces)}</span>'
         if writing:
             body += '<span class="cursor">▍</span>'
-    return f'<div class="studio-text"><div>{body}</div></div>'
+    inspectable = ' class="inspectable"' if run is not None and not writing else ""
+    # the wrapper holds the tooltips: outside the scrolling box, so that its edges do not clip them
+    return f'<div class="studio-text-wrap"><div class="studio-text"><div{inspectable}>{body}</div></div></div>'
+
+
+def colour_legend_html() -> str:
+    keys = "".join(f'<span class="tok {css}">{label}</span>' for _, css, label in CONFIDENCE)
+    return f'<div class="studio-legend confidence">How sure GPT-2 was of each token: {keys}</div>'
 
 
 def legend_html(window: int | None) -> str:
@@ -55,6 +134,9 @@ class RunView:
     def __init__(self, status_area) -> None:
         self.status = status_area.empty()
         self.text = st.empty()
+        switch, self.colour_legend = st.columns([1, 2], vertical_alignment="center")
+        with switch:
+            _colour_switch()
         self.notes = st.empty()
         self.charts = st.empty()
         self.numbers = st.empty()
@@ -106,10 +188,15 @@ class RunView:
             self.status.success(f"Done: {stats.tokens} tokens, {ending}.", icon=":material/check_circle:")
 
     def _draw_text(self, run: Run | None) -> None:
+        colour = bool(st.session_state.get(COLOUR_KEY))
         with self.text.container():
-            st.html(text_html(run, writing=run is not None and not run.finished))
+            st.html(text_html(run, writing=run is not None and not run.finished, colour=colour))
             if run is not None and run.stats.resets:
                 st.html(legend_html(run.settings.window))
+        if colour and run is not None:
+            self.colour_legend.html(colour_legend_html())
+        else:
+            self.colour_legend.empty()
         stats = run.stats if run is not None else None
         if stats is not None and stats.prompt_tokens_dropped:
             self.notes.warning(
@@ -163,3 +250,24 @@ class RunView:
                 f"{format_bytes(run.steps[-1].kv_bytes)}, at most {format_bytes(stats.peak_kv_bytes)} ({window}) · "
                 f"{len(stats.resets)} window reset{'s' if len(stats.resets) != 1 else ''} · seed {stats.seed}"
             )
+
+
+def _recolour() -> None:
+    st.session_state[_RECOLOUR] = True
+
+
+@st.fragment
+def _colour_switch() -> None:
+    """The "Colour by probability" toggle. A fragment, so that flipping it while GPT-2 writes does not stop
+    the run, as a click elsewhere on the page would: Streamlit holds a fragment's rerun until the script run
+    in progress ends. That fragment run then asks for the whole page again, drawn with the new colouring."""
+    st.toggle(
+        "Colour by probability",
+        key=COLOUR_KEY,
+        on_change=_recolour,
+        help="Shade each token GPT-2 wrote by the probability it gave it: blue where it was sure, orange where "
+        "it took a guess. Hover over (or click) a token to see its probability and the candidates it beat.",
+    )
+    context = get_script_run_ctx()
+    if st.session_state.pop(_RECOLOUR, False) and context is not None and context.fragment_ids_this_run:
+        st.rerun()  # only this fragment ran: the text is outside it

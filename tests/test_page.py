@@ -4,6 +4,7 @@ text against the engine's own output, the chart's data, the seed, messages inste
 from __future__ import annotations
 
 import html
+import re
 import threading
 from pathlib import Path
 
@@ -65,6 +66,12 @@ def shown_text(at: AppTest) -> str:
     return box.replace(RESET_MARK, "")
 
 
+def generated_shown(at: AppTest) -> str:
+    """The continuation as the page shows it: its text, without the markup of the tokens' tooltips and colours."""
+    inner = shown_text(at).split('<span class="generated">', 1)[1].rsplit("</span></div></div>", 1)[0]
+    return html.unescape(re.sub(r"<[^>]*>", "", inner))
+
+
 def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
@@ -101,7 +108,7 @@ def test_streamed_text_is_the_engines_own_for_the_seed_shown(page: AppTest, engi
     run = at.session_state["run"]
     expected = engine.speak(prompt, max_new_tokens=30, top_p=0.9, window=8, seed=seed)
     assert prompt + run.generated == expected
-    assert f'<span class="generated">{html.escape(expected[len(prompt) :])}</span>' in shown_text(at)
+    assert generated_shown(at) == expected[len(prompt) :]
     assert f"seed {seed}" in at.caption[-1].value
     assert metric(at, "Tokens") == str(len(run.steps))  # 30, or fewer when the model wrote <|endoftext|>
     assert "Done" in at.success[0].value
