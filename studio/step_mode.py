@@ -1,7 +1,444 @@
-"""The Step by step tab (being built in this session)."""
+"""The Step by step tab: GPT-2's ten favourite next tokens as bars, the top-p cut across them, and a button on each.
+
+What it shows: the phrase and the text so far (⟲ at window resets, faded where the model has forgotten),
+then the ten most likely next tokens with their probabilities, orange inside the top-p set and grey below
+the cut. The audience takes a token (its button), lets the sampler draw one (Sample), steps back (Undo),
+or lets it write on to the length (Auto). Top-p and temperature redraw the bars for the same context at
+once: the stepper keeps the next-token logits, so there is no forward pass.
+
+How: one `gpt2_engine.StepMode` per visitor in `st.session_state[STATE_KEY]`, built on the first click
+here (a forward pass: none at page load) and again when the phrase, the window or the model changes, or
+on Start over. Buttons only record what was asked (their callbacks run before the script); the script
+then does it inside the model's turn (`runner.turn_queue()`: one forward pass at a time on the server)
+and draws the result. A click anywhere while Auto writes stops it, between two tokens.
+
+Widget keys: step_prompt, step_top_p, step_temperature, step_window, step_length, step_restart,
+step_sample, step_undo, step_auto, step_stop (while Auto writes), step_pick_0 .. step_pick_9.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import string
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import streamlit as st
 
+import gpt2_engine
+from gpt2_engine.detokenize import TextStream
+from gpt2_engine.stepping import StepMode
 
-def render(engine) -> None:
-    st.info("Step by step: coming in this session.")
+from . import runner
+from .controls import OFF, _window_label
+from .run_view import RESET_MARK, TEXT_EVERY_S, ordinal, percent, quoted, visible
+
+STATE_KEY = "stepping"  # st.session_state[STATE_KEY]: this visitor's Stepping, once started
+ACTION_KEY = "step_action"  # what a button asked for, done by the script run it starts
+CANDIDATES = 10  # bars shown: the view people remember
+DEFAULT_PROMPT = "Once upon a time, there was a"
+DEFAULT_LENGTH = 30  # Auto writes until the text has this many tokens
+MAX_LENGTH = 300  # a minute of gpt2-xl on a laptop CPU
+IN_SET_COLOR, OUT_OF_SET_COLOR = "#e8590c", "#c3c7d1"  # the page's orange; a grey that still reads as a bar
+CSS = Path(__file__).with_name("step_mode.css")
+LOG = logging.getLogger("gpt2_studio")
+TOP_P_SENTENCE = (
+    "**Top-p** keeps GPT-2's most likely next tokens, from the top down, until their chances add up to "
+    "**p = {p:.0%}**; the sampler then draws only among those (orange, above the dashed line), never below it."
+)
+
+
+@dataclass
+class Stepping:
+    """A visitor's step-mode run, and what it was built for."""
+
+    stepper: StepMode
+    built_for: tuple[int, str, int | None]  # (id of the engine, phrase, window): another one means rebuild
+    how: list[str] = field(default_factory=list)  # per generated token: "picked", "sampled" or "auto"
+    note: str = ""  # what the last action did, in words
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The tab's settings, as the widgets say them."""
+
+    prompt: str
+    top_p: float
+    temperature: float
+    window: int | None
+    length: int
+
+
+# ---- pieces worth a test of their own: pure functions of a StepMode's state --------------------------
+
+
+def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
+    """The text each token adds, in order, UTF-8-safe: a character split over tokens goes with its last token."""
+    stream = TextStream(tokenizer)
+    pieces = [stream.push(token) for token in ids]
+    if pieces:
+        pieces[-1] += stream.flush()  # bytes that never became a whole character
+    return pieces
+
+
+def token_label(text: str) -> str:
+    """A token as its button shows it: a new word without its leading space, line breaks and lone spaces
+    made visible, Markdown characters escaped (a button label is Markdown)."""
+    shown = visible(text)
+    if not shown.strip():
+        shown = "␣" * len(shown) or "∅"  # a space (or nothing) is a token too
+    elif shown.startswith(" "):
+        shown = shown[1:]
+    return "".join("\\" + ch if ch in string.punctuation else ch for ch in shown)
+
+
+def text_html(stepper: StepMode) -> str:
+    """The phrase and the tokens so far, escaped: grey phrase, dark continuation, the newest token marked,
+    ⟲ before a token the window re-primed for, and faded what the model no longer holds."""
+    engine, ids, steps = stepper.engine, stepper.ids, stepper.steps
+    n_prompt = len(stepper.prompt.ids)
+    parts = []
+    for i, piece in enumerate(token_pieces(engine.tokenizer, ids)):
+        index = i - n_prompt  # the step that wrote this token; < 0 in the phrase
+        classes = ["prompt" if index < 0 else "generated"]
+        if i < stepper.held_from:
+            classes.append("forgotten")
+        if index >= 0 and index == len(steps) - 1:
+            classes.append("latest")
+        if index >= 0 and ids[i] == engine.eos_token_id:
+            classes.append("eos")
+            piece = "⟨end of text⟩"
+        mark = RESET_MARK if index >= 0 and steps[index].reset else ""
+        parts.append(f'{mark}<span class="{" ".join(classes)}">{html.escape(piece)}</span>')
+    next_mark = '<span class="next" title="the next token goes here">▁</span>'
+    return f'<div class="studio-text step-text"><div>{"".join(parts)}{next_mark}</div></div>'
+
+
+def window_caption(stepper: StepMode) -> str:
+    """How many tokens the model holds now, and when the window resets next."""
+    window, written = stepper.settings.window, len(stepper.steps)
+    held = len(stepper.ids) - stepper.held_from
+    words = f"{written} token{'s' if written != 1 else ''} written · GPT-2 reads the last **{held}**"
+    if stepper.held_from:
+        words += " (the faded text is forgotten)"
+    if window is None:
+        return words + f" · window off: it keeps everything, up to {stepper.engine.n_positions} tokens"
+    next_reset = (written // window + 1) * window
+    return words + f" · window {window}: after token {next_reset} it forgets all but the last {window} ⟲"
+
+
+def bar_html(rank: int, candidate: gpt2_engine.Candidate) -> str:
+    """One candidate's bar: its probability to scale (0 to 100%), orange in the top-p set, grey outside.
+    The data-* attributes are the chart's data, as the tests read them back."""
+    side = "in" if candidate.in_top_p else "out"
+    color = IN_SET_COLOR if candidate.in_top_p else OUT_OF_SET_COLOR
+    width = max(0.4, 100 * candidate.probability)  # a sliver, not nothing, for a token that has a chance
+    return (
+        f'<div class="cand {side}" data-rank="{rank + 1}" data-token-id="{candidate.token_id}" '
+        f'data-probability="{candidate.probability!r}" data-in-top-p="{str(candidate.in_top_p).lower()}">'
+        f'<div class="track"><div class="bar" style="width:{width:.2f}%;background:{color}"></div></div>'
+        f'<span class="pct">{percent(candidate.probability)}</span></div>'
+    )
+
+
+def cut_html(top_p: float, size: int, mass: float) -> str:
+    tokens = f"{size} token{'s' if size != 1 else ''}"
+    return (
+        f'<div class="cut" data-nucleus-size="{size}"><span>top-p cut · the sampler picks only above this line: '
+        f"{tokens}, {percent(mass)} together (p = {top_p:.2f})</span></div>"
+    )
+
+
+def action_note(stepping: Stepping) -> str:
+    """What the last button did, in words: which token, its rank and its chance."""
+    stepper = stepping.stepper
+    if not stepper.steps:
+        return ""
+    step, how = stepper.steps[-1], stepping.how[-1]
+    rank = next((r for r, c in enumerate(step.candidates) if c.token_id == step.token_id), None)
+    token = quoted(stepper.engine.token_text(step.token_id))
+    if rank is None:
+        place = f"outside the top {len(step.candidates)}"
+    else:
+        place = f"GPT-2's {ordinal(rank + 1)} choice, {percent(step.candidates[rank].probability)}"
+    if how == "picked":
+        return f"You picked {token}: {place}."
+    set_size = f"{step.nucleus_size} token{'s' if step.nucleus_size != 1 else ''}"
+    return f"The sampler drew {token} ({place}) from the {set_size} in the top-p set."
+
+
+# ---- the tab ---------------------------------------------------------------------------------------------
+
+
+def _ask(*action: object) -> None:
+    """A button's callback: remember what it asked for; the script run it starts does it."""
+    st.session_state[ACTION_KEY] = action
+
+
+@contextmanager
+def _model_turn(status) -> Iterator[None]:
+    """The model's turn on this server: a run in another tab or by another visitor goes first."""
+
+    def waiting(ahead: int) -> None:
+        others = "1 run is" if ahead == 1 else f"{ahead} runs are"
+        status.info(f"Waiting for the model: {others} ahead. It goes on by itself.", icon=":material/hourglass_top:")
+
+    with runner.turn_queue().turn(waiting=waiting):
+        yield
+    status.empty()
+
+
+def _settings(max_window: int, started: bool) -> Choice:
+    prompt = st.text_area(
+        "Your phrase",
+        value=DEFAULT_PROMPT,
+        key="step_prompt",
+        height=90,
+        help="GPT-2 looks at this text and ranks every token it could write next. A short, open phrase shows "
+        "the most interesting choices.",
+    )
+    top_p = st.slider(
+        "Top-p",
+        0.05,
+        1.0,
+        0.70,
+        step=0.05,
+        key="step_top_p",
+        help="The share of probability the sampler keeps, from the most likely token down. Move it and watch the "
+        "dashed line move: the bars above it are the only tokens the sampler can draw.",
+    )
+    temperature = st.slider(
+        "Temperature",
+        0.1,
+        2.0,
+        1.0,
+        step=0.05,
+        key="step_temperature",
+        help="Below 1 the likely tokens get likelier (surer, duller); above 1 the chances even out (bolder, odder). "
+        "The bars change at once: the model does not need to read the text again.",
+    )
+    window = st.select_slider(
+        "Window",
+        options=[*range(1, max_window + 1), OFF],
+        value=min(50, max_window),
+        format_func=_window_label,
+        key="step_window",
+        help="How many recent tokens GPT-2 keeps in mind. Every N tokens it forgets all but the last N (⟲ in "
+        "the text; the forgotten part fades). Try 4 to see it lose the thread. Changing it starts over.",
+    )
+    length = st.slider(
+        "Auto writes up to (tokens)",
+        1,
+        MAX_LENGTH,
+        DEFAULT_LENGTH,
+        key="step_length",
+        help="Auto lets the sampler go on by itself until this many tokens are written.",
+    )
+    if started:
+        st.button(
+            "Start over",
+            key="step_restart",
+            icon=":material/restart_alt:",
+            on_click=_ask,
+            args=("restart",),
+            help="Back to your phrase alone (also happens when you change the phrase, the window or the model).",
+        )
+    return Choice(prompt, float(top_p), float(temperature), None if window == OFF else int(window), int(length))
+
+
+def _build(engine: gpt2_engine.Engine, choice: Choice, status) -> Stepping:
+    settings = gpt2_engine.GenerationSettings(top_p=choice.top_p, temperature=choice.temperature, window=choice.window)
+    with _model_turn(status):
+        stepper = StepMode(engine, choice.prompt, settings)
+    stepping = Stepping(stepper, (id(engine), choice.prompt, choice.window))
+    st.session_state[STATE_KEY] = stepping
+    return stepping
+
+
+def _do(action: tuple, stepping: Stepping, choice: Choice, status, text_box, controls) -> None:
+    """Does what a button asked for, inside the model's turn."""
+    stepper = stepping.stepper
+    with _model_turn(status):
+        if action[0] == "pick":
+            stepper.step(choice=int(action[1]))
+            stepping.how.append("picked")
+        elif action[0] == "sample":
+            stepper.step()
+            stepping.how.append("sampled")
+        elif action[0] == "undo" and stepper.undo():
+            stepping.how.pop()
+        elif action[0] == "auto":
+            _auto(stepping, choice.length, status, text_box, controls)
+            return
+    stepping.note = action_note(stepping) if action[0] != "undo" else "Stepped back one token."
+
+
+def _auto(stepping: Stepping, length: int, status, text_box, controls) -> None:
+    """Samples on to `length` tokens, redrawing the text as it goes. Every Streamlit call here is a point
+    where a click stops it; the stepper is whole at each one (a step and its record are never split)."""
+    stepper, start = stepping.stepper, len(stepping.stepper.steps)
+    controls.button("Stop", key="step_stop", icon=":material/stop:", help="Stop Auto; the tokens so far are kept.")
+    drawn_at = float("-inf")
+    while len(stepper.steps) < length:
+        step = stepper.step()
+        stepping.how.append("auto")
+        stepping.note = f"Auto wrote {len(stepper.steps) - start} tokens, drawn by the sampler."
+        if step.token_id == stepper.engine.eos_token_id:
+            stepping.note += " It stopped where GPT-2 wrote ⟨end of text⟩."
+            return
+        if time.monotonic() - drawn_at >= TEXT_EVERY_S:
+            drawn_at = time.monotonic()
+            text_box.html(text_html(stepper))
+            status.info(f"Auto: {len(stepper.steps)} of {length} tokens…", icon=":material/fast_forward:")
+
+
+def _draw_controls(stepping: Stepping, choice: Choice) -> None:
+    steps = len(stepping.stepper.steps)
+    sample, undo, auto = st.columns(3)
+    sample.button(
+        "Sample",
+        key="step_sample",
+        type="primary",
+        icon=":material/casino:",
+        on_click=_ask,
+        args=("sample",),
+        width="stretch",
+        help="Let the sampler draw the next token, as it does when GPT-2 writes by itself: an orange one, "
+        "likelier ones more often.",
+    )
+    undo.button(
+        "Undo",
+        key="step_undo",
+        icon=":material/undo:",
+        on_click=_ask,
+        args=("undo",),
+        width="stretch",
+        disabled=steps == 0,
+        help="Take the last token back.",
+    )
+    auto.button(
+        f"Auto to {choice.length}",
+        key="step_auto",
+        icon=":material/fast_forward:",
+        on_click=_ask,
+        args=("auto",),
+        width="stretch",
+        disabled=steps >= choice.length,
+        help=f"Let the sampler write on by itself until {choice.length} tokens are written "
+        "(set under 'Auto writes up to'). Click Stop, or anything else, to stop it.",
+    )
+
+
+def _draw_candidates(stepping: Stepping, choice: Choice) -> None:
+    stepper = stepping.stepper
+    dist = stepper.distribution()
+    candidates = stepper.engine.candidates(dist, CANDIDATES)
+    st.subheader("What comes next? GPT-2's ten likeliest tokens", anchor=False)
+    st.markdown(TOP_P_SENTENCE.format(p=choice.top_p))
+    with st.container(key="step_candidates", gap="xxsmall"):
+        for rank, candidate in enumerate(candidates):
+            button, bar = st.columns([2, 5], gap="small", vertical_alignment="center")
+            button.button(
+                token_label(candidate.text),
+                key=f"step_pick_{rank}",
+                on_click=_ask,
+                args=("pick", candidate.token_id),
+                width="stretch",
+                type="secondary",
+                help=f"Take {token_label(quoted(candidate.text))} as the next token "
+                f"({percent(candidate.probability)}, GPT-2's {ordinal(rank + 1)} choice).",
+            )
+            bar.html(bar_html(rank, candidate))
+            if rank == dist.nucleus_size - 1 and rank < len(candidates) - 1:
+                st.html(cut_html(choice.top_p, dist.nucleus_size, dist.nucleus_mass))
+    shown = sum(c.probability for c in candidates)
+    rest = f"All the other {len(dist.probs) - len(candidates):,} tokens together: {percent(max(0.0, 1 - shown))}."
+    if dist.nucleus_size > len(candidates):
+        rest = (
+            f"The top-p set goes on below these ten: **{dist.nucleus_size} tokens** hold the first "
+            f"{percent(dist.nucleus_mass)}, so the sampler might draw any of them. " + rest
+        )
+    st.caption(rest)
+
+
+def render(engine: gpt2_engine.Engine | None) -> None:
+    """The Step by step tab, for this visitor."""
+    if engine is None:
+        st.info("Load a model in the sidebar first.", icon=":material/hourglass_top:")
+        return
+    st.html(CSS)
+    stepping: Stepping | None = st.session_state.get(STATE_KEY)
+    settings_column, main_column = st.columns([1, 2], gap="large")
+    with settings_column:
+        choice = _settings(gpt2_engine.max_window(engine.n_positions), started=stepping is not None)
+    with main_column:
+        status = st.empty()
+        text_box = st.empty()
+        caption = st.empty()
+        controls = st.empty()
+        try:
+            stepping = _advance(engine, stepping, choice, status, text_box, controls)
+        except gpt2_engine.StudioError as error:
+            status.error(str(error), icon=":material/error:")
+            return
+        except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
+            LOG.exception("step mode failed")
+            status.error(f"Step mode failed: {type(error).__name__}: {error}", icon=":material/error:")
+            return
+        if stepping is None:
+            _draw_intro(choice, text_box, controls)
+            return
+        stepper = stepping.stepper
+        text_box.html(text_html(stepper))
+        caption.caption(window_caption(stepper))
+        if stepper.prompt.dropped:
+            st.warning(
+                f"Your phrase was longer than the model can read at once: its first {stepper.prompt.dropped} "
+                "tokens were left out.",
+                icon=":material/content_cut:",
+            )
+        with controls.container():
+            _draw_controls(stepping, choice)
+            if stepping.note:
+                st.caption(stepping.note)
+        _draw_candidates(stepping, choice)
+
+
+def _advance(
+    engine: gpt2_engine.Engine, stepping: Stepping | None, choice: Choice, status, text_box, controls
+) -> Stepping | None:
+    """Builds, rebuilds, retunes and steps as asked; returns the visitor's Stepping (None until started)."""
+    action: tuple | None = st.session_state.pop(ACTION_KEY, None)
+    built_for = (id(engine), choice.prompt, choice.window)
+    if action == ("restart",) or (stepping is not None and stepping.built_for != built_for):
+        stepping = _build(engine, choice, status)
+        action = None
+    if stepping is None:
+        return None
+    stepping.stepper.retune(top_p=choice.top_p, temperature=choice.temperature)  # no forward pass
+    if action is not None:
+        _do(action, stepping, choice, status, text_box, controls)
+    return stepping
+
+
+def _draw_intro(choice: Choice, text_box, controls) -> None:
+    prompt = html.escape(choice.prompt) or '<span class="empty">(no phrase: GPT-2 starts a fresh text)</span>'
+    text_box.html(f'<div class="studio-text step-text"><div><span class="prompt">{prompt}</span></div></div>')
+    with controls.container():
+        st.markdown(
+            "Here GPT-2 writes **one token at a time, and you choose**. For each next token you see the ten it "
+            "finds likeliest, with their chances, and which of them the sampler may draw (top-p). "
+            "Take one, let the sampler draw, step back, change top-p and temperature and watch the chances move."
+        )
+        st.button(
+            "Show what GPT-2 would write next",
+            key="step_restart",
+            type="primary",
+            icon=":material/play_arrow:",
+            on_click=_ask,
+            args=("restart",),
+        )

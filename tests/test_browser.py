@@ -221,3 +221,47 @@ def test_two_visitors_take_turns_and_a_closed_tab_gives_its_turn_back(browser, s
     second.get_by_text("Writing…").wait_for()
     second.get_by_role("button", name="Stop").click()
     second.get_by_text("Stopped after").wait_for()
+
+
+def test_step_mode_take_a_candidate_then_look_inside_a_written_text(page, engine, shots: Path) -> None:
+    page.get_by_role("tab", name="Step by step").click()
+    page.get_by_role("button", name="Show what GPT-2 would write next").click()
+    page.locator(".st-key-step_pick_9 button").first.wait_for()  # Streamlit draws a hidden twin of each button
+    assert page.locator(".step-text .generated").count() == 0  # the phrase alone
+    shown = page.locator(".step-text").inner_text()
+    # a candidate that is a whole, printable token (the tiny model also offers pieces of characters)
+    ids = [int(page.locator(".cand").nth(rank).get_attribute("data-token-id")) for rank in range(10)]
+    rank = next((r for r in range(1, 10) if (t := engine.tokenizer.decode([ids[r]])).strip() and t.isprintable()), 0)
+    piece = engine.tokenizer.decode([ids[rank]])
+    page.locator(f".st-key-step_pick_{rank} button").first.click()
+    page.locator(".step-text .generated.latest").wait_for()
+    assert page.locator(".step-text .generated").inner_text() == piece
+    assert page.locator(".step-text").inner_text() == shown.removesuffix("▁") + piece + "▁"  # grew by that token
+    assert "You picked" in page.locator('[data-testid="stCaptionContainer"]', has_text="You picked").inner_text()
+    page.locator(".st-key-step_sample button").first.click()
+    page.get_by_text("The sampler drew").wait_for()
+    for name, presses in (("Temperature", 8), ("Top-p", 9)):  # 1.0 -> 0.6, 0.7 -> 0.25: a sharper model, a cut
+        slider = page.get_by_role("slider", name=name)
+        slider.focus()
+        for _ in range(presses):
+            slider.press("ArrowLeft")
+    page.locator(".cut").wait_for()  # the dashed line is drawn across the bars
+    page.get_by_text("p = 25%").wait_for()
+    page.set_viewport_size({"width": 1440, "height": 1300})
+    page.locator(".step-text").scroll_into_view_if_needed()
+    page.mouse.move(0, 0)  # no button's help over the bars
+    page.screenshot(path=shots / "7-step-mode.png")
+    page.set_viewport_size({"width": 1440, "height": 1000})
+
+    page.get_by_role("tab", name="Write").click()
+    page.get_by_role("textbox", name="Your phrase").fill("The cat sat on the mat.")
+    type_seed(page, full_length_seed(engine, "The cat sat on the mat.", 40))
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Done:").wait_for()
+    page.get_by_text("Colour by probability").click()
+    page.get_by_text("How sure GPT-2 was").wait_for()
+    token = page.locator(".studio-text .inspectable .tok").nth(4)
+    assert "GPT-2 gave it" in token.get_attribute("data-tip")
+    assert token.get_attribute("class").split()[1].startswith("p-")  # coloured by its probability
+    token.hover()
+    screenshot(page, shots / "8-inspector.png")
