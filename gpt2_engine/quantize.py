@@ -9,12 +9,12 @@ through the swapped modules. Kernels are torch's own (`_weight_int8pack_mm`, one
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .memory import release_freed_memory
 
 
 class Int8Linear(nn.Module):
@@ -77,14 +77,7 @@ def swap_matrices(model: Any, make: Any) -> None:
             setattr(parent, name, make(weight, bias))
             del weight, bias
     model.requires_grad_(False)
-    _give_back_freed_memory()
-
-
-def _give_back_freed_memory() -> None:
-    """glibc keeps freed heap pages for reuse; the old matrices' pages are not coming back, so return
-    them to the system (measured: 75 MB kept after packing gpt2's weights, until this call)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_freed_memory()  # the old matrices' pages: glibc would keep them for reuse that never comes
 
 
 def to_int8(model: Any) -> None:
