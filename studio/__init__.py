@@ -3,7 +3,8 @@
     model_picker  the sidebar: which model and precision, what it needs, loading it with progress
     controls      the form: prompt, length, top-p, window and the advanced settings -> GenerationSettings
     runner        one visitor's run: waits its turn, streams into session state, ends cleanly on Stop
-    run_view      what a run looks like: its text, its status, its numbers
+    run_view      what a run looks like: its text (each token inspectable, colours on request), status, numbers
+    step_mode     the Step by step tab: the ten likeliest next tokens, the top-p cut, pick / sample / undo / auto
     charts        the live memory charts (Altair)
 
 Nothing here is worth a unit test on its own: numbers come from gpt2_engine (stats, serving), and

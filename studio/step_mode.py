@@ -153,6 +153,14 @@ def cut_html(top_p: float, size: int, mass: float) -> str:
     )
 
 
+def cut_beyond_html(size: int, mass: float, shown: int) -> str:
+    """Where the top-p set is larger than the bars shown: the cut is further down."""
+    return (
+        f'<div class="cut beyond" data-nucleus-size="{size}"><span>▼ the top-p cut is further down: the sampler may '
+        f"draw any of {size} tokens, {percent(mass)} together (the {shown} above and {size - shown} more)</span></div>"
+    )
+
+
 def action_note(stepping: Stepping) -> str:
     """What the last button did, in words: which token, its rank and its chance."""
     stepper = stepping.stepper
@@ -355,14 +363,10 @@ def _draw_candidates(stepping: Stepping, choice: Choice) -> None:
             bar.html(bar_html(rank, candidate))
             if rank == dist.nucleus_size - 1 and rank < len(candidates) - 1:
                 st.html(cut_html(choice.top_p, dist.nucleus_size, dist.nucleus_mass))
+        if dist.nucleus_size > len(candidates):
+            st.html(cut_beyond_html(dist.nucleus_size, dist.nucleus_mass, len(candidates)))
     shown = sum(c.probability for c in candidates)
-    rest = f"All the other {len(dist.probs) - len(candidates):,} tokens together: {percent(max(0.0, 1 - shown))}."
-    if dist.nucleus_size > len(candidates):
-        rest = (
-            f"The top-p set goes on below these ten: **{dist.nucleus_size} tokens** hold the first "
-            f"{percent(dist.nucleus_mass)}, so the sampler might draw any of them. " + rest
-        )
-    st.caption(rest)
+    st.caption(f"All the other {len(dist.probs) - len(candidates):,} tokens together: {percent(max(0.0, 1 - shown))}.")
 
 
 def render(engine: gpt2_engine.Engine | None) -> None:

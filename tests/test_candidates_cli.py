@@ -11,7 +11,9 @@ from test_settings_and_cli import run_cli
 import gpt2_engine
 
 QUOTED = r'"(?:[^"\\]|\\.)*"'  # a token as json.dumps writes it
-TAKEN = re.compile(rf"^#(\d+) ({QUOTED}) (\d+\.\d%|\(not in the top \d+\)) \(top-p set: (\d+) tokens?, (\d+\.\d)%\) \| (.*)$")
+TAKEN = re.compile(
+    rf"^#(\d+) ({QUOTED}) (\d+\.\d%|\(not in the top \d+\)) \(top-p set: (\d+) tokens?, (\d+\.\d)%\) \| (.*)$"
+)
 RANKED = re.compile(rf"(\*?)({QUOTED}) (\d+\.\d)%")
 
 
