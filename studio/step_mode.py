@@ -10,7 +10,8 @@ How: one `gpt2_engine.StepMode` per visitor in `st.session_state[STATE_KEY]`, bu
 here (a forward pass: none at page load) and again when the phrase, the window or the model changes, or
 on Start over. Buttons only record what was asked (their callbacks run before the script); the script
 then does it inside the model's turn (`runner.turn_queue()`: one forward pass at a time on the server)
-and draws the result. A click anywhere while Auto writes stops it, between two tokens.
+and draws the result. A click anywhere while Auto writes stops it, between two tokens; and, as any click
+outside the Write tab's form, a click here while the Write tab is writing stops that run (its text is kept).
 
 Widget keys: step_prompt, step_top_p, step_temperature, step_window, step_length, step_restart,
 step_sample, step_undo, step_auto, step_stop (while Auto writes), step_pick_0 .. step_pick_9.
@@ -115,7 +116,7 @@ def text_html(stepper: StepMode) -> str:
         mark = RESET_MARK if index >= 0 and steps[index].reset else ""
         parts.append(f'{mark}<span class="{" ".join(classes)}">{html.escape(piece)}</span>')
     next_mark = '<span class="next" title="the next token goes here">▁</span>'
-    return f'<div class="studio-text step-text"><div>{"".join(parts)}{next_mark}</div></div>'
+    return f'<div class="step-text"><div>{"".join(parts)}{next_mark}</div></div>'
 
 
 def window_caption(stepper: StepMode) -> str:
@@ -146,10 +147,10 @@ def bar_html(rank: int, candidate: gpt2_engine.Candidate) -> str:
 
 
 def cut_html(top_p: float, size: int, mass: float) -> str:
-    tokens = f"{size} token{'s' if size != 1 else ''}"
+    tokens = f"1 token, {percent(mass)}" if size == 1 else f"{size} tokens, {percent(mass)} together"
     return (
         f'<div class="cut" data-nucleus-size="{size}"><span>top-p cut · the sampler picks only above this line: '
-        f"{tokens}, {percent(mass)} together (p = {top_p:.2f})</span></div>"
+        f"{tokens} (p = {top_p:.2f})</span></div>"
     )
 
 
@@ -431,7 +432,7 @@ def _advance(
 
 def _draw_intro(choice: Choice, text_box, controls) -> None:
     prompt = html.escape(choice.prompt) or '<span class="empty">(no phrase: GPT-2 starts a fresh text)</span>'
-    text_box.html(f'<div class="studio-text step-text"><div><span class="prompt">{prompt}</span></div></div>')
+    text_box.html(f'<div class="step-text"><div><span class="prompt">{prompt}</span></div></div>')
     with controls.container():
         st.markdown(
             "Here GPT-2 writes **one token at a time, and you choose**. For each next token you see the ten it "

@@ -253,7 +253,9 @@ def test_step_mode_take_a_candidate_then_look_inside_a_written_text(page, engine
     page.get_by_text("p = 25%").wait_for()
     page.set_viewport_size({"width": 1440, "height": 1300})
     page.locator(".step-text").scroll_into_view_if_needed()
-    page.mouse.move(0, 0)  # no button's help over the bars
+    page.evaluate("document.activeElement && document.activeElement.blur()")  # no button's help over the bars
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(500)
     page.screenshot(path=shots / "7-step-mode.png")
     page.set_viewport_size({"width": 1440, "height": 1000})
 
@@ -264,7 +266,7 @@ def test_step_mode_take_a_candidate_then_look_inside_a_written_text(page, engine
     page.get_by_text("Done:").wait_for()
     page.get_by_text("Colour by probability").click()
     page.get_by_text("How sure GPT-2 was").wait_for()
-    tokens = page.locator(".studio-text .inspectable .tok")
+    tokens = page.get_by_role("tabpanel", name="Write").locator(".studio-text .inspectable .tok")
     texts = tokens.evaluate_all("spans => spans.map(span => span.innerText)")
     token = tokens.nth(next((i for i, t in enumerate(texts) if len(t.strip()) > 1 and t.strip().isalpha()), 0))
     assert "GPT-2 gave it" in token.get_attribute("data-tip") and "The candidates" in token.get_attribute("data-tip")

@@ -73,7 +73,7 @@ def step_text(at: AppTest) -> str:
 
 def full_forward_probs(engine: gpt2_engine.Engine, ids: list[int], temperature: float) -> torch.Tensor:
     with torch.inference_mode():
-        logits = engine.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        logits = engine.model(input_ids=torch.tensor([ids], device=engine.device)).logits[0, -1].float().cpu()
     return torch.softmax(logits / temperature, dim=-1)
 
 
@@ -152,7 +152,7 @@ def test_top_p_and_temperature_move_the_bars_without_a_forward_pass(
     assert cut and int(cut.group(1)) == narrow  # the dashed line sits under the last orange bar
     at.slider(key="step_temperature").set_value(1.5).run()
     held = stepper(at)
-    hot = torch.softmax(held.logits.float() / 1.5, dim=-1)
+    hot = torch.softmax(held.logits.float().cpu() / 1.5, dim=-1)
     shown = bars(at)
     torch.testing.assert_close(
         torch.tensor([b["probability"] for b in shown]), hot[[b["token_id"] for b in shown]], rtol=1e-5, atol=1e-7
