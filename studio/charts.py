@@ -180,10 +180,12 @@ def kv_cache_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:
 
 
 COMPARE_COLORS = ("#0ca678", "#1f6feb")  # window A, window B
-COMPARE_MEMORY_HEIGHT_PX, COMPARE_KV_HEIGHT_PX = 250, 150
+COMPARE_HEIGHT_PX = 440  # the chart element: title, legend, the program's memory above and the KV cache below
+MEMORY_BAND = [{"expr": "height * 0.58"}, 0]  # the program's memory: the top 58% of the plot (pixels, down)
+KV_BAND = [{"expr": "height"}, {"expr": "height * 0.70"}]  # the KV cache: the bottom 30%
 COMPARE_EXPLANATION = (
-    "Top: all the memory the program holds (RSS), the weights (dashed) included; dotted grey lines, where they "
-    "fit, are the memory of common computers. Bottom: the KV cache, the keys and values of every token the model "
+    "Above: all the memory the program holds (RSS), the weights (dashed) included; dotted grey lines, where they "
+    "fit, are the memory of common computers. Below: the KV cache, the keys and values of every token the model "
     "keeps in mind. Dotted coloured lines: a ⟲ window reset of the run of that colour."
 )
 
@@ -196,8 +198,9 @@ def compare_frame(runs: Sequence[tuple[str, Sequence[Step]]]) -> pd.DataFrame:
 
 
 def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], weight_bytes: int, x_max: int) -> dict[str, Any]:
-    """Two runs (label, steps) on one chart, x = tokens generated: their process memory above, their KV
-    caches below (scales a thousandfold apart, so two panels sharing x), resets as rules in each run's colour.
+    """Two runs (label, steps) on one chart, x = tokens generated: their process memory in the upper band, their
+    KV caches in the lower band (scales a thousandfold apart: one y scale each, one x for both), resets as
+    rules in each run's colour. A single layered view, so that it fits its column as the Write tab's charts do.
     Datasets: `memory` (compare_frame), `resets` (run, reset_at), `weights`, `machines`."""
     labels = [label for label, _ in runs]
     color = {
@@ -214,6 +217,48 @@ def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], weight_bytes: int,
         }
     ).astype({"reset_at": "int64"})
     peak_bytes = max([weight_bytes, *(step.rss_bytes for _, steps in runs for step in steps)])
+
+    def lines(field: str, title: str, band: list[Any], number_format: str) -> dict[str, Any]:
+        y_scale = {"zero": True, "range": band, "nice": True}
+        return {
+            "data": {"name": "memory"},
+            "mark": {"type": "line", "strokeWidth": 2.4, "interpolate": "step-after" if field == "kv_mb" else "linear"},
+            "encoding": {
+                "x": _x(x_max),
+                "y": {
+                    "field": field,
+                    "type": "quantitative",
+                    "title": title,
+                    "scale": y_scale,
+                    "axis": {"orient": "left", "tickCount": 4, "titleFontWeight": 600},
+                },
+                "color": color,
+                "tooltip": [
+                    {"field": "run", "type": "nominal"},
+                    {"field": "tokens", "type": "quantitative"},
+                    {"field": field, "type": "quantitative", "title": title, "format": number_format},
+                ],
+            },
+        }
+
+    weights_y = {"field": "weights_mb", "type": "quantitative"}
+    program = {
+        "layer": [
+            lines("rss_mb", "program memory, MB", MEMORY_BAND, ",.0f"),
+            {
+                "data": {"name": "weights"},
+                "mark": {"type": "rule", "color": WEIGHTS_COLOR, "strokeDash": [6, 4]},
+                "encoding": {"y": weights_y},
+            },
+            {
+                "data": {"name": "weights"},
+                "mark": {"type": "text", "align": "left", "dx": 4, "dy": -7, "color": WEIGHTS_COLOR, "fontSize": 11},
+                "encoding": {"y": weights_y, "x": {"value": 0}, "text": {"value": "weights"}},
+            },
+            *_machine_layers(),
+        ]
+    }
+    kv_cache = {"layer": [lines("kv_mb", "KV cache, MB", KV_BAND, ",.3f")]}
     reset_rules = {
         "data": {"name": "resets"},
         "mark": {"type": "rule", "strokeDash": [2, 3], "strokeWidth": 1.5, "opacity": 0.8},
@@ -226,43 +271,6 @@ def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], weight_bytes: int,
             ],
         },
     }
-
-    def lines(field: str, title: str, number_format: str) -> dict[str, Any]:
-        return {
-            "data": {"name": "memory"},
-            "mark": {"type": "line", "strokeWidth": 2.4, "interpolate": "step-after" if field == "kv_mb" else "linear"},
-            "encoding": {
-                "x": _x(x_max),
-                "y": {"field": field, "type": "quantitative", "title": title, "scale": {"zero": True}},
-                "color": color,
-                "tooltip": [
-                    {"field": "run", "type": "nominal"},
-                    {"field": "tokens", "type": "quantitative"},
-                    {"field": field, "type": "quantitative", "title": title, "format": number_format},
-                ],
-            },
-        }
-
-    weights_y = {"field": "weights_mb", "type": "quantitative"}
-    memory_panel = {
-        "height": COMPARE_MEMORY_HEIGHT_PX,
-        "layer": [
-            lines("rss_mb", "program memory, MB", ",.0f"),
-            {
-                "data": {"name": "weights"},
-                "mark": {"type": "rule", "color": WEIGHTS_COLOR, "strokeDash": [6, 4]},
-                "encoding": {"y": weights_y},
-            },
-            {
-                "data": {"name": "weights"},
-                "mark": {"type": "text", "align": "left", "dx": 4, "dy": -7, "color": WEIGHTS_COLOR, "fontSize": 11},
-                "encoding": {"y": weights_y, "x": {"value": 0}, "text": {"value": "weights"}},
-            },
-            *_machine_layers(),
-            reset_rules,
-        ],
-    }
-    kv_panel = {"height": COMPARE_KV_HEIGHT_PX, "layer": [lines("kv_mb", "KV cache, MB", ",.3f"), reset_rules]}
     return {
         "title": {"text": "Memory, token by token", "subtitle": "the same phrase and seed, two windows", **TITLE},
         "datasets": {
@@ -271,6 +279,6 @@ def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], weight_bytes: int,
             "weights": pd.DataFrame({"weights_mb": [weight_bytes / MB]}),
             "machines": machine_lines(peak_bytes),
         },
-        "vconcat": [memory_panel, kv_panel],
-        "spacing": 12,
+        "layer": [program, kv_cache, reset_rules],
+        "resolve": {"scale": {"y": "independent"}, "axis": {"y": "independent"}},
     }

@@ -32,6 +32,7 @@ from .runner import Run
 COMPARE_KEY = "comparison"  # st.session_state[COMPARE_KEY]: this visitor's latest Comparison
 DEFAULT_WINDOWS = (20, OFF)  # a small window against the whole context
 DEFAULT_LENGTH = 100  # five resets of a window of 20: enough to see the cache's saw-tooth
+SAME_PERPLEXITY = 0.02  # perplexities closer than 2% are "about equally coherent": no winner is named
 TEXT_EVERY_S, CHARTS_EVERY_S = 0.1, 0.5  # as the Write tab: a browser draws ~10 texts and ~2 charts a second
 TABLE_COLUMNS = {  # the table's columns, and how each is shown
     "tokens": st.column_config.NumberColumn("Tokens", help="Tokens written.", format="%d"),
@@ -125,8 +126,8 @@ def summary(comparison: Comparison) -> str:
     if a.coherence is None or b.coherence is None:
         return saved
     pa, pb = a.coherence.perplexity, b.coherence.perplexity
-    if abs(pa - pb) < 0.05:
-        cost = "Reread with the whole text in view, both read as equally coherent"
+    if abs(pa - pb) <= SAME_PERPLEXITY * min(pa, pb):
+        cost = "Reread with the whole text in view, both read as about equally coherent"
     else:
         better = label_a if pa < pb else label_b
         cost = f"Reread with the whole text in view, **{better}** reads as more coherent"
@@ -241,7 +242,10 @@ class CompareView:
     the chart, a progress bar for scoring, the table and what it says."""
 
     def __init__(self) -> None:
-        self.note = st.empty()
+        note, keep_seed, stop = st.columns([6, 1.3, 0.9], vertical_alignment="center")
+        self.note, self.keep_seed = note.empty(), keep_seed.empty()
+        # Clicking Stop reruns the page, which interrupts a comparison within one token (see studio/runner.py).
+        stop.button("Stop", key="compare_stop", icon=":material/stop:", help="Stop comparing; the text so far is kept.")
         self.columns = []
         for column in st.columns(2, gap="large"):
             with column:
@@ -249,7 +253,6 @@ class CompareView:
         self.chart = st.empty()
         self.progress = st.empty()
         self.table = st.empty()
-        self.summary = st.empty()
         self._text_at = self._chart_at = float("-inf")
 
     def show_waiting(self, ahead: int) -> None:
@@ -282,27 +285,29 @@ class CompareView:
 
     def _draw_note(self, comparison: Comparison) -> None:
         a, b = comparison.runs
-        with self.note.container():
-            text, button = st.columns([6, 1], vertical_alignment="center")
-            parted = first_difference(a, b)
-            if parted is None:
-                where = "They wrote the same tokens throughout."
-            elif parted == 0:
-                where = "They parted at the very first token."
-            else:
-                where = f"They wrote the same first {parted} tokens, then parted (tinted below)."
-            text.markdown(
-                f"Both runs used **seed {comparison.seed}**. The sampler draws one random number per token from the "
-                "seed, so wherever both windows give the model the same view, they pick the same token; they part "
-                f"where the smaller window has forgotten something. {where}"
+        parted = first_difference(a, b)
+        if parted is None:
+            where = "They wrote the same tokens throughout."
+        elif parted == 0:
+            where = "They parted at the very first token."
+        else:
+            at_reset = next(
+                (label for run, label in zip((a, b), comparison.labels()) if parted in run.stats.resets), None
             )
-            button.button(
-                "Keep this seed",
-                key="compare_reuse_seed",
-                on_click=_reuse_seed,
-                args=(comparison.seed,),
-                help="Puts this seed in the form, so the next comparison can change one thing and keep the rest.",
-            )
+            when = f", right at a reset of {at_reset}" if at_reset else ""
+            where = f"They wrote the same first {parted} tokens, then parted{when} (tinted below)."
+        self.note.markdown(
+            f"Both runs used **seed {comparison.seed}**. The sampler draws one random number per token from the "
+            "seed, so wherever both windows give the model the same view, they pick the same token; they part "
+            f"where the smaller window has forgotten something. {where}"
+        )
+        self.keep_seed.button(
+            "Keep this seed",
+            key="compare_reuse_seed",
+            on_click=_reuse_seed,
+            args=(comparison.seed,),
+            help="Puts this seed in the form, so the next comparison can change one thing and keep the rest.",
+        )
 
     def _draw_columns(self, comparison: Comparison) -> None:
         current = next((run for run in comparison.runs if not run.finished), None)
@@ -326,7 +331,7 @@ class CompareView:
         x_max = max(len(run.steps) for run in comparison.runs) if comparison.finished else length
         spec = charts.compare_chart(runs, comparison.runs[0].weight_bytes, x_max)
         with self.chart.container():
-            st.vega_lite_chart(spec=spec, width="stretch")
+            st.vega_lite_chart(spec=spec, width="stretch", height=charts.COMPARE_HEIGHT_PX)
             st.caption(charts.COMPARE_EXPLANATION)
 
     def _draw_table(self, comparison: Comparison) -> None:
@@ -334,7 +339,7 @@ class CompareView:
             return
         with self.table.container():
             st.dataframe(table(comparison), column_config=TABLE_COLUMNS, width="stretch")
-            self.summary.markdown(summary(comparison))
+            st.markdown(summary(comparison))
             st.caption(coherence_view.EXPLANATION)
 
 
@@ -407,7 +412,6 @@ def render(engine: gpt2_engine.Engine | None) -> Callable[[], None] | None:
     prompt, pair, problem, go = _form(engine)
     if problem:
         st.error(problem, icon="⚠️")
-    st.button("Stop", key="compare_stop", icon=":material/stop:", help="Stop the comparison; the text so far is kept.")
     view = CompareView()
     if go and pair is not None and engine is not None:
         return lambda: run_comparison(engine, prompt, pair, view)

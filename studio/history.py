@@ -24,7 +24,8 @@ from .run_view import text_html
 from .runner import Run
 
 REPLAY_KEY = "history_replay"  # st.session_state: the number of the run to replay in this script run
-PREVIEW_CHARS = 220
+PREVIEW_CHARS = 220  # of the text shown in the list
+PROMPT_CHARS = 60  # of the phrase's end before it
 
 
 def _ask_replay(number: int) -> None:
@@ -88,6 +89,20 @@ def _numbers_line(run: Run) -> str:
     return " · ".join(parts)
 
 
+def _preview_html(run: Run) -> str:
+    """The end of the phrase (grey) and the start of the text, on a line or two."""
+    prompt = " ".join(run.prompt.split())
+    if len(prompt) > PROMPT_CHARS:
+        prompt = "…" + prompt[-PROMPT_CHARS:].split(" ", 1)[-1]
+    text = " ".join(run.generated.split())
+    if len(text) > PREVIEW_CHARS:
+        text = text[:PREVIEW_CHARS].rsplit(" ", 1)[0] + " …"
+    return (
+        '<div style="font-family: Georgia, serif; font-size: 1.02rem; line-height: 1.5; color: #14213d">'
+        f'<span style="color: #7a7f8f">{html.escape(prompt)}</span> {html.escape(text)}</div>'
+    )
+
+
 def _entry(run: Run) -> None:
     n = run.number
     with st.container(border=True):
@@ -122,12 +137,7 @@ def _entry(run: Run) -> None:
             help="The memory series, one row per token: program memory, its allocated part, the KV cache.",
         )
         st.caption(_settings_line(run))
-        preview = run.generated.strip().replace("\n", " ")
-        preview = preview if len(preview) <= PREVIEW_CHARS else preview[:PREVIEW_CHARS].rsplit(" ", 1)[0] + " …"
-        st.html(
-            f'<div class="history-preview"><span class="prompt">{html.escape(run.prompt[-80:])}</span> '
-            f"{html.escape(preview)}</div>"
-        )
+        st.html(_preview_html(run))
         st.caption(_numbers_line(run))
         with st.expander("Whole text and memory"):
             st.html(text_html(run))
