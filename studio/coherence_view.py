@@ -87,7 +87,9 @@ def panel(engine: gpt2_engine.Engine | None, run: Run | None) -> None:
             st.markdown(TUTORIAL_MODE_NOTE)
     if not run.finished or not run.steps or engine is None:
         return
-    if run.coherence is None:
+    if run.coherence is None and run.model != engine.name:
+        st.caption(f"To score this text, load the model that wrote it ({run.model}) again.")
+    elif run.coherence is None:
         button_area = st.empty()
         asked = button_area.button(
             "Score coherence",
