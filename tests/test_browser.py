@@ -147,8 +147,13 @@ def status_text(page) -> str:
     return page.locator('[data-testid="stAlert"]').first.inner_text()
 
 
+def write_tab(page):
+    """The Write tab: other tabs (History) show texts and charts of their own."""
+    return page.get_by_role("tabpanel", name="Write")
+
+
 def generated_text(page) -> str:
-    return page.locator(".studio-text .generated").inner_text()
+    return write_tab(page).locator(".studio-text .generated").inner_text()
 
 
 def set_length_to_max(page) -> None:
@@ -163,12 +168,12 @@ def test_type_generate_and_watch_it_stream(page, engine, shots: Path) -> None:
     type_seed(page, full_length_seed(engine, "The cat sat on the mat.", 100))
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("Done:").wait_for()
-    assert page.locator(".studio-text .prompt").inner_text() == "The cat sat on the mat."
+    assert write_tab(page).locator(".studio-text .prompt").inner_text() == "The cat sat on the mat."
     assert generated_text(page).strip()
-    assert page.locator('[data-testid="stVegaLiteChart"]').count() == 2
-    page.locator('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg').first.wait_for()
-    assert page.locator('[data-testid="stMetricValue"]').last.inner_text().isdigit()  # the seed
-    assert "⟲" in page.locator(".studio-text").inner_text()  # 100 tokens with a window of 50: a reset, marked
+    assert write_tab(page).locator('[data-testid="stVegaLiteChart"]').count() == 2
+    write_tab(page).locator('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg').first.wait_for()
+    assert write_tab(page).locator('[data-testid="stMetricValue"]').last.inner_text().isdigit()  # the seed
+    assert "⟲" in write_tab(page).locator(".studio-text").inner_text()  # 100 tokens with a window of 50: a reset, marked
     screenshot(page, shots / "3-after-a-run.png")
 
 

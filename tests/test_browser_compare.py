@@ -52,6 +52,7 @@ def test_compare_in_tutorial_mode_then_download_and_replay_a_run(browser, server
     compare.get_by_role("switch", name="Tutorial mode: autograd on (teaching)").click(force=True)
     compare.get_by_role("button", name="Compare").click()
     compare.get_by_role("button", name="Keep this seed").wait_for()  # both runs written and scored
+    compare.locator('[data-testid="stDataFrameResizable"]').first.wait_for()  # the table comes after scoring
     assert compare.locator(".compare-text").count() == 2
     assert compare.locator('[data-testid="stVegaLiteChart"]').count() == 1
     assert compare.locator('[data-testid="stDataFrameResizable"]').count() == 1
