@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -185,6 +186,23 @@ def test_a_bad_model_path_is_a_message_and_the_page_stays_usable(
     at.text_input(key="model_folder").set_value(str(tiny_model_dir)).run()  # pick another: it loads
     assert not at.exception and not at.error
     assert not at.button(key="generate").disabled
+
+
+def test_a_load_that_fails_half_way_is_a_message_and_a_good_model_loads_after(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    broken = tmp_path / "half-written"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a download cut off half-way
+    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(broken))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception
+    assert any("Could not load this model" in e.value and "damaged" in e.value for e in at.error)
+    at.text_input(key="model_folder").set_value(str(tiny_model_dir)).run()
+    assert not at.exception and not at.error
+    at.button(key="generate").click().run()
+    assert not at.exception and "Done:" in " ".join(s.value for s in at.success)
 
 
 def test_a_failing_run_shows_a_message_and_gives_the_turn_back(page: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
