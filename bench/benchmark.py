@@ -20,6 +20,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -107,6 +109,47 @@ def run_seconds(engine: gpt2_engine.Engine, tokens: int, window: int | None, mod
         engine.window_mode = "shadow"
 
 
+PEAKS = """
+import json, sys, threading, time
+import gpt2_engine
+
+def status(field):  # VmHWM, not ru_maxrss: that one keeps the forking parent's peak across exec
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+def anon():
+    return status("RssAnon")
+
+peak, done = [0], []
+def poll():
+    while not done:
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.005)
+
+threading.Thread(target=poll, daemon=True).start()
+engine = gpt2_engine.load(sys.argv[1], dtype=sys.argv[2], device=sys.argv[3])
+steps = list(engine.stream("The", max_new_tokens=int(sys.argv[4]), window=50, sampler="greedy", stop_at_eos=False))
+done.append(True)
+print(json.dumps({"peak_rss": status("VmHWM"), "peak_anon": peak[0],
+                  "weights": engine.weight_bytes, "kv": max(s.kv_bytes for s in steps)}))
+"""
+
+
+def fresh_process_peaks(model_dir: str, precision: str, device: str, tokens: int) -> dict:
+    """Peak RSS (file-mapped weights included) and peak anonymous memory of a load and a `tokens` run with
+    window 50, in a process of its own: in this one, earlier precisions' freed memory would blur the peak."""
+    out = subprocess.run(
+        [sys.executable, "-c", PEAKS, model_dir, precision, device, str(tokens)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"the fresh-process memory run failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 AGREEMENT_IDS = [(i * 7919 + 13) % 50000 for i in range(128)]  # teacher-forced text for the agreement check
 
 
@@ -167,6 +210,13 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
         row["window_50_reprime_s"] = run_seconds(engine, args.window_tokens, 50, "reprime")
     memory = read_process_memory()
     row["rss_bytes"], row["anon_bytes"] = memory.rss_bytes, memory.anon_bytes
+    if args.peak_tokens:
+        peaks = fresh_process_peaks(model_dir, precision, args.device, args.peak_tokens)
+        row["peak_rss_bytes"], row["peak_anon_bytes"], row["peak_kv_bytes"] = (
+            peaks["peak_rss"],
+            peaks["peak_anon"],
+            peaks["kv"],
+        )
     row["kv_bytes_per_token"] = engine.kv_bytes_per_token
     if precision == "fp32":
         reference["fp32"] = log_probs(engine)
@@ -178,13 +228,19 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| precision | engine tok/s | generate() tok/s | vs generate() same precision | vs generate() fp32 | ceiling tok/s | engine % of ceiling | generate() % of ceiling | prefill tok/s | first token s | window run s: off / 50 shadow / 50 re-prime | load s: 1st / 2nd | RSS GB (anon) after | top-1 / KL vs fp32 | greedy = generate() |"
+    head = "| precision | engine tok/s | generate() tok/s | vs generate() same precision | vs generate() fp32 | ceiling tok/s | engine % of ceiling | generate() % of ceiling | prefill tok/s | first token s | window run s: off / 50 shadow / 50 re-prime | load s: 1st / 2nd | RSS GB (anon) after | fresh process: peak RSS / anon GB, bound | top-1 / KL vs fp32 | greedy = generate() |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     fp32 = next((r["generate_tok_s"] for r in rows if r["precision"] == "fp32"), None)
     for r in rows:
         window = (
             f"{r['window_off_s']:.1f} / {r['window_50_shadow_s']:.1f} / {r['window_50_reprime_s']:.1f}"
             if "window_off_s" in r
+            else "-"
+        )
+        peaks = (
+            f"{r['peak_rss_bytes'] / 1e9:.2f} / {r['peak_anon_bytes'] / 1e9:.2f}, "
+            f"{(r['weight_bytes'] + r['peak_kv_bytes'] + 0.5e9) / 1e9:.2f}"
+            if "peak_rss_bytes" in r
             else "-"
         )
         agree = f"{r['top1_agreement']:.3f} / {r['kl_vs_fp32']:.4f}" if "top1_agreement" in r else "-"
@@ -194,7 +250,7 @@ def table(rows: list[dict]) -> str:
             f"{(r['engine_tok_s'] / fp32) if fp32 else float('nan'):.2f}x | "
             f"{r['ceiling_tok_s']:.2f} | {r['engine_tok_s'] / r['ceiling_tok_s']:.0%} | {r['generate_tok_s'] / r['ceiling_tok_s']:.0%} | {prefills} | "
             f"{r['time_to_first_token_s']:.2f} | {window} | {r['first_load_s']:.1f} / {r['second_load_s']:.1f} | "
-            f"{r['rss_bytes'] / 1e9:.2f} ({r['anon_bytes'] / 1e9:.2f}) | {agree} | {r['greedy_tokens_equal']}/{r['greedy_tokens_compared']} |"
+            f"{r['rss_bytes'] / 1e9:.2f} ({r['anon_bytes'] / 1e9:.2f}) | {peaks} | {agree} | {r['greedy_tokens_equal']}/{r['greedy_tokens_compared']} |"
         )
     return "\n".join(lines)
 
@@ -249,6 +305,12 @@ def main() -> None:
         default="fp32,bf16,fp16,int8",
         help="precisions that get the window-cost runs (they are the slow part)",
     )
+    parser.add_argument(
+        "--peak-tokens",
+        type=int,
+        default=200,
+        help="tokens of the fresh-process run that measures peak memory (0 skips it)",
+    )
     parser.add_argument("--out", default="bench/out/report.json", help="where to write the JSON report")
     parser.add_argument(
         "--smoke", action="store_true", help="a tiny stand-in and a few tokens: checks that everything runs"
@@ -267,6 +329,7 @@ def main() -> None:
             [20, 200],
             1,
         )
+        args.peak_tokens = 60
     elif not Path(model_dir, "config.json").exists():
         tokenizer = Path(args.tokenizer) if Path(args.tokenizer).exists() else None
         print(f"building a gpt2-xl stand-in in {model_dir} (random weights, a minute) ...", flush=True)

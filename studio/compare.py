@@ -122,16 +122,16 @@ def summary(comparison: Comparison) -> str:
     else:
         saved = f"Both kept the KV cache within {format_bytes(max(kv_a, kv_b))}"
     peak_a, peak_b = a.stats.peak_rss_bytes, b.stats.peak_rss_bytes
-    saved += f"; the whole program peaked at {format_bytes(peak_a)} and {format_bytes(peak_b)}."
+    saved += f"; the whole program peaked at {format_bytes(peak_a)} with {label_a} and {format_bytes(peak_b)} with {label_b}."
     if a.coherence is None or b.coherence is None:
         return saved
     pa, pb = a.coherence.perplexity, b.coherence.perplexity
     if abs(pa - pb) <= SAME_PERPLEXITY * min(pa, pb):
         cost = "Reread with the whole text in view, both read as about equally coherent"
-    else:
-        better = label_a if pa < pb else label_b
-        cost = f"Reread with the whole text in view, **{better}** reads as more coherent"
-    return f"{saved} {cost} (perplexity {pa:,.1f} against {pb:,.1f})."
+        return f"{saved} {cost} (perplexity {pa:,.1f} with {label_a}, {pb:,.1f} with {label_b})."
+    (better, p_better), (worse, p_worse) = sorted(((label_a, pa), (label_b, pb)), key=lambda run: run[1])
+    cost = f"Reread with the whole text in view, **{better}** reads as more coherent"
+    return f"{saved} {cost} (perplexity {p_better:,.1f} against {p_worse:,.1f} with {worse})."
 
 
 # ---- the form -------------------------------------------------------------------------------------------
