@@ -28,5 +28,26 @@ def test_benchmark_smoke_mode_writes_its_table_and_report(tmp_path) -> None:
     for row in data["rows"]:
         assert row["engine_tok_s"] > 0 and row["generate_tok_s"] > 0 and row["ceiling_tok_s"] > 0
         assert row["greedy_tokens_compared"] > 0 and "window_50_shadow_s" in row
+        assert 0 < row["peak_anon_bytes"] <= row["peak_rss_bytes"] and row["peak_kv_bytes"] > 0
     assert {"cpu", "cores", "torch", "transformers"} <= set(data["machine"])
     assert "| precision | engine tok/s |" in out.stdout and out.stdout.count("\n| ") >= 4
+
+
+def test_memory_curves_show_tutorial_mode_holding_more_per_token(tiny_model_dir, tmp_path) -> None:
+    out_file = tmp_path / "curves.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.memory_curves", "--model", str(tiny_model_dir), "--tokens", "40"]
+        + ["--windows", "8,off", "--out", str(out_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = {(r["mode"], r["window"]): r for r in json.loads(out_file.read_text())["runs"]}
+    assert set(runs) == {("inference", "8"), ("inference", "off"), ("tutorial", "8"), ("tutorial", "off")}
+    assert all(r["tokens"] == 40 and r["stop"] == "length" for r in runs.values())
+    assert runs["inference", "8"]["resets"] == 4 and runs["inference", "off"]["resets"] == 0
+    assert runs["inference", "8"]["peak_kv_bytes"] < runs["inference", "off"]["peak_kv_bytes"]
+    assert out.stdout.count("\n| inference |") == 2 and out.stdout.count("\n| tutorial |") == 2
