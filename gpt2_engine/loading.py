@@ -220,9 +220,13 @@ def load(
     config, shape = read_shape(source, is_local)
     check_memory(shape, precision, str(name_or_path), torch_device)
     say(f"Loading {format_bytes(shape.weight_bytes(precision))} of weights ({precision})")
+    # int8 and packed bf16 on a CPU convert from the file's own (mapped) fp32, a matrix at a time
+    converts_itself = torch_device.type == "cpu" and (precision == "int8" or (precision == "bf16" and quantize.can_pack()))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        model = GPT2LMHeadModel.from_pretrained(source, config=config, dtype=DTYPES[precision], trust_remote_code=False)
+        model = GPT2LMHeadModel.from_pretrained(
+            source, config=config, dtype=torch.float32 if converts_itself else DTYPES[precision], trust_remote_code=False
+        )
     except Exception as error:  # noqa: BLE001 - a damaged or partial download, in whatever form it fails
         raise ModelLoadError(
             f"Found {source!r} but could not load it ({_first_line(error)}). The weights or tokenizer files may be "
@@ -232,7 +236,8 @@ def load(
     if precision == "int8":
         say("Converting the weights to int8")
         quantize.to_int8(model)
-    elif precision == "bf16" and torch_device.type == "cpu" and quantize.can_pack():
+    elif converts_itself:
+        say("Converting the weights to bf16")
         quantize.to_packed(model)
     say("Ready")
     return Engine(model, tokenizer, name=str(name_or_path), shape=shape, precision=precision)
