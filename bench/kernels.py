@@ -101,6 +101,17 @@ def candidates(shapes: list[tuple[int, int]], rows: int):
 
         return build
 
+    def int8_dequantized():  # what Int8Linear does for a prompt: int8 -> bf16, one matmul, then the scales
+        ws = []
+        for i, o in shapes:
+            w = torch.randn(o, i) * 0.02
+            scale = w.abs().amax(dim=1) / 127
+            ws.append((torch.round(w / scale[:, None]).to(torch.int8), scale.to(torch.bfloat16)))
+        xs = {i: torch.randn(rows, i, dtype=torch.bfloat16) for i, _ in shapes}
+        return sum(w.numel() for w, _ in ws), lambda: [
+            F.linear(xs[w.shape[1]], w.to(torch.bfloat16)) * s for w, s in ws
+        ]
+
     def int8_dynamic_fbgemm():  # int8 weights and int8 activations, quantized per call (torch.ao, fbgemm)
         import warnings
 
@@ -127,6 +138,7 @@ def candidates(shapes: list[tuple[int, int]], rows: int):
     yield "bf16 mkldnn packed", mkldnn_packed(torch.bfloat16)
     yield "int8 weights, bf16 act (_weight_int8pack_mm)", int8_weight_only(torch.bfloat16)
     yield "int8 weights, fp32 act (_weight_int8pack_mm)", int8_weight_only(torch.float32)
+    yield "int8 weights dequantized to bf16, F.linear", int8_dequantized
     yield "int8 weights and activations (fbgemm dynamic)", int8_dynamic_fbgemm
 
 
@@ -135,7 +147,9 @@ def main() -> None:
     parser.add_argument(
         "--size", default="gpt2-xl", choices=list(KNOWN_MODELS), help="whose matrices (default gpt2-xl)"
     )
-    parser.add_argument("--rows", type=int, default=1, help="rows of x: 1 = plain decode, 2 = with the shadow context")
+    parser.add_argument(
+        "--rows", type=int, default=1, help="rows of x: 1 = plain decode, 2 = with the shadow context, 20+ = a prompt"
+    )
     parser.add_argument("--repeats", type=int, default=7, help="timed passes per kernel (median reported)")
     parser.add_argument("--only", default="", help="run only kernels whose name contains this")
     args = parser.parse_args()

@@ -12,9 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .memory import release_freed_memory
+
+# `_weight_int8pack_mm` reads the weights again for every few rows: over gpt2-xl's 1600x6400 matrices here
+# it took 9 ms for 1-2 rows, 20 for 8, 52 for 20 and 109 for 50, while dequantizing to bf16 and one matmul
+# took ~23 ms at any of those (12 matrices, 2 threads; `python -m bench.kernels --rows 20 --only int8`).
+DEQUANTIZE_FROM_ROWS = 8
 
 
 class Int8Linear(nn.Module):
@@ -33,7 +39,11 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight, self.scales)
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] >= DEQUANTIZE_FROM_ROWS:  # a prompt: one bf16 matmul beats the int8 kernel's row blocks
+            y = F.linear(rows, self.weight.to(rows.dtype)) * self.scales  # int8 values are exact in bf16
+        else:  # a decode step (one row, or two with the shadow context)
+            y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], -1)

@@ -183,3 +183,46 @@ def test_remote_code_is_never_trusted(tiny_model_dir, tmp_path) -> None:
     except gpt2_engine.ModelLoadError:
         pass  # refusing is fine too
     assert not marker.exists()
+
+
+FILES_OPENED = """
+import json, sys
+import gpt2_engine, transformers
+from transformers import AutoTokenizer, GPT2LMHeadModel  # imported before watching: imports open files of their own
+opened = []
+sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and args and isinstance(args[0], str) else None)
+engine = gpt2_engine.load(sys.argv[1], dtype="fp32", device="cpu")
+engine.speak("Hi", max_new_tokens=3, seed=0)
+print(json.dumps({"opened": opened, "vocab": len(engine.tokenizer)}))
+"""
+
+
+def test_a_model_folder_cannot_point_the_loader_at_files_outside_it(tiny_model_dir, tmp_path) -> None:
+    """Its configs name files elsewhere (another tokenizer, another model): only the folder's own are read."""
+    from conftest import write_tokenizer
+
+    elsewhere = tmp_path / "elsewhere"
+    write_tokenizer(elsewhere, vocab_size=300)  # a different vocabulary: reading it would show
+    folder = tmp_path / "pointing-out"
+    shutil.copytree(tiny_model_dir, folder)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    for name in ("tokenizer_file", "vocab_file", "merges_file"):
+        tokenizer_config[name] = str(elsewhere / ("tokenizer.json" if name == "tokenizer_file" else name))
+    tokenizer_config["name_or_path"] = str(elsewhere)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    config = json.loads((folder / "config.json").read_text())
+    config["_name_or_path"] = str(elsewhere)
+    (folder / "config.json").write_text(json.dumps(config))
+    out = subprocess.run(
+        [sys.executable, "-c", FILES_OPENED, str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert any(path.startswith(str(folder)) for path in seen["opened"])  # the watch saw the folder's own reads
+    assert not [path for path in seen["opened"] if str(elsewhere) in path], seen["opened"]
+    assert seen["vocab"] == len(gpt2_engine.load(str(tiny_model_dir), dtype="fp32", device="cpu").tokenizer)
