@@ -101,12 +101,12 @@ def prefill(engine: gpt2_engine.Engine, length: int, repeats: int) -> float:
 
 
 def run_seconds(engine: gpt2_engine.Engine, tokens: int, window: int | None, mode: str) -> float:
-    engine.window_mode = mode
+    before, engine.window_mode = engine.window_mode, mode
     try:
         steps = engine.stream("The", max_new_tokens=tokens, window=window, sampler="greedy", stop_at_eos=False, seed=0)
         return [step.elapsed_s for step in steps][-1]
     finally:
-        engine.window_mode = "shadow"
+        engine.window_mode = before
 
 
 PEAKS = """
