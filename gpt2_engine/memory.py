@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 from dataclasses import dataclass
 
 import psutil
@@ -46,6 +47,40 @@ def release_freed_memory() -> None:
     as a plateau instead of a drop. Takes milliseconds."""
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
+
+
+MADV_DONTNEED = 4  # Linux: drop these pages from the process; a file's own pages stay in the page cache
+
+
+def drop_file_pages(tensor: object) -> None:
+    """Stops counting a tensor's pages in this process's RSS when they are mapped from a `.safetensors`
+    file and no longer needed (a matrix already converted to bf16 or int8). Without this, converting
+    gpt2-xl maps all 6.2 GB of its fp32 file into the process on the way (peak RSS 10 GB for 3.3 GB of
+    bf16 weights). Only whole pages inside the tensor's own storage are dropped; memory that is not
+    mapped from such a file is left alone, so this can never discard data."""
+    if _LIBC is None or not hasattr(_LIBC, "madvise"):
+        return
+    storage = tensor.untyped_storage()  # type: ignore[attr-defined]
+    start, size = storage.data_ptr(), storage.nbytes()
+    if not size or not _mapped_from_weights_file(start):
+        return
+    page = mmap.PAGESIZE
+    first, end = -(-start // page) * page, (start + size) // page * page
+    if end > first:
+        _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(end - first), MADV_DONTNEED)
+
+
+def _mapped_from_weights_file(address: int) -> bool:
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                if low <= address < high:
+                    return len(fields) == 6 and fields[5].strip().endswith(".safetensors")
+    except OSError:  # not Linux
+        pass
+    return False
 
 
 def _load_libc() -> ctypes.CDLL | None:

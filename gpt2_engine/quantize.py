@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .memory import release_freed_memory
+from .memory import drop_file_pages, release_freed_memory
 
 # `_weight_int8pack_mm` reads the weights again for every few rows: over gpt2-xl's 1600x6400 matrices here
 # it took 9 ms for 1-2 rows, 20 for 8, 52 for 20 and 109 for 50, while dequantizing to bf16 and one matmul
@@ -26,14 +26,22 @@ DEQUANTIZE_FROM_ROWS = 8
 class Int8Linear(nn.Module):
     """y = x W^T + b with W in int8, one scale per output channel (symmetric, absmax / 127)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, rows_at_once: int = 1024):
+    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, block: Tensor | None = None):
+        """block: an fp32 (rows, in_features) work buffer, reused across matrices by `to_int8` so that no
+        temporary of a matrix's size is ever made (they would pile up in the C heap between the int8 copies)."""
         super().__init__()
         weight = weight.detach()  # (out, in), any float dtype
-        scales = weight.abs().amax(dim=1).float().clamp(min=1e-12) / 127.0  # (out,)
+        out_features, in_features = weight.shape
+        if block is None or block.shape[1] != in_features:
+            block = torch.empty(min(1024, out_features), in_features)
         quantized = torch.empty(weight.shape, dtype=torch.int8)
-        for start in range(0, weight.shape[0], rows_at_once):  # in fp32 a block at a time: no full fp32 copy
-            rows = slice(start, start + rows_at_once)
-            quantized[rows] = torch.round(weight[rows].float() / scales[rows, None]).to(torch.int8)
+        scales = torch.empty(out_features)
+        for start in range(0, out_features, block.shape[0]):  # a block of rows at a time, in fp32
+            rows = slice(start, start + block.shape[0])
+            part = block[: weight[rows].shape[0]]
+            part.copy_(weight[rows])
+            scales[rows] = torch.maximum(part.amax(dim=1), -part.amin(dim=1)).clamp(min=1e-12) / 127.0
+            quantized[rows] = part.div_(scales[rows, None]).round_()  # copied into int8: exact, |q| <= 127
         self.register_buffer("weight", quantized)
         self.register_buffer("scales", scales.to(dtype))
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
@@ -85,6 +93,8 @@ def swap_matrices(model: Any, make: Any) -> None:
     with torch.no_grad():
         for parent, name, weight, bias in _matrices(model):  # lazily: one old matrix alive at a time
             setattr(parent, name, make(weight, bias))
+            if parent is not model:  # the LM head's weight is the embedding's, still in use
+                drop_file_pages(weight)
             del weight, bias
     model.requires_grad_(False)
     release_freed_memory()  # the old matrices' pages: glibc would keep them for reuse that never comes
@@ -93,8 +103,18 @@ def swap_matrices(model: Any, make: Any) -> None:
 def to_int8(model: Any, dtype: torch.dtype = torch.bfloat16) -> None:
     """int8 weights, activations in `dtype` (bf16): a quarter of fp32's bytes per token. The model may
     come in fp32 straight from its memory-mapped file: each matrix is read once, block by block."""
-    swap_matrices(model, lambda w, b: Int8Linear(w, b, dtype))
+    blocks: dict[int, Tensor] = {}  # one fp32 work buffer per input width, reused by every matrix
+
+    def make(weight: Tensor, bias: Tensor | None) -> Int8Linear:
+        width = weight.shape[1]
+        if width not in blocks:
+            blocks[width] = torch.empty(1024, width)
+        return Int8Linear(weight, bias, dtype, blocks[width])
+
+    swap_matrices(model, make)
+    blocks.clear()
     model.to(dtype)  # the rest (embeddings, layer norms): the int8 buffers are not floating point
+    release_freed_memory()
 
 
 def to_packed(model: Any, dtype: torch.dtype = torch.bfloat16) -> None:
