@@ -112,6 +112,11 @@ def candidates(shapes: list[tuple[int, int]], rows: int):
             F.linear(xs[w.shape[1]], w.to(torch.bfloat16)) * s for w, s in ws
         ]
 
+    def fp16_fbgemm():  # fp16 weights packed by fbgemm, fp32 activations (packing gpt2-xl takes ~30 s)
+        ws = [(i, torch.ops.quantized.linear_prepack_fp16(torch.randn(o, i) * 0.02, torch.zeros(o))) for i, o in shapes]
+        xs = {i: torch.randn(rows, i) for i, _ in shapes}
+        return sum(i * o * 2 for i, o in shapes), lambda: [torch.ops.quantized.linear_dynamic_fp16(xs[i], p) for i, p in ws]
+
     def int8_dynamic_fbgemm():  # int8 weights and int8 activations, quantized per call (torch.ao, fbgemm)
         import warnings
 
@@ -134,6 +139,7 @@ def candidates(shapes: list[tuple[int, int]], rows: int):
     yield "fp32 F.linear", linear(torch.float32)
     yield "bf16 F.linear", linear(torch.bfloat16)
     yield "fp16 F.linear", linear(torch.float16)
+    yield "fp16 weights, fp32 act (fbgemm)", fp16_fbgemm
     yield "fp32 mkldnn packed", mkldnn_packed(torch.float32)
     yield "bf16 mkldnn packed", mkldnn_packed(torch.bfloat16)
     yield "int8 weights, bf16 act (_weight_int8pack_mm)", int8_weight_only(torch.bfloat16)
