@@ -109,38 +109,12 @@ def run_seconds(engine: gpt2_engine.Engine, tokens: int, window: int | None, mod
         engine.window_mode = before
 
 
-PEAKS = """
-import json, sys, threading, time
-import gpt2_engine
-
-def status(field):  # VmHWM, not ru_maxrss: that one keeps the forking parent's peak across exec
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-
-def anon():
-    return status("RssAnon")
-
-peak, done = [0], []
-def poll():
-    while not done:
-        peak[0] = max(peak[0], anon())
-        time.sleep(0.005)
-
-threading.Thread(target=poll, daemon=True).start()
-engine = gpt2_engine.load(sys.argv[1], dtype=sys.argv[2], device=sys.argv[3])
-steps = list(engine.stream("The", max_new_tokens=int(sys.argv[4]), window=50, sampler="greedy", stop_at_eos=False))
-done.append(True)
-print(json.dumps({"peak_rss": status("VmHWM"), "peak_anon": peak[0],
-                  "weights": engine.weight_bytes, "kv": max(s.kv_bytes for s in steps)}))
-"""
-
-
 def fresh_process_peaks(model_dir: str, precision: str, device: str, tokens: int) -> dict:
     """Peak RSS (file-mapped weights included) and peak anonymous memory of a load and a `tokens` run with
     window 50, in a process of its own: in this one, earlier precisions' freed memory would blur the peak."""
     out = subprocess.run(
-        [sys.executable, "-c", PEAKS, model_dir, precision, device, str(tokens)],
+        [sys.executable, "-m", "bench.peaks", model_dir, precision, device, str(tokens)],
+        cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
         text=True,
         check=False,

@@ -15,34 +15,24 @@ from bench.standin import build_standin
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MEASURE = """
-import json, sys, threading, time
-import gpt2_engine
-from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel  # imported before the baseline
-
-def status(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-
-def anon():
-    return status("RssAnon")
-
-peak, done = [0], []
-def poll():
-    while not done:
-        peak[0] = max(peak[0], anon())
-        time.sleep(0.002)
-
-base, base_rss = anon(), status("VmRSS")
-poller = threading.Thread(target=poll)
-poller.start()
-engine = gpt2_engine.load(sys.argv[1], dtype=sys.argv[2], device="cpu")
-done.append(True)
-poller.join()
-print(json.dumps({"peak": peak[0] - base, "after": anon() - base, "weights": engine.weight_bytes,
-                  "peak_rss": status("VmHWM") - base_rss}))
-"""
+def measure_load(folder: Path, precision: str) -> dict:
+    """Bytes above the baseline (torch and transformers imported) while loading, in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.peaks", str(folder), precision, "cpu", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        "peak": report["peak_anon"] - report["base_anon"],
+        "after": report["after_anon"] - report["base_anon"],
+        "peak_rss": report["peak_rss"] - report["base_rss"],
+        "weights": report["weights"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +42,7 @@ def gpt2_standin(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_low_precision_loads_hold_no_fp32_copy_and_keep_only_their_weights(gpt2_standin, precision) -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(gpt2_standin), precision],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )
-    assert out.returncode == 0, out.stderr
-    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    measured = measure_load(gpt2_standin, precision)
     fp32_bytes = 124_439_808 * 4
     assert measured["peak"] < 0.85 * fp32_bytes, measured  # a full fp32 copy never existed
     assert measured["peak"] < 1.15 * measured["weights"] + 16e6, measured  # nor piled-up temporaries (was 1.4-1.9x)
@@ -71,14 +52,5 @@ def test_low_precision_loads_hold_no_fp32_copy_and_keep_only_their_weights(gpt2_
 
 
 def test_fp32_weights_stay_mapped_from_the_file(gpt2_standin) -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(gpt2_standin), "fp32"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )
-    assert out.returncode == 0, out.stderr
-    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    measured = measure_load(gpt2_standin, "fp32")
     assert measured["after"] < 0.1 * measured["weights"], measured  # safetensors pages, not a copy
