@@ -46,7 +46,7 @@ class Request:
     generate: bool  # Generate was pressed in this rerun
 
 
-def _window_label(value: int | str) -> str:
+def window_option_label(value: int | str) -> str:
     return "off (whole context)" if value == OFF else f"{value} tokens"
 
 
@@ -84,7 +84,7 @@ def generation_form(max_window: int, enabled: bool) -> Request:
             "Window",
             options=[*range(1, max_window + 1), OFF],
             value=min(50, max_window),
-            format_func=_window_label,
+            format_func=window_option_label,
             key="window",
             help="How many recent tokens the model keeps in mind. Every N tokens it forgets everything but the "
             "last N and re-reads them (marked ⟲ in the text). A small window saves memory but loses the thread; "

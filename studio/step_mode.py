@@ -21,22 +21,30 @@ from __future__ import annotations
 
 import html
 import logging
-import string
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
 import gpt2_engine
-from gpt2_engine.detokenize import TextStream
 from gpt2_engine.stepping import StepMode
 
 from . import runner
-from .controls import OFF, _window_label
-from .run_view import RESET_MARK, TEXT_EVERY_S, ordinal, percent, quoted, visible
+from .controls import OFF, window_option_label
+from .run_view import TEXT_EVERY_S, ordinal, percent, quoted
+from .step_html import (
+    Stepping,
+    action_note,
+    bar_html,
+    cut_beyond_html,
+    cut_html,
+    text_html,
+    token_label,
+    window_caption,
+)
 
 STATE_KEY = "stepping"  # st.session_state[STATE_KEY]: this visitor's Stepping, once started
 ACTION_KEY = "step_action"  # what a button asked for, done by the script run it starts
@@ -44,23 +52,12 @@ CANDIDATES = 10  # bars shown: the view people remember
 DEFAULT_PROMPT = "Once upon a time, there was a"
 DEFAULT_LENGTH = 30  # Auto writes until the text has this many tokens
 MAX_LENGTH = 300  # a minute of gpt2-xl on a laptop CPU
-IN_SET_COLOR, OUT_OF_SET_COLOR = "#e8590c", "#c3c7d1"  # the page's orange; a grey that still reads as a bar
 CSS = Path(__file__).with_name("step_mode.css")
 LOG = logging.getLogger("gpt2_studio")
 TOP_P_SENTENCE = (
     "**Top-p** keeps GPT-2's most likely next tokens, from the top down, until their chances add up to "
     "**p = {p:.0%}**; the sampler then draws only among those (orange, above the dashed line), never below it."
 )
-
-
-@dataclass
-class Stepping:
-    """A visitor's step-mode run, and what it was built for."""
-
-    stepper: StepMode
-    built_for: tuple[int, str, int | None]  # (id of the engine, phrase, window): another one means rebuild
-    how: list[str] = field(default_factory=list)  # per generated token: "picked", "sampled" or "auto"
-    note: str = ""  # what the last action did, in words
 
 
 @dataclass(frozen=True)
@@ -72,112 +69,6 @@ class Choice:
     temperature: float
     window: int | None
     length: int
-
-
-# ---- pieces worth a test of their own: pure functions of a StepMode's state --------------------------
-
-
-def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
-    """The text each token adds, in order, UTF-8-safe: a character split over tokens goes with its last token."""
-    stream = TextStream(tokenizer)
-    pieces = [stream.push(token) for token in ids]
-    if pieces:
-        pieces[-1] += stream.flush()  # bytes that never became a whole character
-    return pieces
-
-
-def token_label(text: str) -> str:
-    """A token as its button shows it: a new word without its leading space, line breaks and lone spaces
-    made visible, Markdown characters escaped (a button label is Markdown)."""
-    shown = visible(text)
-    if not shown.strip():
-        shown = "␣" * len(shown) or "∅"  # a space (or nothing) is a token too
-    elif shown.startswith(" "):
-        shown = shown[1:]
-    return "".join("\\" + ch if ch in string.punctuation else ch for ch in shown)
-
-
-def text_html(stepper: StepMode) -> str:
-    """The phrase and the tokens so far, escaped: grey phrase, dark continuation, the newest token marked,
-    ⟲ before a token the window re-primed for, and faded what the model no longer holds."""
-    engine, ids, steps = stepper.engine, stepper.ids, stepper.steps
-    n_prompt = len(stepper.prompt.ids)
-    parts = []
-    for i, piece in enumerate(token_pieces(engine.tokenizer, ids)):
-        index = i - n_prompt  # the step that wrote this token; < 0 in the phrase
-        classes = ["prompt" if index < 0 else "generated"]
-        if i < stepper.held_from:
-            classes.append("forgotten")
-        if index >= 0 and index == len(steps) - 1:
-            classes.append("latest")
-        if index >= 0 and ids[i] == engine.eos_token_id:
-            classes.append("eos")
-            piece = "⟨end of text⟩"
-        mark = RESET_MARK if index >= 0 and steps[index].reset else ""
-        parts.append(f'{mark}<span class="{" ".join(classes)}">{html.escape(piece)}</span>')
-    next_mark = '<span class="next" title="the next token goes here">▁</span>'
-    return f'<div class="step-text"><div>{"".join(parts)}{next_mark}</div></div>'
-
-
-def window_caption(stepper: StepMode) -> str:
-    """How many tokens the model holds now, and when the window resets next."""
-    window, written = stepper.settings.window, len(stepper.steps)
-    held = len(stepper.ids) - stepper.held_from
-    words = f"{written} token{'s' if written != 1 else ''} written · GPT-2 reads the last **{held}**"
-    if stepper.held_from:
-        words += " (the faded text is forgotten)"
-    if window is None:
-        return words + f" · window off: it keeps everything, up to {stepper.engine.n_positions} tokens"
-    next_reset = (written // window + 1) * window
-    return words + f" · window {window}: after token {next_reset} it forgets all but the last {window} ⟲"
-
-
-def bar_html(rank: int, candidate: gpt2_engine.Candidate) -> str:
-    """One candidate's bar: its probability to scale (0 to 100%), orange in the top-p set, grey outside.
-    The data-* attributes are the chart's data, as the tests read them back."""
-    side = "in" if candidate.in_top_p else "out"
-    color = IN_SET_COLOR if candidate.in_top_p else OUT_OF_SET_COLOR
-    width = max(0.4, 100 * candidate.probability)  # a sliver, not nothing, for a token that has a chance
-    return (
-        f'<div class="cand {side}" data-rank="{rank + 1}" data-token-id="{candidate.token_id}" '
-        f'data-probability="{candidate.probability!r}" data-in-top-p="{str(candidate.in_top_p).lower()}">'
-        f'<div class="track"><div class="bar" style="width:{width:.2f}%;background:{color}"></div></div>'
-        f'<span class="pct">{percent(candidate.probability)}</span></div>'
-    )
-
-
-def cut_html(top_p: float, size: int, mass: float) -> str:
-    tokens = f"1 token, {percent(mass)}" if size == 1 else f"{size} tokens, {percent(mass)} together"
-    return (
-        f'<div class="cut" data-nucleus-size="{size}"><span>top-p cut · the sampler picks only above this line: '
-        f"{tokens} (p = {top_p:.2f})</span></div>"
-    )
-
-
-def cut_beyond_html(size: int, mass: float, shown: int) -> str:
-    """Where the top-p set is larger than the bars shown: the cut is further down."""
-    return (
-        f'<div class="cut beyond" data-nucleus-size="{size}"><span>▼ the top-p cut is further down: the sampler may '
-        f"draw any of {size} tokens, {percent(mass)} together (the {shown} above and {size - shown} more)</span></div>"
-    )
-
-
-def action_note(stepping: Stepping) -> str:
-    """What the last button did, in words: which token, its rank and its chance."""
-    stepper = stepping.stepper
-    if not stepper.steps:
-        return ""
-    step, how = stepper.steps[-1], stepping.how[-1]
-    rank = next((r for r, c in enumerate(step.candidates) if c.token_id == step.token_id), None)
-    token = quoted(stepper.engine.token_text(step.token_id))
-    if rank is None:
-        place = f"outside the top {len(step.candidates)}"
-    else:
-        place = f"GPT-2's {ordinal(rank + 1)} choice, {percent(step.candidates[rank].probability)}"
-    if how == "picked":
-        return f"You picked {token}: {place}."
-    set_size = f"{step.nucleus_size} token{'s' if step.nucleus_size != 1 else ''}"
-    return f"The sampler drew {token} ({place}) from the {set_size} in the top-p set."
 
 
 # ---- the tab ---------------------------------------------------------------------------------------------
@@ -234,7 +125,7 @@ def _settings(max_window: int, started: bool) -> Choice:
         "Window",
         options=[*range(1, max_window + 1), OFF],
         value=min(50, max_window),
-        format_func=_window_label,
+        format_func=window_option_label,
         key="step_window",
         help="How many recent tokens GPT-2 keeps in mind. Every N tokens it forgets all but the last N (⟲ in "
         "the text; the forgotten part fades). Try 4 to see it lose the thread. Changing it starts over.",

@@ -21,7 +21,7 @@ import gpt2_engine
 import gpt2_engine.fast
 from gpt2_engine.sampling import distribution
 from gpt2_engine.stepping import StepMode
-from studio import run_view, runner, step_mode
+from studio import run_view, runner, step_html, step_mode
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 BAR = re.compile(
@@ -98,7 +98,7 @@ def test_nothing_runs_until_asked_then_the_bars_are_the_models_own(page: AppTest
     nucleus = distribution(own.logits, 0.8, None, 0.6).nucleus_size
     assert sum(b["in_top_p"] for b in shown) == min(nucleus, 10)
     labels = [at.button(key=f"step_pick_{rank}").label for rank in range(10)]
-    assert labels == [step_mode.token_label(c.text) for c in expected]
+    assert labels == [step_html.token_label(c.text) for c in expected]
 
 
 def test_pick_grows_the_text_by_that_token_and_undo_takes_it_back(page: AppTest) -> None:
@@ -108,7 +108,7 @@ def test_pick_grows_the_text_by_that_token_and_undo_takes_it_back(page: AppTest)
     at = click(at, "step_pick_3")
     held = stepper(at)
     assert held.ids == [*before_ids, pick] and held.steps[-1].token_id == pick
-    piece = step_mode.token_pieces(held.engine.tokenizer, held.ids)[-1]
+    piece = step_html.token_pieces(held.engine.tokenizer, held.ids)[-1]
     assert f'<span class="generated latest">{html.escape(piece)}</span>' in step_text(at)
     assert (
         "You picked" in at.session_state[step_mode.STATE_KEY].note
@@ -196,8 +196,8 @@ def test_markup_in_the_phrase_and_the_tokens_is_text(page: AppTest) -> None:
     at = click(started(page, step_prompt=prompt), "step_sample")
     assert html.escape(prompt) in "".join(re.findall(r'<span class="prompt">([^<]*)</span>', step_text(at)))
     assert "<script>" not in step_text(at)
-    assert step_mode.token_label("**[x](y)** $z$ :smile:") == r"\*\*\[x\]\(y\)\*\* \$z\$ \:smile\:"
-    assert step_mode.token_label(" the") == "the" and step_mode.token_label("\n") == "⏎"
+    assert step_html.token_label("**[x](y)** $z$ :smile:") == r"\*\*\[x\]\(y\)\*\* \$z\$ \:smile\:"
+    assert step_html.token_label(" the") == "the" and step_html.token_label("\n") == "⏎"
 
 
 def test_a_step_waits_for_the_models_turn(page: AppTest) -> None:
