@@ -254,7 +254,7 @@ def test_step_mode_take_a_candidate_then_look_inside_a_written_text(page, engine
         slider.focus()
         for _ in range(presses):
             slider.press("ArrowLeft")
-    page.locator(".cut").wait_for()  # the dashed line is drawn across the bars
+    page.locator(".cut").first.wait_for()  # the dashed line is drawn across the bars (the old one may linger a moment)
     page.get_by_text("p = 25%").wait_for()
     page.set_viewport_size({"width": 1440, "height": 1300})
     page.locator(".step-text").scroll_into_view_if_needed()

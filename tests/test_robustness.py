@@ -99,7 +99,9 @@ def test_a_5000_token_run_completes_with_flat_memory(tiny_model_dir, window) -> 
     assert out.returncode == 0, out.stderr[-2000:]
     count, held, slope = out.stdout.split()
     assert int(count) == 5000 and int(held) <= 128
-    assert abs(float(slope)) < 50, f"RSS grows {float(slope):.0f} bytes per token over the last 4000 tokens"
+    # The run keeps its own token ids (the text stream's and the window's lists: measured 10-75 B a token);
+    # a KV cache that was never freed would add 512 B a token on this model (2 layers x K and V x 32 x 4 B).
+    assert abs(float(slope)) < 150, f"RSS grows {float(slope):.0f} bytes per token over the last 4000 tokens"
 
 
 def test_a_hundred_runs_in_a_row_do_not_grow_memory(engine) -> None:
