@@ -4,12 +4,14 @@ Why: at batch 1 a token costs one read of every weight; Hugging Face's `DynamicC
 `torch.cat` of the whole cache per layer per token (measured: 48 ms of a 248 ms gpt2-xl token on
 2 cores, growing with the context). Here keys and values are written in place into a cache made
 once, and each layer is a handful of torch calls. The modules are the model's own (so int8 or
-prepacked weights, swapped in by `kernels.py`, work here and in the reference path alike).
+prepacked weights, swapped in by `quantize.py`, work here and in the reference path alike).
 
 Rows: a cache can hold two rows. With a window N, the second row is a *shadow* context that starts
 empty at each reset and takes every new token in the same batched step as the main row; at the
 next reset it already holds the last N tokens at positions 0..N-1 and becomes the main row, so a
-reset costs one ordinary decode step instead of an N-token prefill.
+reset costs one ordinary decode step instead of an N-token prefill. The second row is not free,
+though: on this project's CPU it cost more than the prefills it saves (README, Performance), so the
+engine uses it only when asked (`engine.window_mode = "shadow"`).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def forward(model: Any, cache: StaticKVCache, rows: list[int], tokens: Tensor) -
 
 
 class FastContext:
-    """The `Context` of generation.py on the fast forward; with `window`, a shadow row makes resets free."""
+    """The `Context` of generation.py on the fast forward; with `window`, a shadow row spares each reset its prefill."""
 
     def __init__(self, model: Any, window: int | None = None):
         check_supported(model)
