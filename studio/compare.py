@@ -23,7 +23,7 @@ from gpt2_engine.__main__ import TUTORIAL_PHRASE
 
 from . import charts, coherence_view, runner
 from .comparison import TABLE_COLUMNS, Comparison, first_difference, summary, table, window_label
-from .controls import MAX_LENGTH, OFF, SHORT_SEED_BELOW, TUTORIAL_MODE_HELP, window_option_label
+from .controls import MAX_LENGTH, OFF, SHORT_SEED_BELOW, TUTORIAL_MODE_HELP, window_slider
 from .run_view import RESET_MARK
 from .runner import Run
 
@@ -46,7 +46,6 @@ def _form(
     """Draws the form; returns the prompt, the two runs' settings (None when a value is not allowed), the
     problem in words, and whether Compare was pressed in this rerun."""
     max_window = gpt2_engine.max_window(engine.n_positions if engine else 1024)
-    options = [*range(1, max_window + 1), OFF]
     with st.form("compare", border=False, enter_to_submit=False):
         prompt = st.text_area(
             "Your phrase",
@@ -57,13 +56,13 @@ def _form(
         )
         window_a, window_b, length, top_p, seed_box = st.columns([1.2, 1.2, 1, 1, 1], gap="medium")
         windows = [
-            column.select_slider(
-                f"Window {name}",
-                options=options,
-                value=min(default, max_window) if default != OFF else OFF,
-                format_func=window_option_label,
+            window_slider(
+                max_window,
                 key=f"compare_window_{name.lower()}",
                 help="How many recent tokens the model keeps in mind; 'off' keeps the whole text.",
+                value=default,
+                label=f"Window {name}",
+                where=column,
             )
             for column, name, default in ((window_a, "A", DEFAULT_WINDOWS[0]), (window_b, "B", DEFAULT_WINDOWS[1]))
         ]

@@ -50,6 +50,18 @@ def window_option_label(value: int | str) -> str:
     return "off (whole context)" if value == OFF else f"{value} tokens"
 
 
+def window_slider(max_window: int, key: str, help: str, value: int | str = 50, label: str = "Window", where=st):
+    """The window picker every tab shares: 1 to the model's largest window, or off. `where`: st or a column."""
+    return where.select_slider(
+        label,
+        options=[*range(1, max_window + 1), OFF],
+        value=value if value == OFF else min(value, max_window),
+        format_func=window_option_label,
+        key=key,
+        help=help,
+    )
+
+
 def generation_form(max_window: int, enabled: bool) -> Request:
     """Draws the form; `max_window` is the model's largest window, `enabled` False while no model is loaded."""
     with st.form("generation", border=False, enter_to_submit=False):
@@ -80,11 +92,8 @@ def generation_form(max_window: int, enabled: bool) -> Request:
             "it keeps the most likely ones until they add up to this share of the probability, and picks among "
             "them. Low: safe and repetitive. High: varied, sometimes odd.",
         )
-        window = st.select_slider(
-            "Window",
-            options=[*range(1, max_window + 1), OFF],
-            value=min(50, max_window),
-            format_func=window_option_label,
+        window = window_slider(
+            max_window,
             key="window",
             help="How many recent tokens the model keeps in mind. Every N tokens it forgets everything but the "
             "last N and re-reads them (marked ⟲ in the text). A small window saves memory but loses the thread; "

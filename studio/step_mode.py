@@ -33,7 +33,7 @@ import gpt2_engine
 from gpt2_engine.stepping import StepMode
 
 from . import runner
-from .controls import OFF, window_option_label
+from .controls import OFF, window_slider
 from .run_view import TEXT_EVERY_S, ordinal, percent, quoted
 from .step_html import (
     Stepping,
@@ -121,11 +121,8 @@ def _settings(max_window: int, started: bool) -> Choice:
         help="Below 1 the likely tokens get likelier (surer, duller); above 1 the chances even out (bolder, odder). "
         "The bars change at once: the model does not need to read the text again.",
     )
-    window = st.select_slider(
-        "Window",
-        options=[*range(1, max_window + 1), OFF],
-        value=min(50, max_window),
-        format_func=window_option_label,
+    window = window_slider(
+        max_window,
         key="step_window",
         help="How many recent tokens GPT-2 keeps in mind. Every N tokens it forgets all but the last N (⟲ in "
         "the text; the forgotten part fades). Try 4 to see it lose the thread. Changing it starts over.",
