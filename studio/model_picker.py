@@ -1,6 +1,7 @@
 """The sidebar's model choice, what that model needs, and loading it once per server with visible progress.
 
-The start-up model comes from GPT2_STUDIO_MODEL (a known name, a hub id or a folder), else gpt2-xl.
+The start-up model comes from GPT2_STUDIO_MODEL (a known name, a hub id or a folder), else gpt2-xl, and
+its precision from GPT2_STUDIO_PRECISION (auto, fp32, bf16, fp16 or int8), else auto.
 Every failure ends as a message on the page that says what to do; the page stays usable.
 """
 
@@ -17,6 +18,7 @@ from gpt2_engine.memory import available_bytes, format_bytes
 from gpt2_engine.serving import LoadPlan, SharedModel, plan_load
 
 ENV_MODEL = "GPT2_STUDIO_MODEL"
+ENV_PRECISION = "GPT2_STUDIO_PRECISION"
 OTHER = "other"  # the last choice in the model list: a folder on this computer, or a hub id
 PRECISION_LABELS = {
     "auto": "auto (best here)",
@@ -36,6 +38,20 @@ class ModelChoice:
 
 def start_model() -> str:
     return os.environ.get(ENV_MODEL, "").strip() or gpt2_engine.DEFAULT_MODEL
+
+
+def start_precision() -> str:
+    """GPT2_STUDIO_PRECISION, else auto; a value that is not a precision is said on the page, and auto used."""
+    asked = os.environ.get(ENV_PRECISION, "").strip().lower()
+    if asked in gpt2_engine.DTYPE_CHOICES:
+        return asked
+    if asked:
+        st.warning(
+            f"{ENV_PRECISION}={asked!r} is not a precision: use one of {', '.join(gpt2_engine.DTYPE_CHOICES)}. "
+            "Starting with auto.",
+            icon=":material/warning:",
+        )
+    return "auto"
 
 
 def _model_label(name: str) -> str:
@@ -72,6 +88,7 @@ def pick_model() -> ModelChoice:
     precision = st.selectbox(
         "Precision",
         gpt2_engine.DTYPE_CHOICES,
+        index=gpt2_engine.DTYPE_CHOICES.index(start_precision()),
         format_func=lambda p: PRECISION_LABELS.get(p, p),
         key="precision",
         help="How many bits each weight takes. Fewer bits: less memory, often faster, slightly different text. "

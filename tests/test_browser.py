@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from studio.controls import MAX_LENGTH
+
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = [
@@ -50,7 +52,14 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     """A real `streamlit run app.py` on a free port, killed at the end whatever happens."""
     port = free_port()
     log = (tmp_path_factory.mktemp("server") / "streamlit.log").open("w")
-    env = {**os.environ, "GPT2_STUDIO_MODEL": str(tiny_model_dir), "HF_HUB_OFFLINE": "1"}
+    # fp32, as the tests' own `engine`: a seed then writes the same tokens on the server as in `full_length_seed`
+    # (auto would be bf16 on a CPU that has it, which samples other tokens)
+    env = {
+        **os.environ,
+        "GPT2_STUDIO_MODEL": str(tiny_model_dir),
+        "GPT2_STUDIO_PRECISION": "fp32",
+        "HF_HUB_OFFLINE": "1",
+    }
     command = [
         sys.executable,
         "-m",
@@ -120,9 +129,9 @@ def page(browser, server: str):
     return open_page(browser, server)
 
 
-def full_length_seed(engine, prompt: str, length: int) -> int:
+def full_length_seed(engine, prompt: str, length: int = MAX_LENGTH) -> int:
     """A seed with which the tiny random model writes all `length` tokens at the page's default settings
-    (it often writes <|endoftext|> and stops early); the server runs the same engine on the same folder."""
+    (it often writes <|endoftext|> and stops early); the server runs the same model at the same precision."""
     for seed in range(100):
         for step in engine.stream(prompt, max_new_tokens=length, seed=seed, top_p=0.7, window=50):
             if step.stop_reason == "eos":
@@ -157,12 +166,23 @@ def generated_text(page) -> str:
 
 
 def set_length_to_max(page) -> None:
-    slider = page.get_by_role("slider").first  # Length is the form's first slider
-    slider.focus()
-    slider.press("End")
+    """Length to its end with the keyboard, and waits until the slider shows it (a key pressed while the page
+    is still redrawing can be lost; press again then)."""
+    from playwright.sync_api import expect
+
+    slider = write_tab(page).get_by_role("slider", name="Length (tokens)")
+    for attempt in range(3):
+        slider.press("End")
+        try:
+            expect(slider).to_have_attribute("aria-valuetext", str(MAX_LENGTH), timeout=5_000)
+            return
+        except AssertionError:
+            if attempt == 2:
+                raise
 
 
 def test_type_generate_and_watch_it_stream(page, engine, shots: Path) -> None:
+    assert "precision fp32" in page.locator('[data-testid="stSidebar"]').inner_text()  # GPT2_STUDIO_PRECISION
     screenshot(page, shots / "1-idle.png")
     page.get_by_role("textbox", name="Your phrase").fill("The cat sat on the mat.")
     type_seed(page, full_length_seed(engine, "The cat sat on the mat.", 100))
@@ -179,15 +199,16 @@ def test_type_generate_and_watch_it_stream(page, engine, shots: Path) -> None:
 
 def test_stop_ends_a_long_run_and_keeps_its_text(page, engine, shots: Path) -> None:
     set_length_to_max(page)
-    # a seed that writes 500 tokens or more: Stop, not <|endoftext|>, must end this run
-    type_seed(page, full_length_seed(engine, page.get_by_role("textbox", name="Your phrase").input_value(), 500))
+    # a seed that writes all the slider's tokens: Stop, not <|endoftext|>, must end this run
+    type_seed(page, full_length_seed(engine, page.get_by_role("textbox", name="Your phrase").input_value()))
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("Writing…").wait_for()
     page.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
     screenshot(page, shots / "2-generating.png")
     page.get_by_role("button", name="Stop").click()
-    page.get_by_text("Stopped after").wait_for()
+    page.get_by_text("Stopped after").or_(page.get_by_text("Done:")).first.wait_for()
     stopped = status_text(page)
+    assert "Stopped after" in stopped, stopped
     tokens = int(stopped.split("Stopped after ")[1].split(" ")[0])
     assert 0 < tokens < 1000
     text = generated_text(page)
@@ -211,7 +232,7 @@ def test_a_bad_model_path_shows_what_to_do(page, shots: Path, tmp_path: Path) ->
 
 def test_two_visitors_take_turns_and_a_closed_tab_gives_its_turn_back(browser, server, engine, shots: Path) -> None:
     first, second = open_page(browser, server), open_page(browser, server)
-    seed = full_length_seed(engine, first.get_by_role("textbox", name="Your phrase").input_value(), 1000)
+    seed = full_length_seed(engine, first.get_by_role("textbox", name="Your phrase").input_value())
     for visitor in (first, second):
         set_length_to_max(visitor)
         type_seed(visitor, seed)

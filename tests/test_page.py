@@ -188,6 +188,23 @@ def test_a_bad_model_path_is_a_message_and_the_page_stays_usable(
     assert not at.button(key="generate").disabled
 
 
+@pytest.mark.parametrize(("asked", "shown"), [("int8", "int8"), (" FP32 ", "fp32"), ("fast", "auto")])
+def test_the_start_up_precision_comes_from_the_environment(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, asked: str, shown: str
+) -> None:
+    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("GPT2_STUDIO_PRECISION", asked)
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="precision").value == shown
+    warnings = [w.value for w in at.sidebar.warning]
+    if shown == "auto":
+        assert any("GPT2_STUDIO_PRECISION='fast' is not a precision" in w and "fp32, bf16" in w for w in warnings)
+    else:
+        assert not warnings
+        assert f"precision** {shown}" in " ".join(m.value for m in at.sidebar.markdown)
+
+
 def test_a_load_that_fails_half_way_is_a_message_and_a_good_model_loads_after(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
