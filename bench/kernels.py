@@ -5,17 +5,22 @@ runs one "decode pass" of matmuls over them (x: 1 or 2 rows), and reports the me
 bandwidth achieved (weight bytes / time), beside a plain memory-read probe taken in the same run.
 
     python -m bench.kernels --size gpt2-xl --repeats 7
+
+The ONNX Runtime row needs `pip install onnx onnxruntime` (not among the project's requirements: it was
+measured and not adopted; README, Performance, says why); without them it says it is unavailable.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from gpt2_engine.loading import KNOWN_MODELS
 
@@ -115,7 +120,9 @@ def candidates(shapes: list[tuple[int, int]], rows: int):
     def fp16_fbgemm():  # fp16 weights packed by fbgemm, fp32 activations (packing gpt2-xl takes ~30 s)
         ws = [(i, torch.ops.quantized.linear_prepack_fp16(torch.randn(o, i) * 0.02, torch.zeros(o))) for i, o in shapes]
         xs = {i: torch.randn(rows, i) for i, _ in shapes}
-        return sum(i * o * 2 for i, o in shapes), lambda: [torch.ops.quantized.linear_dynamic_fp16(xs[i], p) for i, p in ws]
+        return sum(i * o * 2 for i, o in shapes), lambda: [
+            torch.ops.quantized.linear_dynamic_fp16(xs[i], p) for i, p in ws
+        ]
 
     def int8_dynamic_fbgemm():  # int8 weights and int8 activations, quantized per call (torch.ao, fbgemm)
         import warnings
@@ -135,6 +142,62 @@ def candidates(shapes: list[tuple[int, int]], rows: int):
         xs = {i: torch.randn(rows, i) for i, _ in shapes}
         return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]
 
+    def int8_compiled():  # _weight_int8pack_mm through torch.compile (inductor, frozen weights)
+        import torch._inductor.config as inductor
+
+        class Matrices(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.ws, self.ss = torch.nn.ParameterList(), torch.nn.ParameterList()
+                for i, o in shapes:
+                    w = torch.randn(o, i) * 0.02
+                    scale = w.abs().amax(dim=1) / 127
+                    self.ws.append(torch.nn.Parameter(torch.round(w / scale[:, None]).to(torch.int8), False))
+                    self.ss.append(torch.nn.Parameter(scale.bfloat16(), False))
+
+            def forward(self, xs: dict[int, Tensor]) -> list[Tensor]:
+                return [torch.ops.aten._weight_int8pack_mm(xs[w.shape[1]], w, s) for w, s in zip(self.ws, self.ss)]
+
+        inductor.freezing = True
+        module = Matrices().eval()
+        compiled = torch.compile(module)
+        xs = {i: torch.randn(rows, i, dtype=torch.bfloat16) for i, _ in shapes}
+        return sum(w.numel() for w in module.ws), lambda: compiled(xs)
+
+    def int8_onnx_runtime(block: int = 32):  # MatMulNBits, 8 bits: activations quantized per block too (like q8_0)
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        with contextlib.suppress(RuntimeError):  # raised when it was set already in this process
+            ort.capi._pybind_state.set_global_thread_pool_sizes(torch.get_num_threads(), 1)  # one pool for all
+        options = ort.SessionOptions()
+        options.use_per_session_threads = False
+        sessions, nbytes = [], 0
+        for i, o in shapes:
+            w = (torch.randn(o, i) * 0.02).numpy().reshape(o, i // block, block)
+            scales = np.abs(w).max(axis=2) / 127
+            q = (np.rint(w / scales[..., None]) + 128).astype(np.uint8)  # symmetric: the zero point is 128
+            node = helper.make_node(
+                "MatMulNBits", ["x", "B", "scales"], ["y"], domain="com.microsoft",
+                K=i, N=o, bits=8, block_size=block, accuracy_level=4,
+            )  # fmt: skip
+            graph = helper.make_graph(
+                [node], "matmul",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, i])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, o])],
+                [numpy_helper.from_array(q, "B"), numpy_helper.from_array(scales.astype(np.float32).reshape(-1), "scales")],
+            )  # fmt: skip
+            model = helper.make_model(
+                graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+            )
+            sessions.append(
+                (i, ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]))
+            )
+            nbytes += q.nbytes
+        xs = {i: np.random.default_rng(0).standard_normal((rows, i), dtype=np.float32) for i, _ in shapes}
+        return nbytes, lambda: [session.run(None, {"x": xs[i]}) for i, session in sessions]
+
     yield "fp32 addmm (Conv1D layout)", conv1d_addmm
     yield "fp32 F.linear", linear(torch.float32)
     yield "bf16 F.linear", linear(torch.bfloat16)
@@ -146,6 +209,8 @@ def candidates(shapes: list[tuple[int, int]], rows: int):
     yield "int8 weights, fp32 act (_weight_int8pack_mm)", int8_weight_only(torch.float32)
     yield "int8 weights dequantized to bf16, F.linear", int8_dequantized
     yield "int8 weights and activations (fbgemm dynamic)", int8_dynamic_fbgemm
+    yield "int8 weights, bf16 act, torch.compile (inductor, freezing)", int8_compiled
+    yield "int8 weights and activations per 32 (ONNX Runtime MatMulNBits)", int8_onnx_runtime
 
 
 def main() -> None:

@@ -255,7 +255,7 @@ def _draw_candidates(stepping: Stepping, choice: Choice) -> None:
         if dist.nucleus_size > len(candidates):
             st.html(cut_beyond_html(dist.nucleus_size, dist.nucleus_mass, len(candidates)))
     shown = sum(c.probability for c in candidates)
-    st.caption(f"All the other {len(dist.probs) - len(candidates):,} tokens together: {percent(max(0.0, 1 - shown))}.")
+    st.caption(f"All the other {dist.size - len(candidates):,} tokens together: {percent(max(0.0, 1 - shown))}.")
 
 
 def render(engine: gpt2_engine.Engine | None) -> None:

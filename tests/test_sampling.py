@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
+from gpt2_engine import sampling
 from gpt2_engine.sampling import choose, distribution, draw, new_generator, nucleus_size, pick_tutorial
 
 
@@ -19,8 +20,10 @@ def hf_kept_set(logits: torch.Tensor, top_p: float, top_k: int | None = None, te
     return set(torch.nonzero(torch.isfinite(scores[0])).flatten().tolist())
 
 
+@pytest.mark.parametrize("prefix", [16, 1024])  # 16: the set is found in a sorted prefix, or (larger) by a full sort
 @pytest.mark.parametrize("top_p", [0.05, 0.3, 0.7, 0.9, 0.99])
-def test_nucleus_set_equals_transformers_top_p(top_p: float) -> None:
+def test_nucleus_set_equals_transformers_top_p(top_p: float, prefix: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sampling, "SORTED_PREFIX", prefix)
     torch.manual_seed(0)
     for trial in range(200):
         logits = torch.randn(500) * (0.5 + trial % 5)  # flat to peaked distributions
@@ -28,6 +31,28 @@ def test_nucleus_set_equals_transformers_top_p(top_p: float) -> None:
         ours = set(dist.token_ids[: dist.nucleus_size].tolist())
         assert ours == hf_kept_set(logits, top_p), f"trial {trial}"
         assert dist.nucleus_mass >= top_p - 1e-6
+
+
+def test_the_sorted_prefix_gives_what_a_full_sort_gives_over_gpt2s_vocabulary() -> None:
+    """Same top-p set, same probabilities, same picks for the same draws, whether the set fits the prefix or not."""
+    torch.manual_seed(2)
+    generator = new_generator(2)
+    in_prefix = 0
+    for trial in range(60):
+        logits = torch.randn(50257) * (1 + trial % 6)  # flat (the set spills past the prefix) to peaked
+        top_p = (0.3, 0.7, 0.9, 0.95)[trial % 4]
+        dist = distribution(logits, top_p=top_p)
+        full, full_ids = torch.sort(torch.softmax(logits, dim=-1), descending=True)
+        kept = nucleus_size(full, top_p)
+        assert dist.nucleus_size == kept and dist.size == 50257, f"trial {trial}"
+        assert torch.equal(dist.token_ids[:kept], full_ids[:kept]) and torch.equal(dist.probs[:kept], full[:kept])
+        for _ in range(5):
+            u = draw(generator)
+            whole = sampling.Distribution(full, full_ids, kept, 50257)
+            assert sampling.pick_nucleus(dist, u) == sampling.pick_nucleus(whole, u)
+            assert pick_tutorial(dist, u) == pick_tutorial(whole, u)
+        in_prefix += len(dist.probs) == sampling.SORTED_PREFIX
+    assert 10 < in_prefix < 60  # both ways were taken
 
 
 def test_top_k_and_temperature_match_transformers() -> None:
