@@ -26,25 +26,12 @@ DEQUANTIZE_FROM_ROWS = 8
 class Int8Linear(nn.Module):
     """y = x W^T + b with W in int8, one scale per output channel (symmetric, absmax / 127)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, block: Tensor | None = None):
-        """block: an fp32 (rows, in_features) work buffer, reused across matrices by `to_int8` so that no
-        temporary of a matrix's size is ever made (they would pile up in the C heap between the int8 copies)."""
+    def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None):
+        """weight: int8 (out, in); scales and bias: in the activations' dtype (see `quantize_rows`)."""
         super().__init__()
-        weight = weight.detach()  # (out, in), any float dtype
-        out_features, in_features = weight.shape
-        if block is None or block.shape[1] != in_features:
-            block = torch.empty(min(1024, out_features), in_features)
-        quantized = torch.empty(weight.shape, dtype=torch.int8)
-        scales = torch.empty(out_features)
-        for start in range(0, out_features, block.shape[0]):  # a block of rows at a time, in fp32
-            rows = slice(start, start + block.shape[0])
-            part = block[: weight[rows].shape[0]]
-            part.copy_(weight[rows])
-            scales[rows] = torch.maximum(part.amax(dim=1), -part.amin(dim=1)).clamp(min=1e-12) / 127.0
-            quantized[rows] = part.div_(scales[rows, None]).round_()  # copied into int8: exact, |q| <= 127
-        self.register_buffer("weight", quantized)
-        self.register_buffer("scales", scales.to(dtype))
-        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+        self.register_buffer("weight", weight)
+        self.register_buffer("scales", scales)
+        self.register_buffer("bias", bias)
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])
@@ -55,6 +42,25 @@ class Int8Linear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], -1)
+
+
+def quantize_rows(weight: Tensor, block: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(int8 weight, fp32 scale per row) of a (out, in) matrix of any float dtype. `block`: an fp32
+    (rows, in) work buffer, reused across matrices by `to_int8` so that no temporary of a matrix's size is
+    ever made (they would pile up in the C heap between the int8 copies)."""
+    weight = weight.detach()
+    out_features, in_features = weight.shape
+    if block is None or block.shape[1] != in_features:
+        block = torch.empty(min(1024, out_features), in_features)
+    quantized = torch.empty(weight.shape, dtype=torch.int8)
+    scales = torch.empty(out_features)
+    for start in range(0, out_features, block.shape[0]):  # a block of rows at a time, in fp32
+        rows = slice(start, start + block.shape[0])
+        part = block[: weight[rows].shape[0]]
+        part.copy_(weight[rows])
+        scales[rows] = torch.maximum(part.amax(dim=1), -part.amin(dim=1)).clamp(min=1e-12) / 127.0
+        quantized[rows] = part.div_(scales[rows, None]).round_()  # copied into int8: exact, |q| <= 127
+    return quantized, scales
 
 
 class PackedLinear(nn.Module):
@@ -71,6 +77,9 @@ class PackedLinear(nn.Module):
             x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.bias, "none", [], ""
         )
         return y.view(*x.shape[:-1], self.out_features)
+
+
+_LAYER_MATRICES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # the order `_matrices` gives them in
 
 
 def _matrices(model: Any):
@@ -100,21 +109,43 @@ def swap_matrices(model: Any, make: Any) -> None:
     release_freed_memory()  # the old matrices' pages: glibc would keep them for reuse that never comes
 
 
-def to_int8(model: Any, dtype: torch.dtype = torch.bfloat16) -> None:
+def to_int8(model: Any, dtype: torch.dtype = torch.bfloat16, saved: dict[str, Tensor] | None = None) -> dict:
     """int8 weights, activations in `dtype` (bf16): a quarter of fp32's bytes per token. The model may
-    come in fp32 straight from its memory-mapped file: each matrix is read once, block by block."""
+    come in fp32 straight from its memory-mapped file: each matrix is read once, block by block.
+    `saved`: the int8 matrices of an earlier conversion of this model (weights_cache; see `int8_fits`),
+    used as they are, so the fp32 matrices are never read. Returns the int8 matrices by name, for the cache."""
     blocks: dict[int, Tensor] = {}  # one fp32 work buffer per input width, reused by every matrix
+    names = iter(f"{i}.{name}" for i in range(len(model.transformer.h)) for name in _LAYER_MATRICES)
+    converted: dict[str, Tensor] = {}
 
     def make(weight: Tensor, bias: Tensor | None) -> Int8Linear:
-        width = weight.shape[1]
-        if width not in blocks:
-            blocks[width] = torch.empty(1024, width)
-        return Int8Linear(weight, bias, dtype, blocks[width])
+        name = next(names, "lm_head")
+        if saved is not None:
+            quantized, scales = saved[f"{name}.weight"], saved[f"{name}.scales"]
+        else:
+            width = weight.shape[1]
+            if width not in blocks:
+                blocks[width] = torch.empty(1024, width)
+            quantized, scales = quantize_rows(weight, blocks[width])
+            scales = scales.to(dtype)
+        converted[f"{name}.weight"], converted[f"{name}.scales"] = quantized, scales
+        return Int8Linear(quantized, scales, None if bias is None else bias.detach().to(dtype))
 
     swap_matrices(model, make)
     blocks.clear()
     model.to(dtype)  # the rest (embeddings, layer norms): the int8 buffers are not floating point
     release_freed_memory()
+    return converted
+
+
+def int8_fits(model: Any, saved: dict[str, Tensor], dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether saved int8 matrices have exactly this model's names, shapes and dtypes (reads no weights)."""
+    names = [f"{i}.{name}" for i in range(len(model.transformer.h)) for name in _LAYER_MATRICES] + ["lm_head"]
+    expected = {}
+    for name, (_, _, weight, _) in zip(names, _matrices(model)):
+        expected[f"{name}.weight"] = (tuple(weight.shape), torch.int8)
+        expected[f"{name}.scales"] = ((weight.shape[0],), dtype)
+    return {key: (tuple(t.shape), t.dtype) for key, t in saved.items()} == expected
 
 
 def to_packed(model: Any, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -139,3 +170,7 @@ def to_packed(model: Any, dtype: torch.dtype = torch.bfloat16) -> None:
 
 def can_pack() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def can_int8() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")

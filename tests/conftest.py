@@ -3,10 +3,16 @@ and read back with the real `from_pretrained`. Nothing is downloaded: HF_HUB_OFF
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# converted weights (gpt2_engine.weights_cache) go to a folder of this test session, never the user's cache
+os.environ["GPT2_STUDIO_CACHE"] = tempfile.mkdtemp(prefix="gpt2-studio-cache-")
+atexit.register(shutil.rmtree, os.environ["GPT2_STUDIO_CACHE"], ignore_errors=True)
 
 from pathlib import Path  # noqa: E402
 

@@ -53,7 +53,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     port = free_port()
     log = (tmp_path_factory.mktemp("server") / "streamlit.log").open("w")
     # fp32, as the tests' own `engine`: a seed then writes the same tokens on the server as in `full_length_seed`
-    # (auto would be bf16 on a CPU that has it, which samples other tokens)
+    # (auto would be int8 on a CPU with native bf16, which samples other tokens)
     env = {
         **os.environ,
         "GPT2_STUDIO_MODEL": str(tiny_model_dir),

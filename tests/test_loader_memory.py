@@ -1,6 +1,6 @@
 """The loaders' memory on a gpt2-shaped stand-in (124M parameters), measured in a fresh process:
 16-bit and int8 loads never hold a full fp32 copy, map no more of the fp32 file than they need, and keep
-nothing beyond their own weights."""
+nothing beyond their own weights; an int8 load from the weights cache maps its matrices from that file."""
 
 from __future__ import annotations
 
@@ -15,15 +15,17 @@ from bench.standin import build_standin
 
 ROOT = Path(__file__).resolve().parents[1]
 
-def measure_load(folder: Path, precision: str) -> dict:
-    """Bytes above the baseline (torch and transformers imported) while loading, in a fresh process."""
+
+def measure_load(folder: Path, precision: str, cache: str = "off") -> dict:
+    """Bytes above the baseline (torch and transformers imported) while loading, in a fresh process.
+    cache: GPT2_STUDIO_CACHE for that process (off: the load converts)."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.peaks", str(folder), precision, "cpu", "0"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "GPT2_STUDIO_CACHE": cache},
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -54,3 +56,13 @@ def test_low_precision_loads_hold_no_fp32_copy_and_keep_only_their_weights(gpt2_
 def test_fp32_weights_stay_mapped_from_the_file(gpt2_standin) -> None:
     measured = measure_load(gpt2_standin, "fp32")
     assert measured["after"] < 0.1 * measured["weights"], measured  # safetensors pages, not a copy
+
+
+def test_an_int8_load_from_the_cache_maps_its_matrices_from_the_file(gpt2_standin, tmp_path) -> None:
+    converting = measure_load(gpt2_standin, "int8", cache=str(tmp_path))  # converts, and saves the cache
+    assert len(list(tmp_path.glob("gpt2-*-int8-*.pt"))) == 1
+    cached = measure_load(gpt2_standin, "int8", cache=str(tmp_path))
+    assert cached["weights"] == converting["weights"]
+    # anonymous: only what is not a cached matrix (the bf16 embeddings and layer norms, ~80 MB of ~200 MB)
+    assert cached["after"] < 0.5 * converting["after"], (cached, converting)
+    assert cached["peak"] < 0.5 * converting["peak"], (cached, converting)
