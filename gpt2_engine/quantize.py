@@ -40,7 +40,7 @@ class Int8Linear(nn.Module):
         else:  # a decode step (one row, or two with the shadow context)
             y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales)
         if self.bias is not None:
-            y = y + self.bias
+            y.add_(self.bias)  # y is this call's own output: no second tensor
         return y.view(*x.shape[:-1], -1)
 
 

@@ -51,3 +51,18 @@ def test_memory_curves_show_tutorial_mode_holding_more_per_token(tiny_model_dir,
     assert runs["inference", "8"]["resets"] == 4 and runs["inference", "off"]["resets"] == 0
     assert runs["inference", "8"]["peak_kv_bytes"] < runs["inference", "off"]["peak_kv_bytes"]
     assert out.stdout.count("\n| inference |") == 2 and out.stdout.count("\n| tutorial |") == 2
+
+
+def test_the_decode_profile_lists_where_a_tokens_time_goes(tiny_model_dir) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.profile_step", str(tiny_model_dir), "int8", "--tokens", "3", "--rows", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "int8" in out.stdout and "ms a token" in out.stdout
+    operators = [line for line in out.stdout.splitlines() if line.startswith("| aten::")]
+    assert len(operators) == 5 and any("_weight_int8pack_mm" in line for line in operators)
