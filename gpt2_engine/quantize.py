@@ -82,6 +82,11 @@ class PackedLinear(nn.Module):
 _LAYER_MATRICES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # the order `_matrices` gives them in
 
 
+def _matrix_names(model: Any) -> list[str]:
+    """The names the weights cache keeps `_matrices` under, in the same order."""
+    return [f"{i}.{name}" for i in range(len(model.transformer.h)) for name in _LAYER_MATRICES] + ["lm_head"]
+
+
 def _matrices(model: Any):
     """(parent module, attribute name, weight as (out, in), bias) for every matrix a token reads."""
     for block in model.transformer.h:
@@ -115,11 +120,11 @@ def to_int8(model: Any, dtype: torch.dtype = torch.bfloat16, saved: dict[str, Te
     `saved`: the int8 matrices of an earlier conversion of this model (weights_cache; see `int8_fits`),
     used as they are, so the fp32 matrices are never read. Returns the int8 matrices by name, for the cache."""
     blocks: dict[int, Tensor] = {}  # one fp32 work buffer per input width, reused by every matrix
-    names = iter(f"{i}.{name}" for i in range(len(model.transformer.h)) for name in _LAYER_MATRICES)
+    names = iter(_matrix_names(model))
     converted: dict[str, Tensor] = {}
 
     def make(weight: Tensor, bias: Tensor | None) -> Int8Linear:
-        name = next(names, "lm_head")
+        name = next(names)
         if saved is not None:
             quantized, scales = saved[f"{name}.weight"], saved[f"{name}.scales"]
         else:
@@ -140,9 +145,8 @@ def to_int8(model: Any, dtype: torch.dtype = torch.bfloat16, saved: dict[str, Te
 
 def int8_fits(model: Any, saved: dict[str, Tensor], dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether saved int8 matrices have exactly this model's names, shapes and dtypes (reads no weights)."""
-    names = [f"{i}.{name}" for i in range(len(model.transformer.h)) for name in _LAYER_MATRICES] + ["lm_head"]
     expected = {}
-    for name, (_, _, weight, _) in zip(names, _matrices(model)):
+    for name, (_, _, weight, _) in zip(_matrix_names(model), _matrices(model)):
         expected[f"{name}.weight"] = (tuple(weight.shape), torch.int8)
         expected[f"{name}.scales"] = ((weight.shape[0],), dtype)
     return {key: (tuple(t.shape), t.dtype) for key, t in saved.items()} == expected

@@ -12,17 +12,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_benchmark_smoke_mode_writes_its_table_and_report(tmp_path) -> None:
-    report = tmp_path / "report.json"
+def run_module(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m <args>` from the project's root, offline; fails the test with its stderr if it fails."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.benchmark", "--smoke", "--precisions", "fp32,bf16,int8", "--out", str(report)],
+        [sys.executable, "-m", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_benchmark_smoke_mode_writes_its_table_and_report(tmp_path) -> None:
+    report = tmp_path / "report.json"
+    out = run_module("bench.benchmark", "--smoke", "--precisions", "fp32,bf16,int8", "--out", str(report))
     data = json.loads(report.read_text())
     assert [row["precision"] for row in data["rows"]] == ["fp32", "bf16", "int8"]
     for row in data["rows"]:
@@ -35,16 +41,17 @@ def test_benchmark_smoke_mode_writes_its_table_and_report(tmp_path) -> None:
 
 def test_memory_curves_show_tutorial_mode_holding_more_per_token(tiny_model_dir, tmp_path) -> None:
     out_file = tmp_path / "curves.json"
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.memory_curves", "--model", str(tiny_model_dir), "--tokens", "40"]
-        + ["--windows", "8,off", "--out", str(out_file)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    out = run_module(
+        "bench.memory_curves",
+        "--model",
+        str(tiny_model_dir),
+        "--tokens",
+        "40",
+        "--windows",
+        "8,off",
+        "--out",
+        str(out_file),
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     runs = {(r["mode"], r["window"]): r for r in json.loads(out_file.read_text())["runs"]}
     assert set(runs) == {("inference", "8"), ("inference", "off"), ("tutorial", "8"), ("tutorial", "off")}
     assert all(r["tokens"] == 40 and r["stop"] == "length" for r in runs.values())
@@ -54,15 +61,7 @@ def test_memory_curves_show_tutorial_mode_holding_more_per_token(tiny_model_dir,
 
 
 def test_the_decode_profile_lists_where_a_tokens_time_goes(tiny_model_dir) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.profile_step", str(tiny_model_dir), "int8", "--tokens", "3", "--rows", "5"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_module("bench.profile_step", str(tiny_model_dir), "int8", "--tokens", "3", "--rows", "5", timeout=300)
     assert "int8" in out.stdout and "ms a token" in out.stdout
     operators = [line for line in out.stdout.splitlines() if line.startswith("| aten::")]
     assert len(operators) == 5 and any("_weight_int8pack_mm" in line for line in operators)
