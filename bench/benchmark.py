@@ -22,8 +22,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 
 import gpt2_engine
 from bench.kernels import read_bandwidth
+from bench.peaks import fresh_python
 from bench.standin import build_standin
 from gpt2_engine import weights_cache
 from gpt2_engine.fast import FastContext
@@ -115,16 +114,9 @@ def run_seconds(engine: gpt2_engine.Engine, tokens: int, window: int | None, mod
 def fresh_process_peaks(model_dir: str, precision: str, device: str, tokens: int) -> dict:
     """Peak RSS (file-mapped weights included) and peak anonymous memory of a load and a `tokens` run with
     window 50, in a process of its own: in this one, earlier precisions' freed memory would blur the peak."""
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.peaks", model_dir, precision, device, str(tokens)],
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        check=False,
+    return fresh_python(
+        ["-m", "bench.peaks", model_dir, precision, device, str(tokens)], "the fresh-process memory run"
     )
-    if out.returncode != 0:
-        raise RuntimeError(f"the fresh-process memory run failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 AGREEMENT_IDS = [(i * 7919 + 13) % 50000 for i in range(128)]  # teacher-forced text for the agreement check

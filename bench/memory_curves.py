@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from bench.peaks import fresh_python
 
 ONE_RUN = """
 import json, sys, torch, gpt2_engine
@@ -46,15 +46,8 @@ def slope(values: list[int]) -> float:
 
 
 def run_one(model: str, dtype: str, window: str, tokens: int, autograd: bool) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", ONE_RUN, model, dtype, window, str(tokens), "1" if autograd else "0"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"the run (window {window}, autograd {autograd}) failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = ["-c", ONE_RUN, model, dtype, window, str(tokens), "1" if autograd else "0"]
+    return fresh_python(args, f"the run (window {window}, autograd {autograd})")
 
 
 def main() -> None:

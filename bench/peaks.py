@@ -11,9 +11,22 @@ included), the anonymous memory after, the engine's weight bytes and its largest
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fresh_python(args: list[str], what: str) -> dict:
+    """Runs `python <args>` in a process of its own (from the project's root) and returns the JSON object on
+    its last line of output; a failure raises with `what` failed and the end of its stderr."""
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def status(field: str) -> int:

@@ -85,18 +85,24 @@ print(count, held, float((xs * ys).sum() / (xs * xs).sum()))
 """
 
 
-@pytest.mark.parametrize("window", ["32", "off"])
-def test_a_5000_token_run_completes_with_flat_memory(tiny_model_dir, window) -> None:
-    """In a fresh process, so that what other tests left behind cannot move the process's memory."""
+def run_script(code: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -c code args` in a fresh process, offline; fails the test with its stderr if it fails."""
     out = subprocess.run(
-        [sys.executable, "-c", FLAT_MEMORY_RUN, str(tiny_model_dir), window],
+        [sys.executable, "-c", code, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("window", ["32", "off"])
+def test_a_5000_token_run_completes_with_flat_memory(tiny_model_dir, window) -> None:
+    """In a fresh process, so that what other tests left behind cannot move the process's memory."""
+    out = run_script(FLAT_MEMORY_RUN, str(tiny_model_dir), window)
     count, held, slope = out.stdout.split()
     assert int(count) == 5000 and int(held) <= 128
     # The run keeps its own token ids (the text stream's and the window's lists: measured 10-75 B a token);
@@ -215,15 +221,7 @@ def test_a_model_folder_cannot_point_the_loader_at_files_outside_it(tiny_model_d
     config = json.loads((folder / "config.json").read_text())
     config["_name_or_path"] = str(elsewhere)
     (folder / "config.json").write_text(json.dumps(config))
-    out = subprocess.run(
-        [sys.executable, "-c", FILES_OPENED, str(folder)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_script(FILES_OPENED, str(folder))
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert any(path.startswith(str(folder)) for path in seen["opened"])  # the watch saw the folder's own reads
     assert not [path for path in seen["opened"] if str(elsewhere) in path], seen["opened"]
