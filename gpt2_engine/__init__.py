@@ -9,7 +9,7 @@
 Knows nothing of Streamlit: the page (app.py) and the command line (python -m gpt2_engine) use it.
 """
 
-from .errors import ModelLoadError, NotEnoughMemoryError, SettingsError, StudioError
+from .errors import ModelLoadError, NotEnoughMemoryError, PrecisionUnavailableError, SettingsError, StudioError
 from .generation import STOP_REASONS, Candidate, Engine, Prompt, Step
 from .loading import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS, ModelShape, load
 from .scoring import Coherence, coherence
@@ -31,6 +31,7 @@ __all__ = [
     "ModelLoadError",
     "ModelShape",
     "NotEnoughMemoryError",
+    "PrecisionUnavailableError",
     "Prompt",
     "SettingsError",
     "Step",

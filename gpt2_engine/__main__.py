@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import StudioError
+from .fast import PROMPT_CHUNK
 from .generation import Step
 from .loading import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS
 from .memory import format_bytes
@@ -142,6 +143,12 @@ def candidates_line(step: Step, token_text: str) -> str:
     )
 
 
+def reading_progress(read: int, total: int) -> None:
+    """On stderr, for a phrase long enough to take a while: "[reading your phrase: 512 of 2,300 tokens]"."""
+    if total > PROMPT_CHUNK:
+        print(f"[reading your phrase: {read:,} of {total:,} tokens]", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import load  # after parsing, so --help and bad flags answer at once
@@ -151,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine = load(
             args.model, dtype=args.precision, device=args.device, progress=lambda m: print(f"[{m}]", file=sys.stderr)
         )
-        steps = engine.stream(args.prompt, settings)
+        steps = engine.stream(args.prompt, settings, on_prompt=reading_progress)
         print(args.prompt, end="", flush=True)
         last, peak_rss = None, 0
         for step in steps:
@@ -171,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"[{tokens} tokens in {last.elapsed_s:.1f} s: {tokens / last.elapsed_s:.1f} tokens/s, "
             f"peak memory {format_bytes(peak_rss)}, stopped by {last.stop_reason}, seed {last.seed}, "
-            f"{engine.name} {engine.precision} on {engine.device}]",
+            f"{engine.name} {engine.precision} on {engine.device}"
+            + (f"; auto is {engine.choice.why}" if engine.choice else "")
+            + "]",
             file=sys.stderr,
         )
     return 0

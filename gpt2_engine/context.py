@@ -14,11 +14,14 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from .fast import Progress
+
 
 class Context(Protocol):
     length: int  # tokens held (the positions the next token's key/value will follow)
 
-    def prime(self, ids: list[int]) -> Tensor: ...  # (vocab,) logits after the last id
+    def prime(self, ids: list[int], progress: Progress | None = None) -> Tensor: ...  # (vocab,) logits after the
+    # last id; `progress(read, total)` is called as the ids are read (a long prompt, in chunks)
 
     def append(self, token_id: int) -> Tensor: ...  # (vocab,) logits after this token
 
@@ -43,12 +46,15 @@ class KVCacheContext:
         self.length += len(ids)
         return out.logits[0, -1]  # (vocab,)
 
-    def prime(self, ids: list[int]) -> Tensor:
+    def prime(self, ids: list[int], progress: Progress | None = None) -> Tensor:
         from transformers import DynamicCache
 
         assert 0 < len(ids) <= self.model.config.n_positions, "the window logic keeps the context under the limit"
         self.cache, self.length = DynamicCache(config=self.model.config), 0
-        return self._forward(ids)
+        logits = self._forward(ids)  # in one pass, as the tutorial did
+        if progress is not None:
+            progress(len(ids), len(ids))
+        return logits
 
     def append(self, token_id: int) -> Tensor:
         assert self.length < self.model.config.n_positions, "position ids beyond the model's limit"

@@ -21,3 +21,7 @@ class ModelLoadError(StudioError):
 
 class NotEnoughMemoryError(ModelLoadError):
     """Loading (or running) would take more memory than the machine has available."""
+
+
+class PrecisionUnavailableError(ModelLoadError):
+    """The asked-for precision does not run on this machine's CPU or GPU. Says why, and what does."""

@@ -16,11 +16,15 @@ engine uses it only when asked (`engine.window_mode = "shadow"`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+PROMPT_CHUNK = 256  # tokens read in one forward pass: a 1024-token prompt reports progress 4 times
+Progress = Callable[[int, int], None]  # (prompt tokens read so far, of how many)
 
 
 class StaticKVCache:
@@ -41,24 +45,33 @@ class StaticKVCache:
         return 2 * layers * heads * head_dim * self.keys.element_size()
 
 
-def check_supported(model: Any) -> None:
-    """The fast forward implements GPT-2's standard attention only; these flags would change it."""
-    config = model.config
-    assert (
-        config.scale_attn_weights and not config.scale_attn_by_inverse_layer_idx and not config.reorder_and_upcast_attn
-    )
-    assert not getattr(config, "add_cross_attention", False)
+def unsupported_reason(config: Any) -> str | None:
+    """The fast forward implements GPT-2's standard attention only: what in `config` would change it, or None."""
+    if not config.scale_attn_weights:
+        return "scale_attn_weights is off"
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+        if getattr(config, flag, False):
+            return f"{flag} is on"
+    return None
+
+
+def supports(config: Any) -> bool:
+    return unsupported_reason(config) is None
 
 
 def forward(model: Any, cache: StaticKVCache, rows: list[int], tokens: Tensor) -> Tensor:
     """Reads `tokens` (len(rows), T) into the given cache rows, each after what the row holds already,
     and returns the next-token logits of each row: (len(rows), vocab).
 
-    Either one empty row and any T (a prefill), or any rows and T = 1 (a decode step)."""
+    Either one row and any T (a prefill, or a chunk of one after what the row holds), or any rows and
+    T = 1 (a decode step)."""
     transformer = model.transformer
     n_rows, T = tokens.shape
     starts = [cache.lengths[r] for r in rows]
-    assert T == 1 or starts == [0], "a prefill is one row from position 0; several rows decode one token each"
+    assert T == 1 or n_rows == 1, "a prefill (chunk) is one row; several rows decode one token each"
+    mask = None
+    if T > 1 and starts[0] > 0:  # a later chunk: token t sees what the row held and the chunk up to t
+        mask = torch.ones(T, starts[0] + T, dtype=torch.bool, device=tokens.device).tril(diagonal=starts[0])
     positions = torch.tensor([[s + t for t in range(T)] for s in starts], device=tokens.device)  # (R, T)
     x = transformer.wte(tokens) + transformer.wpe(positions)  # (R, T, E)
     n_head, head_dim = cache.keys.shape[2], cache.head_dim
@@ -77,7 +90,9 @@ def forward(model: Any, cache: StaticKVCache, rows: list[int], tokens: Tensor) -
                 cache.keys[layer, row, None, :, :end],
                 cache.values[layer, row, None, :, :end],
             )  # (1, H, end, D)
-            ys.append(F.scaled_dot_product_attention(q[i : i + 1], keys, values, is_causal=T > 1))  # (1, H, T, D)
+            ys.append(
+                F.scaled_dot_product_attention(q[i : i + 1], keys, values, attn_mask=mask, is_causal=T > 1 and mask is None)
+            )  # (1, H, T, D)
         y = ys[0] if n_rows == 1 else torch.cat(ys)  # (R, H, T, D)
         x = x + block.attn.c_proj(y.transpose(1, 2).reshape(n_rows, T, -1))
         x = x + block.mlp(block.ln_2(x))
@@ -90,7 +105,7 @@ class FastContext:
     """The `Context` of generation.py on the fast forward; with `window`, a shadow row spares each reset its prefill."""
 
     def __init__(self, model: Any, window: int | None = None):
-        check_supported(model)
+        assert supports(model.config), unsupported_reason(model.config)  # load() refuses such models
         self.model = model
         self.device = model.transformer.wte.weight.device
         self.shadowed = window is not None
@@ -103,7 +118,7 @@ class FastContext:
     def _ids(self, ids: list[int]) -> Tensor:
         return torch.tensor([ids], dtype=torch.long, device=self.device)
 
-    def prime(self, ids: list[int]) -> Tensor:
+    def prime(self, ids: list[int], progress: Progress | None = None) -> Tensor:
         if self.shadowed and self.shadow_ids == ids[:-1]:
             # the shadow holds all but the newest token: one decode step of both rows, then swap roles
             logits = forward(self.model, self.cache, [self.main, self.shadow], self._ids([ids[-1], ids[-1]]).T)[1]
@@ -111,7 +126,11 @@ class FastContext:
             self.resets_by_shadow += 1
         else:
             self.cache.lengths[self.main] = 0
-            logits = forward(self.model, self.cache, [self.main], self._ids(ids))[0]
+            for start in range(0, len(ids), PROMPT_CHUNK):  # a long prompt in chunks, so progress can be told
+                chunk = ids[start : start + PROMPT_CHUNK]
+                logits = forward(self.model, self.cache, [self.main], self._ids(chunk))[0]
+                if progress is not None:
+                    progress(start + len(chunk), len(ids))
         if self.shadowed:
             self.cache.lengths[self.shadow], self.shadow_ids = 0, []
         self.length = self.cache.lengths[self.main]

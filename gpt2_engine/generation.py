@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .autotune import Choice
 from .context import Context, KVCacheContext
 from .detokenize import REPLACEMENT, TextStream, byte_decoder
 from .errors import SettingsError
-from .fast import FastContext
+from .fast import FastContext, Progress
 from .loading import ModelShape
 from .memory import available_bytes, read_process_memory, release_freed_memory
 from .sampling import Distribution, choose, draw, new_generator
@@ -99,15 +100,23 @@ class Prompt:
 class Engine:
     """A loaded GPT-2 and its tokenizer, ready to stream text. Made by `gpt2_engine.load()`."""
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, shape: ModelShape, precision: str = "fp32"):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str,
+        shape: ModelShape,
+        precision: str = "fp32",
+        choice: Choice | None = None,
+    ):
         self.model, self.tokenizer, self.name, self.shape, self.precision = model, tokenizer, name, shape, precision
+        self.choice = choice  # how `auto` picked the precision (measured here), or None when it was asked for
         self.backend = "fast"  # "fast": fast.py's forward and static cache; "reference": transformers' own
-        # With a window: "reprime" (a prefill of the last N tokens at each reset) or "shadow" (a second row
-        # in every step that holds them already). Measured over 500 tokens with window 50 against window off
-        # (README, Performance), re-priming cost less everywhere: CPU fp32 +2.8% against +73% (MKL reads the
-        # Conv1D layout twice as slowly for two rows), bf16 +0.0% against +0.9%, int8 +3.9% against +12.6%,
-        # and less on an H200 too. The shadow row stays for the benchmark and for machines where it wins.
-        self.window_mode = "reprime"
+        # With a window: "reprime" (a prefill of the last N tokens at each reset, a pause in the stream) or
+        # "shadow" (a second row in every step that holds them already: no pause, but each step reads two
+        # rows). `auto` measures which (autotune.Choice.window_mode): the shadow where a second row costs
+        # almost nothing, as with q8's integer kernel; an asked-for precision re-primes.
+        self.window_mode = choice.window_mode if choice else "reprime"
         self.n_positions = shape.n_positions
         self.eos_token_id: int | None = tokenizer.eos_token_id
 
@@ -125,9 +134,10 @@ class Engine:
         tensors = {
             id(t): t for t in (*self.model.parameters(), *self.model.buffers())
         }  # parameters() skips tied copies
-        return sum(
+        held = sum(
             t.numel() * t.element_size() for t in tensors.values() if t.is_floating_point() or t.dtype == torch.int8
         )
+        return held + sum(getattr(m, "packed_bytes", 0) for m in self.model.modules())  # fbgemm's own (q8)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -150,11 +160,19 @@ class Engine:
         dropped = max(0, len(ids) - limit)
         return Prompt(ids[dropped:], dropped, text)
 
-    def stream(self, prompt: str, settings: GenerationSettings | None = None, **changes: Any) -> Iterator[Step]:
-        """Yields one Step per generated token. `changes` override fields of `settings`."""
+    def stream(
+        self,
+        prompt: str,
+        settings: GenerationSettings | None = None,
+        on_prompt: Progress | None = None,
+        **changes: Any,
+    ) -> Iterator[Step]:
+        """Yields one Step per generated token. `changes` override fields of `settings`.
+        `on_prompt(read, total)` is told how many prompt tokens the model has read, chunk by chunk, before
+        the first Step (a long phrase takes seconds to read)."""
         settings = self.settings_for(settings, **changes)
         seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        return self._stream(self.prepare_prompt(prompt, settings.window), settings, seed)
+        return self._stream(self.prepare_prompt(prompt, settings.window), settings, seed, on_prompt)
 
     def settings_for(self, settings: GenerationSettings | None = None, **changes: Any) -> GenerationSettings:
         """`settings` with `changes`, checked against this model (raises SettingsError)."""
@@ -167,7 +185,9 @@ class Engine:
             )
         return settings
 
-    def _stream(self, prompt: Prompt, settings: GenerationSettings, seed: int) -> Iterator[Step]:
+    def _stream(
+        self, prompt: Prompt, settings: GenerationSettings, seed: int, on_prompt: Progress | None = None
+    ) -> Iterator[Step]:
         start = time.perf_counter()
         generator = new_generator(seed)
         text = TextStream(self.tokenizer)
@@ -178,7 +198,7 @@ class Engine:
         # graph stays reachable from the cache and memory grows with the square of the context.
         context = KVCacheContext(self.model) if settings.autograd else self.new_context(settings.window)
         with torch.enable_grad() if settings.autograd else torch.inference_mode():
-            logits = context.prime(ids)
+            logits = context.prime(ids, on_prompt)
             reset = False
             for index in range(settings.max_new_tokens + settings.sentence_end_max_extra):
                 logits = logits.detach() if settings.autograd else logits

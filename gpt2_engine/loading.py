@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from . import quantize, weights_cache
-from .errors import ModelLoadError, NotEnoughMemoryError
+from . import autotune, capabilities, fast, quantize, weights_cache
+from .errors import ModelLoadError, NotEnoughMemoryError, PrecisionUnavailableError
 from .memory import GB, available_bytes, format_bytes
 
 DEFAULT_MODEL = "gpt2-xl"
@@ -25,7 +25,8 @@ DTYPES = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
     "int8": torch.bfloat16,
-}  # int8: weights; activations in bf16
+    "q8": torch.float32,
+}  # int8: weights; activations in bf16. q8: int8 weights, activations fp32, made 8-bit inside each matmul
 DTYPE_CHOICES = ("auto", *DTYPES)
 RUNTIME_OVERHEAD_BYTES = int(0.6 * GB)  # Python, torch, tokenizer and activations, measured ~0.4-0.5 GB
 
@@ -49,12 +50,13 @@ class ModelShape:
 
     def weight_bytes(self, precision: str) -> int:
         """Bytes of weights in memory at a precision (see DTYPES)."""
-        if precision != "int8":
+        if precision not in ("int8", "q8"):
             return self.parameters * DTYPES[precision].itemsize
         e, v = self.n_embd, self.vocab_size
         matrices = self.n_layer * 12 * e * e + v * e  # int8: the layers' matrices and the LM head's own copy
-        scales = self.n_layer * 9 * e + v  # one bf16 scale per output channel
-        return matrices + 2 * (self.parameters - self.n_layer * 12 * e * e + scales)  # the rest in bf16
+        scales = self.n_layer * 9 * e + v  # one scale per output channel
+        rest = DTYPES[precision].itemsize * (self.parameters - self.n_layer * 12 * e * e + scales)
+        return matrices + rest  # the rest in the activations' dtype
 
     def kv_bytes_per_token(self, precision: str) -> int:
         return 2 * self.n_layer * self.n_embd * DTYPES[precision].itemsize  # a key and a value per layer
@@ -104,19 +106,21 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: on a CPU with native bf16 (AVX-512 BF16 / AMX), int8 weights with bf16 activations: the
-    fastest here (2.0x fp32's decode speed, bf16 1.5x; README, Performance), a quarter of the memory, and,
-    once converted, the quickest to load (weights_cache). It changes the numbers a little more than bf16
-    (top-1 agreement with fp32 0.953 against 0.961 on the gpt2-xl stand-in); fp32 is the reference.
-    Elsewhere fp32. On a GPU, bf16 where it has it, else fp16. int8 kernels are CPU-only."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "int8" if quantize.can_int8() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    if precision not in DTYPES:
+    """An asked-for precision, checked against what runs on `device` (capabilities.py): one that does not
+    run is refused with the reason. `auto` on a GPU is bf16 where it has it, else fp16; on a CPU it stays
+    "auto" here, for `load()` to measure (autotune.py), or to read from an earlier measurement."""
+    if precision not in DTYPE_CHOICES:
         raise ModelLoadError(f"precision = {precision!r} is not allowed: use one of {', '.join(DTYPE_CHOICES)}.")
-    if precision == "int8" and device.type != "cpu":
-        raise ModelLoadError("precision = 'int8' runs on the CPU only: use bf16 or fp16 on a GPU.")
+    support = capabilities.supported(device)
+    if precision == "auto":
+        if device.type == "cpu":
+            return "auto"
+        return "bf16" if support["bf16"].runs else "fp16"
+    if not support[precision].runs:
+        runs = ", ".join(p for p, s in support.items() if s.runs)
+        raise PrecisionUnavailableError(
+            f"precision = {precision!r} does not run here: {support[precision].why}. Use auto or one of: {runs}."
+        )
     return precision
 
 
@@ -186,7 +190,7 @@ def check_memory(shape: ModelShape, precision: str, source: str, device: torch.d
     fits = [
         f"{name} in {p} ({format_bytes(k.shape.memory_needed(p))})"
         for name, k in KNOWN_MODELS.items()
-        for p in ("fp32", "bf16", "int8")
+        for p in ("fp32", "bf16", "q8", "int8")
         if k.shape.memory_needed(p) <= free
     ]
     suggestion = f"What fits now: {', '.join(fits[-3:])}." if fits else "No GPT-2 fits: close other programs."
@@ -205,11 +209,13 @@ def load(
     """Loads a GPT-2 and its tokenizer into an `Engine`.
 
     name_or_path: a known name (distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl), a hub id, or a
-    folder written by `save_pretrained()`. dtype: auto, fp32, bf16, fp16 or int8 (weights; CPU only).
+    folder written by `save_pretrained()`. dtype: auto, fp32, bf16, fp16 or int8 (weights; CPU only);
+    one that does not run on this machine is refused with the reason (PrecisionUnavailableError).
+    `auto` on a CPU is measured at the model's first load here and remembered (autotune.py).
     device: auto, cpu or cuda.
     progress: called with a short sentence at each phase (the page shows it).
     """
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoTokenizer
 
     from .generation import Engine
 
@@ -219,14 +225,64 @@ def load(
     precision = resolve_precision(dtype, torch_device)
     say(f"Reading the configuration of {name_or_path}")
     config, shape = read_shape(source, is_local)
-    check_memory(shape, precision, str(name_or_path), torch_device)
-    say(f"Loading {format_bytes(shape.weight_bytes(precision))} of weights ({precision})")
-    # int8 and packed bf16 on a CPU convert from the file's own (mapped) fp32, a matrix at a time
-    converts_itself = torch_device.type == "cpu" and (
-        precision == "int8" or (precision == "bf16" and quantize.can_pack())
-    )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except Exception as error:  # noqa: BLE001 - a damaged or partial download, in whatever form it fails
+        raise _damaged(source, error) from None
+
+    def load_at(precision: str):
+        return _load_model(source, is_local, config, shape, precision, torch_device, say)
+
+    choice, model = None, None
+    if precision == "auto":
+        choice_key = autotune.key(source, is_local)
+        choice = autotune.remembered(choice_key)
+        if choice is None:
+            candidates = _fitting(shape, capabilities.runnable(torch_device), str(name_or_path), torch_device)
+            choice, model = autotune.choose(candidates, load_at, autotune.check_ids(tokenizer, shape.vocab_size), say)
+            autotune.remember(choice_key, choice)
+        precision = choice.precision
+        say(f"auto is {choice.why}")
+    if model is None:
+        check_memory(shape, precision, str(name_or_path), torch_device)
+        model = load_at(precision)
+    say("Ready")
+    return Engine(model, tokenizer, name=str(name_or_path), shape=shape, precision=precision, choice=choice)
+
+
+def _fitting(shape: ModelShape, runnable: list[str], name: str, device: torch.device) -> list[str]:
+    """The precisions `auto` measures: those that run here and fit in memory (fp32 first: the reference)."""
+    fits = [p for p in runnable if device.type != "cpu" or shape.memory_needed(p) <= available_bytes()]
+    if "fp32" not in fits:  # no reference to check against: take the smallest that runs, unmeasured
+        smallest = min(runnable, key=shape.memory_needed)
+        check_memory(shape, smallest, name, device)
+        return [smallest]
+    return fits
+
+
+def _damaged(source: str, error: BaseException) -> ModelLoadError:
+    return ModelLoadError(
+        f"Found {source!r} but could not load it ({_first_line(error)}). The weights or tokenizer files may be "
+        "missing or damaged: download the model again, or save it again with `save_pretrained()`."
+    )
+
+
+def _load_model(
+    source: str,
+    is_local: bool,
+    config: object,
+    shape: ModelShape,
+    precision: str,
+    device: torch.device,
+    say: Callable[[str], None],
+):
+    """The model's weights at one precision, on `device`, in the layout its kernels read fastest."""
+    from transformers import GPT2LMHeadModel
+
+    say(f"Loading {format_bytes(shape.weight_bytes(precision))} of weights ({precision})")
+    # int8 and packed bf16 on a CPU convert from the file's own (mapped) fp32, a matrix at a time
+    converts_itself = device.type == "cpu" and precision in ("int8", "q8", "bf16")
+    try:
         model = GPT2LMHeadModel.from_pretrained(
             source,
             config=config,
@@ -234,18 +290,20 @@ def load(
             trust_remote_code=False,
         )
     except Exception as error:  # noqa: BLE001 - a damaged or partial download, in whatever form it fails
+        raise _damaged(source, error) from None
+    if not fast.supports(model.config):
         raise ModelLoadError(
-            f"Found {source!r} but could not load it ({_first_line(error)}). The weights or tokenizer files may be "
-            "missing or damaged: download the model again, or save it again with `save_pretrained()`."
-        ) from None
-    model.to(torch_device).eval()
-    if precision == "int8":
-        cache = weights_cache.cache_file(source, is_local, precision)
+            f"{source!r} is a GPT-2 with an attention variant GPT-2 Studio does not run "
+            f"({fast.unsupported_reason(model.config)}): use a standard GPT-2 model."
+        )
+    model.to(device).eval()
+    if precision in ("int8", "q8"):
+        cache = weights_cache.cache_file(source, is_local, "int8")  # one file for both: the same int8 matrices
         saved = weights_cache.load(cache)
         if saved is not None and not quantize.int8_fits(model, saved):
             saved = None  # another model's matrices under this name: convert (and save over them)
         say("Mapping the int8 weights converted earlier" if saved else "Converting the weights to int8, once")
-        converted = quantize.to_int8(model, saved=saved)
+        converted = quantize.to_q8(model, saved) if precision == "q8" else quantize.to_int8(model, saved=saved)
         if saved is None:
             say("Saving the int8 weights for the next load")
             weights_cache.save(cache, converted)
@@ -253,5 +311,4 @@ def load(
     elif converts_itself:
         say("Converting the weights to bf16")
         quantize.to_packed(model)
-    say("Ready")
-    return Engine(model, tokenizer, name=str(name_or_path), shape=shape, precision=precision)
+    return model

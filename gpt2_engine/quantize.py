@@ -9,6 +9,7 @@ through the swapped modules. Kernels are torch's own (`_weight_int8pack_mm`, one
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -114,16 +115,20 @@ def swap_matrices(model: Any, make: Any) -> None:
     release_freed_memory()  # the old matrices' pages: glibc would keep them for reuse that never comes
 
 
-def to_int8(model: Any, dtype: torch.dtype = torch.bfloat16, saved: dict[str, Tensor] | None = None) -> dict:
-    """int8 weights, activations in `dtype` (bf16): a quarter of fp32's bytes per token. The model may
-    come in fp32 straight from its memory-mapped file: each matrix is read once, block by block.
-    `saved`: the int8 matrices of an earlier conversion of this model (weights_cache; see `int8_fits`),
-    used as they are, so the fp32 matrices are never read. Returns the int8 matrices by name, for the cache."""
+def to_int8(
+    model: Any, dtype: torch.dtype = torch.bfloat16, saved: dict[str, Tensor] | None = None, linear: type = None
+) -> dict:
+    """int8 weights, activations in `dtype` (bf16 for Int8Linear, fp32 for Q8Linear): a quarter of fp32's
+    bytes per token. The model may come in fp32 straight from its memory-mapped file: each matrix is read
+    once, block by block. `saved`: the int8 matrices of an earlier conversion of this model (weights_cache;
+    see `int8_fits`), used as they are, so the fp32 matrices are never read. Returns the int8 matrices and
+    their fp32 scales by name, for the cache (Int8Linear and Q8Linear share one file)."""
+    linear = linear or Int8Linear
     blocks: dict[int, Tensor] = {}  # one fp32 work buffer per input width, reused by every matrix
     names = iter(_matrix_names(model))
     converted: dict[str, Tensor] = {}
 
-    def make(weight: Tensor, bias: Tensor | None) -> Int8Linear:
+    def make(weight: Tensor, bias: Tensor | None) -> nn.Module:
         name = next(names)
         if saved is not None:
             quantized, scales = saved[f"{name}.weight"], saved[f"{name}.scales"]
@@ -132,9 +137,8 @@ def to_int8(model: Any, dtype: torch.dtype = torch.bfloat16, saved: dict[str, Te
             if width not in blocks:
                 blocks[width] = torch.empty(1024, width)
             quantized, scales = quantize_rows(weight, blocks[width])
-            scales = scales.to(dtype)
         converted[f"{name}.weight"], converted[f"{name}.scales"] = quantized, scales
-        return Int8Linear(quantized, scales, None if bias is None else bias.detach().to(dtype))
+        return linear(quantized, scales.to(dtype), None if bias is None else bias.detach().to(dtype))
 
     swap_matrices(model, make)
     blocks.clear()
@@ -143,13 +147,62 @@ def to_int8(model: Any, dtype: torch.dtype = torch.bfloat16, saved: dict[str, Te
     return converted
 
 
-def int8_fits(model: Any, saved: dict[str, Tensor], dtype: torch.dtype = torch.bfloat16) -> bool:
+def int8_fits(model: Any, saved: dict[str, Tensor]) -> bool:
     """Whether saved int8 matrices have exactly this model's names, shapes and dtypes (reads no weights)."""
     expected = {}
     for name, (_, _, weight, _) in zip(_matrix_names(model), _matrices(model)):
         expected[f"{name}.weight"] = (tuple(weight.shape), torch.int8)
-        expected[f"{name}.scales"] = ((weight.shape[0],), dtype)
+        expected[f"{name}.scales"] = ((weight.shape[0],), torch.float32)
     return {key: (tuple(t.shape), t.dtype) for key, t in saved.items()} == expected
+
+
+class Q8Linear(nn.Module):
+    """y = x W^T + b with W in int8 per channel and x made 8-bit at each call, by fbgemm's dynamic linear:
+    integer products, which read the int8 weights faster than any kernel that keeps x in floating point
+    (README, Performance). Like llama.cpp's q8_0, which scales x per 32 values, x is scaled per row here:
+    fbgemm quantizes a whole call with one scale, so each row is divided by its own largest value first, and
+    a last row holding 1 and -1 pins the call's range to [-1, 1]. So a row's result does not depend on the
+    other rows of its call (the shadow row, a prompt's other tokens). On CPUs without VNNI, fbgemm's 8-bit
+    products can saturate, so x keeps 7 bits there (`reduce_range`), as torch's dynamic quantization does."""
+
+    def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None):
+        """weight: int8 (out, in); scales and bias: fp32."""
+        super().__init__()
+        zero = torch.zeros(weight.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are deprecated in torch: the probe notices removal
+            warnings.simplefilter("ignore", UserWarning)
+            quantized = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero, 0)
+        self.packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self.register_buffer("bias", None if bias is None else bias.float())
+        pin = torch.zeros(1, weight.shape[1])
+        pin[0, :2] = torch.tensor([1.0, -1.0])
+        self.register_buffer("pin", pin, persistent=False)
+        self.out_features = weight.shape[0]
+        self.packed_bytes = weight.numel() + 4 * self.out_features  # int8 matrix + fbgemm's column offsets
+        self.reduce_range = REDUCE_RANGE
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        peak = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)  # (R, 1)
+        unit = torch.cat((rows / peak, self.pin))  # (R + 1, in), every row within [-1, 1], the last one spanning it
+        y = torch.ops.quantized.linear_dynamic(unit, self.packed, self.reduce_range)[:-1].mul_(peak)
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def _has_vnni() -> bool:
+    from .capabilities import cpu_flags
+
+    return bool({"avx512_vnni", "avx_vnni", "avx512vnni"} & cpu_flags())
+
+
+REDUCE_RANGE = not _has_vnni()
+
+
+def to_q8(model: Any, saved: dict[str, Tensor] | None = None) -> dict:
+    """int8 weights packed for fbgemm, activations fp32 between the matrices and 8-bit inside them."""
+    return to_int8(model, torch.float32, saved, Q8Linear)
 
 
 def to_packed(model: Any, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -170,11 +223,3 @@ def to_packed(model: Any, dtype: torch.dtype = torch.bfloat16) -> None:
     scratch.clear()
     model.to(dtype)  # the rest; the packed matrices are bf16 already
     release_freed_memory()
-
-
-def can_pack() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-
-
-def can_int8() -> bool:
-    return hasattr(torch.ops.aten, "_weight_int8pack_mm")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from . import autotune, capabilities
 from .generation import Engine
 from .loading import KNOWN_MODELS, ModelShape, load, read_shape, resolve_device, resolve_name, resolve_precision
 
@@ -33,7 +34,7 @@ class LoadPlan:
     source: str  # what from_pretrained gets: a hub id or an absolute folder
     is_local: bool
     device: str  # "cpu" or "cuda"
-    precision: str  # "fp32", "bf16", "fp16" or "int8" ("auto" resolved)
+    precision: str  # "fp32", "bf16", "fp16" or "int8"; "auto" while it is still to be measured
     shape: ModelShape
     weight_bytes: int
     memory_needed_bytes: int  # weights + a full KV cache + the runtime
@@ -41,12 +42,18 @@ class LoadPlan:
 
 def plan_load(name_or_path: str, dtype: str = "auto", device: str = "auto") -> LoadPlan:
     """Known names need nothing read; a folder or hub id has its config (a few kB) read.
-    Raises ModelLoadError, with what to do, when the model cannot be found."""
+    `auto` on a CPU is the precision measured at an earlier load, if any; else it stays "auto" (measured at
+    the load), and the figures are those of the smallest precision that runs here.
+    Raises ModelLoadError, with what to do, when the model cannot be found or the precision does not run."""
     source, is_local = resolve_name(name_or_path)
     torch_device = resolve_device(device)
     precision = resolve_precision(dtype, torch_device)
     name = str(name_or_path).strip()
     shape = KNOWN_MODELS[name].shape if name in KNOWN_MODELS else read_shape(source, is_local)[1]
+    if precision == "auto":
+        choice = autotune.remembered(autotune.key(source, is_local))
+        precision = choice.precision if choice else "auto"
+    sized = precision if precision != "auto" else min(capabilities.runnable(torch_device), key=shape.weight_bytes)
     return LoadPlan(
         name=name,
         source=source,
@@ -54,8 +61,8 @@ def plan_load(name_or_path: str, dtype: str = "auto", device: str = "auto") -> L
         device=torch_device.type,
         precision=precision,
         shape=shape,
-        weight_bytes=shape.weight_bytes(precision),
-        memory_needed_bytes=shape.memory_needed(precision),
+        weight_bytes=shape.weight_bytes(sized),
+        memory_needed_bytes=shape.memory_needed(sized),
     )
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 ENV_CACHE = "GPT2_STUDIO_CACHE"
-FORMAT = 1  # bump when what is saved changes
+FORMAT = 2  # bump when what is saved changes (2: fp32 scales, shared by int8 and q8)
 LOG = logging.getLogger("gpt2_studio")
 
 
@@ -38,24 +38,33 @@ def weights_folder(source: str, is_local: bool) -> Path | None:
     """The folder that holds the model's weight files (a hub model's snapshot in the Hugging Face cache)."""
     if is_local:
         return Path(source)
-    from transformers.utils import cached_file
+    from huggingface_hub import try_to_load_from_cache
 
-    config = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False)
-    return Path(config).parent if config else None
+    config = try_to_load_from_cache(source, "config.json")  # looks in the local cache only: no network call
+    return Path(config).parent if isinstance(config, str) else None
 
 
-def cache_file(source: str, is_local: bool, precision: str) -> Path | None:
-    """The file for this model's weights at this precision, or None (cache off, or no weight files found)."""
-    folder, weights = cache_folder(), weights_folder(source, is_local)
-    if folder is None or weights is None:
+def weights_stamp(source: str, is_local: bool) -> tuple[str, list] | None:
+    """(the weights' folder, name, size and modification time of each weight file): what says that a model's
+    weights are the same as at an earlier load. None when no weight files are found."""
+    weights = weights_folder(source, is_local)
+    if weights is None:
         return None
     files = sorted(p for p in weights.iterdir() if p.suffix in (".safetensors", ".bin"))
     if not files:
         return None
-    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    model = hashlib.sha256(str(weights.resolve()).encode()).hexdigest()[:8]
-    version = hashlib.sha256(repr((stamp, precision, torch.__version__, FORMAT)).encode()).hexdigest()[:12]
-    return folder / f"{weights.name}-{model}-{precision}-{version}.pt"
+    return str(weights.resolve()), [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def cache_file(source: str, is_local: bool, precision: str) -> Path | None:
+    """The file for this model's weights at this precision, or None (cache off, or no weight files found)."""
+    folder, stamp = cache_folder(), weights_stamp(source, is_local)
+    if folder is None or stamp is None:
+        return None
+    weights, files = stamp
+    model = hashlib.sha256(weights.encode()).hexdigest()[:8]
+    version = hashlib.sha256(repr((files, precision, torch.__version__, FORMAT)).encode()).hexdigest()[:12]
+    return folder / f"{Path(weights).name}-{model}-{precision}-{version}.pt"
 
 
 def load(path: Path | None) -> dict[str, torch.Tensor] | None:

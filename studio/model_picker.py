@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import streamlit as st
 
 import gpt2_engine
+from gpt2_engine import capabilities
+from gpt2_engine.loading import resolve_device
 from gpt2_engine.memory import available_bytes, format_bytes
 from gpt2_engine.serving import LoadPlan, SharedModel, plan_load
 
@@ -26,6 +28,7 @@ PRECISION_LABELS = {
     "bf16": "bf16 (half the memory)",
     "fp16": "fp16 (half, GPU)",
     "int8": "int8 (a quarter, CPU)",
+    "q8": "q8 (a quarter, CPU; 8-bit math, as llama.cpp)",
 }
 LOG = logging.getLogger("gpt2_studio")
 
@@ -40,12 +43,20 @@ def start_model() -> str:
     return os.environ.get(ENV_MODEL, "").strip() or gpt2_engine.DEFAULT_MODEL
 
 
+def offered_precisions() -> list[str]:
+    """auto and the precisions that run on this machine's device (the others are named with their reason)."""
+    return ["auto", *capabilities.runnable(resolve_device("auto"))]
+
+
 def start_precision() -> str:
-    """GPT2_STUDIO_PRECISION, else auto; a value that is not a precision is said on the page, and auto used."""
+    """GPT2_STUDIO_PRECISION, else auto; a value that is not a precision here is said on the page, and auto used."""
     asked = os.environ.get(ENV_PRECISION, "").strip().lower()
-    if asked in gpt2_engine.DTYPE_CHOICES:
+    if asked in offered_precisions():
         return asked
-    if asked:
+    if asked in gpt2_engine.DTYPE_CHOICES:
+        why = capabilities.supported(resolve_device("auto"))[asked].why
+        st.warning(f"{ENV_PRECISION}={asked!r} does not run here: {why}. Starting with auto.", icon=":material/warning:")
+    elif asked:
         st.warning(
             f"{ENV_PRECISION}={asked!r} is not a precision: use one of {', '.join(gpt2_engine.DTYPE_CHOICES)}. "
             "Starting with auto.",
@@ -85,15 +96,19 @@ def pick_model() -> ModelChoice:
             help="A folder written by save_pretrained() (config.json, weights and tokenizer files), "
             "or a Hugging Face hub id such as openai-community/gpt2.",
         )
+    offered = offered_precisions()
     precision = st.selectbox(
         "Precision",
-        gpt2_engine.DTYPE_CHOICES,
-        index=gpt2_engine.DTYPE_CHOICES.index(start_precision()),
+        offered,
+        index=offered.index(start_precision()),
         format_func=lambda p: PRECISION_LABELS.get(p, p),
         key="precision",
         help="How many bits each weight takes. Fewer bits: less memory, often faster, slightly different text. "
-        "auto picks what runs best on this machine.",
+        "auto measures, at a model's first load, which one runs fastest here and still writes what fp32 would.",
     )
+    refused = [s for s in capabilities.supported(resolve_device("auto")).values() if not s.runs]
+    if refused:
+        st.caption("Not on this machine: " + " ".join(f"{s.why}." for s in refused))
     return ModelChoice(name.strip(), precision)
 
 
@@ -108,14 +123,20 @@ def shared_model(name: str, precision: str) -> SharedModel:
     return SharedModel(name, precision)
 
 
-def show_plan(plan: LoadPlan, loaded: bool) -> None:
-    """Device, precision and memory, in the sidebar, shown before the load starts."""
+def show_plan(plan: LoadPlan, engine: gpt2_engine.Engine | None) -> None:
+    """Device, precision and memory, in the sidebar: before the load from the plan, after it from the engine
+    (with how `auto` chose, when it did)."""
+    precision = engine.precision if engine else plan.precision
     st.markdown(
-        f"**Runs on** {plan.device.upper()} · **precision** {plan.precision}  \n"
-        f"**Weights** {format_bytes(plan.weight_bytes)} · **context** {plan.shape.n_positions} tokens  \n"
-        f"**Memory needed** about {format_bytes(plan.memory_needed_bytes)}"
-        + ("" if loaded else f" ({format_bytes(available_bytes())} free now)")
+        f"**Runs on** {plan.device.upper()} · **precision** "
+        f"{'auto, measured at this first load' if precision == 'auto' else precision}  \n"
+        f"**Weights** {format_bytes(engine.weight_bytes if engine else plan.weight_bytes)} · "
+        f"**context** {plan.shape.n_positions} tokens  \n"
+        f"**Memory needed** about {format_bytes(plan.shape.memory_needed(precision) if engine else plan.memory_needed_bytes)}"
+        + ("" if engine else f" ({format_bytes(available_bytes())} free now)")
     )
+    if engine is not None and engine.choice is not None:
+        st.caption(f"auto is {engine.choice.why}.")
 
 
 def load_model(choice: ModelChoice, sidebar, loading_box) -> gpt2_engine.Engine | None:
@@ -127,9 +148,15 @@ def load_model(choice: ModelChoice, sidebar, loading_box) -> gpt2_engine.Engine 
     try:
         plan = _plan(choice.name, choice.precision)
         shared = shared_model(choice.name, choice.precision)
-        with sidebar:
-            show_plan(plan, shared.loaded)
-        return _wait_for(shared, plan, loading_box)
+        shown = sidebar.empty()
+        with shown.container():
+            show_plan(plan, shared.wait(timeout_s=0) if shared.loaded else None)
+        engine = _wait_for(shared, plan, loading_box)
+        with shown.container():
+            show_plan(plan, engine)
+        return engine
+    except gpt2_engine.PrecisionUnavailableError as error:
+        st.error(f"**This precision does not run here.** {error}", icon=":material/error:")
     except gpt2_engine.StudioError as error:
         _cannot_load(choice, str(error))
     except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it

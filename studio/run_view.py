@@ -148,6 +148,10 @@ class RunView:
             f"Waiting for the model: {others} ahead of yours. It starts by itself.", icon=":material/hourglass_top:"
         )
 
+    def show_reading(self, read: int, total: int) -> None:
+        """While GPT-2 reads the phrase (a long one takes seconds): how far it has got."""
+        self.status.info(f"Reading your phrase: {read:,} of {total:,} tokens", icon=":material/menu_book:")
+
     def update(self, run: Run) -> None:
         now = time.monotonic()
         if now - self._text_at >= TEXT_EVERY_S:

@@ -112,7 +112,7 @@ def generate(
     try:
         with turn_queue().turn(waiting=view.show_waiting):
             view.show(run)
-            with closing(engine.stream(prompt, settings)) as steps:
+            with closing(engine.stream(prompt, settings, on_prompt=getattr(view, "show_reading", None))) as steps:
                 for step in steps:
                     st.session_state[RUN_KEY].steps.append(step)  # kept as it streams; Stop takes effect here
                     view.update(run)

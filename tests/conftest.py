@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import gpt2_engine  # noqa: E402
+from gpt2_engine import capabilities  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models gain nothing from threads, and lose a lot when the cores are busy
 
@@ -118,3 +119,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def engine(tiny_model_dir: Path) -> gpt2_engine.Engine:
     return gpt2_engine.load(str(tiny_model_dir), dtype="fp32", device="cpu")
+
+
+def runs_here(*precisions: str) -> list:
+    """Each precision as a parameter that skips, with the engine's own reason, where the engine refuses it."""
+    support = capabilities.supported("cpu")
+    return [
+        pytest.param(p, marks=pytest.mark.skipif(not support[p].runs, reason=f"the engine refuses it here: {support[p].why}"))
+        for p in precisions
+    ]

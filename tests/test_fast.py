@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import runs_here
 
 import gpt2_engine
 from gpt2_engine.context import KVCacheContext
@@ -81,10 +82,10 @@ def agreement(model_a, model_b, ids: list[int]) -> tuple[float, float]:
 
 
 # Stated tolerances on the tiny model: a broken kernel (wrong scale, transposed weight) fails these by far.
-PRECISION_BOUNDS = {"bf16": (0.95, 0.01), "int8": (0.90, 0.03)}
+PRECISION_BOUNDS = {"bf16": (0.95, 0.01), "int8": (0.90, 0.03), "q8": (0.90, 0.03)}
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", runs_here("bf16", "int8", "q8"))
 def test_low_precisions_agree_with_fp32(tiny_model_dir, engine, precision) -> None:
     low = gpt2_engine.load(str(tiny_model_dir), dtype=precision, device="cpu")
     assert low.precision == precision

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import runs_here
 
 from bench.standin import build_standin
 
@@ -42,7 +43,7 @@ def gpt2_standin(tmp_path_factory) -> Path:
     return build_standin("gpt2", tmp_path_factory.mktemp("gpt2-standin") / "gpt2")
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", runs_here("bf16", "int8"))
 def test_low_precision_loads_hold_no_fp32_copy_and_keep_only_their_weights(gpt2_standin, precision) -> None:
     measured = measure_load(gpt2_standin, precision)
     fp32_bytes = 124_439_808 * 4

@@ -1,0 +1,245 @@
+"""`auto` precision on a CPU: measured on this machine at a model's first load, then remembered.
+
+Which precision decodes fastest depends on the CPU (AVX2, AVX-512, native bf16, AMX, ARM) more than on
+anything the engine can know in advance. So at a model's first load with `auto`, every precision that
+runs here (capabilities.py) is loaded the way the engine loads it and decodes a short teacher-forced
+text through the engine's own fast forward: the median time of a step is its speed, and its next-token
+distributions against fp32's are its faithfulness (top-1 agreement and KL). The fastest one that stays
+faithful wins. The choice is kept in the weights cache folder under a key of the CPU (model name and
+flags), torch's version and the model's weight files, so later loads read it and measure nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import capabilities, weights_cache
+from .fast import FastContext
+
+FORMAT = 1  # bump when what a remembered choice means changes
+CHOICES_FILE = "auto-precision.json"
+MIN_TOP1 = 0.75  # a precision must pick fp32's most likely token this often on the check text (random weights'
+# flat distributions make top-1 fragile: KL is the sharper test) ...
+MAX_KL = 0.02  # ... and stay this close (nats) to fp32's distributions; a broken kernel is far beyond both
+CHECK_TEXT = "The old lighthouse keeper climbed the stairs every evening, lit the lamp, and watched the ships pass by."
+PRIME_TOKENS = 8  # read as a prompt first, so that the prompt's path (several rows) is checked too
+CHECK_STEPS = 16  # decode steps timed and compared per precision
+GIVE_UP_AFTER = 2  # steps: a precision this many steps slower than 1.5x the best so far is not finished
+SHADOW_AT_MOST = 1.05  # the shadow row is used where a two-row step costs at most this much of a one-row step
+LOG = logging.getLogger("gpt2_studio")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One precision as measured here: its decode step and how closely it follows fp32."""
+
+    precision: str
+    step_s: float  # median seconds of a decode step (one token, the whole model)
+    top1: float | None = None  # share of steps whose most likely token is fp32's; None: not checked
+    kl: float | None = None  # mean KL(fp32 || this), nats
+    note: str = ""  # why it was not checked, or why it failed
+
+    @property
+    def faithful(self) -> bool:
+        if self.precision == "fp32":
+            return True  # the reference
+        return self.top1 is not None and self.kl is not None and self.top1 >= MIN_TOP1 and self.kl <= MAX_KL
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `auto` resolved to on this machine, and the measurements behind it."""
+
+    precision: str
+    trials: tuple[Trial, ...]
+    measured_now: bool  # False: read from an earlier load's measurement
+    shadow_step_s: float = math.inf  # the winner's step with the window's shadow row beside it (two rows)
+
+    @property
+    def window_mode(self) -> str:
+        """"shadow" where the second row costs (almost) nothing, so window resets cost no prefill and the
+        stream never pauses; else "reprime" (a prefill of the last N tokens at each reset)."""
+        step = next(t.step_s for t in self.trials if t.precision == self.precision)
+        return "shadow" if self.shadow_step_s <= SHADOW_AT_MOST * step else "reprime"
+
+    @property
+    def why(self) -> str:
+        """In words: "int8: 3.2x fp32's speed here, measured at first load"."""
+        when = "measured at this first load" if self.measured_now else "measured at this model's first load here"
+        by_name = {t.precision: t for t in self.trials}
+        if self.precision == "fp32" or "fp32" not in by_name:
+            others = [t.precision for t in self.trials if t.precision != "fp32"]
+            return f"{self.precision}: the fastest faithful precision here" + (
+                f" ({', '.join(others)} were slower or less faithful), {when}" if others else f", {when}"
+            )
+        ratio = by_name["fp32"].step_s / by_name[self.precision].step_s
+        return f"{self.precision}: {ratio:.1f}x fp32's speed here, {when}"
+
+
+def pick(trials: list[Trial]) -> str:
+    """The fastest faithful precision (fp32, the reference, is always faithful)."""
+    faithful = [t for t in trials if t.faithful and math.isfinite(t.step_s)]
+    if not faithful:
+        raise ValueError("no precision was measured: at least fp32 must be")
+    return min(faithful, key=lambda t: t.step_s).precision
+
+
+def check_ids(tokenizer: Any, vocab_size: int) -> list[int]:
+    """The teacher-forced text, PRIME_TOKENS + CHECK_STEPS ids (repeated if the tokenizer makes fewer)."""
+    ids = [i % vocab_size for i in tokenizer.encode(CHECK_TEXT)] or [0]
+    while len(ids) < PRIME_TOKENS + CHECK_STEPS:
+        ids = ids + ids
+    return ids[: PRIME_TOKENS + CHECK_STEPS]
+
+
+def decode_steps(
+    model: Any, ids: list[int], stop_after_s: float = math.inf, rows: int = 1
+) -> tuple[list[float], list[torch.Tensor]]:
+    """Reads the first PRIME_TOKENS of `ids` as a prompt, then the rest a token at a time, through the fast
+    forward: each step's seconds and the next-token log-probs after the prompt and after each step.
+    Stops early once GIVE_UP_AFTER steps each took longer than `stop_after_s`. `rows=2`: with the window's
+    shadow row beside the main one (each step then reads two rows)."""
+    seconds, log_probs = [], []
+    with torch.inference_mode():
+        context = FastContext(model, window=len(ids) if rows == 2 else None)
+        logits = context.prime(ids[:PRIME_TOKENS])
+        for token in ids[PRIME_TOKENS:]:
+            log_probs.append(logits.float().log_softmax(-1))
+            start = time.perf_counter()
+            logits = context.append(token)
+            seconds.append(time.perf_counter() - start)
+            if len(seconds) >= GIVE_UP_AFTER and min(seconds[-GIVE_UP_AFTER:]) > stop_after_s:
+                break
+        log_probs.append(logits.float().log_softmax(-1))
+    return seconds, log_probs
+
+
+def step_seconds(seconds: list[float]) -> float:
+    """The median step, the first two left out (they page in the weights and warm the kernels)."""
+    return statistics.median(seconds[2:] if len(seconds) > 4 else seconds)
+
+
+def choose(
+    candidates: list[str],
+    load_at: Callable[[str], Any],
+    ids: list[int],
+    say: Callable[[str], None] = lambda message: None,
+) -> tuple[Choice, Any]:
+    """Measures the candidates (see `measure`), picks the fastest faithful one, and times its steps with the
+    shadow row too, which says the window mode. Returns the choice and the winner's model."""
+    trials, model = measure(candidates, load_at, ids, say)
+    seconds, _ = decode_steps(model, ids, rows=2)
+    return Choice(pick(trials), tuple(trials), measured_now=True, shadow_step_s=step_seconds(seconds)), model
+
+
+def measure(
+    candidates: list[str],
+    load_at: Callable[[str], Any],
+    ids: list[int],
+    say: Callable[[str], None] = lambda message: None,
+) -> tuple[list[Trial], Any]:
+    """Loads each candidate precision with `load_at(precision)`, times its decode steps and compares them
+    with fp32's (measured first). Returns the trials and the winner's model (the others are freed)."""
+    order = ["fp32", *(p for p in candidates if p != "fp32")]
+    trials: list[Trial] = []
+    reference: list[torch.Tensor] = []
+    best: tuple[float, Any] = (math.inf, None)
+    for number, precision in enumerate(order, 1):
+        say(f"Measuring {precision} on this CPU ({number} of {len(order)}), once for this model")
+        model = load_at(precision)
+        seconds, log_probs = decode_steps(model, ids, stop_after_s=1.5 * best[0])
+        step_s = step_seconds(seconds)
+        if precision == "fp32":
+            reference, trial = log_probs, Trial(precision, step_s)
+        elif len(log_probs) < len(reference) or step_s >= best[0]:
+            trial = Trial(precision, step_s, note="slower than a faithful precision measured before it")
+        else:
+            trial = Trial(precision, step_s, *agreement(reference, log_probs))
+        trials.append(trial)
+        LOG.info("auto precision: %s", trial)
+        if trial.faithful and step_s < best[0]:
+            best = (step_s, model)
+        del model
+    return trials, best[1]
+
+
+def agreement(reference: list[torch.Tensor], other: list[torch.Tensor]) -> tuple[float, float]:
+    """(top-1 agreement, mean KL(reference || other)) over matching steps of log-probabilities."""
+    ref, oth = torch.stack(reference), torch.stack(other[: len(reference)])
+    top1 = float((ref.argmax(-1) == oth.argmax(-1)).float().mean())
+    kl = float((ref.exp() * (ref - oth)).sum(-1).mean())
+    return top1, kl
+
+
+# Remembering: one JSON file in the weights cache folder, one entry per machine, torch and model.
+
+
+def key(source: str, is_local: bool) -> str | None:
+    """What a measurement depends on: the CPU, torch, and the model's weight files (None: cannot tell)."""
+    stamp = weights_cache.weights_stamp(source, is_local)
+    if stamp is None:
+        return None
+    machine = (capabilities.cpu_name(), sorted(capabilities.cpu_flags()), os.cpu_count(), torch.get_num_threads())
+    return hashlib.sha256(repr((machine, torch.__version__, stamp, FORMAT)).encode()).hexdigest()[:20]
+
+
+def _choices_path() -> Path | None:
+    folder = weights_cache.cache_folder()
+    return None if folder is None else folder / CHOICES_FILE
+
+
+def _read_all(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remembered(choice_key: str | None) -> Choice | None:
+    """The choice measured earlier under this key, or None (never measured, cache off, unreadable)."""
+    path = _choices_path()
+    if choice_key is None or path is None:
+        return None
+    entry = _read_all(path).get(choice_key)
+    try:
+        trials = tuple(Trial(**trial) for trial in entry["trials"])
+        choice = Choice(entry["precision"], trials, measured_now=False, shadow_step_s=entry["shadow_step_s"])
+    except (TypeError, KeyError):
+        return None
+    usable = capabilities.runnable("cpu")
+    return choice if choice.precision in usable else None
+
+
+def remember(choice_key: str | None, choice: Choice) -> None:
+    path = _choices_path()
+    if choice_key is None or path is None:
+        return
+    data = _read_all(path)
+    data[choice_key] = {
+        "precision": choice.precision,
+        "trials": [asdict(t) for t in choice.trials],
+        "shadow_step_s": choice.shadow_step_s,
+        "cpu": capabilities.cpu_name(),
+        "torch": torch.__version__,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(data, indent=1))
+        os.replace(temporary, path)
+    except OSError as error:  # a read-only cache: the next load measures again
+        LOG.warning("could not remember the auto precision in %s (%s)", path, error)

@@ -1,0 +1,110 @@
+"""A long phrase is read in chunks that report progress; a window reset with the shadow row costs one ordinary
+step (no pause in the stream); q8's rows do not change each other, so the shadow row leaves the text alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import runs_here
+
+import gpt2_engine
+from gpt2_engine import fast
+from gpt2_engine.autotune import Choice, Trial
+from gpt2_engine.quantize import Q8Linear, quantize_rows
+
+LONG = "The cat sat on the mat. Hello world! Is it raining? Yes, it is. Once upon a time there was a model. " * 3
+
+
+def test_a_long_prompt_is_read_in_chunks_that_report_progress_in_order(engine, monkeypatch) -> None:
+    monkeypatch.setattr(fast, "PROMPT_CHUNK", 16)
+    reports: list[tuple[int, int]] = []
+    chunked = list(engine.stream(LONG, on_prompt=lambda read, total: reports.append((read, total)), **SETTINGS))
+    total = chunked[0].prompt_tokens
+    assert total > 3 * 16
+    assert reports == [(min(end, total), total) for end in range(16, total + 16, 16)]
+    monkeypatch.setattr(fast, "PROMPT_CHUNK", 10_000)  # the same prompt in one pass: the same tokens
+    assert [s.token_id for s in engine.stream(LONG, **SETTINGS)] == [s.token_id for s in chunked]
+
+
+def test_chunked_logits_equal_one_pass(engine, monkeypatch) -> None:
+    ids = engine.tokenizer.encode(LONG)[:90]
+    with torch.inference_mode():
+        whole = fast.FastContext(engine.model).prime(ids)
+        monkeypatch.setattr(fast, "PROMPT_CHUNK", 7)
+        torch.testing.assert_close(fast.FastContext(engine.model).prime(ids), whole, rtol=1e-4, atol=1e-4)
+
+
+SETTINGS = dict(max_new_tokens=60, window=None, sampler="greedy", stop_at_eos=False, seed=0)
+
+
+def forward_sizes(engine, monkeypatch, window_mode: str, window: int) -> list[list[tuple[int, int]]]:
+    """The (rows, tokens) of every forward pass, grouped by the Step that followed them."""
+    calls: list[tuple[int, int]] = []
+    real = fast.forward
+
+    def counting(model, cache, rows, tokens):
+        calls.append(tuple(tokens.shape))
+        return real(model, cache, rows, tokens)
+
+    monkeypatch.setattr(fast, "forward", counting)
+    monkeypatch.setattr(engine, "window_mode", window_mode)
+    per_step = []
+    for _ in engine.stream("The cat sat on the mat", **{**SETTINGS, "window": window}):
+        per_step.append(list(calls))
+        calls.clear()
+    return per_step
+
+
+def test_with_the_shadow_row_every_reset_costs_one_ordinary_step(engine, monkeypatch) -> None:
+    per_step = forward_sizes(engine, monkeypatch, "shadow", window=8)
+    assert per_step[0] == [(1, len(engine.tokenizer.encode("The cat sat on the mat")))]  # the prompt
+    assert all(calls == [(2, 1)] for calls in per_step[1:])  # then one two-row, one-token pass a token
+    assert sum(1 for calls in per_step[1:] if calls) == len(per_step) - 1
+
+
+def test_a_plain_re_prime_reads_the_window_at_once(engine, monkeypatch) -> None:
+    per_step = forward_sizes(engine, monkeypatch, "reprime", window=8)
+    assert [calls for calls in per_step[1:] if calls != [(1, 1)]] == [[(1, 8)]] * ((len(per_step) - 1) // 8)
+
+
+def test_shadow_and_re_prime_write_the_same_tokens(engine, monkeypatch) -> None:
+    monkeypatch.setattr(engine, "window_mode", "shadow")
+    shadow = [s.token_id for s in engine.stream("The cat", **{**SETTINGS, "window": 5})]
+    monkeypatch.setattr(engine, "window_mode", "reprime")
+    assert shadow == [s.token_id for s in engine.stream("The cat", **{**SETTINGS, "window": 5})]
+
+
+def test_auto_takes_the_shadow_row_only_where_a_second_row_is_almost_free() -> None:
+    trials = (Trial("fp32", 0.30), Trial("q8", 0.10, 1.0, 0.0))
+    assert Choice("q8", trials, True, shadow_step_s=0.102).window_mode == "shadow"
+    assert Choice("q8", trials, True, shadow_step_s=0.130).window_mode == "reprime"
+
+
+@pytest.mark.parametrize("precision", runs_here("q8"))
+def test_q8_rows_do_not_change_each_other(precision) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(48, 64) * 0.05
+    layer = Q8Linear(*quantize_rows(weight), torch.randn(48))
+    x = torch.randn(3, 64)
+    x[1] *= 40  # a row far larger than the others: with one scale per call it would coarsen theirs
+    with torch.inference_mode():
+        alone = torch.cat([layer(x[i : i + 1]) for i in range(3)])
+        together = layer(x)
+    assert torch.equal(alone, together)
+    exact = x @ weight.T + layer.bias
+    assert ((together - exact).norm(dim=1) / exact.norm(dim=1)).max() < 0.03
+
+
+@pytest.mark.parametrize("precision", runs_here("q8"))
+def test_q8_follows_fp32_and_its_shadow_row_leaves_the_text_alone(tiny_model_dir, engine, precision) -> None:
+    low = gpt2_engine.load(str(tiny_model_dir), dtype=precision, device="cpu")
+    prompt = "The cat sat on the mat"
+    assert low.weight_bytes < 0.75 * engine.weight_bytes
+    same = [s.token_id for s in low.stream(prompt, **{**SETTINGS, "window": 64})]
+    low.window_mode = "shadow"  # a window longer than the run never resets: only the second row differs
+    assert [s.token_id for s in low.stream(prompt, **{**SETTINGS, "window": 64})] == same
+    with torch.inference_mode():
+        ids = engine.tokenizer.encode(LONG)[:60]
+        a = engine.model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        b = low.model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    assert float((a.exp() * (a - b)).sum(-1).mean()) < 0.03
