@@ -2,7 +2,7 @@
 
     streamlit run app.py
     GPT2_STUDIO_MODEL=gpt2 streamlit run app.py          # start with another model (a name or a folder)
-    GPT2_STUDIO_PRECISION=fp32 streamlit run app.py      # ... or at another precision (auto, fp32, bf16, fp16, int8)
+    GPT2_STUDIO_PRECISION=fp32 streamlit run app.py      # ... or at another precision (auto, fp32, bf16, fp16, int8, q8)
 
 Layout and wiring only, top to bottom: the parts live in studio/, the work in gpt2_engine/.
 """

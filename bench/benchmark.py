@@ -1,15 +1,19 @@
-"""The benchmark: the engine against transformers' `generate()` on the same weights, in one process.
+"""The benchmark: the engine against transformers' `generate()` on the same weights, and llama.cpp beside them.
 
-For each precision it loads the model (first and second load: int8's first converts the weights and saves
-them in a weights cache of the run's own, its second maps that file), probes the machine's read bandwidth
-right before each timing, and measures: decode tokens/s (median per-token time after warm-up) for
-the engine and for `model.generate()` in alternating rounds, each as a share of the bandwidth
-ceiling (weight bytes x tokens/s / bandwidth); prefill tokens/s for prompts of 20, 200 and 1000
-tokens; time to first token; the window's cost (the same run with window 50, by shadow row and by
-re-prime, and with the window off); peak RSS and its anonymous part; teacher-forced agreement with
-fp32 (top-1 and KL). Prints a Markdown table and writes a JSON report with the machine's facts.
+For every precision that runs on this machine (gpt2_engine.capabilities) it loads the model (first and second
+load: int8's and q8's first converts the weights into a weights cache of the run's own, the second maps it),
+probes the machine's read bandwidth right before each timing, and measures: decode tokens/s (median per-token
+time after warm-up) for the engine and for `model.generate()` in alternating rounds, each as a share of the
+bandwidth ceiling (weight bytes x tokens/s / bandwidth); prefill tokens/s for prompts of 20, 200 and 1000
+tokens; time to first token; the window's cost (window 50 against off over 200 tokens, by re-prime and by
+shadow row); the gaps between tokens with window 20 over 300 tokens (median and longest: the pause a room
+sees at a reset); peak RSS and its anonymous part in a fresh process; teacher-forced agreement with fp32
+(top-1 and KL). Then what `auto` picks, measured as at a first load. With llama-cpp-python installed and
+its converter named (--llama-convert), llama.cpp's q8_0 and f16 of the same weights are rows of the table.
+Prints a Markdown table, the CPU and its flags, and writes a JSON report.
 
-    python -m bench.benchmark --model bench/models/gpt2-xl --precisions fp32,bf16,int8
+    python -m bench.benchmark --model bench/models/gpt2-xl
+    python -m bench.benchmark --llama-convert /path/to/llama-cpp-python/vendor/llama.cpp/convert_hf_to_gguf.py
     python -m bench.benchmark --smoke          # a tiny stand-in, a few tokens: checks it all runs
 """
 
@@ -30,9 +34,10 @@ import torch
 
 import gpt2_engine
 from bench.kernels import read_bandwidth
+from bench.llama_peer import measure_llama
 from bench.peaks import fresh_python
 from bench.standin import build_standin
-from gpt2_engine import weights_cache
+from gpt2_engine import capabilities, weights_cache
 from gpt2_engine.fast import FastContext
 from gpt2_engine.memory import read_process_memory
 
@@ -102,13 +107,20 @@ def prefill(engine: gpt2_engine.Engine, length: int, repeats: int) -> float:
     return statistics.median(times[1:])
 
 
-def run_seconds(engine: gpt2_engine.Engine, tokens: int, window: int | None, mode: str) -> float:
+def run_steps(engine: gpt2_engine.Engine, tokens: int, window: int | None, mode: str) -> list[float]:
+    """The time each token arrived (s since the stream started), greedy from "The", in a window mode."""
     before, engine.window_mode = engine.window_mode, mode
     try:
         steps = engine.stream("The", max_new_tokens=tokens, window=window, sampler="greedy", stop_at_eos=False, seed=0)
-        return [step.elapsed_s for step in steps][-1]
+        return [step.elapsed_s for step in steps]
     finally:
         engine.window_mode = before
+
+
+def gaps(times: list[float]) -> tuple[float, float]:
+    """(median, longest) gap between two tokens: the longest is the pause a room sees."""
+    between = [b - a for a, b in zip(times, times[1:])]
+    return statistics.median(between), max(between)
 
 
 def fresh_process_peaks(model_dir: str, precision: str, device: str, tokens: int) -> dict:
@@ -174,9 +186,12 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
     )
     row["time_to_first_token_s"] = first.elapsed_s
     if args.window_tokens and precision in args.window_precisions:
-        row["window_off_s"] = run_seconds(engine, args.window_tokens, None, "shadow")
-        row["window_50_shadow_s"] = run_seconds(engine, args.window_tokens, 50, "shadow")
-        row["window_50_reprime_s"] = run_seconds(engine, args.window_tokens, 50, "reprime")
+        row["window_off_s"] = run_steps(engine, args.window_tokens, None, "reprime")[-1]
+        row["window_50_shadow_s"] = run_steps(engine, args.window_tokens, 50, "shadow")[-1]
+        row["window_50_reprime_s"] = run_steps(engine, args.window_tokens, 50, "reprime")[-1]
+    if args.gap_tokens and precision in args.window_precisions:
+        for mode in ("reprime", "shadow"):
+            row[f"gap_20_{mode}_median_s"], row[f"gap_20_{mode}_max_s"] = gaps(run_steps(engine, args.gap_tokens, 20, mode))
     memory = read_process_memory()
     row["rss_bytes"], row["anon_bytes"] = memory.rss_bytes, memory.anon_bytes
     if args.peak_tokens:
@@ -196,59 +211,86 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
     return row
 
 
+def _cell(row: dict, key: str, form: str, scale: float = 1.0) -> str:
+    return format(row[key] * scale, form) if key in row else "-"
+
+
 def table(rows: list[dict]) -> str:
-    head = "| precision | engine tok/s | generate() tok/s | vs generate() same precision | vs generate() fp32 | ceiling tok/s | engine % of ceiling | generate() % of ceiling | prefill tok/s | first token s | window run s: off / 50 shadow / 50 re-prime | load s: 1st / 2nd | RSS GB (anon) after | fresh process: peak RSS / anon GB, bound | top-1 / KL vs fp32 | greedy = generate() |"
+    """One line per precision (and per llama.cpp GGUF): ratios are to generate() fp32 and to llama.cpp q8_0."""
+    head = (
+        "| precision | decode tok/s | vs generate() fp32 | vs llama.cpp q8_0 | generate() same precision | "
+        "% of ceiling | prefill tok/s 20/200/1000 | first token s | window 20, gap ms median / longest: "
+        "re-prime, shadow | window 50 vs off, time: re-prime / shadow | load s 1st / 2nd | "
+        "peak RSS GB (anon) | top-1 / KL vs fp32 | greedy = generate() |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     fp32 = next((r["generate_tok_s"] for r in rows if r["precision"] == "fp32"), None)
+    q8_0 = next((r["engine_tok_s"] for r in rows if r["precision"] == "llama.cpp q8_0" and "engine_tok_s" in r), None)
     for r in rows:
+        if "unavailable" in r or "refused" in r:
+            lines.append(f"| {r['precision']} | {r.get('unavailable') or r.get('refused')} |" + " |" * 12)
+            continue
+        tok_s = r["engine_tok_s"]
+        gap = (
+            f"{r['gap_20_reprime_median_s'] * 1e3:.0f} / {r['gap_20_reprime_max_s'] * 1e3:.0f} "
+            f"({r['gap_20_reprime_max_s'] / r['gap_20_reprime_median_s']:.1f}x), "
+            f"{r['gap_20_shadow_median_s'] * 1e3:.0f} / {r['gap_20_shadow_max_s'] * 1e3:.0f} "
+            f"({r['gap_20_shadow_max_s'] / r['gap_20_shadow_median_s']:.1f}x)"
+            if "gap_20_shadow_max_s" in r
+            else "-"
+        )
         window = (
-            f"{r['window_off_s']:.1f} / {r['window_50_shadow_s']:.1f} / {r['window_50_reprime_s']:.1f}"
+            f"{r['window_50_reprime_s'] / r['window_off_s'] - 1:+.1%} / {r['window_50_shadow_s'] / r['window_off_s'] - 1:+.1%}"
             if "window_off_s" in r
             else "-"
         )
-        peaks = (
-            f"{r['peak_rss_bytes'] / 1e9:.2f} / {r['peak_anon_bytes'] / 1e9:.2f}, "
-            f"{(r['weight_bytes'] + r['peak_kv_bytes'] + 0.5e9) / 1e9:.2f}"
+        peak = (
+            f"{r['peak_rss_bytes'] / 1e9:.2f}" + (f" ({r['peak_anon_bytes'] / 1e9:.2f})" if "peak_anon_bytes" in r else "")
             if "peak_rss_bytes" in r
             else "-"
         )
         agree = f"{r['top1_agreement']:.3f} / {r['kl_vs_fp32']:.4f}" if "top1_agreement" in r else "-"
-        prefills = "/".join(f"{r[k]:.0f}" for k in r if k.startswith("prefill_"))
+        prefills = "/".join(f"{r[f'prefill_{n}_tok_s']:.0f}" for n in (20, 200, 1000) if f"prefill_{n}_tok_s" in r)
+        ratios = [
+            f"{tok_s / base:.2f}x" if base else "-"
+            for base in (fp32, q8_0, r.get("generate_tok_s"), r.get("ceiling_tok_s"))
+        ]
+        ratios[3] = f"{tok_s / r['ceiling_tok_s']:.0%}" if "ceiling_tok_s" in r else "-"
+        greedy = f"{r['greedy_tokens_equal']}/{r['greedy_tokens_compared']}" if "greedy_tokens_equal" in r else "-"
         lines.append(
-            f"| {r['precision']} | {r['engine_tok_s']:.2f} | {r['generate_tok_s']:.2f} | {r['engine_tok_s'] / r['generate_tok_s']:.2f}x | "
-            f"{(r['engine_tok_s'] / fp32) if fp32 else float('nan'):.2f}x | "
-            f"{r['ceiling_tok_s']:.2f} | {r['engine_tok_s'] / r['ceiling_tok_s']:.0%} | {r['generate_tok_s'] / r['ceiling_tok_s']:.0%} | {prefills} | "
-            f"{r['time_to_first_token_s']:.2f} | {window} | {r['first_load_s']:.1f} / {r['second_load_s']:.1f} | "
-            f"{r['rss_bytes'] / 1e9:.2f} ({r['anon_bytes'] / 1e9:.2f}) | {peaks} | {agree} | {r['greedy_tokens_equal']}/{r['greedy_tokens_compared']} |"
+            f"| {r['precision']} | {tok_s:.2f} | {' | '.join(ratios)} | {prefills or '-'} | "
+            f"{_cell(r, 'time_to_first_token_s', '.2f')} | {gap} | {window} | "
+            f"{_cell(r, 'first_load_s', '.1f')} / {_cell(r, 'second_load_s', '.1f')} | {peak} | {agree} | {greedy} |"
         )
     return "\n".join(lines)
 
 
 def machine_facts() -> dict:
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else platform.processor()
-    )
     import transformers
 
     return {
-        "cpu": cpu,
+        "cpu": capabilities.cpu_name(),
+        "vector_units": capabilities.vector_units(),
+        "cpu_flags": " ".join(sorted(capabilities.cpu_flags())),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def auto_pick(model_dir: str, device: str) -> dict:
+    """What `auto` picks here, measured as at a first load (this run's own weights cache has no choice yet)."""
+    start = time.perf_counter()
+    engine = gpt2_engine.load(model_dir, dtype="auto", device=device)
+    row = {"auto_first_load_s": time.perf_counter() - start, "precision": engine.precision}
+    if engine.choice is not None:
+        row.update(why=engine.choice.why, window_mode=engine.window_mode, trials=[vars(t) for t in engine.choice.trials])
+    return row
 
 
 def main() -> None:
@@ -261,18 +303,34 @@ def main() -> None:
         default="../shared/gpt2-tokenizer",
         help="tokenizer for a stand-in that must be built (skipped if missing)",
     )
-    parser.add_argument("--precisions", default="fp32,bf16,int8", help="comma-separated: fp32, bf16, fp16, int8")
+    parser.add_argument(
+        "--precisions",
+        default="here",
+        help="comma-separated: fp32, bf16, fp16, int8, q8; 'here' (default): every one that runs on this machine",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--tokens", type=int, default=100, help="decode tokens timed per side (split over the rounds)")
     parser.add_argument("--warmup", type=int, default=5, help="tokens not timed at the start of each round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating engine/generate() rounds")
     parser.add_argument("--prefill", default="20,200,1000", help="prompt lengths for prefill speed")
     parser.add_argument("--prefill-repeats", type=int, default=3, help="timed prefills per length (median)")
-    parser.add_argument("--window-tokens", type=int, default=500, help="length of the window-cost runs (0 skips them)")
+    parser.add_argument(
+        "--window-tokens", type=int, default=200, help="length of the window 50 / off runs (0 skips them)"
+    )
+    parser.add_argument(
+        "--gap-tokens", type=int, default=300, help="length of the window 20 runs whose gaps are timed (0 skips them)"
+    )
+    parser.add_argument(
+        "--llama-convert",
+        default=os.environ.get("LLAMA_CPP_CONVERT", ""),
+        help="llama.cpp's convert_hf_to_gguf.py (in llama-cpp-python's source, vendor/llama.cpp): adds llama.cpp "
+        "q8_0 and f16 rows when llama-cpp-python is installed (default: $LLAMA_CPP_CONVERT)",
+    )
+    parser.add_argument("--no-auto", action="store_true", help="skip measuring what auto picks (a first load's cost)")
     parser.add_argument(
         "--window-precisions",
-        default="fp32,bf16,fp16,int8",
-        help="precisions that get the window-cost runs (they are the slow part)",
+        default="bf16,int8,q8",
+        help="precisions that get the window runs (they are the slow part)",
     )
     parser.add_argument(
         "--peak-tokens",
@@ -298,12 +356,16 @@ def main() -> None:
             [20, 200],
             1,
         )
+        args.gap_tokens = 45
         args.peak_tokens = 60
     elif not Path(model_dir, "config.json").exists():
         tokenizer = Path(args.tokenizer) if Path(args.tokenizer).exists() else None
         print(f"building a gpt2-xl stand-in in {model_dir} (random weights, a minute) ...", flush=True)
         build_standin("gpt2-xl", Path(model_dir), tokenizer)
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    support = capabilities.supported(gpt2_engine.loading.resolve_device(args.device))
+    asked = list(support) if args.precisions == "here" else [p.strip() for p in args.precisions.split(",") if p.strip()]
+    precisions = [p for p in asked if support[p].runs]
+    refused = [{"precision": p, "refused": f"does not run here: {support[p].why}"} for p in asked if not support[p].runs]
     if "fp32" in precisions:  # measured first, so every other precision is compared with its logits
         precisions.remove("fp32")
         precisions.insert(0, "fp32")
@@ -316,15 +378,28 @@ def main() -> None:
         for precision in precisions:
             print(f"measuring {precision} ...", flush=True)
             rows.append(measure(model_dir, precision, args, reference))
+        auto = None if args.no_auto else auto_pick(model_dir, args.device)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    report = {"machine": machine_facts(), "model": model_dir, "rows": rows}
+    if args.llama_convert or args.smoke:
+        print("measuring llama.cpp ...", flush=True)
+        rows += measure_llama(model_dir, args.tokens, args.llama_convert or None, None, reference.get("fp32"))
+    rows += refused
+    report = {"machine": machine_facts(), "model": model_dir, "rows": rows, "auto": auto}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
+    machine = report["machine"]
     print(
-        f"\n{report['machine']['cpu']}, {report['machine']['torch_threads']} threads, torch {report['machine']['torch']}, transformers {report['machine']['transformers']}"
+        f"\n{machine['cpu']} ({machine['vector_units']}; torch kernels: {machine['torch_cpu_capability']}), "
+        f"{machine['torch_threads']} threads, torch {machine['torch']}, transformers {machine['transformers']}\n"
+        f"flags: {machine['cpu_flags']}\n"
     )
     print(table(rows))
+    if auto is not None:
+        print(
+            f"\nauto picked {auto['precision']}: {auto.get('why', '')}; window resets by {auto.get('window_mode')}; "
+            f"its first load, measuring, took {auto['auto_first_load_s']:.1f} s"
+        )
     print(f"\nreport: {args.out}")
 
 

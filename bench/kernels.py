@@ -142,6 +142,13 @@ def candidates(shapes: list[tuple[int, int]], rows: int):
         xs = {i: torch.randn(rows, i) for i, _ in shapes}
         return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]
 
+    def q8_engine():  # the engine's q8 (quantize.Q8Linear): fbgemm's dynamic linear, each row scaled apart
+        from gpt2_engine.quantize import Q8Linear, quantize_rows
+
+        ws = [(i, Q8Linear(*quantize_rows(torch.randn(o, i) * 0.02), torch.zeros(o))) for i, o in shapes]
+        xs = {i: torch.randn(rows, i) for i, _ in shapes}
+        return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]
+
     def int8_compiled():  # _weight_int8pack_mm through torch.compile (inductor, frozen weights)
         import torch._inductor.config as inductor
 
@@ -209,6 +216,7 @@ def candidates(shapes: list[tuple[int, int]], rows: int):
     yield "int8 weights, fp32 act (_weight_int8pack_mm)", int8_weight_only(torch.float32)
     yield "int8 weights dequantized to bf16, F.linear", int8_dequantized
     yield "int8 weights and activations (fbgemm dynamic)", int8_dynamic_fbgemm
+    yield "int8 weights, activations 8-bit per row (the engine's q8, fbgemm)", q8_engine
     yield "int8 weights, bf16 act, torch.compile (inductor, freezing)", int8_compiled
     yield "int8 weights and activations per 32 (ONNX Runtime MatMulNBits)", int8_onnx_runtime
 

@@ -65,14 +65,14 @@ class Choice:
     precision: str
     trials: tuple[Trial, ...]
     measured_now: bool  # False: read from an earlier load's measurement
-    shadow_step_s: float = math.inf  # the winner's step with the window's shadow row beside it (two rows)
+    row_step_s: float = math.inf  # the winner's step, timed again beside ...
+    shadow_step_s: float = math.inf  # ... its step with the window's shadow row (two rows), in the same minutes
 
     @property
     def window_mode(self) -> str:
         """"shadow" where the second row costs (almost) nothing, so window resets cost no prefill and the
         stream never pauses; else "reprime" (a prefill of the last N tokens at each reset)."""
-        step = next(t.step_s for t in self.trials if t.precision == self.precision)
-        return "shadow" if self.shadow_step_s <= SHADOW_AT_MOST * step else "reprime"
+        return "shadow" if self.shadow_step_s <= SHADOW_AT_MOST * self.row_step_s else "reprime"
 
     @property
     def why(self) -> str:
@@ -137,11 +137,16 @@ def choose(
     ids: list[int],
     say: Callable[[str], None] = lambda message: None,
 ) -> tuple[Choice, Any]:
-    """Measures the candidates (see `measure`), picks the fastest faithful one, and times its steps with the
-    shadow row too, which says the window mode. Returns the choice and the winner's model."""
+    """Measures the candidates (see `measure`), picks the fastest faithful one, and times its steps with and
+    without the shadow row, in turns (this machine's speed drifts), which says the window mode. Returns the
+    choice and the winner's model."""
     trials, model = measure(candidates, load_at, ids, say)
-    seconds, _ = decode_steps(model, ids, rows=2)
-    return Choice(pick(trials), tuple(trials), measured_now=True, shadow_step_s=step_seconds(seconds)), model
+    one, two = [], []
+    for _ in range(2):
+        one.append(step_seconds(decode_steps(model, ids)[0]))
+        two.append(step_seconds(decode_steps(model, ids, rows=2)[0]))
+    choice = Choice(pick(trials), tuple(trials), True, row_step_s=min(one), shadow_step_s=min(two))
+    return choice, model
 
 
 def measure(
@@ -216,7 +221,7 @@ def remembered(choice_key: str | None) -> Choice | None:
     entry = _read_all(path).get(choice_key)
     try:
         trials = tuple(Trial(**trial) for trial in entry["trials"])
-        choice = Choice(entry["precision"], trials, measured_now=False, shadow_step_s=entry["shadow_step_s"])
+        choice = Choice(entry["precision"], trials, False, entry["row_step_s"], entry["shadow_step_s"])
     except (TypeError, KeyError):
         return None
     usable = capabilities.runnable("cpu")
@@ -231,6 +236,7 @@ def remember(choice_key: str | None, choice: Choice) -> None:
     data[choice_key] = {
         "precision": choice.precision,
         "trials": [asdict(t) for t in choice.trials],
+        "row_step_s": choice.row_step_s,
         "shadow_step_s": choice.shadow_step_s,
         "cpu": capabilities.cpu_name(),
         "torch": torch.__version__,

@@ -63,6 +63,8 @@ def vector_units(flags: frozenset[str] | None = None) -> str:
     if machine in ("arm64", "aarch64") or "asimd" in flags:
         return f"ARM ({machine})" + (" with BF16" if "bf16" in flags else "")
     if "avx512f" in flags:
+        if torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT"):  # ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA
+            return "AVX-512, limited to AVX2 for torch here"
         extras = [name for flag, name in (("avx512_bf16", "BF16"), ("amx_bf16", "AMX")) if flag in flags]
         return "AVX-512" + (f" with {' and '.join(extras)}" if extras else " without BF16")
     if "avx2" in flags:

@@ -1,7 +1,7 @@
 """The sidebar's model choice, what that model needs, and loading it once per server with visible progress.
 
 The start-up model comes from GPT2_STUDIO_MODEL (a known name, a hub id or a folder), else gpt2-xl, and
-its precision from GPT2_STUDIO_PRECISION (auto, fp32, bf16, fp16 or int8), else auto.
+its precision from GPT2_STUDIO_PRECISION (auto, fp32, bf16, fp16, int8 or q8: those that run here), else auto.
 Every failure ends as a message on the page that says what to do; the page stays usable.
 """
 

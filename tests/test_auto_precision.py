@@ -137,12 +137,15 @@ def test_auto_is_measured_once_then_remembered_and_measured_again_on_a_new_cpu(
 
     models: dict[int, str] = {}
 
-    def steps(model, ids, stop_after_s=math.inf, rows=1):
-        return fake_steps(table, calls)(models[id(model)], ids, stop_after_s, rows)
+    timed: list[str] = []
 
-    def tracked(*args):
+    def steps(model, ids, stop_after_s=math.inf, rows=1):
+        return fake_steps(table, timed)(models[id(model)], ids, stop_after_s, rows)
+
+    def tracked(*args):  # every load: a measured candidate, or the load of the remembered choice
         model = load_model(*args)
         models[id(model)] = args[4]
+        calls.append(args[4])
         return model
 
     monkeypatch.setattr(gpt2_engine.loading, "_load_model", tracked)
@@ -156,11 +159,14 @@ def test_auto_is_measured_once_then_remembered_and_measured_again_on_a_new_cpu(
     assert f"{expected}: " in first.choice.why and "fp32's speed here" in first.choice.why
 
     calls.clear()
+    timed.clear()
     again = gpt2_engine.load(str(tiny_model_dir), dtype="auto", device="cpu")
-    assert again.precision == expected and not again.choice.measured_now and calls == []  # nothing timed
+    assert again.precision == expected and not again.choice.measured_now
+    assert calls == [expected] and timed == []  # loaded once, at the remembered precision; nothing timed
     assert gpt2_engine.serving.plan_load(str(tiny_model_dir)).precision == expected  # the sidebar knows it too
 
     monkeypatch.setattr(capabilities, "cpu_flags", lambda: frozenset({"avx2"}))  # another CPU: another key
+    calls.clear()
     gpt2_engine.load(str(tiny_model_dir), dtype="auto", device="cpu")
     assert sorted(calls) == sorted(runnable)
 

@@ -30,8 +30,8 @@ class RecordingContext(KVCacheContext):
         self.calls: list[tuple[str, list[int], torch.Tensor]] = []
         self.max_length = 0
 
-    def prime(self, ids):
-        logits = super().prime(ids)
+    def prime(self, ids, progress=None):
+        logits = super().prime(ids, progress)
         self.held = list(ids)
         self.calls.append(("prime", list(self.held), logits.clone()))
         self.max_length = max(self.max_length, self.length)

@@ -76,8 +76,8 @@ def test_shadow_and_re_prime_write_the_same_tokens(engine, monkeypatch) -> None:
 
 def test_auto_takes_the_shadow_row_only_where_a_second_row_is_almost_free() -> None:
     trials = (Trial("fp32", 0.30), Trial("q8", 0.10, 1.0, 0.0))
-    assert Choice("q8", trials, True, shadow_step_s=0.102).window_mode == "shadow"
-    assert Choice("q8", trials, True, shadow_step_s=0.130).window_mode == "reprime"
+    assert Choice("q8", trials, True, row_step_s=0.1, shadow_step_s=0.102).window_mode == "shadow"
+    assert Choice("q8", trials, True, row_step_s=0.1, shadow_step_s=0.130).window_mode == "reprime"
 
 
 @pytest.mark.parametrize("precision", runs_here("q8"))
