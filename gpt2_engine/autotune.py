@@ -65,8 +65,8 @@ class Choice:
     precision: str
     trials: tuple[Trial, ...]
     measured_now: bool  # False: read from an earlier load's measurement
-    row_step_s: float = math.inf  # the winner's step, timed again beside ...
-    shadow_step_s: float = math.inf  # ... its step with the window's shadow row (two rows), in the same minutes
+    row_step_s: float = math.inf  # the winner's mean step, timed again beside ...
+    shadow_step_s: float = math.inf  # ... its mean step with the window's shadow row, in the same minutes
 
     @property
     def window_mode(self) -> str:
@@ -142,9 +142,9 @@ def choose(
     choice and the winner's model."""
     trials, model = measure(candidates, load_at, ids, say)
     one, two = [], []
-    for _ in range(2):
-        one.append(step_seconds(decode_steps(model, ids)[0]))
-        two.append(step_seconds(decode_steps(model, ids, rows=2)[0]))
+    for _ in range(2):  # means, not medians: only every SHADOW_CHUNK-th step carries the shadow's tokens
+        one.append(statistics.mean(decode_steps(model, ids)[0][2:]))
+        two.append(statistics.mean(decode_steps(model, ids, rows=2)[0][2:]))
     choice = Choice(pick(trials), tuple(trials), True, row_step_s=min(one), shadow_step_s=min(two))
     return choice, model
 

@@ -7,15 +7,17 @@ once, and each layer is a handful of torch calls. The modules are the model's ow
 prepacked weights, swapped in by `quantize.py`, work here and in the reference path alike).
 
 Rows: a cache can hold two rows. With a window N, the second row is a *shadow* context that starts
-empty at each reset and takes every new token in the same batched step as the main row; at the
-next reset it already holds the last N tokens at positions 0..N-1 and becomes the main row, so a
-reset costs one ordinary decode step instead of an N-token prefill. The second row is not free,
-though: on this project's CPU it cost more than the prefills it saves (README, Performance), so the
-engine uses it only when asked (`engine.window_mode = "shadow"`).
+empty at each reset and takes the new tokens, a few at a time, in the same forward passes as the main
+row; at the next reset it holds the last N tokens at positions 0..N-1 but a few, reads those, and becomes
+the main row, so a reset costs one ordinary step instead of an N-token prefill. What the extra rows cost
+depends on the kernel (almost nothing with q8's integer one), so `auto` measures it and the engine uses
+the shadow only where it is cheap (autotune.Choice.window_mode); else a reset re-primes.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 PROMPT_CHUNK = 256  # tokens read in one forward pass: a 1024-token prompt reports progress 4 times
+SHADOW_CHUNK = 4  # tokens the shadow row reads at a time, beside a main-row step: 5 rows cost about 1 in q8's
+# integer kernel, and a reset then reads at most 4 tokens
 Progress = Callable[[int, int], None]  # (prompt tokens read so far, of how many)
 
 
@@ -59,90 +63,116 @@ def supports(config: Any) -> bool:
     return unsupported_reason(config) is None
 
 
-def forward(model: Any, cache: StaticKVCache, rows: list[int], tokens: Tensor) -> Tensor:
-    """Reads `tokens` (len(rows), T) into the given cache rows, each after what the row holds already,
-    and returns the next-token logits of each row: (len(rows), vocab).
+def activation(config: Any) -> Callable[[Tensor], Tensor]:
+    """GPT-2's MLP activation as one kernel: transformers writes gelu_new as seven element-wise operations,
+    which cost ~5% of a q8 token on gpt2-xl in launches alone (the same function, to float rounding)."""
+    if config.activation_function in ("gelu_new", "gelu_pytorch_tanh"):
+        return functools.partial(F.gelu, approximate="tanh")
+    from transformers.activations import ACT2FN
 
-    Either one row and any T (a prefill, or a chunk of one after what the row holds), or any rows and
-    T = 1 (a decode step)."""
+    return ACT2FN[config.activation_function]
+
+
+Segment = tuple[int, list[int]]  # (a cache row, token ids to read into it after what it holds)
+
+
+def forward(model: Any, cache: StaticKVCache, segments: list[Segment]) -> Tensor:
+    """Reads each segment's tokens into its cache row, after what the row holds already, and returns the
+    next-token logits after each segment's last token: (len(segments), vocab).
+
+    All the segments' tokens go through each matrix together, so the weights are read once for all of them:
+    a prompt, a chunk of one, a decode step, a decode step with the shadow row's pending tokens beside it."""
     transformer = model.transformer
-    n_rows, T = tokens.shape
-    starts = [cache.lengths[r] for r in rows]
-    assert T == 1 or n_rows == 1, "a prefill (chunk) is one row; several rows decode one token each"
-    mask = None
-    if T > 1 and starts[0] > 0:  # a later chunk: token t sees what the row held and the chunk up to t
-        mask = torch.ones(T, starts[0] + T, dtype=torch.bool, device=tokens.device).tril(diagonal=starts[0])
-    positions = torch.tensor([[s + t for t in range(T)] for s in starts], device=tokens.device)  # (R, T)
-    x = transformer.wte(tokens) + transformer.wpe(positions)  # (R, T, E)
+    act = activation(model.config)
+    device = transformer.wte.weight.device
+    starts = [cache.lengths[row] for row, _ in segments]
+    sizes = [len(ids) for _, ids in segments]
+    tokens = torch.tensor([t for _, ids in segments for t in ids], device=device)  # (N,)
+    positions = torch.tensor([start + t for start, n in zip(starts, sizes) for t in range(n)], device=device)
+    x = transformer.wte(tokens) + transformer.wpe(positions)  # (N, E)
     n_head, head_dim = cache.keys.shape[2], cache.head_dim
-    ends = [s + T for s in starts]
+    masks = [_causal_mask(start, n, device) for start, n in zip(starts, sizes)]
     for layer, block in enumerate(transformer.h):
-        qkv = block.attn.c_attn(block.ln_1(x))  # (R, T, 3E): the weights are read once for all rows
-        q, k, v = (
-            t.view(n_rows, T, n_head, head_dim).transpose(1, 2) for t in qkv.split(x.shape[-1], dim=2)
-        )  # (R, H, T, D)
-        ys = []
-        for i, (row, start, end) in enumerate(zip(rows, starts, ends)):
-            cache.keys[layer, row, :, start:end] = k[i]
-            cache.values[layer, row, :, start:end] = v[i]
-            # attention per row, over exactly the positions it holds: never a read of unwritten cache
-            keys, values = (
-                cache.keys[layer, row, None, :, :end],
-                cache.values[layer, row, None, :, :end],
-            )  # (1, H, end, D)
+        qkv = block.attn.c_attn(block.ln_1(x))  # (N, 3E): the weights are read once for every token
+        q, k, v = (t.view(-1, n_head, head_dim).transpose(0, 1) for t in qkv.split(x.shape[-1], dim=1))  # (H, N, D)
+        ys, offset = [], 0
+        for (row, _), start, n, mask in zip(segments, starts, sizes, masks):
+            end = start + n
+            cache.keys[layer, row, :, start:end] = k[:, offset : offset + n]
+            cache.values[layer, row, :, start:end] = v[:, offset : offset + n]
+            # attention per segment, over exactly the positions its row holds: never a read of unwritten cache
             ys.append(
-                F.scaled_dot_product_attention(q[i : i + 1], keys, values, attn_mask=mask, is_causal=T > 1 and mask is None)
-            )  # (1, H, T, D)
-        y = ys[0] if n_rows == 1 else torch.cat(ys)  # (R, H, T, D)
-        x = x + block.attn.c_proj(y.transpose(1, 2).reshape(n_rows, T, -1))
-        x = x + block.mlp(block.ln_2(x))
-    for row, end in zip(rows, ends):
-        cache.lengths[row] = end
-    return model.lm_head(transformer.ln_f(x[:, -1]))  # (R, vocab)
+                F.scaled_dot_product_attention(
+                    q[None, :, offset : offset + n],
+                    cache.keys[layer, row, None, :, :end],
+                    cache.values[layer, row, None, :, :end],
+                    attn_mask=mask,
+                    is_causal=mask is None and n > 1,
+                )[0]
+            )  # (H, n, D)
+            offset += n
+        y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)  # (H, N, D)
+        x = x + block.attn.c_proj(y.transpose(0, 1).reshape(x.shape))
+        x = x + block.mlp.c_proj(act(block.mlp.c_fc(block.ln_2(x))))
+    for (row, _), start, n in zip(segments, starts, sizes):
+        cache.lengths[row] = start + n
+    last = torch.tensor(list(itertools.accumulate(sizes)), device=device) - 1
+    return model.lm_head(transformer.ln_f(x[last]))  # (segments, vocab)
+
+
+def _causal_mask(start: int, n: int, device: torch.device) -> Tensor | None:
+    """None where SDPA's own is_causal is right (one token, or a row read from position 0); else token t of
+    the segment sees what the row held and the segment up to t."""
+    if n == 1 or start == 0:
+        return None
+    return torch.ones(n, start + n, dtype=torch.bool, device=device).tril(diagonal=start)
 
 
 class FastContext:
-    """The `Context` of generation.py on the fast forward; with `window`, a shadow row spares each reset its prefill."""
+    """The `Context` of generation.py on the fast forward; with `window`, a shadow row spares each reset its prefill.
+
+    The shadow row takes the tokens since the last reset a few at a time (SHADOW_CHUNK), beside the main row's
+    token in the same forward pass, so that it holds them when the next reset comes: the reset is then one
+    ordinary step of the shadow row's last few tokens, and the shadow becomes the main row."""
 
     def __init__(self, model: Any, window: int | None = None):
         assert supports(model.config), unsupported_reason(model.config)  # load() refuses such models
         self.model = model
-        self.device = model.transformer.wte.weight.device
         self.shadowed = window is not None
         self.cache = StaticKVCache(model, rows=2 if self.shadowed else 1)
         self.main, self.shadow = 0, 1
-        self.shadow_ids: list[int] = []  # what the shadow row holds: every token since the last reset
+        self.shadow_ids: list[int] = []  # every token since the last reset: those the shadow row holds ...
+        self.pending: list[int] = []  # ... followed by these, which it has not read yet
         self.length = 0
         self.resets_by_shadow = 0  # how many primes the shadow row answered without a prefill
 
-    def _ids(self, ids: list[int]) -> Tensor:
-        return torch.tensor([ids], dtype=torch.long, device=self.device)
-
     def prime(self, ids: list[int], progress: Progress | None = None) -> Tensor:
-        if self.shadowed and self.shadow_ids == ids[:-1]:
-            # the shadow holds all but the newest token: one decode step of both rows, then swap roles
-            logits = forward(self.model, self.cache, [self.main, self.shadow], self._ids([ids[-1], ids[-1]]).T)[1]
+        if self.shadowed and self.shadow_ids + self.pending == ids[:-1]:
+            # the shadow holds (or is owed) all but the newest token: read those, then swap roles
+            logits = forward(self.model, self.cache, [(self.shadow, [*self.pending, ids[-1]])])[0]
             self.main, self.shadow = self.shadow, self.main
             self.resets_by_shadow += 1
         else:
             self.cache.lengths[self.main] = 0
             for start in range(0, len(ids), PROMPT_CHUNK):  # a long prompt in chunks, so progress can be told
                 chunk = ids[start : start + PROMPT_CHUNK]
-                logits = forward(self.model, self.cache, [self.main], self._ids(chunk))[0]
+                logits = forward(self.model, self.cache, [(self.main, chunk)])[0]
                 if progress is not None:
                     progress(start + len(chunk), len(ids))
         if self.shadowed:
-            self.cache.lengths[self.shadow], self.shadow_ids = 0, []
+            self.cache.lengths[self.shadow], self.shadow_ids, self.pending = 0, [], []
         self.length = self.cache.lengths[self.main]
         return logits
 
     def append(self, token_id: int) -> Tensor:
         assert self.length < self.model.config.n_positions, "position ids beyond the model's limit"
+        segments: list[Segment] = [(self.main, [token_id])]
         if self.shadowed:
-            logits = forward(self.model, self.cache, [self.main, self.shadow], self._ids([token_id, token_id]).T)[0]
-            self.shadow_ids.append(token_id)
-        else:
-            logits = forward(self.model, self.cache, [self.main], self._ids([token_id]))[0]
+            self.pending.append(token_id)
+            if len(self.pending) >= SHADOW_CHUNK:  # the shadow catches up, in the same pass as the main row
+                segments.append((self.shadow, self.pending))
+                self.shadow_ids, self.pending = self.shadow_ids + self.pending, []
+        logits = forward(self.model, self.cache, segments)[0]
         self.length = self.cache.lengths[self.main]
         return logits
 

@@ -9,6 +9,7 @@ through the swapped modules. Kernels are torch's own (`_weight_int8pack_mm`, one
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -173,22 +174,28 @@ class Q8Linear(nn.Module):
             warnings.simplefilter("ignore", UserWarning)
             quantized = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero, 0)
         self.packed = torch.ops.quantized.linear_prepack(quantized, None)
-        self.register_buffer("bias", None if bias is None else bias.float())
-        pin = torch.zeros(1, weight.shape[1])
-        pin[0, :2] = torch.tensor([1.0, -1.0])
-        self.register_buffer("pin", pin, persistent=False)
+        self.register_buffer("bias", torch.zeros(weight.shape[0]) if bias is None else bias.float())
         self.out_features = weight.shape[0]
         self.packed_bytes = weight.numel() + 4 * self.out_features  # int8 matrix + fbgemm's column offsets
         self.reduce_range = REDUCE_RANGE
+        # rows -> a (rows + 1, in) buffer whose last row is the pin [1, -1, 0 ...]; reused, so one forward at a
+        # time per model (the page runs one at a time: serving.TurnQueue)
+        self._units: dict[int, Tensor] = {}
+
+    def _unit_buffer(self, rows: int, width: int) -> Tensor:
+        unit = self._units.get(rows)
+        if unit is None:
+            unit = self._units[rows] = torch.zeros(rows + 1, width)
+            unit[rows, :2] = torch.tensor([1.0, -1.0])
+        return unit
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        peak = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)  # (R, 1)
-        unit = torch.cat((rows / peak, self.pin))  # (R + 1, in), every row within [-1, 1], the last one spanning it
-        y = torch.ops.quantized.linear_dynamic(unit, self.packed, self.reduce_range)[:-1].mul_(peak)
-        if self.bias is not None:
-            y.add_(self.bias)
-        return y.view(*x.shape[:-1], self.out_features)
+        peak = torch.linalg.vector_norm(rows, ord=math.inf, dim=1, keepdim=True).clamp_(min=1e-30)  # (R, 1)
+        unit = self._unit_buffer(rows.shape[0], rows.shape[1])  # every row within [-1, 1], the last one spanning it
+        torch.div(rows, peak, out=unit[:-1])
+        y = torch.ops.quantized.linear_dynamic(unit, self.packed, self.reduce_range)[:-1]
+        return torch.addcmul(self.bias, y, peak).view(*x.shape[:-1], self.out_features)  # bias + y * peak
 
 
 def _has_vnni() -> bool:

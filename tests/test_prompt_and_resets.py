@@ -37,14 +37,14 @@ def test_chunked_logits_equal_one_pass(engine, monkeypatch) -> None:
 SETTINGS = dict(max_new_tokens=60, window=None, sampler="greedy", stop_at_eos=False, seed=0)
 
 
-def forward_sizes(engine, monkeypatch, window_mode: str, window: int) -> list[list[tuple[int, int]]]:
-    """The (rows, tokens) of every forward pass, grouped by the Step that followed them."""
-    calls: list[tuple[int, int]] = []
+def forward_sizes(engine, monkeypatch, window_mode: str, window: int) -> list[list[list[int]]]:
+    """The tokens per segment of every forward pass, grouped by the Step that followed them."""
+    calls: list[list[int]] = []
     real = fast.forward
 
-    def counting(model, cache, rows, tokens):
-        calls.append(tuple(tokens.shape))
-        return real(model, cache, rows, tokens)
+    def counting(model, cache, segments):
+        calls.append([len(ids) for _, ids in segments])
+        return real(model, cache, segments)
 
     monkeypatch.setattr(fast, "forward", counting)
     monkeypatch.setattr(engine, "window_mode", window_mode)
@@ -56,15 +56,18 @@ def forward_sizes(engine, monkeypatch, window_mode: str, window: int) -> list[li
 
 
 def test_with_the_shadow_row_every_reset_costs_one_ordinary_step(engine, monkeypatch) -> None:
+    chunk = fast.SHADOW_CHUNK
     per_step = forward_sizes(engine, monkeypatch, "shadow", window=8)
-    assert per_step[0] == [(1, len(engine.tokenizer.encode("The cat sat on the mat")))]  # the prompt
-    assert all(calls == [(2, 1)] for calls in per_step[1:])  # then one two-row, one-token pass a token
-    assert sum(1 for calls in per_step[1:] if calls) == len(per_step) - 1
+    assert per_step[0] == [[len(engine.tokenizer.encode("The cat sat on the mat"))]]  # the prompt
+    for calls in per_step[1:]:  # then one pass a token: the main row's token, now and then the shadow's few
+        assert len(calls) == 1 and calls[0] in ([1], [1, chunk], [8 % chunk or chunk]), calls
+    resets = [calls for calls in per_step[1:] if len(calls[0]) == 1 and calls[0] != [1]]
+    assert len(resets) == (len(per_step) - 1) // 8  # each reset read at most a chunk, never the window
 
 
 def test_a_plain_re_prime_reads_the_window_at_once(engine, monkeypatch) -> None:
     per_step = forward_sizes(engine, monkeypatch, "reprime", window=8)
-    assert [calls for calls in per_step[1:] if calls != [(1, 1)]] == [[(1, 8)]] * ((len(per_step) - 1) // 8)
+    assert [calls for calls in per_step[1:] if calls != [[1]]] == [[[8]]] * ((len(per_step) - 1) // 8)
 
 
 def test_shadow_and_re_prime_write_the_same_tokens(engine, monkeypatch) -> None:
