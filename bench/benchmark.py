@@ -34,7 +34,7 @@ import torch
 
 import gpt2_engine
 from bench.kernels import read_bandwidth
-from bench.llama_peer import measure_llama
+from bench.llama_peer import AGREEMENT_IDS, measure_llama  # teacher-forced ids for agreement
 from bench.peaks import fresh_python
 from bench.standin import build_standin
 from gpt2_engine import capabilities, weights_cache
@@ -131,7 +131,6 @@ def fresh_process_peaks(model_dir: str, precision: str, device: str, tokens: int
     )
 
 
-AGREEMENT_IDS = [(i * 7919 + 13) % 50000 for i in range(128)]  # teacher-forced text for the agreement check
 
 
 def log_probs(engine: gpt2_engine.Engine) -> torch.Tensor:

@@ -39,7 +39,7 @@ WARMUP_TOKENS = 5
 PREFILL_LENGTHS = (20, 200, 1000)
 PREFILL_REPEATS = 3
 PEAK_TOKENS = 200
-# the benchmark's teacher-forced ids (bench/benchmark.py AGREEMENT_IDS), taken modulo the vocabulary size
+# the teacher-forced ids of the agreement check (the benchmark's too), taken modulo the vocabulary size
 AGREEMENT_IDS = [(i * 7919 + 13) % 50000 for i in range(128)]
 
 

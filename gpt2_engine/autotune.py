@@ -70,8 +70,8 @@ class Choice:
 
     @property
     def window_mode(self) -> str:
-        """"shadow" where the second row costs (almost) nothing, so window resets cost no prefill and the
-        stream never pauses; else "reprime" (a prefill of the last N tokens at each reset)."""
+        """The shadow row where it costs (almost) nothing, so window resets cost no prefill and the
+        stream never pauses ("shadow"); else "reprime" (a prefill of the last N tokens at each reset)."""
         return "shadow" if self.shadow_step_s <= SHADOW_AT_MOST * self.row_step_s else "reprime"
 
     @property

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -16,7 +17,9 @@ from gpt2_engine import autotune, capabilities
 from gpt2_engine.autotune import Trial
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-REFUSAL = "mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq"
+REFUSAL = (
+    "mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq"
+)
 
 
 @pytest.fixture
@@ -61,7 +64,18 @@ def test_the_command_line_refuses_with_the_reason_and_exit_2(no_bf16, tiny_model
     assert "bf16 needs a CPU with AVX-512" in err and "this one has AVX2" in err and "Traceback" not in err
 
 
-def test_the_page_offers_only_what_runs_and_names_the_rest(no_bf16, tiny_model_dir, monkeypatch) -> None:
+@pytest.fixture
+def own_server_cache():
+    """The page's models are cached per server (st.cache_resource, one per process here): one loaded while the
+    CPU is faked must not serve the other page tests."""
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+
+
+def test_the_page_offers_only_what_runs_and_names_the_rest(
+    no_bf16, own_server_cache, tiny_model_dir, monkeypatch
+) -> None:
     monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("GPT2_STUDIO_PRECISION", "bf16")
     at = AppTest.from_file(APP, default_timeout=60).run()
