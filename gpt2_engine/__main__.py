@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default="auto",
         choices=DTYPE_CHOICES,
-        help="weights' number format (default auto: fastest safe one for the device)",
+        help="weights' number format: fp32, bf16, fp16, int8 (bf16 activations) or q8 (8-bit activations too), "
+        "as far as they run on this machine (default auto: the fastest that writes what fp32 would, measured at "
+        "the model's first load here and remembered)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto: the GPU when there is one)")
     parser.add_argument(

@@ -196,7 +196,8 @@ def key(source: str, is_local: bool) -> str | None:
     stamp = weights_cache.weights_stamp(source, is_local)
     if stamp is None:
         return None
-    machine = (capabilities.cpu_name(), sorted(capabilities.cpu_flags()), os.cpu_count(), torch.get_num_threads())
+    # not torch's thread count: every process of a machine (the page, the command line) must agree on `auto`
+    machine = (capabilities.cpu_name(), sorted(capabilities.cpu_flags()), os.cpu_count())
     return hashlib.sha256(repr((machine, torch.__version__, stamp, FORMAT)).encode()).hexdigest()[:20]
 
 
