@@ -173,7 +173,8 @@ class Q8Linear(nn.Module):
         with warnings.catch_warnings():  # quantized tensors are deprecated in torch: the probe notices removal
             warnings.simplefilter("ignore", UserWarning)
             quantized = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero, 0)
-        self.packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self.packed = torch.ops.quantized.linear_prepack(quantized, None)  # a copy, in fbgemm's layout
+        drop_file_pages(weight)  # the int8 matrix, when it is mapped from the weights cache, is not read again
         self.register_buffer("bias", torch.zeros(weight.shape[0]) if bias is None else bias.float())
         self.out_features = weight.shape[0]
         self.packed_bytes = weight.numel() + 4 * self.out_features  # int8 matrix + fbgemm's column offsets
