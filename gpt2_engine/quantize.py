@@ -3,8 +3,10 @@
 Each GPT-2 matrix (the Conv1D layers and the LM head) is swapped, one at a time, for a module that
 holds its weight in the new form, so the old copy is freed before the next is made and loading
 never holds two full copies. Every path (the fast forward, the reference forward, scoring) runs
-through the swapped modules. Kernels are torch's own (`_weight_int8pack_mm`, oneDNN's
-`_linear_pointwise`); `python -m bench.kernels` measures which is fastest on a machine.
+through the swapped modules. Kernels are torch's own: `_weight_int8pack_mm` (int8, bf16 activations),
+fbgemm's dynamic linear (q8: 8-bit activations), oneDNN's `_linear_pointwise` (bf16); which of them runs
+on a CPU is probed by capabilities.py, which is fastest there is measured by autotune.py, and
+`python -m bench.kernels` times them all over one model's matrices.
 """
 
 from __future__ import annotations
