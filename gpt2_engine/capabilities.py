@@ -13,6 +13,7 @@ only what runs; the command line refuses the rest with that sentence.
 from __future__ import annotations
 
 import functools
+import logging
 import platform
 import warnings
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "q8")
+LOG = logging.getLogger("gpt2_studio")
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,8 @@ class Support:
 
     precision: str
     runs: bool
-    why: str = ""  # empty when it runs
+    why: str = ""  # empty when it runs; a sentence for the page and the command line
+    detail: str = ""  # the kernel's own refusal, for the log
 
 
 def cpu_flags() -> frozenset[str]:
@@ -119,7 +122,7 @@ CPU_PROBES: dict[str, Callable[[], None]] = {
 
 NEEDS = {  # what each precision needs on a CPU, said when the probe is refused
     "fp32": "fp32 needs nothing special",
-    "bf16": "bf16 needs a CPU with AVX-512 (BW, VL and DQ) or AVX-NE-CONVERT, or an ARM CPU with BF16",
+    "bf16": "bf16 needs a CPU with AVX-512 (BW, VL, DQ), AVX-NE-CONVERT or ARM's BF16",
     "fp16": "fp16 needs a CPU whose torch build can multiply half-precision matrices",
     "int8": "int8 needs torch's int8 weight kernel (torch 2.3 or newer) on an x86 or ARM CPU",
     "q8": "q8 needs torch's quantized engine (fbgemm on x86, qnnpack on ARM)",
@@ -131,8 +134,9 @@ def _probe(precision: str) -> Support:
         with torch.inference_mode():
             CPU_PROBES[precision]()
     except Exception as error:  # noqa: BLE001 - any refusal by the kernel means "not here"
-        detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        return Support(precision, False, f"{NEEDS[precision]}; this one has {vector_units()} ({detail})")
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        LOG.info("%s does not run here: %s", precision, detail)
+        return Support(precision, False, f"{NEEDS[precision]}; this one has {vector_units()}", detail)
     return Support(precision, True)
 
 

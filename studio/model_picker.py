@@ -23,7 +23,7 @@ ENV_MODEL = "GPT2_STUDIO_MODEL"
 ENV_PRECISION = "GPT2_STUDIO_PRECISION"
 OTHER = "other"  # the last choice in the model list: a folder on this computer, or a hub id
 PRECISION_LABELS = {
-    "auto": "auto (best here)",
+    "auto": "auto (measured: fastest here)",
     "fp32": "fp32 (full)",
     "bf16": "bf16 (half the memory)",
     "fp16": "fp16 (half, GPU)",
