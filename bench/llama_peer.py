@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.peaks import fresh_python
+from bench.report import table
 
 if TYPE_CHECKING:  # torch is imported where it is used: the fresh processes that measure llama.cpp stay without it
     import numpy as np
@@ -321,23 +322,6 @@ def transformers_log_probs(model_dir: str, ids: list[int]) -> torch.Tensor:
         return model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
 
 
-def table(rows: list[dict]) -> str:
-    head = "| precision | decode tok/s | prefill tok/s 20/200/1000 | first token s | peak RSS GB (anon) | GGUF GB | top-1 / KL vs fp32 |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        if "unavailable" in r:
-            lines.append(f"| {r['precision']} | {r['unavailable']} |" + " |" * 5)
-            continue
-        prefills = "/".join(f"{r[f'prefill_{n}_tok_s']:.0f}" for n in PREFILL_LENGTHS if f"prefill_{n}_tok_s" in r)
-        agree = f"{r['top1_agreement']:.3f} / {r['kl_vs_fp32']:.4f}" if "top1_agreement" in r else "-"
-        lines.append(
-            f"| {r['precision']} | {r['engine_tok_s']:.2f} | {prefills} | {r['time_to_first_token_s']:.3f} | "
-            f"{r['peak_rss_bytes'] / 1e9:.2f} ({r['peak_anon_bytes'] / 1e9:.2f}) | {r['weight_bytes'] / 1e9:.2f} | "
-            f"{agree} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bench/models/gpt2-xl", help="the model folder (a GPT-2 in safetensors)")
@@ -368,7 +352,7 @@ def main() -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=1))
-    print(table(rows))
+    print(table(rows))  # the benchmark's own table: llama.cpp's columns filled, the engine's left '-'
 
 
 if __name__ == "__main__":
