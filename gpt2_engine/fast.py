@@ -63,14 +63,15 @@ def supports(config: Any) -> bool:
     return unsupported_reason(config) is None
 
 
-def activation(config: Any) -> Callable[[Tensor], Tensor]:
-    """GPT-2's MLP activation as one kernel: transformers writes gelu_new as seven element-wise operations,
-    which cost ~5% of a q8 token on gpt2-xl in launches alone (the same function, to float rounding)."""
-    if config.activation_function in ("gelu_new", "gelu_pytorch_tanh"):
+@functools.cache
+def activation(name: str) -> Callable[[Tensor], Tensor]:
+    """GPT-2's MLP activation (config.activation_function) as one kernel: transformers writes gelu_new as
+    seven element-wise operations, each a launch per layer and token (the same function, to float rounding)."""
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
         return functools.partial(F.gelu, approximate="tanh")
     from transformers.activations import ACT2FN
 
-    return ACT2FN[config.activation_function]
+    return ACT2FN[name]
 
 
 Segment = tuple[int, list[int]]  # (a cache row, token ids to read into it after what it holds)
@@ -83,7 +84,7 @@ def forward(model: Any, cache: StaticKVCache, segments: list[Segment]) -> Tensor
     All the segments' tokens go through each matrix together, so the weights are read once for all of them:
     a prompt, a chunk of one, a decode step, a decode step with the shadow row's pending tokens beside it."""
     transformer = model.transformer
-    act = activation(model.config)
+    act = activation(model.config.activation_function)
     device = transformer.wte.weight.device
     starts = [cache.lengths[row] for row, _ in segments]
     sizes = [len(ids) for _, ids in segments]

@@ -5,7 +5,8 @@ the token is sampled, and does the next forward pass only when asked for the nex
 closing the generator (or breaking out of the loop) stops the work at once.
 
 Window N (see README, "Window N"): at every N-th generated token the cache is dropped and the
-model re-primed, in one batched forward pass, from the last N token ids of prompt + generated.
+model re-primed from the last N token ids of prompt + generated: in one batched forward pass, or,
+with the shadow row (`window_mode = "shadow"`), from a second cache row that read them on the way.
 The model then holds at most max(prompt, N) + N - 1 tokens. With the window off the whole context
 is kept until it reaches the model's limit, then re-primed from the most recent half.
 """

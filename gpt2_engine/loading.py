@@ -209,7 +209,7 @@ def load(
     """Loads a GPT-2 and its tokenizer into an `Engine`.
 
     name_or_path: a known name (distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl), a hub id, or a
-    folder written by `save_pretrained()`. dtype: auto, fp32, bf16, fp16 or int8 (weights; CPU only);
+    folder written by `save_pretrained()`. dtype: auto, fp32, bf16, fp16, int8 or q8 (int8 and q8: CPU only);
     one that does not run on this machine is refused with the reason (PrecisionUnavailableError).
     `auto` on a CPU is measured at the model's first load here and remembered (autotune.py).
     device: auto, cpu or cuda.
