@@ -131,8 +131,6 @@ def fresh_process_peaks(model_dir: str, precision: str, device: str, tokens: int
     )
 
 
-
-
 def log_probs(engine: gpt2_engine.Engine) -> torch.Tensor:
     ids = [i % engine.model.config.vocab_size for i in AGREEMENT_IDS]
     with torch.inference_mode():
@@ -190,7 +188,9 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
         row["window_50_reprime_s"] = run_steps(engine, args.window_tokens, 50, "reprime")[-1]
     if args.gap_tokens and precision in args.window_precisions:
         for mode in ("reprime", "shadow"):
-            row[f"gap_20_{mode}_median_s"], row[f"gap_20_{mode}_max_s"] = gaps(run_steps(engine, args.gap_tokens, 20, mode))
+            row[f"gap_20_{mode}_median_s"], row[f"gap_20_{mode}_max_s"] = gaps(
+                run_steps(engine, args.gap_tokens, 20, mode)
+            )
     memory = read_process_memory()
     row["rss_bytes"], row["anon_bytes"] = memory.rss_bytes, memory.anon_bytes
     if args.peak_tokens:
@@ -216,7 +216,9 @@ def auto_pick(model_dir: str, device: str) -> dict:
     engine = gpt2_engine.load(model_dir, dtype="auto", device=device)
     row = {"auto_first_load_s": time.perf_counter() - start, "precision": engine.precision}
     if engine.choice is not None:
-        row.update(why=engine.choice.why, window_mode=engine.window_mode, trials=[vars(t) for t in engine.choice.trials])
+        row.update(
+            why=engine.choice.why, window_mode=engine.window_mode, trials=[vars(t) for t in engine.choice.trials]
+        )
     return row
 
 
@@ -292,7 +294,9 @@ def main() -> None:
     support = capabilities.supported(gpt2_engine.loading.resolve_device(args.device))
     asked = list(support) if args.precisions == "here" else [p.strip() for p in args.precisions.split(",") if p.strip()]
     precisions = [p for p in asked if support[p].runs]
-    refused = [{"precision": p, "refused": f"does not run here: {support[p].why}"} for p in asked if not support[p].runs]
+    refused = [
+        {"precision": p, "refused": f"does not run here: {support[p].why}"} for p in asked if not support[p].runs
+    ]
     if "fp32" in precisions:  # measured first, so every other precision is compared with its logits
         precisions.remove("fp32")
         precisions.insert(0, "fp32")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gpt2_engine.loading import KNOWN_MODELS
+from gpt2_engine.shapes import KNOWN_MODELS
 
 
 def read_bandwidth(gb: float = 2.0, repeats: int = 7, device: str | torch.device = "cpu") -> float:

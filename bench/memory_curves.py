@@ -51,8 +51,12 @@ def run_one(model: str, dtype: str, window: str, tokens: int, autograd: bool) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Process memory per token for each window, inference vs tutorial mode.")
-    parser.add_argument("--model", default="bench/models/gpt2-xl", help="a model folder (default: the gpt2-xl stand-in)")
+    parser = argparse.ArgumentParser(
+        description="Process memory per token for each window, inference vs tutorial mode."
+    )
+    parser.add_argument(
+        "--model", default="bench/models/gpt2-xl", help="a model folder (default: the gpt2-xl stand-in)"
+    )
     parser.add_argument("--dtype", default="fp32", help="weights (default fp32: tutorial mode needs it)")
     parser.add_argument("--tokens", type=int, default=500, help="tokens per run (default 500)")
     parser.add_argument("--windows", default="20,50,200,off", help="comma-separated windows (default 20,50,200,off)")
@@ -61,7 +65,9 @@ def main() -> None:
     args = parser.parse_args()
 
     marks = list(range(0, args.tokens + 1, 100))[1:] or [args.tokens]
-    print(f"{args.model}, {args.dtype}, {args.tokens} tokens, each run in a fresh process; RSS in GB, slopes in kB/token")
+    print(
+        f"{args.model}, {args.dtype}, {args.tokens} tokens, each run in a fresh process; RSS in GB, slopes in kB/token"
+    )
     print(
         "| mode | window | "
         + " | ".join(f"RSS @{m}" for m in marks)

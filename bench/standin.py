@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2_engine.loading import KNOWN_MODELS, ModelShape
+from gpt2_engine.shapes import KNOWN_MODELS, ModelShape
 
 SHAPES = {name: known.shape for name, known in KNOWN_MODELS.items()}
 SHAPES["tiny"] = ModelShape(

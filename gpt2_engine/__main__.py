@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from .errors import StudioError
 from .fast import PROMPT_CHUNK
 from .generation import Step
-from .loading import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS
 from .memory import format_bytes
 from .settings import MAX_CANDIDATES, SAMPLERS, GenerationSettings
+from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS
 
 TUTORIAL_PHRASE = "In a shocking finding, scientists discovered a herd of unicorns living in a remote valley."
 

@@ -21,6 +21,7 @@ class Context(Protocol):
     length: int  # tokens held (the positions the next token's key/value will follow)
 
     def prime(self, ids: list[int], progress: Progress | None = None) -> Tensor: ...  # (vocab,) logits after the
+
     # last id; `progress(read, total)` is called as the ids are read (a long prompt, in chunks)
 
     def append(self, token_id: int) -> Tensor: ...  # (vocab,) logits after this token

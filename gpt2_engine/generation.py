@@ -27,10 +27,10 @@ from .context import Context, KVCacheContext
 from .detokenize import REPLACEMENT, TextStream, byte_decoder
 from .errors import SettingsError
 from .fast import FastContext, Progress
-from .loading import ModelShape
 from .memory import available_bytes, read_process_memory, release_freed_memory
 from .sampling import Distribution, choose, draw, new_generator
 from .settings import MAX_SEED, GenerationSettings
+from .shapes import ModelShape
 
 SENTENCE_ENDS = (".", "!", "?")
 STOP_REASONS = {  # why a run ended, in the words the page and the command line show

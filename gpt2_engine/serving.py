@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from . import autotune, capabilities
 from .generation import Engine
-from .loading import KNOWN_MODELS, ModelShape, load, read_shape, resolve_device, resolve_name, resolve_precision
+from .loading import load, read_shape, resolve_device, resolve_name, resolve_precision
+from .shapes import KNOWN_MODELS, ModelShape
 
 
 @dataclass(frozen=True)

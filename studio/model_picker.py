@@ -55,7 +55,9 @@ def start_precision() -> str:
         return asked
     if asked in gpt2_engine.DTYPE_CHOICES:
         why = capabilities.supported(resolve_device("auto"))[asked].why
-        st.warning(f"{ENV_PRECISION}={asked!r} does not run here: {why}. Starting with auto.", icon=":material/warning:")
+        st.warning(
+            f"{ENV_PRECISION}={asked!r} does not run here: {why}. Starting with auto.", icon=":material/warning:"
+        )
     elif asked:
         st.warning(
             f"{ENV_PRECISION}={asked!r} is not a precision: use one of {', '.join(gpt2_engine.DTYPE_CHOICES)}. "

@@ -125,6 +125,8 @@ def runs_here(*precisions: str) -> list:
     """Each precision as a parameter that skips, with the engine's own reason, where the engine refuses it."""
     support = capabilities.supported("cpu")
     return [
-        pytest.param(p, marks=pytest.mark.skipif(not support[p].runs, reason=f"the engine refuses it here: {support[p].why}"))
+        pytest.param(
+            p, marks=pytest.mark.skipif(not support[p].runs, reason=f"the engine refuses it here: {support[p].why}")
+        )
         for p in precisions
     ]

@@ -191,9 +191,13 @@ def test_type_generate_and_watch_it_stream(page, engine, shots: Path) -> None:
     assert write_tab(page).locator(".studio-text .prompt").inner_text() == "The cat sat on the mat."
     assert generated_text(page).strip()
     assert write_tab(page).locator('[data-testid="stVegaLiteChart"]').count() == 2
-    write_tab(page).locator('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg').first.wait_for()
+    write_tab(page).locator(
+        '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg'
+    ).first.wait_for()
     assert write_tab(page).locator('[data-testid="stMetricValue"]').last.inner_text().isdigit()  # the seed
-    assert "⟲" in write_tab(page).locator(".studio-text").inner_text()  # 100 tokens with a window of 50: a reset, marked
+    assert (
+        "⟲" in write_tab(page).locator(".studio-text").inner_text()
+    )  # 100 tokens with a window of 50: a reset, marked
     screenshot(page, shots / "3-after-a-run.png")
 
 

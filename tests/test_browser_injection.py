@@ -28,7 +28,7 @@ from test_browser import (  # noqa: F401 - fixtures used by name
 TRAP = "http://127.0.0.2:9"
 PAYLOAD = (
     "<script>window.__injected = 'script'; alert('script')</script> "
-    f"<img src=\"{TRAP}/img.png\" onerror=\"window.__injected = 'img'\"> "
+    f'<img src="{TRAP}/img.png" onerror="window.__injected = \'img\'"> '
     f"![a picture]({TRAP}/markdown.png) "
     f'<iframe src="{TRAP}/frame"></iframe> '
     "[click](javascript:window.__injected='link') **bold** $x^2$"
@@ -75,7 +75,7 @@ def test_markup_in_the_text_is_shown_and_never_fetched_or_run(browser, server, e
 
     page.get_by_role("tab", name="Step by step").click()
     step = page.get_by_role("tabpanel", name="Step by step")
-    short = f"<img src=\"{TRAP}/step.png\" onerror=\"alert('img')\">"  # the tiny model's 128 positions hold it
+    short = f'<img src="{TRAP}/step.png" onerror="alert(\'img\')">'  # the tiny model's 128 positions hold it
     step.get_by_role("textbox", name="Your phrase").fill(short)
     step.get_by_role("button", name="Show what GPT-2 would write next").click()
     page.locator(".st-key-step_pick_0 button").first.wait_for()

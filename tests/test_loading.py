@@ -14,7 +14,8 @@ import torch
 from conftest import runs_here
 
 import gpt2_engine
-from gpt2_engine.loading import KNOWN_MODELS, ModelShape, check_memory, resolve_precision
+from gpt2_engine.loading import check_memory, resolve_precision
+from gpt2_engine.shapes import KNOWN_MODELS, ModelShape
 
 ROOT = Path(__file__).resolve().parents[1]
 
