@@ -38,6 +38,7 @@ from bench.peaks import fresh_python
 from bench.report import machine_facts, table
 from bench.standin import build_standin
 from gpt2_engine import capabilities, weights_cache
+from gpt2_engine.decoding import WindowMode
 from gpt2_engine.fast import FastContext
 from gpt2_engine.memory import read_process_memory
 
@@ -107,14 +108,10 @@ def prefill(engine: gpt2_engine.Engine, length: int, repeats: int) -> float:
     return statistics.median(times[1:])
 
 
-def run_steps(engine: gpt2_engine.Engine, tokens: int, window: int | None, mode: str) -> list[float]:
+def run_steps(engine: gpt2_engine.Engine, tokens: int, window: int | None, mode: WindowMode) -> list[float]:
     """The time each token arrived (s since the stream started), greedy from "The", in a window mode."""
-    before, engine.window_mode = engine.window_mode, mode
-    try:
-        steps = engine.stream("The", max_new_tokens=tokens, window=window, sampler="greedy", stop_at_eos=False, seed=0)
-        return [step.elapsed_s for step in steps]
-    finally:
-        engine.window_mode = before
+    settings = dict(max_new_tokens=tokens, window=window, sampler="greedy", stop_at_eos=False, seed=0)
+    return [step.elapsed_s for step in engine.stream("The", window_mode=mode, **settings)]
 
 
 def gaps(times: list[float]) -> tuple[float, float]:

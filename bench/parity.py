@@ -41,11 +41,11 @@ def main() -> None:
     )
     runs = {}
     for backend, mode in (("fast", "shadow"), ("fast", "reprime"), ("reference", "reprime")):
-        engine.backend, engine.window_mode = backend, mode
-        runs[f"{backend}/{mode}"] = [s.token_id for s in engine.stream(prompt, settings)]
+        runs[f"{backend}/{mode}"] = [
+            s.token_id for s in engine.stream(prompt, settings, backend=backend, window_mode=mode)
+        ]
     same = len({tuple(r) for r in runs.values()}) == 1
     print(f"window 16, {args.tokens} greedy tokens: fast/shadow, fast/reprime and reference agree: {same}")
-    engine.backend = "fast"
     ours = [s.token_id for s in engine.stream(prompt, settings.with_(window=None))]
     input_ids = torch.tensor([ids], device=engine.device)
     theirs = engine.model.generate(

@@ -6,37 +6,74 @@
         print(step.text, end="", flush=True)
     engine.speak("The cat sat")                              # the tutorial's API: the whole text
 
-Knows nothing of Streamlit: the page (app.py) and the command line (python -m gpt2_engine) use it.
+Knows nothing of Streamlit: the page (app.py, studio/) and the command line (python -m gpt2_engine) use it,
+through the names below and nothing else.
 """
 
+from .capabilities import runnable, supported
+from .decoding import STOP_REASONS, Candidate, Decoder, Prompt, Step
+from .detokenize import TextStream
 from .errors import ModelLoadError, NotEnoughMemoryError, PrecisionUnavailableError, SettingsError, StudioError
-from .generation import STOP_REASONS, Candidate, Engine, Prompt, Step
-from .loading import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS, ModelShape, load
+from .generation import Engine
+from .loading import load, resolve_device
+from .memory import GB, MB, available_bytes, format_bytes
+from .records import memory_csv, record_json, run_record, settings_from_record
 from .scoring import Coherence, coherence
-from .settings import SAMPLERS, GenerationSettings, max_window, parse_seed
+from .serving import LoadPlan, SharedModel, TurnQueue, plan_load
+from .settings import SAMPLERS, TUTORIAL_PHRASE, GenerationSettings, max_window, parse_seed
+from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS, ModelShape, Precision
+from .stats import RunStats, generated_text, memory_rows, reset_points
 from .stepping import StepMode
 
 __all__ = [
-    "STOP_REASONS",
-    "Candidate",
-    "Coherence",
-    "StepMode",
-    "coherence",
+    # loading a model, and what it will take
     "DEFAULT_MODEL",
     "DTYPE_CHOICES",
     "KNOWN_MODELS",
-    "SAMPLERS",
+    "ModelShape",
+    "Precision",
+    "load",
+    "plan_load",
+    "LoadPlan",
+    "SharedModel",
+    "TurnQueue",
+    "resolve_device",
+    "runnable",
+    "supported",
+    # generating
     "Engine",
     "GenerationSettings",
-    "ModelLoadError",
-    "ModelShape",
-    "NotEnoughMemoryError",
-    "PrecisionUnavailableError",
-    "Prompt",
-    "SettingsError",
-    "Step",
-    "StudioError",
-    "load",
+    "SAMPLERS",
+    "TUTORIAL_PHRASE",
     "max_window",
     "parse_seed",
+    "Decoder",
+    "StepMode",
+    "Step",
+    "Candidate",
+    "Prompt",
+    "STOP_REASONS",
+    "TextStream",
+    # what a run was: numbers, records, coherence
+    "RunStats",
+    "generated_text",
+    "memory_rows",
+    "reset_points",
+    "run_record",
+    "record_json",
+    "memory_csv",
+    "settings_from_record",
+    "Coherence",
+    "coherence",
+    # memory, in the units the page shows
+    "GB",
+    "MB",
+    "available_bytes",
+    "format_bytes",
+    # errors: every one a StudioError, with a message to show as it is
+    "StudioError",
+    "ModelLoadError",
+    "NotEnoughMemoryError",
+    "PrecisionUnavailableError",
+    "SettingsError",
 ]

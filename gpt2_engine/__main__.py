@@ -13,14 +13,12 @@ import json
 import sys
 from collections.abc import Sequence
 
+from .decoding import Step
 from .errors import StudioError
 from .fast import PROMPT_CHUNK
-from .generation import Step
 from .memory import format_bytes
-from .settings import MAX_CANDIDATES, SAMPLERS, GenerationSettings
+from .settings import MAX_CANDIDATES, SAMPLERS, TUTORIAL_PHRASE, GenerationSettings
 from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS
-
-TUTORIAL_PHRASE = "In a shocking finding, scientists discovered a herd of unicorns living in a remote valley."
 
 
 def window_value(text: str) -> int | None:

@@ -41,6 +41,15 @@ class TextStream:
             return new_text[len(prefix_text) :]
         return ""
 
+    def mark(self) -> tuple[int, int, int]:
+        """Where the stream stands, for `rewind` (step mode's undo)."""
+        return len(self.ids), self._prefix, self._read
+
+    def rewind(self, mark: tuple[int, int, int]) -> None:
+        """Back to where `mark` was taken: the ids pushed since are forgotten."""
+        held, self._prefix, self._read = mark
+        del self.ids[held:]
+
     def flush(self) -> str:
         """The text held back at the end (bytes that never became a whole character show as U+FFFD)."""
         prefix_text = self._decode(self.ids[self._prefix : self._read])

@@ -21,7 +21,7 @@ from dataclasses import asdict, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from .generation import Step
+from .decoding import Step
 from .scoring import Coherence
 from .settings import GenerationSettings
 from .stats import RunStats, generated_text

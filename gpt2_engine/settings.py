@@ -16,6 +16,7 @@ SAMPLERS = ("nucleus", "tutorial", "greedy")
 MAX_NEW_TOKENS = 100_000  # memory stays bounded at any length (the window re-primes), time does not
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
 MAX_CANDIDATES = 100  # candidates shown per step: enough to see the top-p set of a sure model
+TUTORIAL_PHRASE = "In a shocking finding, scientists discovered a herd of unicorns living in a remote valley."
 
 
 @dataclass(frozen=True)

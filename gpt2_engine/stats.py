@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .generation import Step
+from .decoding import Step
 
 
 def generated_text(steps: Sequence[Step]) -> str:

@@ -16,9 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from gpt2_engine import Step
-from gpt2_engine.memory import GB, MB
-from gpt2_engine.stats import memory_rows, reset_points
+from gpt2_engine import GB, MB, Step, memory_rows, reset_points
 
 TOTAL_LABEL, ALLOCATED_LABEL = "total (RSS)", "allocated"
 TOTAL_COLOR, ALLOCATED_COLOR, KV_COLOR, WEIGHTS_COLOR, RESET_COLOR = (

@@ -18,8 +18,7 @@ from contextlib import closing
 import streamlit as st
 
 import gpt2_engine
-from gpt2_engine import STOP_REASONS
-from gpt2_engine.__main__ import TUTORIAL_PHRASE
+from gpt2_engine import STOP_REASONS, TUTORIAL_PHRASE
 
 from . import charts, coherence_view, runner
 from .comparison import TABLE_COLUMNS, Comparison, first_difference, summary, table, window_label

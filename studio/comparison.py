@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from gpt2_engine.memory import MB, format_bytes
+from gpt2_engine import MB, format_bytes
 
 from .runner import Run
 

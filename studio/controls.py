@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 import gpt2_engine
-from gpt2_engine.__main__ import TUTORIAL_PHRASE
+from gpt2_engine import TUTORIAL_PHRASE
 
 from .run_view import INSPECT_CANDIDATES
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import streamlit as st
 
 import gpt2_engine
-from gpt2_engine.memory import format_bytes
-from gpt2_engine.records import memory_csv, record_json, settings_from_record
+from gpt2_engine import format_bytes, memory_csv, record_json, settings_from_record
 
 from . import charts, runner
 from .run_view import text_html

@@ -14,10 +14,16 @@ from dataclasses import dataclass
 import streamlit as st
 
 import gpt2_engine
-from gpt2_engine import capabilities
-from gpt2_engine.loading import resolve_device
-from gpt2_engine.memory import available_bytes, format_bytes
-from gpt2_engine.serving import LoadPlan, SharedModel, plan_load
+from gpt2_engine import (
+    LoadPlan,
+    SharedModel,
+    available_bytes,
+    format_bytes,
+    plan_load,
+    resolve_device,
+    runnable,
+    supported,
+)
 
 ENV_MODEL = "GPT2_STUDIO_MODEL"
 ENV_PRECISION = "GPT2_STUDIO_PRECISION"
@@ -45,7 +51,7 @@ def start_model() -> str:
 
 def offered_precisions() -> list[str]:
     """auto and the precisions that run on this machine's device (the others are named with their reason)."""
-    return ["auto", *capabilities.runnable(resolve_device("auto"))]
+    return ["auto", *runnable(resolve_device("auto"))]
 
 
 def start_precision() -> str:
@@ -54,7 +60,7 @@ def start_precision() -> str:
     if asked in offered_precisions():
         return asked
     if asked in gpt2_engine.DTYPE_CHOICES:
-        why = capabilities.supported(resolve_device("auto"))[asked].why
+        why = supported(resolve_device("auto"))[asked].why
         st.warning(
             f"{ENV_PRECISION}={asked!r} does not run here: {why}. Starting with auto.", icon=":material/warning:"
         )
@@ -108,7 +114,7 @@ def pick_model() -> ModelChoice:
         help="How many bits each weight takes. Fewer bits: less memory, often faster, slightly different text. "
         "auto measures, at a model's first load, which one runs fastest here and still writes what fp32 would.",
     )
-    refused = [s for s in capabilities.supported(resolve_device("auto")).values() if not s.runs]
+    refused = [s for s in supported(resolve_device("auto")).values() if not s.runs]
     if refused:
         st.caption("Not on this machine: " + " ".join(f"{s.why}." for s in refused))
     return ModelChoice(name.strip(), precision)

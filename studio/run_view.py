@@ -21,8 +21,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from gpt2_engine import STOP_REASONS, GenerationSettings, Step
-from gpt2_engine.memory import format_bytes
+from gpt2_engine import STOP_REASONS, GenerationSettings, Step, format_bytes
 
 from . import charts
 from .runner import Run

@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 
 import gpt2_engine
-from gpt2_engine.records import run_record
-from gpt2_engine.serving import TurnQueue
-from gpt2_engine.stats import RunStats, generated_text
+from gpt2_engine import RunStats, TurnQueue, generated_text, run_record
 
 RUN_KEY = "run"  # st.session_state[RUN_KEY]: the latest Run of this visitor
 HISTORY_KEY = "history"  # st.session_state[HISTORY_KEY]: this visitor's runs, oldest first (the History tab)

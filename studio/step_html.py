@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import gpt2_engine
-from gpt2_engine.detokenize import TextStream
-from gpt2_engine.stepping import StepMode
+from gpt2_engine import StepMode, TextStream
 
 from .run_view import RESET_MARK, ordinal, percent, quoted, visible
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import streamlit as st
 
 import gpt2_engine
-from gpt2_engine.stepping import StepMode
+from gpt2_engine import StepMode
 
 from . import runner
 from .controls import OFF, window_slider

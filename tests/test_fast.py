@@ -17,12 +17,7 @@ def full_logits(model, ids: list[int]) -> torch.Tensor:
 
 
 def run(engine, backend: str, window_mode: str = "shadow", **settings) -> list:
-    before = engine.backend, engine.window_mode
-    engine.backend, engine.window_mode = backend, window_mode
-    try:
-        return list(engine.stream("The cat sat on the mat", **settings))
-    finally:
-        engine.backend, engine.window_mode = before
+    return list(engine.stream("The cat sat on the mat", backend=backend, window_mode=window_mode, **settings))
 
 
 def test_fast_forward_logits_equal_transformers(engine) -> None:

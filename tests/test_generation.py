@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import gpt2_engine
+from gpt2_engine import decoding
 from gpt2_engine.context import KVCacheContext
 from gpt2_engine.fast import FastContext
 
@@ -49,11 +50,11 @@ class RecordingContext(KVCacheContext):
 def recording(engine, monkeypatch):
     contexts: list[RecordingContext] = []
 
-    def new_context(window=None):
-        contexts.append(RecordingContext(engine.model))
+    def new_context(model, settings, backend, window_mode):
+        contexts.append(RecordingContext(model))
         return contexts[-1]
 
-    monkeypatch.setattr(engine, "new_context", new_context)
+    monkeypatch.setattr(decoding, "new_context", new_context)
     return contexts
 
 

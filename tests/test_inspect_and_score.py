@@ -143,12 +143,9 @@ def test_tutorial_mode_keeps_the_autograd_graph_and_inference_mode_does_not(engi
         return logits
 
     monkeypatch.setattr(KVCacheContext, "_forward", recording_forward)
-    engine.backend = "reference"
-    try:
-        list(engine.stream("The cat", max_new_tokens=30, window=None, seed=0, stop_at_eos=False))
-        list(engine.stream("The cat", max_new_tokens=30, window=None, seed=0, stop_at_eos=False, autograd=True))
-    finally:
-        engine.backend = "fast"
+    settings = dict(max_new_tokens=30, window=None, seed=0, stop_at_eos=False, backend="reference")
+    list(engine.stream("The cat", **settings))
+    list(engine.stream("The cat", **settings, autograd=True))
     assert sizes[False] and all(n == 0 for n in sizes[False])  # inference mode: no graph at all
     grown = sizes[True]
     assert len(grown) == 30 and all(b > a for a, b in zip(grown, grown[1:]))  # the graph grows with every token
@@ -174,7 +171,7 @@ def test_tutorial_mode_saves_more_per_token_as_the_context_grows(engine) -> None
 
 
 def test_memory_guard_stops_a_run_with_a_reason_and_keeps_the_text(engine, monkeypatch) -> None:
-    monkeypatch.setattr("gpt2_engine.generation.available_bytes", lambda: 1)  # as if the machine were full
+    monkeypatch.setattr("gpt2_engine.decoding.available_bytes", lambda: 1)  # as if the machine were full
     steps = list(engine.stream("The cat", max_new_tokens=50, seed=0, stop_at_eos=False))
     assert steps[-1].stop_reason == "memory" and len(steps) < 50
     assert "".join(s.text for s in steps) == engine.tokenizer.decode(

@@ -43,7 +43,7 @@ def test_loads_from_a_folder(tiny_model_dir) -> None:
 @pytest.mark.parametrize("precision", runs_here("bf16"))
 def test_loads_in_bf16(tiny_model_dir, precision) -> None:
     engine = gpt2_engine.load(str(tiny_model_dir), dtype=precision, device="cpu")
-    assert engine.dtype == torch.bfloat16 and engine.precision == "bf16"
+    assert next(engine.model.parameters()).dtype == torch.bfloat16 and engine.precision == "bf16"
     assert len(list(engine.stream("Hi", max_new_tokens=5, seed=0, stop_at_eos=False))) == 5
 
 

@@ -195,7 +195,7 @@ def test_tutorial_mode_on_weights_without_autograd_says_which_to_pick(page: AppT
 def test_the_memory_guard_stops_a_run_says_why_and_keeps_the_text(
     page: AppTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gpt2_engine.generation.available_bytes", lambda: -1_000_000)  # as if 1 MB short already
+    monkeypatch.setattr("gpt2_engine.decoding.available_bytes", lambda: -1_000_000)  # as if 1 MB short already
     at = press(set_widgets(page, prompt=PROMPT, length=50, memory_share=10), "generate")
     run = at.session_state["run"]
     assert run.settings.memory_share == pytest.approx(0.10)

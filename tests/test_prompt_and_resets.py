@@ -47,9 +47,8 @@ def forward_sizes(engine, monkeypatch, window_mode: str, window: int) -> list[li
         return real(model, cache, segments)
 
     monkeypatch.setattr(fast, "forward", counting)
-    monkeypatch.setattr(engine, "window_mode", window_mode)
     per_step = []
-    for _ in engine.stream("The cat sat on the mat", **{**SETTINGS, "window": window}):
+    for _ in engine.stream("The cat sat on the mat", window_mode=window_mode, **{**SETTINGS, "window": window}):
         per_step.append(list(calls))
         calls.clear()
     return per_step
@@ -71,10 +70,8 @@ def test_a_plain_re_prime_reads_the_window_at_once(engine, monkeypatch) -> None:
 
 
 def test_shadow_and_re_prime_write_the_same_tokens(engine, monkeypatch) -> None:
-    monkeypatch.setattr(engine, "window_mode", "shadow")
-    shadow = [s.token_id for s in engine.stream("The cat", **{**SETTINGS, "window": 5})]
-    monkeypatch.setattr(engine, "window_mode", "reprime")
-    assert shadow == [s.token_id for s in engine.stream("The cat", **{**SETTINGS, "window": 5})]
+    shadow = [s.token_id for s in engine.stream("The cat", window_mode="shadow", **{**SETTINGS, "window": 5})]
+    assert shadow == [s.token_id for s in engine.stream("The cat", window_mode="reprime", **{**SETTINGS, "window": 5})]
 
 
 def test_auto_takes_the_shadow_row_only_where_a_second_row_is_almost_free() -> None:
@@ -104,8 +101,8 @@ def test_q8_follows_fp32_and_its_shadow_row_leaves_the_text_alone(tiny_model_dir
     prompt = "The cat sat on the mat"
     assert low.weight_bytes < 0.75 * engine.weight_bytes
     same = [s.token_id for s in low.stream(prompt, **{**SETTINGS, "window": 64})]
-    low.window_mode = "shadow"  # a window longer than the run never resets: only the second row differs
-    assert [s.token_id for s in low.stream(prompt, **{**SETTINGS, "window": 64})] == same
+    # a window longer than the run never resets: only the second row differs
+    assert [s.token_id for s in low.stream(prompt, window_mode="shadow", **{**SETTINGS, "window": 64})] == same
     with torch.inference_mode():
         ids = engine.tokenizer.encode(LONG)[:60]
         a = engine.model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)

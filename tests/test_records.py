@@ -93,7 +93,7 @@ def test_json_is_strict_and_unknown_fields_do_not_stop_a_replay(engine) -> None:
 
 def test_a_tutorial_mode_reset_gives_the_freed_memory_back(engine, monkeypatch) -> None:
     released: list[int] = []
-    monkeypatch.setattr("gpt2_engine.generation.release_freed_memory", lambda: released.append(1))
+    monkeypatch.setattr("gpt2_engine.decoding.release_freed_memory", lambda: released.append(1))
     list(engine.stream(PROMPT, max_new_tokens=20, window=5, seed=0, stop_at_eos=False, autograd=True))
     assert len(released) == 1 + 3  # at the start of the run, and after each of its resets (5, 10, 15)
     released.clear()
