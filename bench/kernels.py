@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -53,172 +54,179 @@ def timed(run: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
-def candidates(shapes: list[tuple[int, int]], rows: int):
-    """(name, bytes, run) for each kernel; weights are built lazily so only one layout is in memory."""
+Shapes = list[tuple[int, int]]  # (in, out) of each matrix
+Built = tuple[int, Callable[[], object]]  # (weight bytes, one decode pass over every matrix)
 
-    def conv1d_addmm():  # what transformers' GPT-2 does: x @ W with W stored (in, out)
-        ws = [(torch.randn(i, o) * 0.02, torch.zeros(o)) for i, o in shapes]
-        xs = {i: torch.randn(rows, i) for i, _ in shapes}
-        return sum(w.numel() * 4 for w, _ in ws), lambda: [torch.addmm(b, xs[w.shape[0]], w) for w, b in ws]
 
-    def linear(dtype):
-        def build():
-            ws = [((torch.randn(o, i) * 0.02).to(dtype), torch.zeros(o, dtype=dtype)) for i, o in shapes]
-            xs = {i: torch.randn(rows, i, dtype=dtype) for i, _ in shapes}
-            return sum(w.numel() * w.element_size() for w, _ in ws), lambda: [
-                F.linear(xs[w.shape[1]], w, b) for w, b in ws
-            ]
+def _inputs(shapes: Shapes, rows: int, dtype: torch.dtype = torch.float32) -> dict[int, Tensor]:
+    return {i: torch.randn(rows, i, dtype=dtype) for i, _ in shapes}
 
-        return build
 
-    def mkldnn_packed(dtype):
-        def build():
-            ws = []
-            for i, o in shapes:
-                w = (torch.randn(o, i) * 0.02).to(dtype)
-                packed = (
-                    torch.ops.mkldnn._reorder_linear_weight(w, rows)
-                    if hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-                    else w
-                )
-                ws.append((packed, torch.zeros(o, dtype=dtype), o, i))
-            xs = {i: torch.randn(rows, i, dtype=dtype) for i in {s[0] for s in shapes}}
+def conv1d_addmm(shapes: Shapes, rows: int) -> Built:
+    """What transformers' GPT-2 does: x @ W with W stored (in, out)."""
+    ws = [(torch.randn(i, o) * 0.02, torch.zeros(o)) for i, o in shapes]
+    xs = _inputs(shapes, rows)
+    return sum(w.numel() * 4 for w, _ in ws), lambda: [torch.addmm(b, xs[w.shape[0]], w) for w, b in ws]
 
-            def run():
-                for packed, b, _o, i in ws:
-                    torch.ops.mkldnn._linear_pointwise(xs[i], packed, b, "none", [], "")
 
-            return sum(o * i * torch.tensor([], dtype=dtype).element_size() for _, _, o, i in ws), run
+def linear(shapes: Shapes, rows: int, dtype: torch.dtype) -> Built:
+    ws = [((torch.randn(o, i) * 0.02).to(dtype), torch.zeros(o, dtype=dtype)) for i, o in shapes]
+    xs = _inputs(shapes, rows, dtype)
+    return sum(w.numel() * w.element_size() for w, _ in ws), lambda: [F.linear(xs[w.shape[1]], w, b) for w, b in ws]
 
-        return build
 
-    def int8_weight_only(act_dtype):
-        def build():
-            ws = []
-            for i, o in shapes:
-                w = torch.randn(o, i) * 0.02
-                scale = w.abs().amax(dim=1) / 127
-                ws.append((torch.round(w / scale[:, None]).to(torch.int8), scale.to(act_dtype)))
-            xs = {i: torch.randn(rows, i, dtype=act_dtype) for i, _ in shapes}
-            return sum(w.numel() for w, _ in ws), lambda: [
-                torch.ops.aten._weight_int8pack_mm(xs[w.shape[1]], w, s) for w, s in ws
-            ]
+def mkldnn_packed(shapes: Shapes, rows: int, dtype: torch.dtype) -> Built:
+    """oneDNN's prepacked layout (the engine's bf16)."""
+    ws = []
+    for i, o in shapes:
+        w = (torch.randn(o, i) * 0.02).to(dtype)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+        ws.append((packed, torch.zeros(o, dtype=dtype), i))
+    xs = _inputs(shapes, rows, dtype)
 
-        return build
+    def run() -> None:
+        for packed, b, i in ws:
+            torch.ops.mkldnn._linear_pointwise(xs[i], packed, b, "none", [], "")
 
-    def int8_dequantized():  # what Int8Linear does for a prompt: int8 -> bf16, one matmul, then the scales
-        ws = []
-        for i, o in shapes:
-            w = torch.randn(o, i) * 0.02
-            scale = w.abs().amax(dim=1) / 127
-            ws.append((torch.round(w / scale[:, None]).to(torch.int8), scale.to(torch.bfloat16)))
-        xs = {i: torch.randn(rows, i, dtype=torch.bfloat16) for i, _ in shapes}
-        return sum(w.numel() for w, _ in ws), lambda: [
-            F.linear(xs[w.shape[1]], w.to(torch.bfloat16)) * s for w, s in ws
-        ]
+    return sum(i * o for i, o in shapes) * torch.tensor([], dtype=dtype).element_size(), run
 
-    def fp16_fbgemm():  # fp16 weights packed by fbgemm, fp32 activations (packing gpt2-xl takes ~30 s)
-        ws = [(i, torch.ops.quantized.linear_prepack_fp16(torch.randn(o, i) * 0.02, torch.zeros(o))) for i, o in shapes]
-        xs = {i: torch.randn(rows, i) for i, _ in shapes}
-        return sum(i * o * 2 for i, o in shapes), lambda: [
-            torch.ops.quantized.linear_dynamic_fp16(xs[i], p) for i, p in ws
-        ]
 
-    def int8_dynamic_fbgemm():  # int8 weights and int8 activations, quantized per call (torch.ao, fbgemm)
-        import warnings
+def _int8_rows(shapes: Shapes, scale_dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
+    """Random matrices as int8 with one scale per output row."""
+    ws = []
+    for i, o in shapes:
+        w = torch.randn(o, i) * 0.02
+        scale = w.abs().amax(dim=1) / 127
+        ws.append((torch.round(w / scale[:, None]).to(torch.int8), scale.to(scale_dtype)))
+    return ws
 
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-        ws = []
-        for i, o in shapes:
-            w = torch.randn(o, i) * 0.02
-            module = DynamicLinear(i, o, dtype=torch.qint8)
-            scales = (w.abs().amax(dim=1) / 127).double()
-            module.set_weight_bias(
-                torch.quantize_per_channel(w, scales, torch.zeros(o, dtype=torch.long), 0, torch.qint8), torch.zeros(o)
-            )
-            ws.append((i, module))
-        xs = {i: torch.randn(rows, i) for i, _ in shapes}
-        return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]
+def int8_weight_only(shapes: Shapes, rows: int, act_dtype: torch.dtype) -> Built:
+    """_weight_int8pack_mm: int8 weights, activations as they are (the engine's int8)."""
+    ws = _int8_rows(shapes, act_dtype)
+    xs = _inputs(shapes, rows, act_dtype)
+    return sum(w.numel() for w, _ in ws), lambda: [
+        torch.ops.aten._weight_int8pack_mm(xs[w.shape[1]], w, s) for w, s in ws
+    ]
 
-    def q8_engine():  # the engine's q8 (quantize.Q8Linear): fbgemm's dynamic linear, each row scaled apart
-        from gpt2_engine.quantize import Q8Linear, quantize_rows
 
-        ws = [(i, Q8Linear(*quantize_rows(torch.randn(o, i) * 0.02), torch.zeros(o))) for i, o in shapes]
-        xs = {i: torch.randn(rows, i) for i, _ in shapes}
-        return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]
+def int8_dequantized(shapes: Shapes, rows: int) -> Built:
+    """What Int8Linear does for a prompt: int8 -> bf16, one matmul, then the scales."""
+    ws = _int8_rows(shapes, torch.bfloat16)
+    xs = _inputs(shapes, rows, torch.bfloat16)
+    return sum(w.numel() for w, _ in ws), lambda: [F.linear(xs[w.shape[1]], w.to(torch.bfloat16)) * s for w, s in ws]
 
-    def int8_compiled():  # _weight_int8pack_mm through torch.compile (inductor, frozen weights)
-        import torch._inductor.config as inductor
 
-        class Matrices(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.ws, self.ss = torch.nn.ParameterList(), torch.nn.ParameterList()
-                for i, o in shapes:
-                    w = torch.randn(o, i) * 0.02
-                    scale = w.abs().amax(dim=1) / 127
-                    self.ws.append(torch.nn.Parameter(torch.round(w / scale[:, None]).to(torch.int8), False))
-                    self.ss.append(torch.nn.Parameter(scale.bfloat16(), False))
+def fp16_fbgemm(shapes: Shapes, rows: int) -> Built:
+    """fp16 weights packed by fbgemm, fp32 activations (packing gpt2-xl's takes a while)."""
+    ws = [(i, torch.ops.quantized.linear_prepack_fp16(torch.randn(o, i) * 0.02, torch.zeros(o))) for i, o in shapes]
+    xs = _inputs(shapes, rows)
+    return sum(i * o * 2 for i, o in shapes), lambda: [torch.ops.quantized.linear_dynamic_fp16(xs[i], p) for i, p in ws]
 
-            def forward(self, xs: dict[int, Tensor]) -> list[Tensor]:
-                return [torch.ops.aten._weight_int8pack_mm(xs[w.shape[1]], w, s) for w, s in zip(self.ws, self.ss)]
 
-        inductor.freezing = True
-        module = Matrices().eval()
-        compiled = torch.compile(module)
-        xs = {i: torch.randn(rows, i, dtype=torch.bfloat16) for i, _ in shapes}
-        return sum(w.numel() for w in module.ws), lambda: compiled(xs)
+def int8_dynamic_fbgemm(shapes: Shapes, rows: int) -> Built:
+    """int8 weights and int8 activations, quantized per call with one scale (torch.ao, fbgemm)."""
+    import warnings
 
-    def int8_onnx_runtime(block: int = 32):  # MatMulNBits, 8 bits: activations quantized per block too (like q8_0)
-        import numpy as np
-        import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-        with contextlib.suppress(RuntimeError):  # raised when it was set already in this process
-            ort.capi._pybind_state.set_global_thread_pool_sizes(torch.get_num_threads(), 1)  # one pool for all
-        options = ort.SessionOptions()
-        options.use_per_session_threads = False
-        sessions, nbytes = [], 0
-        for i, o in shapes:
-            w = (torch.randn(o, i) * 0.02).numpy().reshape(o, i // block, block)
-            scales = np.abs(w).max(axis=2) / 127
-            q = (np.rint(w / scales[..., None]) + 128).astype(np.uint8)  # symmetric: the zero point is 128
-            node = helper.make_node(
-                "MatMulNBits", ["x", "B", "scales"], ["y"], domain="com.microsoft",
-                K=i, N=o, bits=8, block_size=block, accuracy_level=4,
-            )  # fmt: skip
-            graph = helper.make_graph(
-                [node], "matmul",
-                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, i])],
-                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, o])],
-                [numpy_helper.from_array(q, "B"), numpy_helper.from_array(scales.astype(np.float32).reshape(-1), "scales")],
-            )  # fmt: skip
-            model = helper.make_model(
-                graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-            )
-            sessions.append(
-                (i, ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]))
-            )
-            nbytes += q.nbytes
-        xs = {i: np.random.default_rng(0).standard_normal((rows, i), dtype=np.float32) for i, _ in shapes}
-        return nbytes, lambda: [session.run(None, {"x": xs[i]}) for i, session in sessions]
+    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+    ws = []
+    for i, o in shapes:
+        w = torch.randn(o, i) * 0.02
+        module = DynamicLinear(i, o, dtype=torch.qint8)
+        scales = (w.abs().amax(dim=1) / 127).double()
+        module.set_weight_bias(
+            torch.quantize_per_channel(w, scales, torch.zeros(o, dtype=torch.long), 0, torch.qint8), torch.zeros(o)
+        )
+        ws.append((i, module))
+    xs = _inputs(shapes, rows)
+    return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]
 
-    yield "fp32 addmm (Conv1D layout)", conv1d_addmm
-    yield "fp32 F.linear", linear(torch.float32)
-    yield "bf16 F.linear", linear(torch.bfloat16)
-    yield "fp16 F.linear", linear(torch.float16)
-    yield "fp16 weights, fp32 act (fbgemm)", fp16_fbgemm
-    yield "fp32 mkldnn packed", mkldnn_packed(torch.float32)
-    yield "bf16 mkldnn packed", mkldnn_packed(torch.bfloat16)
-    yield "int8 weights, bf16 act (_weight_int8pack_mm)", int8_weight_only(torch.bfloat16)
-    yield "int8 weights, fp32 act (_weight_int8pack_mm)", int8_weight_only(torch.float32)
-    yield "int8 weights dequantized to bf16, F.linear", int8_dequantized
-    yield "int8 weights and activations (fbgemm dynamic)", int8_dynamic_fbgemm
-    yield "int8 weights, activations 8-bit per row (the engine's q8, fbgemm)", q8_engine
-    yield "int8 weights, bf16 act, torch.compile (inductor, freezing)", int8_compiled
-    yield "int8 weights and activations per 32 (ONNX Runtime MatMulNBits)", int8_onnx_runtime
+
+def q8_engine(shapes: Shapes, rows: int) -> Built:
+    """The engine's q8 (quantize.Q8Linear): fbgemm's dynamic linear, each row scaled apart."""
+    from gpt2_engine.quantize import Q8Linear, quantize_rows
+
+    ws = [(i, Q8Linear(*quantize_rows(torch.randn(o, i) * 0.02), torch.zeros(o))) for i, o in shapes]
+    xs = _inputs(shapes, rows)
+    return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]
+
+
+def int8_compiled(shapes: Shapes, rows: int) -> Built:
+    """_weight_int8pack_mm through torch.compile (inductor, frozen weights)."""
+    import torch._inductor.config as inductor
+
+    class Matrices(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ws, self.ss = torch.nn.ParameterList(), torch.nn.ParameterList()
+            for w, s in _int8_rows(shapes, torch.bfloat16):
+                self.ws.append(torch.nn.Parameter(w, False))
+                self.ss.append(torch.nn.Parameter(s, False))
+
+        def forward(self, xs: dict[int, Tensor]) -> list[Tensor]:
+            return [torch.ops.aten._weight_int8pack_mm(xs[w.shape[1]], w, s) for w, s in zip(self.ws, self.ss)]
+
+    inductor.freezing = True
+    module = Matrices().eval()
+    compiled = torch.compile(module)
+    xs = _inputs(shapes, rows, torch.bfloat16)
+    return sum(w.numel() for w in module.ws), lambda: compiled(xs)
+
+
+def int8_onnx_runtime(shapes: Shapes, rows: int, block: int = 32) -> Built:
+    """ONNX Runtime's MatMulNBits, 8 bits: activations quantized per block too (like llama.cpp's q8_0)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    with contextlib.suppress(RuntimeError):  # raised when it was set already in this process
+        ort.capi._pybind_state.set_global_thread_pool_sizes(torch.get_num_threads(), 1)  # one pool for all
+    options = ort.SessionOptions()
+    options.use_per_session_threads = False
+    sessions, nbytes = [], 0
+    for i, o in shapes:
+        w = (torch.randn(o, i) * 0.02).numpy().reshape(o, i // block, block)
+        scales = np.abs(w).max(axis=2) / 127
+        q = (np.rint(w / scales[..., None]) + 128).astype(np.uint8)  # symmetric: the zero point is 128
+        node = helper.make_node(
+            "MatMulNBits", ["x", "B", "scales"], ["y"], domain="com.microsoft",
+            K=i, N=o, bits=8, block_size=block, accuracy_level=4,
+        )  # fmt: skip
+        graph = helper.make_graph(
+            [node], "matmul",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, i])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, o])],
+            [numpy_helper.from_array(q, "B"), numpy_helper.from_array(scales.astype(np.float32).reshape(-1), "scales")],
+        )  # fmt: skip
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+        )
+        sessions.append(
+            (i, ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]))
+        )
+        nbytes += q.nbytes
+    xs = {i: np.random.default_rng(0).standard_normal((rows, i), dtype=np.float32) for i, _ in shapes}
+    return nbytes, lambda: [session.run(None, {"x": xs[i]}) for i, session in sessions]
+
+
+KERNELS: list[tuple[str, Callable[[Shapes, int], Built]]] = [  # weights are built one kernel at a time
+    ("fp32 addmm (Conv1D layout)", conv1d_addmm),
+    ("fp32 F.linear", functools.partial(linear, dtype=torch.float32)),
+    ("bf16 F.linear", functools.partial(linear, dtype=torch.bfloat16)),
+    ("fp16 F.linear", functools.partial(linear, dtype=torch.float16)),
+    ("fp16 weights, fp32 act (fbgemm)", fp16_fbgemm),
+    ("fp32 mkldnn packed", functools.partial(mkldnn_packed, dtype=torch.float32)),
+    ("bf16 mkldnn packed", functools.partial(mkldnn_packed, dtype=torch.bfloat16)),
+    ("int8 weights, bf16 act (_weight_int8pack_mm)", functools.partial(int8_weight_only, act_dtype=torch.bfloat16)),
+    ("int8 weights, fp32 act (_weight_int8pack_mm)", functools.partial(int8_weight_only, act_dtype=torch.float32)),
+    ("int8 weights dequantized to bf16, F.linear", int8_dequantized),
+    ("int8 weights and activations (fbgemm dynamic)", int8_dynamic_fbgemm),
+    ("int8 weights, activations 8-bit per row (the engine's q8, fbgemm)", q8_engine),
+    ("int8 weights, bf16 act, torch.compile (inductor, freezing)", int8_compiled),
+    ("int8 weights and activations per 32 (ONNX Runtime MatMulNBits)", int8_onnx_runtime),
+]
 
 
 def main() -> None:
@@ -235,11 +243,11 @@ def main() -> None:
     shapes = matrices(args.size)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size}, rows={args.rows}")
     print("| kernel | weight GB | ms / pass | GB/s | % of read probe |\n|---|---|---|---|---|")
-    for name, build in candidates(shapes, args.rows):
+    for name, build in KERNELS:
         if args.only not in name:
             continue
         try:
-            nbytes, run = build()
+            nbytes, run = build(shapes, args.rows)
             with torch.inference_mode():
                 seconds = timed(run, args.repeats)
         except Exception as error:  # noqa: BLE001 - a kernel this torch lacks is a row that says so

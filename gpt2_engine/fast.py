@@ -1,8 +1,8 @@
 """The fast path: GPT-2's forward pass written over the model's own modules, with a pre-allocated KV cache.
 
 Why: at batch 1 a token costs one read of every weight; Hugging Face's `DynamicCache` adds a
-`torch.cat` of the whole cache per layer per token (measured: 48 ms of a 248 ms gpt2-xl token on
-2 cores, growing with the context). Here keys and values are written in place into a cache made
+`torch.cat` of the whole cache per layer per token, a cost that grows with the context (the benchmark's
+generate() rows show it). Here keys and values are written in place into a cache made
 once, and each layer is a handful of torch calls. The modules are the model's own (so int8 or
 prepacked weights, swapped in by `quantize.py`, work here and in the reference path alike).
 

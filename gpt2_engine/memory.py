@@ -36,10 +36,6 @@ def available_bytes() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def total_bytes() -> int:
-    return int(psutil.virtual_memory().total)
-
-
 def release_freed_memory() -> None:
     """Hands memory the process has freed back to the system, where the C library can (glibc's
     `malloc_trim`; elsewhere nothing happens). Freed tensors otherwise stay resident for reuse, so a

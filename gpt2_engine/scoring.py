@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
+
+from .generation import Engine
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Coherence:
 
 
 def coherence(
-    engine: Any,
+    engine: Engine,
     prompt_ids: Sequence[int],
     generated_ids: Sequence[int],
     stride: int | None = None,

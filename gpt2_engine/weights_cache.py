@@ -1,6 +1,6 @@
 """Converted weights kept on disk: a model is converted to int8 once, not at every load.
 
-Converting gpt2-xl's fp32 weights to int8 reads 6.2 GB and takes ~5 s here, at every load. The result is
+Converting gpt2-xl's fp32 weights to int8 reads all 6.2 GB of them and takes seconds, at every load. The result is
 saved once (`torch.save`) in the cache folder, and later loads map that file (`torch.load(mmap=True)`): its
 pages are read as the first token needs them, and they belong to the file, not to the process's own memory.
 A file's name holds a hash of the model's weight files (path, size, modification time), the precision and

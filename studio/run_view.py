@@ -27,9 +27,9 @@ from . import charts
 from .runner import Run
 
 TEXT_EVERY_S = 0.1  # at most ~10 text updates a second: a tiny model writes faster than a browser draws
-CHARTS_EVERY_S = 0.5  # charts and numbers: ~3 ms to build and more to draw, taken from the model's time
+CHARTS_EVERY_S = 0.5  # charts and numbers take milliseconds to build and more to draw, from the model's time
 RESET_MARK = '<span class="reset" title="window reset: the model forgot all but the last N tokens">⟲</span>'
-INSPECT_CANDIDATES = 5  # per token, for the tooltips: ~20-60 µs a token (measured), a gpt2-xl token ~200 ms
+INSPECT_CANDIDATES = 5  # per token, for the tooltips: microseconds, against a gpt2-xl token's tenths of a second
 COLOUR_KEY = "colour_tokens"  # the "Colour by probability" toggle
 _RECOLOUR = "_recolour_tokens"  # set by the toggle's callback: draw the whole page again
 CONFIDENCE = (  # (lowest probability, css class, legend): how sure GPT-2 was of the token it wrote
