@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 import gpt2_engine
-from studio import coherence_view, compare, controls, history, model_picker, runner, step_mode
+from studio import coherence_view, compare, controls, history, model_picker, runner, status, step_mode
 from studio.run_view import RunView
 
 st.set_page_config(page_title="GPT-2 Studio", page_icon="✍️", layout="wide")
@@ -39,7 +39,7 @@ with write_tab:
             enabled=engine is not None,
         )
         if request.problem:
-            st.error(request.problem, icon="⚠️")
+            status.problem(request.problem)
     with run_column:
         status_row, stop_row = st.columns([5, 1], vertical_alignment="center")
         # Clicking Stop reruns the page, which interrupts a run within one token (see studio/runner.py).

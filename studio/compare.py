@@ -4,39 +4,34 @@ a table of what each window cost and saved, coherence included (scored by itself
 
 Widget keys: compare_prompt, compare_window_a, compare_window_b, compare_length, compare_top_p, compare_seed,
 compare_tutorial_mode, compare_run, compare_stop (and compare_reuse_seed under a result). The comparison is
-kept in st.session_state["comparison"], so it survives reruns; its two runs also go to the History tab.
+kept in st.session_state[keys.COMPARISON], so it survives reruns; its two runs also go to the History tab.
 """
 
 from __future__ import annotations
 
 import html
-import secrets
 import time
 from collections.abc import Callable
-from contextlib import closing
 
 import streamlit as st
 
 import gpt2_engine
-from gpt2_engine import STOP_REASONS, TUTORIAL_PHRASE
 
-from . import charts, coherence_view, runner
+from . import charts, coherence_view, controls, keys, runner, status
 from .comparison import TABLE_COLUMNS, Comparison, first_difference, summary, table, window_label
-from .controls import MAX_LENGTH, OFF, SHORT_SEED_BELOW, TUTORIAL_MODE_HELP, window_slider
-from .run_view import RESET_MARK
+from .controls import MAX_LENGTH, OFF
+from .run_view import CHARTS_EVERY_S, RESET_MARK, TEXT_EVERY_S
 from .runner import Run
 
-COMPARE_KEY = "comparison"  # st.session_state[COMPARE_KEY]: this visitor's latest Comparison
 DEFAULT_WINDOWS = (20, OFF)  # a small window against the whole context
 DEFAULT_LENGTH = 100  # five resets of a window of 20: enough to see the cache's saw-tooth
-TEXT_EVERY_S, CHARTS_EVERY_S = 0.1, 0.5  # as the Write tab: a browser draws ~10 texts and ~2 charts a second
 
 
 # ---- the form -------------------------------------------------------------------------------------------
 
 
 def _reuse_seed(seed: int) -> None:
-    st.session_state["compare_seed"] = str(seed)
+    st.session_state[keys.COMPARE_SEED] = str(seed)
 
 
 def _form(
@@ -46,16 +41,10 @@ def _form(
     problem in words, and whether Compare was pressed in this rerun."""
     max_window = gpt2_engine.max_window(engine.n_positions if engine else 1024)
     with st.form("compare", border=False, enter_to_submit=False):
-        prompt = st.text_area(
-            "Your phrase",
-            value=TUTORIAL_PHRASE,
-            key="compare_prompt",
-            height=90,
-            help="Both runs continue this same text.",
-        )
+        prompt = controls.phrase("compare_prompt", "Both runs continue this same text.", height=90)
         window_a, window_b, length, top_p, seed_box = st.columns([1.2, 1.2, 1, 1, 1], gap="medium")
         windows = [
-            window_slider(
+            controls.window_slider(
                 max_window,
                 key=f"compare_window_{name.lower()}",
                 help="How many recent tokens the model keeps in mind; 'off' keeps the whole text.",
@@ -68,37 +57,26 @@ def _form(
         length = length.slider(
             "Length (tokens)", 1, MAX_LENGTH, DEFAULT_LENGTH, key="compare_length", help="How much each run writes."
         )
-        top_p = top_p.slider(
-            "Top-p",
-            0.05,
-            1.0,
-            0.70,
-            step=0.05,
-            key="compare_top_p",
-            help="How adventurous each pick is; the same for both.",
-        )
+        top_p = controls.top_p_slider("compare_top_p", "How adventurous each pick is; the same for both.", top_p)
         seed_text = seed_box.text_input(
             "Seed",
-            key="compare_seed",
+            key=keys.COMPARE_SEED,
             placeholder="empty: a new one",
             help="Both runs use this seed. The same seed with the same settings gives the same comparison again.",
         )
-        tutorial_mode = st.toggle(
-            "Tutorial mode: autograd on (teaching)", value=False, key="compare_tutorial_mode", help=TUTORIAL_MODE_HELP
-        )
+        tutorial_mode = controls.tutorial_toggle("compare_tutorial_mode")
         go = st.form_submit_button(
             "Compare", key="compare_run", type="primary", icon=":material/compare_arrows:", disabled=engine is None
         )
     try:
-        seed = gpt2_engine.parse_seed(seed_text)
-        seed = seed if seed is not None else secrets.randbelow(SHORT_SEED_BELOW)
+        seed = controls.seed_or_new(seed_text)
         pair = tuple(
             gpt2_engine.GenerationSettings(
                 max_new_tokens=int(length),
-                top_p=float(top_p),
-                window=None if window == OFF else int(window),
+                top_p=top_p,
+                window=controls.window_value(window),
                 seed=seed,
-                autograd=bool(tutorial_mode),
+                autograd=tutorial_mode,
             )
             for window in windows
         )
@@ -107,7 +85,7 @@ def _form(
                 engine.settings_for(settings)  # what depends on the model: the window, tutorial mode's weights
     except gpt2_engine.SettingsError as error:
         problem = str(error)
-        if "autograd" in problem:
+        if error.field == "autograd":
             problem += " Pick **fp32 (full)** under Precision in the sidebar for tutorial mode."
         return prompt, None, problem, go
     return prompt, pair, None, go
@@ -153,8 +131,7 @@ class CompareView:
         self._text_at = self._chart_at = float("-inf")
 
     def show_waiting(self, ahead: int) -> None:
-        others = "1 run is" if ahead == 1 else f"{ahead} runs are"
-        self.note.info(f"Waiting for the model: {others} ahead. It starts by itself.", icon=":material/hourglass_top:")
+        status.waiting(self.note, ahead)
 
     def update(self, comparison: Comparison) -> None:
         now = time.monotonic()
@@ -208,7 +185,7 @@ class CompareView:
 
     def _draw_columns(self, comparison: Comparison) -> None:
         current = next((run for run in comparison.runs if not run.finished), None)
-        for which, ((heading, status, text), run, label) in enumerate(
+        for which, ((heading, state, text), run, label) in enumerate(
             zip(self.columns, comparison.runs, comparison.labels())
         ):
             color = charts.COMPARE_COLORS[which]
@@ -216,7 +193,7 @@ class CompareView:
             heading.markdown(
                 f"#### <span style='color:{color}'>●</span> {label.capitalize()}{tutorial}", unsafe_allow_html=True
             )
-            _status(status, run, waiting=run is not current and not run.finished)
+            status.run_status(state, run, after_other=run is not current)
             text.html(_texts_html(comparison, which, writing=run is current and bool(run.steps)))
 
     def _draw_chart(self, comparison: Comparison) -> None:
@@ -240,24 +217,6 @@ class CompareView:
             st.caption(coherence_view.EXPLANATION)
 
 
-def _status(area, run: Run, waiting: bool) -> None:
-    stats, length = run.stats, run.settings.max_new_tokens
-    if run.error is not None:
-        area.error(run.error, icon=":material/error:")
-    elif waiting:
-        area.info("Waits for the other run to finish.", icon=":material/hourglass_top:")
-    elif not run.finished:
-        area.info(f"Writing… {stats.tokens} of {length} tokens", icon=":material/edit:")
-    elif run.stopped:
-        what = f"after {stats.tokens} of {length} tokens" if run.steps else "before it started"
-        area.warning(f"Stopped {what}.", icon=":material/stop_circle:")
-    elif stats.stop_reason == "memory":
-        area.warning(f"Stopped after {stats.tokens} tokens: {STOP_REASONS['memory']}.", icon=":material/memory:")
-    else:
-        ending = STOP_REASONS.get(stats.stop_reason or "", stats.stop_reason)
-        area.success(f"Done: {stats.tokens} tokens, {ending}.", icon=":material/check_circle:")
-
-
 # ---- running it ---------------------------------------------------------------------------------------
 
 
@@ -274,24 +233,20 @@ def run_comparison(
         for settings, label in zip(pair, labels)
     )
     comparison = Comparison(prompt, pair[0].seed, runs)
-    st.session_state[COMPARE_KEY] = comparison
-    current = runs[0]
+    st.session_state[keys.COMPARISON] = comparison
     try:
         with runner.turn_queue().turn(waiting=view.show_waiting):
             view.note.empty()
-            for current in runs:
-                with closing(engine.stream(prompt, current.settings)) as steps:
-                    for step in steps:
-                        st.session_state[COMPARE_KEY].runs  # noqa: B018 - an interrupt point: Stop ends the run here
-                        current.steps.append(step)
-                        view.update(comparison)
-        view.show(comparison, scored=False)
-        coherence_view.score_runs(engine, runs, view.progress)
-    except gpt2_engine.StudioError as error:
-        current.error = str(error)
-    except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
-        runner.LOG.exception("comparison failed")
-        current.error = f"Generation failed: {type(error).__name__}: {error}"
+            for run in runs:
+                runner.write(engine, run, lambda _run: view.update(comparison))
+                if run.error is not None:
+                    break
+        if all(run.error is None for run in runs):
+            view.show(comparison, scored=False)
+            try:
+                coherence_view.score_runs(engine, runs, view.progress)
+            except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
+                runs[-1].error = status.in_words(error, "Scoring")
     finally:
         for run in runs:
             if not run.finished:  # interrupted: Stop, another widget, a closed tab (or never started)
@@ -308,11 +263,11 @@ def render(engine: gpt2_engine.Engine | None) -> Callable[[], None] | None:
     )
     prompt, pair, problem, go = _form(engine)
     if problem:
-        st.error(problem, icon="⚠️")
+        status.problem(problem)
     view = CompareView()
     if go and pair is not None and engine is not None:
         return lambda: run_comparison(engine, prompt, pair, view)
-    comparison = st.session_state.get(COMPARE_KEY)
+    comparison = st.session_state.get(keys.COMPARISON)
     if comparison is not None:
         deadline = time.monotonic() + runner.SETTLE_S  # a comparison being stopped says so within a token
         while not comparison.finished and time.monotonic() < deadline:

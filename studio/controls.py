@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import streamlit as st
 
 import gpt2_engine
-from gpt2_engine import TUTORIAL_PHRASE
 
 from .run_view import INSPECT_CANDIDATES
 
@@ -47,11 +46,26 @@ class Request:
 
 
 def window_option_label(value: int | str) -> str:
-    return "off (whole context)" if value == OFF else f"{value} tokens"
+    return "off (whole context)" if value == OFF else f"{value} token{'s' if value != 1 else ''}"
+
+
+# ---- the widgets every tab builds: one definition each, the tab gives its key, its help and where -------------
+
+
+def phrase(key: str, help: str, value: str = gpt2_engine.TUTORIAL_PHRASE, height: int = 110) -> str:
+    return st.text_area("Your phrase", value=value, key=key, height=height, help=help)
+
+
+def top_p_slider(key: str, help: str, where=st) -> float:
+    return float(where.slider("Top-p", 0.05, 1.0, 0.70, step=0.05, key=key, help=help))
+
+
+def temperature_slider(key: str, help: str, where=st) -> float:
+    return float(where.slider("Temperature", 0.1, 2.0, 1.0, step=0.05, key=key, help=help))
 
 
 def window_slider(max_window: int, key: str, help: str, value: int | str = 50, label: str = "Window", where=st):
-    """The window picker every tab shares: 1 to the model's largest window, or off. `where`: st or a column."""
+    """The window picker: 1 to the model's largest window, or off. `where`: st or a column."""
     return where.select_slider(
         label,
         options=[*range(1, max_window + 1), OFF],
@@ -62,15 +76,27 @@ def window_slider(max_window: int, key: str, help: str, value: int | str = 50, l
     )
 
 
+def window_value(choice: int | str) -> int | None:
+    """What the window slider says, as GenerationSettings.window takes it."""
+    return None if choice == OFF else int(choice)
+
+
+def tutorial_toggle(key: str) -> bool:
+    return bool(st.toggle("Tutorial mode: autograd on (teaching)", value=False, key=key, help=TUTORIAL_MODE_HELP))
+
+
+def seed_or_new(text: str) -> int:
+    """The seed typed, or a new short one (to read out and type again). Raises SettingsError for a bad one."""
+    seed = gpt2_engine.parse_seed(text)
+    return seed if seed is not None else secrets.randbelow(SHORT_SEED_BELOW)
+
+
 def generation_form(max_window: int, enabled: bool) -> Request:
     """Draws the form; `max_window` is the model's largest window, `enabled` False while no model is loaded."""
     with st.form("generation", border=False, enter_to_submit=False):
-        prompt = st.text_area(
-            "Your phrase",
-            value=TUTORIAL_PHRASE,
-            key="prompt",
-            height=110,
-            help="GPT-2 continues this text. It has not seen anything else: no question, no chat, just text to go on.",
+        prompt = phrase(
+            "prompt",
+            "GPT-2 continues this text. It has not seen anything else: no question, no chat, just text to go on.",
         )
         length = st.slider(
             "Length (tokens)",
@@ -81,14 +107,9 @@ def generation_form(max_window: int, enabled: bool) -> Request:
             help="How much to write, in tokens. A token is a word piece: about 3/4 of a word on average, "
             "so 100 tokens are roughly 75 words.",
         )
-        top_p = st.slider(
-            "Top-p",
-            0.05,
-            1.0,
-            0.70,
-            step=0.05,
-            key="top_p",
-            help="How adventurous the choice of each next token is. The model ranks every possible token; "
+        top_p = top_p_slider(
+            "top_p",
+            "How adventurous the choice of each next token is. The model ranks every possible token; "
             "it keeps the most likely ones until they add up to this share of the probability, and picks among "
             "them. Low: safe and repetitive. High: varied, sometimes odd.",
         )
@@ -108,14 +129,8 @@ def generation_form(max_window: int, enabled: bool) -> Request:
                 help="How the next token is picked from the likely ones. 'tutorial' is what the original "
                 "tutorial did: every likely token has the same chance.",
             )
-            temperature = st.slider(
-                "Temperature",
-                0.1,
-                2.0,
-                1.0,
-                step=0.05,
-                key="temperature",
-                help="Below 1 the model plays safe; above 1 it takes more risks. 1 leaves it as it is.",
+            temperature = temperature_slider(
+                "temperature", "Below 1 the model plays safe; above 1 it takes more risks. 1 leaves it as it is."
             )
             top_k = st.number_input(
                 "Top-k",
@@ -139,9 +154,7 @@ def generation_form(max_window: int, enabled: bool) -> Request:
                 help="After the length is reached, keep writing until a sentence ends (. ! or ?), "
                 "at most 64 tokens more.",
             )
-            tutorial_mode = st.toggle(
-                "Tutorial mode: autograd on (teaching)", value=False, key="tutorial_mode", help=TUTORIAL_MODE_HELP
-            )
+            tutorial_mode = tutorial_toggle("tutorial_mode")
             low, high, default = MEMORY_GUARD_PERCENT
             memory_percent = st.slider(
                 "Memory guard",
@@ -158,17 +171,16 @@ def generation_form(max_window: int, enabled: bool) -> Request:
             "Generate", key="generate", type="primary", icon=":material/play_arrow:", disabled=not enabled
         )
     try:
-        seed = gpt2_engine.parse_seed(seed_text)
         settings = gpt2_engine.GenerationSettings(
             max_new_tokens=int(length),
-            top_p=float(top_p),
-            window=None if window == OFF else int(window),
+            top_p=top_p,
+            window=window_value(window),
             sampler=str(sampler),
-            temperature=float(temperature),
+            temperature=temperature,
             top_k=int(top_k) if top_k else None,
-            seed=seed if seed is not None else secrets.randbelow(SHORT_SEED_BELOW),
+            seed=seed_or_new(seed_text),
             stop_at_sentence_end=bool(sentence_end),
-            autograd=bool(tutorial_mode),
+            autograd=tutorial_mode,
             memory_share=memory_percent / 100,
             candidates=INSPECT_CANDIDATES,  # each token's tooltip: always, its cost is negligible (run_view)
         )

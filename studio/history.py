@@ -18,21 +18,20 @@ import streamlit as st
 import gpt2_engine
 from gpt2_engine import format_bytes, memory_csv, record_json, settings_from_record
 
-from . import charts, runner
+from . import charts, keys, runner, status
 from .run_view import text_html
 from .runner import Run
 
-REPLAY_KEY = "history_replay"  # st.session_state: the number of the run to replay in this script run
 PREVIEW_CHARS = 220  # of the text shown in the list
 PROMPT_CHARS = 60  # of the phrase's end before it
 
 
 def _ask_replay(number: int) -> None:
-    st.session_state[REPLAY_KEY] = number
+    st.session_state[keys.REPLAY] = number
 
 
 def _history() -> list[Run]:
-    return [run for run in st.session_state.get(runner.HISTORY_KEY, []) if run.steps]
+    return [run for run in st.session_state.get(keys.HISTORY, []) if run.steps]
 
 
 def _title(run: Run) -> str:
@@ -152,8 +151,7 @@ class ReplayView:
         self._drawn_at = float("-inf")
 
     def show_waiting(self, ahead: int) -> None:
-        others = "1 run is" if ahead == 1 else f"{ahead} runs are"
-        self.status.info(f"Waiting for the model: {others} ahead.", icon=":material/hourglass_top:")
+        status.waiting(self.status, ahead)
 
     def update(self, run: Run) -> None:
         if time.monotonic() - self._drawn_at >= 0.1:  # ~10 draws a second, as the Write tab
@@ -164,9 +162,7 @@ class ReplayView:
         if run.finished:
             self.status.empty()  # the note under it says how the replay went
         else:
-            self.status.info(
-                f"Writing… {run.stats.tokens} of {run.settings.max_new_tokens} tokens", icon=":material/replay:"
-            )
+            status.run_status(self.status, run)
         self.text.html(text_html(run, writing=not run.finished))
 
 
@@ -183,7 +179,7 @@ def _replay(engine: gpt2_engine.Engine, number: int) -> None:
 
 def _replay_note(replay: Run, original: Run) -> None:
     if replay.error is not None:
-        st.error(replay.error, icon=":material/error:")
+        st.error(replay.error, icon=status.ERROR_ICON)
     elif replay.generated == original.generated:
         st.success(
             f"Run {replay.number} replayed run {original.number}: the same text, token for token. Same phrase, "
@@ -205,7 +201,7 @@ def _replay_note(replay: Run, original: Run) -> None:
 
 def render(engine: gpt2_engine.Engine | None) -> None:
     """Draws the tab; a replay asked for (by its button's callback) runs first, at the top."""
-    number = st.session_state.pop(REPLAY_KEY, None)
+    number = st.session_state.pop(keys.REPLAY, None)
     if number is not None and engine is not None:
         _replay(engine, number)
     runs = _history()

@@ -7,7 +7,6 @@ Every failure ends as a message on the page that says what to do; the page stays
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 
@@ -25,6 +24,8 @@ from gpt2_engine import (
     supported,
 )
 
+from . import status
+
 ENV_MODEL = "GPT2_STUDIO_MODEL"
 ENV_PRECISION = "GPT2_STUDIO_PRECISION"
 OTHER = "other"  # the last choice in the model list: a folder on this computer, or a hub id
@@ -36,7 +37,6 @@ PRECISION_LABELS = {
     "int8": "int8 (a quarter, CPU)",
     "q8": "q8 (a quarter, CPU; 8-bit math, as llama.cpp)",
 }
-LOG = logging.getLogger("gpt2_studio")
 
 
 @dataclass(frozen=True)
@@ -164,12 +164,9 @@ def load_model(choice: ModelChoice, sidebar, loading_box) -> gpt2_engine.Engine 
             show_plan(plan, engine)
         return engine
     except gpt2_engine.PrecisionUnavailableError as error:
-        st.error(f"**This precision does not run here.** {error}", icon=":material/error:")
-    except gpt2_engine.StudioError as error:
-        _cannot_load(choice, str(error))
+        st.error(f"**This precision does not run here.** {error}", icon=status.ERROR_ICON)
     except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
-        LOG.exception("loading %s failed", choice.name)
-        _cannot_load(choice, f"{type(error).__name__}: {error}")
+        _cannot_load(choice, status.in_words(error, "Loading"))
     return None
 
 
@@ -180,11 +177,11 @@ def _wait_for(shared: SharedModel, plan: LoadPlan, loading_box) -> gpt2_engine.E
         return engine
     label = f"Loading {plan.name}: {format_bytes(plan.weight_bytes)} of weights, once for everyone"
     try:
-        with loading_box.status(label, expanded=True) as status:
+        with loading_box.status(label, expanded=True) as progress:
             shown = 0
             while engine is None:  # each pass is also where Streamlit can stop this script run
                 for message in shared.progress[shown:]:
-                    status.write(message)
+                    progress.write(message)
                     shown += 1
                 engine = shared.wait(timeout_s=0.25)
     finally:
@@ -193,7 +190,7 @@ def _wait_for(shared: SharedModel, plan: LoadPlan, loading_box) -> gpt2_engine.E
 
 
 def _cannot_load(choice: ModelChoice, message: str) -> None:
-    st.error(f"**Could not load this model.** {message}", icon=":material/error:")
+    st.error(f"**Could not load this model.** {message}", icon=status.ERROR_ICON)
     st.info(
         "Pick another model in the sidebar (gpt2 is the smallest), or give the folder of a model "
         "written by `save_pretrained()`. Set `HF_HUB_OFFLINE=1` to use only models already downloaded.",

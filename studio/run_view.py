@@ -21,9 +21,9 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from gpt2_engine import STOP_REASONS, GenerationSettings, Step, format_bytes
+from gpt2_engine import GenerationSettings, Step, format_bytes
 
-from . import charts
+from . import charts, keys, status
 from .runner import Run
 
 TEXT_EVERY_S = 0.1  # at most ~10 text updates a second: a tiny model writes faster than a browser draws
@@ -31,7 +31,6 @@ CHARTS_EVERY_S = 0.5  # charts and numbers take milliseconds to build and more t
 RESET_MARK = '<span class="reset" title="window reset: the model forgot all but the last N tokens">⟲</span>'
 INSPECT_CANDIDATES = 5  # per token, for the tooltips: microseconds, against a gpt2-xl token's tenths of a second
 COLOUR_KEY = "colour_tokens"  # the "Colour by probability" toggle
-_RECOLOUR = "_recolour_tokens"  # set by the toggle's callback: draw the whole page again
 CONFIDENCE = (  # (lowest probability, css class, legend): how sure GPT-2 was of the token it wrote
     (0.8, "p-sure", "80% or more: sure"),
     (0.5, "p-likely", "50–80%"),
@@ -142,10 +141,7 @@ class RunView:
         self._text_at = self._charts_at = float("-inf")
 
     def show_waiting(self, ahead: int) -> None:
-        others = "1 run is" if ahead == 1 else f"{ahead} runs are"
-        self.status.info(
-            f"Waiting for the model: {others} ahead of yours. It starts by itself.", icon=":material/hourglass_top:"
-        )
+        status.waiting(self.status, ahead)
 
     def show_reading(self, read: int, total: int) -> None:
         """While GPT-2 reads the phrase (a long one takes seconds): how far it has got."""
@@ -171,24 +167,8 @@ class RunView:
     def _draw_status(self, run: Run | None) -> None:
         if run is None:
             self.status.info("Type a phrase, then press **Generate**.", icon=":material/edit_note:")
-            return
-        stats, length = run.stats, run.settings.max_new_tokens
-        if run.error is not None:
-            self.status.error(run.error, icon=":material/error:")
-        elif not run.finished:
-            self.status.info(f"Writing… {stats.tokens} of {length} tokens", icon=":material/edit:")
-        elif run.stopped:
-            self.status.warning(
-                f"Stopped after {stats.tokens} of {length} tokens: the text so far is kept.",
-                icon=":material/stop_circle:",
-            )
-        elif stats.stop_reason == "memory":
-            self.status.warning(
-                f"Stopped after {stats.tokens} tokens: {STOP_REASONS['memory']}.", icon=":material/memory:"
-            )
         else:
-            ending = STOP_REASONS.get(stats.stop_reason or "", stats.stop_reason)
-            self.status.success(f"Done: {stats.tokens} tokens, {ending}.", icon=":material/check_circle:")
+            status.run_status(self.status, run)
 
     def _draw_text(self, run: Run | None) -> None:
         colour = bool(st.session_state.get(COLOUR_KEY))
@@ -256,7 +236,7 @@ class RunView:
 
 
 def _recolour() -> None:
-    st.session_state[_RECOLOUR] = True
+    st.session_state[keys.RECOLOUR] = True
 
 
 @st.fragment
@@ -272,5 +252,5 @@ def _colour_switch() -> None:
         "it took a guess. Hover over (or click) a token to see its probability and the candidates it beat.",
     )
     context = get_script_run_ctx()
-    if st.session_state.pop(_RECOLOUR, False) and context is not None and context.fragment_ids_this_run:
+    if st.session_state.pop(keys.RECOLOUR, False) and context is not None and context.fragment_ids_this_run:
         st.rerun()  # only this fragment ran: the text is outside it

@@ -12,8 +12,8 @@ with it on, Streamlit starts the new run at once, beside the old, and `latest_ru
 
 from __future__ import annotations
 
-import logging
 import time
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 
@@ -22,11 +22,11 @@ import streamlit as st
 import gpt2_engine
 from gpt2_engine import RunStats, TurnQueue, generated_text, run_record
 
-RUN_KEY = "run"  # st.session_state[RUN_KEY]: the latest Run of this visitor
-HISTORY_KEY = "history"  # st.session_state[HISTORY_KEY]: this visitor's runs, oldest first (the History tab)
+from . import keys
+from .status import in_words
+
 HISTORY_LIMIT = 40  # runs kept per visitor: a long demo stays within a few MB
 SETTLE_S = 10.0  # longest wait for a stopped run to notice: one token, or a long prompt's first read
-LOG = logging.getLogger("gpt2_studio")
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Run:
 def remember(run: Run) -> Run:
     """Adds a run to this visitor's history as it starts; the entry is the run itself, so it shows how the
     run ended (finished, stopped, failed) and its score once it has one."""
-    history = st.session_state.setdefault(HISTORY_KEY, [])
+    history = st.session_state.setdefault(keys.HISTORY, [])
     run.number = history[-1].number + 1 if history else 1
     history.append(run)
     del history[:-HISTORY_LIMIT]
@@ -94,33 +94,43 @@ def latest_run(settle_s: float = SETTLE_S) -> Run | None:
     """This visitor's latest run. A run still writing when a new script run starts is being stopped (with
     runner.fastReruns, Streamlit starts the new run before the old one reaches its next interrupt point):
     wait, a token's time, for it to say so, rather than show it as still writing."""
-    run = st.session_state.get(RUN_KEY)
+    run = st.session_state.get(keys.RUN)
     deadline = time.monotonic() + settle_s
     while run is not None and not run.finished and time.monotonic() < deadline:
         time.sleep(0.02)
     return run
 
 
+def write(engine: gpt2_engine.Engine, run: Run, on_step: Callable[[Run], None], on_prompt=None) -> None:
+    """Streams `run` (its prompt and settings) into `run.steps`, calling `on_step(run)` after each token; inside
+    the model's turn. However it ends, the run says so: finished; failed (`run.error`, in words); or interrupted
+    by Streamlit (`run.stopped`, the text so far kept: see the module's note). Every Write, Compare and replay
+    run goes through here."""
+    try:
+        with closing(engine.stream(run.prompt, run.settings, on_prompt=on_prompt)) as steps:
+            for step in steps:
+                st.session_state.get(keys.RUN)  # reading session state is where Streamlit stops a script run
+                run.steps.append(step)
+                on_step(run)
+    except Exception as error:  # noqa: BLE001 - never a traceback on the page (Streamlit's stop is no Exception)
+        run.error = in_words(error, "Generation")
+    finally:
+        if not run.finished:  # interrupted by Streamlit: Stop, another widget, a closed tab
+            run.stopped = True
+
+
 def generate(
     engine: gpt2_engine.Engine, prompt: str, settings: gpt2_engine.GenerationSettings, view, label: str = ""
 ) -> Run:
-    """Runs one generation for this visitor, drawing it on `view` as it streams (see the module's note)."""
+    """Runs one generation for this visitor, drawing it on `view` as it streams."""
     run = remember(Run(prompt, settings, engine.name, engine.weight_bytes, label=label))
-    st.session_state[RUN_KEY] = run
+    st.session_state[keys.RUN] = run
     try:
         with turn_queue().turn(waiting=view.show_waiting):
             view.show(run)
-            with closing(engine.stream(prompt, settings, on_prompt=getattr(view, "show_reading", None))) as steps:
-                for step in steps:
-                    st.session_state[RUN_KEY].steps.append(step)  # kept as it streams; Stop takes effect here
-                    view.update(run)
-    except gpt2_engine.StudioError as error:
-        run.error = str(error)
-    except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
-        LOG.exception("generation failed")
-        run.error = f"Generation failed: {type(error).__name__}: {error}"
+            write(engine, run, view.update, on_prompt=getattr(view, "show_reading", None))
     finally:
-        if not run.finished:  # interrupted by Streamlit: Stop, another widget, a closed tab
+        if not run.finished:  # stopped while it waited for its turn
             run.stopped = True
     view.show(run)
     return run

@@ -6,7 +6,7 @@ the cut. The audience takes a token (its button), lets the sampler draw one (Sam
 or lets it write on to the length (Auto). Top-p and temperature redraw the bars for the same context at
 once: the stepper keeps the next-token logits, so there is no forward pass.
 
-How: one `gpt2_engine.StepMode` per visitor in `st.session_state[STATE_KEY]`, built on the first click
+How: one `gpt2_engine.StepMode` per visitor in `st.session_state[keys.STEPPING]`, built on the first click
 here (a forward pass: none at page load) and again when the phrase, the window or the model changes, or
 on Start over. Buttons only record what was asked (their callbacks run before the script); the script
 then does it inside the model's turn (`runner.turn_queue()`: one forward pass at a time on the server)
@@ -20,7 +20,6 @@ step_sample, step_undo, step_auto, step_stop (while Auto writes), step_pick_0 ..
 from __future__ import annotations
 
 import html
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,8 +31,7 @@ import streamlit as st
 import gpt2_engine
 from gpt2_engine import StepMode
 
-from . import runner
-from .controls import OFF, window_slider
+from . import controls, keys, runner, status
 from .run_view import TEXT_EVERY_S, ordinal, percent, quoted
 from .step_html import (
     Stepping,
@@ -46,14 +44,11 @@ from .step_html import (
     window_caption,
 )
 
-STATE_KEY = "stepping"  # st.session_state[STATE_KEY]: this visitor's Stepping, once started
-ACTION_KEY = "step_action"  # what a button asked for, done by the script run it starts
 CANDIDATES = 10  # bars shown: the view people remember
 DEFAULT_PROMPT = "Once upon a time, there was a"
 DEFAULT_LENGTH = 30  # Auto writes until the text has this many tokens
 MAX_LENGTH = 300  # a minute of gpt2-xl on a laptop CPU
 CSS = Path(__file__).with_name("step_mode.css")
-LOG = logging.getLogger("gpt2_studio")
 TOP_P_SENTENCE = (
     "**Top-p** keeps GPT-2's most likely next tokens, from the top down, until their chances add up to "
     "**p = {p:.0%}**; the sampler then draws only among those (orange, above the dashed line), never below it."
@@ -76,52 +71,37 @@ class Choice:
 
 def _ask(*action: object) -> None:
     """A button's callback: remember what it asked for; the script run it starts does it."""
-    st.session_state[ACTION_KEY] = action
+    st.session_state[keys.STEP_ACTION] = action
 
 
 @contextmanager
-def _model_turn(status) -> Iterator[None]:
+def _model_turn(area) -> Iterator[None]:
     """The model's turn on this server: a run in another tab or by another visitor goes first."""
 
-    def waiting(ahead: int) -> None:
-        others = "1 run is" if ahead == 1 else f"{ahead} runs are"
-        status.info(f"Waiting for the model: {others} ahead. It goes on by itself.", icon=":material/hourglass_top:")
-
-    with runner.turn_queue().turn(waiting=waiting):
+    with runner.turn_queue().turn(waiting=lambda ahead: status.waiting(area, ahead, then="It goes on by itself.")):
         yield
-    status.empty()
+    area.empty()
 
 
 def _settings(max_window: int, started: bool) -> Choice:
-    prompt = st.text_area(
-        "Your phrase",
-        value=DEFAULT_PROMPT,
-        key="step_prompt",
-        height=90,
-        help="GPT-2 looks at this text and ranks every token it could write next. A short, open phrase shows "
+    prompt = controls.phrase(
+        "step_prompt",
+        "GPT-2 looks at this text and ranks every token it could write next. A short, open phrase shows "
         "the most interesting choices.",
+        value=DEFAULT_PROMPT,
+        height=90,
     )
-    top_p = st.slider(
-        "Top-p",
-        0.05,
-        1.0,
-        0.70,
-        step=0.05,
-        key="step_top_p",
-        help="The share of probability the sampler keeps, from the most likely token down. Move it and watch the "
+    top_p = controls.top_p_slider(
+        "step_top_p",
+        "The share of probability the sampler keeps, from the most likely token down. Move it and watch the "
         "dashed line move: the bars above it are the only tokens the sampler can draw.",
     )
-    temperature = st.slider(
-        "Temperature",
-        0.1,
-        2.0,
-        1.0,
-        step=0.05,
-        key="step_temperature",
-        help="Below 1 the likely tokens get likelier (surer, duller); above 1 the chances even out (bolder, odder). "
+    temperature = controls.temperature_slider(
+        "step_temperature",
+        "Below 1 the likely tokens get likelier (surer, duller); above 1 the chances even out (bolder, odder). "
         "The bars change at once: the model does not need to read the text again.",
     )
-    window = window_slider(
+    window = controls.window_slider(
         max_window,
         key="step_window",
         help="How many recent tokens GPT-2 keeps in mind. Every N tokens it forgets all but the last N (⟲ in "
@@ -144,22 +124,22 @@ def _settings(max_window: int, started: bool) -> Choice:
             args=("restart",),
             help="Back to your phrase alone (also happens when you change the phrase, the window or the model).",
         )
-    return Choice(prompt, float(top_p), float(temperature), None if window == OFF else int(window), int(length))
+    return Choice(prompt, top_p, temperature, controls.window_value(window), int(length))
 
 
-def _build(engine: gpt2_engine.Engine, choice: Choice, status) -> Stepping:
+def _build(engine: gpt2_engine.Engine, choice: Choice, status_area) -> Stepping:
     settings = gpt2_engine.GenerationSettings(top_p=choice.top_p, temperature=choice.temperature, window=choice.window)
-    with _model_turn(status):
+    with _model_turn(status_area):
         stepper = StepMode(engine, choice.prompt, settings)
     stepping = Stepping(stepper, (id(engine), choice.prompt, choice.window))
-    st.session_state[STATE_KEY] = stepping
+    st.session_state[keys.STEPPING] = stepping
     return stepping
 
 
-def _do(action: tuple, stepping: Stepping, choice: Choice, status, text_box, controls) -> None:
+def _do(action: tuple, stepping: Stepping, choice: Choice, status_area, text_box, buttons) -> None:
     """Does what a button asked for, inside the model's turn."""
     stepper = stepping.stepper
-    with _model_turn(status):
+    with _model_turn(status_area):
         if action[0] == "pick":
             stepper.step(choice=int(action[1]))
             stepping.how.append("picked")
@@ -169,16 +149,16 @@ def _do(action: tuple, stepping: Stepping, choice: Choice, status, text_box, con
         elif action[0] == "undo" and stepper.undo():
             stepping.how.pop()
         elif action[0] == "auto":
-            _auto(stepping, choice.length, status, text_box, controls)
+            _auto(stepping, choice.length, status_area, text_box, buttons)
             return
     stepping.note = action_note(stepping) if action[0] != "undo" else "Stepped back one token."
 
 
-def _auto(stepping: Stepping, length: int, status, text_box, controls) -> None:
+def _auto(stepping: Stepping, length: int, status_area, text_box, buttons) -> None:
     """Samples on to `length` tokens, redrawing the text as it goes. Every Streamlit call here is a point
     where a click stops it; the stepper is whole at each one (a step and its record are never split)."""
     stepper, start = stepping.stepper, len(stepping.stepper.steps)
-    controls.button("Stop", key="step_stop", icon=":material/stop:", help="Stop Auto; the tokens so far are kept.")
+    buttons.button("Stop", key="step_stop", icon=":material/stop:", help="Stop Auto; the tokens so far are kept.")
     drawn_at = float("-inf")
     while len(stepper.steps) < length:
         step = stepper.step()
@@ -190,7 +170,7 @@ def _auto(stepping: Stepping, length: int, status, text_box, controls) -> None:
         if time.monotonic() - drawn_at >= TEXT_EVERY_S:
             drawn_at = time.monotonic()
             text_box.html(text_html(stepper))
-            status.info(f"Auto: {len(stepper.steps)} of {length} tokens…", icon=":material/fast_forward:")
+            status_area.info(f"Auto: {len(stepper.steps)} of {length} tokens…", icon=":material/fast_forward:")
 
 
 def _draw_controls(stepping: Stepping, choice: Choice) -> None:
@@ -264,26 +244,22 @@ def render(engine: gpt2_engine.Engine | None) -> None:
         st.info("Load a model in the sidebar first.", icon=":material/hourglass_top:")
         return
     st.html(CSS)
-    stepping: Stepping | None = st.session_state.get(STATE_KEY)
+    stepping: Stepping | None = st.session_state.get(keys.STEPPING)
     settings_column, main_column = st.columns([1, 2], gap="large")
     with settings_column:
         choice = _settings(gpt2_engine.max_window(engine.n_positions), started=stepping is not None)
     with main_column:
-        status = st.empty()
+        status_area = st.empty()
         text_box = st.empty()
         caption = st.empty()
-        controls = st.empty()
+        buttons = st.empty()
         try:
-            stepping = _advance(engine, stepping, choice, status, text_box, controls)
-        except gpt2_engine.StudioError as error:
-            status.error(str(error), icon=":material/error:")
-            return
+            stepping = _advance(engine, stepping, choice, status_area, text_box, buttons)
         except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
-            LOG.exception("step mode failed")
-            status.error(f"Step mode failed: {type(error).__name__}: {error}", icon=":material/error:")
+            status_area.error(status.in_words(error, "Step mode"), icon=status.ERROR_ICON)
             return
         if stepping is None:
-            _draw_intro(choice, text_box, controls)
+            _draw_intro(choice, text_box, buttons)
             return
         stepper = stepping.stepper
         text_box.html(text_html(stepper))
@@ -294,7 +270,7 @@ def render(engine: gpt2_engine.Engine | None) -> None:
                 "tokens were left out.",
                 icon=":material/content_cut:",
             )
-        with controls.container():
+        with buttons.container():
             _draw_controls(stepping, choice)
             if stepping.note:
                 st.caption(stepping.note)
@@ -302,26 +278,26 @@ def render(engine: gpt2_engine.Engine | None) -> None:
 
 
 def _advance(
-    engine: gpt2_engine.Engine, stepping: Stepping | None, choice: Choice, status, text_box, controls
+    engine: gpt2_engine.Engine, stepping: Stepping | None, choice: Choice, status_area, text_box, buttons
 ) -> Stepping | None:
     """Builds, rebuilds, retunes and steps as asked; returns the visitor's Stepping (None until started)."""
-    action: tuple | None = st.session_state.pop(ACTION_KEY, None)
+    action: tuple | None = st.session_state.pop(keys.STEP_ACTION, None)
     built_for = (id(engine), choice.prompt, choice.window)
     if action == ("restart",) or (stepping is not None and stepping.built_for != built_for):
-        stepping = _build(engine, choice, status)
+        stepping = _build(engine, choice, status_area)
         action = None
     if stepping is None:
         return None
     stepping.stepper.retune(top_p=choice.top_p, temperature=choice.temperature)  # no forward pass
     if action is not None:
-        _do(action, stepping, choice, status, text_box, controls)
+        _do(action, stepping, choice, status_area, text_box, buttons)
     return stepping
 
 
-def _draw_intro(choice: Choice, text_box, controls) -> None:
+def _draw_intro(choice: Choice, text_box, buttons) -> None:
     prompt = html.escape(choice.prompt) or '<span class="empty">(no phrase: GPT-2 starts a fresh text)</span>'
     text_box.html(f'<div class="step-text"><div><span class="prompt">{prompt}</span></div></div>')
-    with controls.container():
+    with buttons.container():
         st.markdown(
             "Here GPT-2 writes **one token at a time, and you choose**. For each next token you see the ten it "
             "finds likeliest, with their chances, and which of them the sampler may draw (top-p). "

@@ -21,7 +21,7 @@ import gpt2_engine
 import gpt2_engine.fast
 from gpt2_engine.sampling import distribution
 from gpt2_engine.stepping import StepMode
-from studio import run_view, runner, step_html, step_mode
+from studio import keys, run_view, runner, step_html, step_mode
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 BAR = re.compile(
@@ -64,7 +64,7 @@ def bars(at: AppTest) -> list[dict]:
 
 
 def stepper(at: AppTest) -> StepMode:
-    return at.session_state[step_mode.STATE_KEY].stepper
+    return at.session_state[keys.STEPPING].stepper
 
 
 def step_text(at: AppTest) -> str:
@@ -78,7 +78,7 @@ def full_forward_probs(engine: gpt2_engine.Engine, ids: list[int], temperature: 
 
 
 def test_nothing_runs_until_asked_then_the_bars_are_the_models_own(page: AppTest) -> None:
-    assert step_mode.STATE_KEY not in page.session_state  # no forward pass for a visitor who never looks
+    assert keys.STEPPING not in page.session_state  # no forward pass for a visitor who never looks
     assert page.text_area(key="step_prompt").value == step_mode.DEFAULT_PROMPT
     at = started(page, step_prompt="The cat sat on the", step_top_p=0.6, step_temperature=0.8)
     shown = bars(at)
@@ -110,10 +110,7 @@ def test_pick_grows_the_text_by_that_token_and_undo_takes_it_back(page: AppTest)
     assert held.ids == [*before_ids, pick] and held.steps[-1].token_id == pick
     piece = step_html.token_pieces(held.engine.tokenizer, held.ids)[-1]
     assert f'<span class="generated latest">{html.escape(piece)}</span>' in step_text(at)
-    assert (
-        "You picked" in at.session_state[step_mode.STATE_KEY].note
-        and "4th choice" in at.session_state[step_mode.STATE_KEY].note
-    )
+    assert "You picked" in at.session_state[keys.STEPPING].note and "4th choice" in at.session_state[keys.STEPPING].note
     assert bars(at) != before_bars  # a new context: new candidates
     at = click(at, "step_undo")
     assert stepper(at).ids == before_ids
@@ -127,7 +124,7 @@ def test_sample_draws_from_the_top_p_set(page: AppTest) -> None:
     assert [b["in_top_p"] for b in shown] == [True] + [False] * 9
     at = click(at, "step_sample")
     assert stepper(at).steps[-1].token_id == shown[0]["token_id"]
-    assert "The sampler drew" in at.session_state[step_mode.STATE_KEY].note
+    assert "The sampler drew" in at.session_state[keys.STEPPING].note
     for _ in range(3):  # wider sets: whatever it draws, it is one of the set
         at.slider(key="step_top_p").set_value(0.5).run()
         in_set = {b["token_id"] for b in bars(at) if b["in_top_p"]}

@@ -1,0 +1,14 @@
+"""Every key the page keeps in `st.session_state` besides its widgets' own, in one place.
+
+A widget's key is its setting's name in the user's words (prompt, top_p, compare_window_a, ...) and is
+listed in the docstring of the module that draws it; these are the page's own records of a visit.
+"""
+
+RUN = "run"  # the latest Write run (runner.Run)
+HISTORY = "history"  # every run of this visit, oldest first (the History tab)
+COMPARISON = "comparison"  # the latest comparison (comparison.Comparison)
+STEPPING = "stepping"  # the Step by step tab's run (step_html.Stepping), once started
+STEP_ACTION = "step_action"  # what a Step by step button asked for, done by the script run it starts
+REPLAY = "history_replay"  # the number of the run to replay in this script run
+RECOLOUR = "_recolour_tokens"  # the colour toggle changed: draw the whole page again
+COMPARE_SEED = "compare_seed"  # the Compare form's seed box, filled by "Keep this seed"

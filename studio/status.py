@@ -1,0 +1,60 @@
+"""What the page says about a run in one line (writing, waiting, done, stopped, failed), and a failure in words.
+
+Every tab draws its runs' status with `run_status` and its waits with `waiting`, and turns an exception into
+a message with `in_words`: a StudioError as it is (it already names the field and what is allowed), anything
+else with its type, and the traceback to the log, never to the page.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import streamlit as st
+
+import gpt2_engine
+from gpt2_engine import STOP_REASONS
+
+if TYPE_CHECKING:  # runner uses in_words: the type only, to keep the import one way
+    from .runner import Run
+
+LOG = logging.getLogger("gpt2_studio")
+ERROR_ICON = ":material/error:"
+
+
+def waiting(area, ahead: int, then: str = "It starts by itself.") -> None:
+    """The model is busy with other runs (this visitor's other tab, or other visitors)."""
+    others = "1 run is" if ahead == 1 else f"{ahead} runs are"
+    area.info(f"Waiting for the model: {others} ahead. {then}", icon=":material/hourglass_top:")
+
+
+def run_status(area, run: Run, after_other: bool = False) -> None:
+    """A run's status line. `after_other`: it waits for the other run of its comparison to end."""
+    stats, length = run.stats, run.settings.max_new_tokens
+    if run.error is not None:
+        area.error(run.error, icon=ERROR_ICON)
+    elif after_other and not run.finished:
+        area.info("Waits for the other run to finish.", icon=":material/hourglass_top:")
+    elif not run.finished:
+        area.info(f"Writing… {stats.tokens} of {length} tokens", icon=":material/edit:")
+    elif run.stopped:
+        when = f"after {stats.tokens} of {length} tokens: the text so far is kept" if run.steps else "before it started"
+        area.warning(f"Stopped {when}.", icon=":material/stop_circle:")
+    elif stats.stop_reason == "memory":
+        area.warning(f"Stopped after {stats.tokens} tokens: {STOP_REASONS['memory']}.", icon=":material/memory:")
+    else:
+        ending = STOP_REASONS.get(stats.stop_reason or "", stats.stop_reason)
+        area.success(f"Done: {stats.tokens} tokens, {ending}.", icon=":material/check_circle:")
+
+
+def problem(text: str) -> None:
+    """A value a form cannot take, said where the form is (the settings stay as they were typed)."""
+    st.error(text, icon="⚠️")
+
+
+def in_words(error: Exception, what: str) -> str:
+    """An exception as the page says it. `what` names the work that failed ("Generation", "Step mode")."""
+    if isinstance(error, gpt2_engine.StudioError):
+        return str(error)
+    LOG.error("%s failed", what, exc_info=error)
+    return f"{what} failed: {type(error).__name__}: {error}"
