@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 import gpt2_engine
-from studio import coherence_view, compare, controls, history, model_picker, runner, status, step_mode
+from studio import coherence_view, compare, controls, history, model_picker, runner, status, step_mode, visits
 from studio.run_view import RunView
 
 st.set_page_config(page_title="GPT-2 Studio", page_icon="✍️", layout="wide")
@@ -24,11 +24,15 @@ st.caption(
     "while the charts show how much memory it takes and what a smaller context window saves."
 )
 
+visits.restore()  # first: a reload (or the visit's URL in a new tab) finds this visit's runs and settings
+
 with st.sidebar:
     st.header("Model")
     choice = model_picker.pick_model()
 loading_box = st.empty()
 engine = model_picker.load_model(choice, st.sidebar, loading_box)
+# A start button pressed while a run writes stops that run (as Stop does) and starts nothing: no run is lost.
+stopped = runner.stopped_by_this_click()
 
 write_tab, step_tab, compare_tab, history_tab = st.tabs(["Write", "Step by step", "Compare windows", "History"])
 with write_tab:
@@ -48,13 +52,17 @@ with write_tab:
 with step_tab:
     step_mode.render(engine)
 with compare_tab:
-    start_comparison = compare.render(engine)  # a comparison asked for now starts last, as a Write run does
+    start_comparison = compare.render(engine, stopped)  # a comparison asked for starts last, as a Write run does
 with history_tab:
     history_box = st.empty()  # drawn last, so that it lists every run, this script run's included
     history_box.caption("The list of this visit's runs appears here when the model is done writing.")
 
+visits.keep_widgets()  # before a run starts: a reload while it writes finds the settings that made it
+
 # Last, so that every tab is drawn before a run starts streaming into its tab.
-if request.generate and engine is not None and request.settings is not None:
+if request.generate and stopped:
+    runner.explain_stop(stopped, "Generate")
+if request.generate and not stopped and engine is not None and request.settings is not None:
     latest = runner.generate(engine, request.prompt, request.settings, view)
 else:
     latest = runner.latest_run()

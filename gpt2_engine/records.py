@@ -51,6 +51,7 @@ def run_record(
     steps: Sequence[Step],
     *,
     model: str,
+    precision: str = "",
     kind: str = "write",
     label: str = "",
     coherence: Coherence | None = None,
@@ -67,6 +68,7 @@ def run_record(
         "kind": kind,  # "write" or "compare"
         "label": label,
         "model": model,
+        "precision": precision,  # as the model was loaded: fp32, bf16, fp16, int8 or q8
         "started_at": _iso(started_at) if started_at is not None else None,
         "prompt": prompt,
         "settings": {**settings.as_dict(), "seed": seed},

@@ -17,7 +17,7 @@ import streamlit as st
 
 import gpt2_engine
 
-from . import charts, coherence_view, controls, keys, runner, status
+from . import charts, coherence_view, controls, keys, runner, status, visits
 from .comparison import TABLE_COLUMNS, Comparison, first_difference, summary, table, window_label
 from .controls import MAX_LENGTH, OFF
 from .run_view import CHARTS_EVERY_S, RESET_MARK, TEXT_EVERY_S
@@ -228,12 +228,20 @@ def run_comparison(
     labels = [window_label(settings.window) for settings in pair]
     runs = tuple(
         runner.remember(
-            Run(prompt, settings, engine.name, engine.weight_bytes, kind="compare", label=f"{label} of a comparison")
+            Run(
+                prompt,
+                settings,
+                engine.name,
+                engine.weight_bytes,
+                kind="compare",
+                label=f"{label} of a comparison",
+                precision=engine.precision,
+            )
         )
         for settings, label in zip(pair, labels)
     )
     comparison = Comparison(prompt, pair[0].seed, runs)
-    st.session_state[keys.COMPARISON] = comparison
+    visits.keep(keys.COMPARISON, comparison)
     try:
         with runner.turn_queue().turn(waiting=view.show_waiting):
             view.note.empty()
@@ -255,8 +263,9 @@ def run_comparison(
     return comparison
 
 
-def render(engine: gpt2_engine.Engine | None) -> Callable[[], None] | None:
-    """Draws the tab. A comparison asked for now is returned, to be started last (after every tab is drawn)."""
+def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[], None] | None:
+    """Draws the tab. A comparison asked for now is returned, to be started last (after every tab is drawn);
+    unless the click stopped runs that were writing (`stopped`): then it is a Stop, and it says so."""
     st.markdown(
         "Write the same phrase twice, with the same seed, changing only the **window**: see what a smaller "
         "window saves in memory, and what it costs in coherence."
@@ -265,7 +274,9 @@ def render(engine: gpt2_engine.Engine | None) -> Callable[[], None] | None:
     if problem:
         status.problem(problem)
     view = CompareView()
-    if go and pair is not None and engine is not None:
+    if go and stopped:
+        runner.explain_stop(stopped, "Compare")
+    elif go and pair is not None and engine is not None:
         return lambda: run_comparison(engine, prompt, pair, view)
     comparison = st.session_state.get(keys.COMPARISON)
     if comparison is not None:

@@ -66,9 +66,12 @@ def temperature_slider(key: str, help: str, where=st) -> float:
 
 def window_slider(max_window: int, key: str, help: str, value: int | str = 50, label: str = "Window", where=st):
     """The window picker: 1 to the model's largest window, or off. `where`: st or a column."""
+    options = [*range(1, max_window + 1), OFF]
+    if st.session_state.get(key, OFF) not in options:  # kept from a larger model (a reload): its nearest stop
+        st.session_state[key] = max_window
     return where.select_slider(
         label,
-        options=[*range(1, max_window + 1), OFF],
+        options=options,
         value=value if value == OFF else min(value, max_window),
         format_func=window_option_label,
         key=key,

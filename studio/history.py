@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import time
 from datetime import datetime
-from pathlib import Path
 
 import streamlit as st
 
@@ -41,25 +40,6 @@ def _title(run: Run) -> str:
         what = f"Write · {run.label}" if run.label else "Write"
     at = datetime.fromtimestamp(run.started_at).strftime("%H:%M:%S")
     return f"**Run {run.number}** · {what} · {at}"
-
-
-def _settings_line(run: Run) -> str:
-    settings, stats = run.settings, run.stats
-    parts = [
-        f"window {settings.window}" if settings.window else "window off",
-        f"{settings.max_new_tokens} tokens asked",
-        f"top-p {settings.top_p:.2f}",
-        settings.sampler,
-    ]
-    if settings.temperature != 1.0:
-        parts.append(f"temperature {settings.temperature:g}")
-    if settings.top_k:
-        parts.append(f"top-k {settings.top_k}")
-    parts.append(f"seed {stats.seed}")
-    if settings.autograd:
-        parts.append("tutorial mode")
-    model = Path(run.model).name if run.model.startswith(("/", ".", "~")) else run.model
-    return " · ".join([model, *parts])
 
 
 def _ending(run: Run) -> str:
@@ -134,7 +114,7 @@ def _entry(run: Run) -> None:
             icon=":material/download:",
             help="The memory series, one row per token: program memory, its allocated part, the KV cache.",
         )
-        st.caption(_settings_line(run))
+        st.caption(status.settings_line(run))
         st.html(_preview_html(run))
         st.caption(_numbers_line(run))
         with st.expander("Whole text and memory"):

@@ -12,3 +12,15 @@ STEP_ACTION = "step_action"  # what a Step by step button asked for, done by the
 REPLAY = "history_replay"  # the number of the run to replay in this script run
 RECOLOUR = "_recolour_tokens"  # the colour toggle changed: draw the whole page again
 COMPARE_SEED = "compare_seed"  # the Compare form's seed box, filled by "Keep this seed"
+SWEEP = "sweep"  # the latest sweep of windows (the Compare tab)
+VISIT = "_visit"  # the visit key this session was restored from (studio/visits.py)
+
+# The widgets a reload brings back as they were (studio/visits.py); buttons cannot be set, so they are not here.
+WIDGETS = (
+    *("model", "model_folder", "precision", "presenter"),
+    *("prompt", "length", "top_p", "window", "sampler", "temperature", "top_k", "seed", "sentence_end"),
+    *("tutorial_mode", "memory_share", "colour_tokens"),
+    *("compare_prompt", "compare_window_a", "compare_window_b", "compare_length", "compare_top_p", "compare_seed"),
+    "compare_tutorial_mode",
+    *("step_prompt", "step_top_p", "step_temperature", "step_window", "step_length"),
+)

@@ -92,7 +92,7 @@ def pick_model() -> ModelChoice:
         format_func=_model_label,
         key="model",
         help="Bigger models write better text but need more memory and run slower. "
-        "gpt2-xl is the largest GPT-2; gpt2 is the smallest download.",
+        "gpt2-xl is the largest GPT-2; distilgpt2 is the smallest.",
     )
     name = picked
     if picked == OTHER:
@@ -105,6 +105,8 @@ def pick_model() -> ModelChoice:
             "or a Hugging Face hub id such as openai-community/gpt2.",
         )
     offered = offered_precisions()
+    if st.session_state.get("precision", offered[0]) not in offered:  # kept from a visit on another server
+        del st.session_state["precision"]
     precision = st.selectbox(
         "Precision",
         offered,

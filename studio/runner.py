@@ -22,7 +22,7 @@ import streamlit as st
 import gpt2_engine
 from gpt2_engine import RunStats, TurnQueue, generated_text, run_record
 
-from . import keys
+from . import keys, visits
 from .status import in_words
 
 HISTORY_LIMIT = 40  # runs kept per visitor: a long demo stays within a few MB
@@ -42,6 +42,9 @@ class Run:
     error: str | None = None  # why it failed, in words
     kind: str = "write"  # "write" (the Write tab, a replay) or "compare" (one of a comparison's two runs)
     label: str = ""  # what the History tab calls it besides its number, e.g. "window 20 of a comparison"
+    precision: str = ""  # the model's precision when it wrote this run
+    interrupted: bool = False  # Streamlit stopped it (a click, a reload), and no script run has said so yet
+    stopped_why: str = ""  # said after "Stopped after n of m tokens", when there is more to say
     number: int = 0  # its place in this visitor's history (1 = the first), set by `remember`
     coherence: gpt2_engine.Coherence | None = None  # once scored
     started_at: float = field(default_factory=time.time)
@@ -65,6 +68,7 @@ class Run:
             self.settings,
             self.steps,
             model=self.model,
+            precision=self.precision,
             kind=self.kind,
             label=self.label,
             coherence=self.coherence,
@@ -77,7 +81,10 @@ class Run:
 def remember(run: Run) -> Run:
     """Adds a run to this visitor's history as it starts; the entry is the run itself, so it shows how the
     run ended (finished, stopped, failed) and its score once it has one."""
-    history = st.session_state.setdefault(keys.HISTORY, [])
+    history = st.session_state.get(keys.HISTORY)
+    if history is None:
+        history = []
+        visits.keep(keys.HISTORY, history)
     run.number = history[-1].number + 1 if history else 1
     history.append(run)
     del history[:-HISTORY_LIMIT]
@@ -115,22 +122,37 @@ def write(engine: gpt2_engine.Engine, run: Run, on_step: Callable[[Run], None], 
     except Exception as error:  # noqa: BLE001 - never a traceback on the page (Streamlit's stop is no Exception)
         run.error = in_words(error, "Generation")
     finally:
-        if not run.finished:  # interrupted by Streamlit: Stop, another widget, a closed tab
-            run.stopped = True
+        if not run.finished:  # interrupted by Streamlit: Stop, another widget, a closed tab, a reload
+            run.stopped = run.interrupted = True
+
+
+def stopped_by_this_click() -> list[Run]:
+    """This visitor's runs that the click starting this script run stopped (each is told once). A start
+    button pressed while a run writes stops it, as Stop would, rather than throw it away for a new run."""
+    stopped = [run for run in st.session_state.get(keys.HISTORY, []) if run.interrupted]
+    for run in stopped:
+        run.interrupted = False
+    return stopped
+
+
+def explain_stop(runs: list[Run], button: str) -> None:
+    """Says on each run that `button`, pressed while it wrote, stopped it (and started nothing)."""
+    for run in runs:
+        run.stopped_why = f"{button} was pressed while it wrote: press {button} again to start a new run."
 
 
 def generate(
     engine: gpt2_engine.Engine, prompt: str, settings: gpt2_engine.GenerationSettings, view, label: str = ""
 ) -> Run:
     """Runs one generation for this visitor, drawing it on `view` as it streams."""
-    run = remember(Run(prompt, settings, engine.name, engine.weight_bytes, label=label))
-    st.session_state[keys.RUN] = run
+    run = remember(Run(prompt, settings, engine.name, engine.weight_bytes, label=label, precision=engine.precision))
+    visits.keep(keys.RUN, run)
     try:
         with turn_queue().turn(waiting=view.show_waiting):
             view.show(run)
             write(engine, run, view.update, on_prompt=getattr(view, "show_reading", None))
     finally:
         if not run.finished:  # stopped while it waited for its turn
-            run.stopped = True
+            run.stopped = run.interrupted = True
     view.show(run)
     return run

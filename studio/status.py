@@ -8,6 +8,7 @@ else with its type, and the traceback to the log, never to the page.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import streamlit as st
@@ -39,12 +40,37 @@ def run_status(area, run: Run, after_other: bool = False) -> None:
         area.info(f"Writing… {stats.tokens} of {length} tokens", icon=":material/edit:")
     elif run.stopped:
         when = f"after {stats.tokens} of {length} tokens: the text so far is kept" if run.steps else "before it started"
-        area.warning(f"Stopped {when}.", icon=":material/stop_circle:")
+        area.warning(f"Stopped {when}. {run.stopped_why}".strip(), icon=":material/stop_circle:")
     elif stats.stop_reason == "memory":
         area.warning(f"Stopped after {stats.tokens} tokens: {STOP_REASONS['memory']}.", icon=":material/memory:")
     else:
         ending = STOP_REASONS.get(stats.stop_reason or "", stats.stop_reason)
         area.success(f"Done: {stats.tokens} tokens, {ending}.", icon=":material/check_circle:")
+
+
+def model_name(run: Run) -> str:
+    """The model as a person calls it: its name, or a folder's last part."""
+    return Path(run.model).name if run.model.startswith(("/", ".", "~")) else run.model
+
+
+def settings_line(run: Run) -> str:
+    """What made a run, whatever the widgets show now: model, precision, top-p, temperature, window, seed."""
+    settings = run.settings
+    parts = [
+        model_name(run) + (f" ({run.precision})" if run.precision else ""),
+        f"top-p {settings.top_p:.2f}",
+        f"temperature {settings.temperature:g}",
+        f"window {settings.window}" if settings.window else "window off",
+        f"seed {run.stats.seed if run.steps else settings.seed}",
+        f"{settings.max_new_tokens} tokens asked",
+    ]
+    if settings.sampler != "nucleus":
+        parts.append(f"{settings.sampler} sampler")
+    if settings.top_k:
+        parts.append(f"top-k {settings.top_k}")
+    if settings.autograd:
+        parts.append("tutorial mode")
+    return " · ".join(parts)
 
 
 def problem(text: str) -> None:

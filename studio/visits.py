@@ -1,0 +1,111 @@
+"""A visit that outlives a reload: its runs and its settings, kept on the server under a key in the URL.
+
+Streamlit's session state lives as long as the browser tab's connection, and presenters reload by reflex
+when a projector flickers. So the page puts a random visit key in the URL (`?visit=...`) and keeps each
+visit's History, latest runs and widget values in a store on the server, bounded to the most recent
+`MAX_VISITS` visits (the least recently seen is dropped first). A reload, or the same URL in a new tab,
+finds them again; a run that was writing when the page reloaded was stopped by it, with its text kept.
+
+Why this and not the browser's storage: the runs (every token's numbers) live on the server already, the
+URL needs no component or cookie, and the key is 96 random bits, so a visit is found only by its URL. The
+same URL shares the visit: whoever has it sees its runs, as anyone at the same screen would.
+Step mode's run is not kept: it holds a whole KV cache, and it starts again from the phrase with one click.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import streamlit as st
+
+from . import keys
+
+MAX_VISITS = 64  # visits kept on the server: each holds at most runner.HISTORY_LIMIT runs (a few MB each at most)
+VISIT_PARAM = "visit"  # the URL's query parameter
+RECORDS = (keys.RUN, keys.HISTORY, keys.COMPARISON, keys.SWEEP)  # what a reload finds again, besides the widgets
+_KEY_SHAPE = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
+@dataclass
+class Visit:
+    records: dict[str, Any] = field(default_factory=dict)  # RECORDS' values, the very objects the page holds
+    widgets: dict[str, Any] = field(default_factory=dict)  # keys.WIDGETS' values, as last drawn
+
+
+class VisitStore:
+    """The server's visits, most recently seen last; thread-safe (every visitor's script runs on its own thread)."""
+
+    def __init__(self, limit: int = MAX_VISITS):
+        self.limit = limit
+        self._visits: OrderedDict[str, Visit] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Visit:
+        with self._lock:
+            visit = self._visits.pop(key, None) or Visit()
+            self._visits[key] = visit
+            while len(self._visits) > self.limit:
+                self._visits.popitem(last=False)
+            return visit
+
+
+@st.cache_resource(show_spinner=False)
+def store() -> VisitStore:
+    """One per server."""
+    return VisitStore()
+
+
+def current() -> Visit:
+    """This script run's visit: the URL's, or a new one whose key goes into the URL."""
+    key = st.query_params.get(VISIT_PARAM, "")
+    if not _KEY_SHAPE.fullmatch(key):
+        key = secrets.token_urlsafe(12)
+        st.query_params[VISIT_PARAM] = key
+    return store().get(key)
+
+
+def restore() -> None:
+    """First thing in every script run: a new session (a reload, a new tab with the URL) takes the visit's runs
+    and widget values; later script runs of the session find them in session state already."""
+    key_before = st.session_state.get(keys.VISIT)
+    visit = current()
+    key = st.query_params[VISIT_PARAM]
+    if key_before == key:
+        return
+    st.session_state[keys.VISIT] = key
+    for name, value in visit.records.items():
+        st.session_state[name] = value
+    for name, value in visit.widgets.items():
+        st.session_state[name] = value
+    _settle(visit)
+
+
+def keep(name: str, value: Any) -> None:
+    """Puts a record (one of RECORDS) in session state and in the visit, so that a reload finds it."""
+    st.session_state[name] = value
+    current().records[name] = value
+
+
+def keep_widgets() -> None:
+    """Remembers the widgets' values as they are now: called once every form is drawn, before a run starts."""
+    visit = current()
+    for name in keys.WIDGETS:
+        if name in st.session_state:
+            visit.widgets[name] = st.session_state[name]
+
+
+def _settle(visit: Visit, settle_s: float = 10.0) -> None:
+    """A run the reload interrupted (in the session before it) says so within a token: wait for it, and say why."""
+    deadline = time.monotonic() + settle_s
+    for run in visit.records.get(keys.HISTORY, []):
+        while not run.finished and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if run.interrupted:
+            run.interrupted = False
+            run.stopped_why = "The page was reloaded while it wrote."
