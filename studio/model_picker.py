@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 import gpt2_engine
-from gpt2_engine import capabilities
+from gpt2_engine import capabilities, hub
 from gpt2_engine.loading import resolve_device
 from gpt2_engine.memory import available_bytes, format_bytes
 from gpt2_engine.serving import LoadPlan, SharedModel, plan_load
@@ -86,7 +86,8 @@ def pick_model() -> ModelChoice:
         format_func=_model_label,
         key="model",
         help="Bigger models write better text but need more memory and run slower. "
-        "gpt2-xl is the largest GPT-2; gpt2 is the smallest download.",
+        "gpt2-xl is the largest GPT-2; distilgpt2 is the smallest download. "
+        "A model already in the Hugging Face cache loads without a network.",
     )
     name = picked
     if picked == OTHER:
@@ -188,8 +189,14 @@ def _wait_for(shared: SharedModel, plan: LoadPlan, loading_box) -> gpt2_engine.E
 
 def _cannot_load(choice: ModelChoice, message: str) -> None:
     st.error(f"**Could not load this model.** {message}", icon=":material/error:")
+    have = [name for name in hub.cached_models() if name != choice.name]
     st.info(
-        "Pick another model in the sidebar (gpt2 is the smallest), or give the folder of a model "
-        "written by `save_pretrained()`. Set `HF_HUB_OFFLINE=1` to use only models already downloaded.",
+        "Pick another model in the sidebar"
+        + (
+            f" ({', '.join(have)}: already on this machine, no network needed)"
+            if have
+            else f" ({hub.SMALLEST} is the smallest download; a first download needs a network)"
+        )
+        + ", or give the folder of a model written by `save_pretrained()` (the choice *other*).",
         icon=":material/lightbulb:",
     )
