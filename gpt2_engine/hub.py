@@ -16,13 +16,50 @@ from pathlib import Path
 
 from .shapes import KNOWN_MODELS
 
-PROBE_TIMEOUT_S = 2.0  # one HEAD request to the hub; its answer is remembered for PROBE_MEMORY_S
+
+def _probe_timeout(default: float = 2.0) -> float:
+    """How long one look at the hub may take before it counts as "no network": 2 s, or HF_HUB_ETAG_TIMEOUT (the hub
+    client's own wait for a file's metadata) where it is set for a slow network."""
+    try:
+        return float(os.environ.get("HF_HUB_ETAG_TIMEOUT", "").strip() or default)
+    except ValueError:
+        return default
+
+
+PROBE_TIMEOUT_S = _probe_timeout()  # one HEAD request to the hub
 PROBE_MEMORY_S = 10.0
 SMALLEST = next(iter(KNOWN_MODELS))  # KNOWN_MODELS is smallest first: distilgpt2
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-_probes: dict[str, tuple[float, str | None]] = {}  # endpoint -> (when, why it did not answer; None: it did)
+_probes: dict[str, _Probe] = {}  # the latest look at each endpoint
 _probes_lock = threading.Lock()
+
+
+class _Probe:
+    """One look at the hub, on a thread of its own: `why` once `done` is set (None: the hub answered)."""
+
+    def __init__(self, url: str, timeout_s: float):
+        self.started, self.timeout_s = time.monotonic(), timeout_s
+        self.done, self.why = threading.Event(), None
+        threading.Thread(target=self._run, args=(url,), name="hub probe", daemon=True).start()
+
+    def _run(self, url: str) -> None:
+        from huggingface_hub.utils import get_session
+
+        try:
+            response = get_session().head(url, timeout=self.timeout_s, follow_redirects=False)
+            self.why = f"the hub answered {response.status_code}" if response.status_code >= 500 else None
+        except Exception as error:  # noqa: BLE001 - any failure to get an answer means "no network"
+            text = str(error).strip().splitlines()
+            self.why = f"{type(error).__name__}: {text[0] if text else 'no answer'}"
+        self.done.set()
+
+    def answer(self) -> str | None:
+        """Waits for the answer until `timeout_s` after the start (a name lookup that hangs is bounded too,
+        which the request's own timeout does not cover)."""
+        if not self.done.wait(max(0.0, self.started + self.timeout_s + 0.2 - time.monotonic())):
+            return f"no answer within {self.timeout_s:g} s"
+        return self.why
 
 
 def offline_mode() -> bool:
@@ -128,37 +165,32 @@ def cached_models() -> list[str]:
     return names
 
 
+def _probe(repo_id: str, timeout_s: float) -> _Probe:
+    """The look at the hub under way or answered within PROBE_MEMORY_S, else a new one."""
+    from huggingface_hub import constants, hf_hub_url
+
+    with _probes_lock:
+        probe = _probes.get(constants.ENDPOINT)
+        if probe is None or time.monotonic() - probe.started > PROBE_MEMORY_S:
+            probe = _probes[constants.ENDPOINT] = _Probe(hf_hub_url(repo_id, "config.json"), timeout_s)
+        return probe
+
+
 def unreachable(repo_id: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     """None when the hub answers a request about `repo_id` within `timeout_s`; else why not, in one line.
 
-    One HEAD request through the hub client's own session (its proxies and endpoint), without retries, on a
-    thread waited on for at most `timeout_s`: a name lookup that hangs is bounded too, which the request's
-    own timeout does not cover. A 5xx answer counts as no answer (the hub client would retry it for long).
-    The answer is remembered for PROBE_MEMORY_S, so a page's plan and load ask once."""
-    from huggingface_hub import constants, hf_hub_url
+    One HEAD request through the hub client's own session (its proxies and endpoint), without retries, waited on
+    for at most `timeout_s`. A 5xx answer counts as no answer (the hub client would retry it for long). One look
+    serves every question within PROBE_MEMORY_S (a page's plan and load, and `look_ahead`'s early start)."""
+    return _probe(repo_id, timeout_s).answer()
 
-    endpoint = constants.ENDPOINT
-    with _probes_lock:
-        when, why = _probes.get(endpoint, (0.0, None))
-        if endpoint in _probes and time.monotonic() - when < PROBE_MEMORY_S:
-            return why
-    answer: list[str | None] = []
 
-    def probe() -> None:
-        from huggingface_hub.utils import get_session
-
-        try:
-            response = get_session().head(hf_hub_url(repo_id, "config.json"), timeout=timeout_s, follow_redirects=False)
-        except Exception as error:  # noqa: BLE001 - any failure to get an answer means "no network"
-            text = str(error).strip().splitlines()
-            answer.append(f"{type(error).__name__}: {text[0] if text else 'no answer'}")
-            return
-        answer.append(f"the hub answered {response.status_code}" if response.status_code >= 500 else None)
-
-    thread = threading.Thread(target=probe, name="hub probe", daemon=True)
-    thread.start()
-    thread.join(timeout_s + 0.2)
-    why = answer[0] if answer else f"no answer within {timeout_s:g} s"
-    with _probes_lock:
-        _probes[endpoint] = (time.monotonic(), why)
-    return why
+def look_ahead(name: str) -> None:
+    """Starts the look at the hub that loading `name` will need, without waiting for it: the page calls this
+    while its other parts import, so that offline the load's answer is there sooner. Nothing for a model in the
+    cache, a folder, or with HF_HUB_OFFLINE set."""
+    if offline_mode() or not name or cached_snapshot(name) is not None:
+        return
+    if name not in KNOWN_MODELS and (name.count("/") != 1 or name.startswith((".", "/", "~")) or Path(name).exists()):
+        return  # a folder, not a hub id
+    _probe(repo_ids(name)[0], PROBE_TIMEOUT_S)

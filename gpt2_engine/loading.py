@@ -106,7 +106,7 @@ def require_hub(source: str, name: str | None = None) -> None:
     why = hub.unreachable(source)
     if why is not None:
         raise ModelLoadError(
-            f"{shown} is not on this machine yet, and the Hugging Face hub did not answer ({why.rstrip('.')}): "
+            f"{shown} is not on this machine yet, and the Hugging Face hub could not be reached ({why.rstrip('.')}): "
             f"a model's first download needs a network connection. {on_this_machine()}"
         )
 

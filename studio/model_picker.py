@@ -200,3 +200,8 @@ def _cannot_load(choice: ModelChoice, message: str) -> None:
         + ", or give the folder of a model written by `save_pretrained()` (the choice *other*).",
         icon=":material/lightbulb:",
     )
+
+
+# Offline, loading the start-up model fails at its look at the hub: start that look now, while the page's other
+# parts import, so that its answer is there (or nearly) when the load asks (nothing for a cached model or folder).
+hub.look_ahead(start_model())

@@ -126,9 +126,9 @@ def place_in_hub_cache(files: Path, hub_cache: Path, repo_id: str) -> Path:
     return snapshot
 
 
-def offline_env(home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a process with no network (every proxy unreachable, HF_HUB_OFFLINE not set) and its own
-    Hugging Face cache (`home`/hub) and converted-weights cache."""
+def offline_env(home: Path, proxy: str = UNREACHABLE_PROXY, **extra: str) -> dict[str, str]:
+    """The environment of a process with no network (every request through `proxy`, which does not answer;
+    HF_HUB_OFFLINE not set) and its own Hugging Face cache (`home`/hub) and converted-weights cache."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -138,10 +138,10 @@ def offline_env(home: Path, **extra: str) -> dict[str, str]:
         HF_HOME=str(home),
         HF_HUB_CACHE=str(home / "hub"),
         GPT2_STUDIO_CACHE=str(home / "studio-cache"),
-        HTTPS_PROXY=UNREACHABLE_PROXY,
-        HTTP_PROXY=UNREACHABLE_PROXY,
-        https_proxy=UNREACHABLE_PROXY,
-        http_proxy=UNREACHABLE_PROXY,
+        HTTPS_PROXY=proxy,
+        HTTP_PROXY=proxy,
+        https_proxy=proxy,
+        http_proxy=proxy,
         **extra,
     )
     return env

@@ -5,13 +5,15 @@ command line and the page. Each run is a fresh process, so the environment is re
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import offline_env, place_in_hub_cache
+from conftest import UNREACHABLE_PROXY, offline_env, place_in_hub_cache
 
 from gpt2_engine import hub
 
@@ -30,6 +32,19 @@ socket.getaddrinfo = refuse
 """
 
 
+@pytest.fixture(params=["unroutable", "hanging"])
+def proxy(request: pytest.FixtureRequest) -> Iterator[str]:
+    """No network, two ways: an address nothing answers from (where a machine refuses at once, as here), and a
+    proxy that takes the connection and never answers (a venue's wifi that hangs: each request waits it out)."""
+    if request.param == "unroutable":
+        yield UNREACHABLE_PROXY
+        return
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen()  # connections are taken by the kernel; nothing ever reads or answers them
+        yield f"http://127.0.0.1:{hole.getsockname()[1]}"
+
+
 @pytest.fixture
 def home(tiny_model_dir: Path, tmp_path: Path) -> Path:
     """A Hugging Face home whose cache holds one model, the tiny one, under distilgpt2's hub id."""
@@ -37,13 +52,18 @@ def home(tiny_model_dir: Path, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run_python(code: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_python(code: str, home: Path, proxy: str = UNREACHABLE_PROXY, timeout: float = 120):
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=offline_env(home), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=offline_env(home, proxy),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
-def test_a_known_model_not_in_the_cache_fails_within_seconds_naming_the_cached_one(home: Path) -> None:
+def test_a_known_model_not_in_the_cache_fails_within_seconds_naming_the_cached_one(home: Path, proxy: str) -> None:
     code = """
 import json, time
 import gpt2_engine
@@ -53,7 +73,7 @@ try:
 except gpt2_engine.ModelLoadError as error:
     print(json.dumps({"seconds": time.perf_counter() - start, "message": str(error)}))
 """
-    out = run_python(code, home)
+    out = run_python(code, home, proxy)
     assert out.returncode == 0 and out.stdout.strip(), out.stderr[-3000:]
     answer = json.loads(out.stdout)
     assert answer["seconds"] < FIRST_ANSWER_S, answer
@@ -86,12 +106,12 @@ print(json.dumps({"texts": texts, "attempts": attempts, "cached": hub.cached_mod
     assert answer["cached"] == ["distilgpt2", "gpt2"]
 
 
-def test_the_command_line_answers_offline_within_seconds(home: Path) -> None:
+def test_the_command_line_answers_offline_within_seconds(home: Path, proxy: str) -> None:
     start = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "gpt2_engine", "--model", "gpt2-xl", "--length", "5", "Hi"],
         cwd=ROOT,
-        env=offline_env(home),
+        env=offline_env(home, proxy),
         capture_output=True,
         text=True,
         timeout=120,
@@ -115,12 +135,12 @@ print(json.dumps({"seconds": time.perf_counter() - start, "errors": [e.value for
 """
 
 
-def test_the_page_says_at_once_what_this_machine_has(home: Path) -> None:
+def test_the_page_says_at_once_what_this_machine_has(home: Path, proxy: str) -> None:
     """The page with its default model, gpt2-xl, not downloaded: its first message comes within seconds."""
     out = subprocess.run(
         [sys.executable, "-c", PAGE, str(ROOT / "app.py")],
         cwd=ROOT,
-        env=offline_env(home),
+        env=offline_env(home, proxy),
         capture_output=True,
         text=True,
         timeout=180,
