@@ -15,6 +15,8 @@ from .decoding import STOP_REASONS, Candidate, Decoder, Prompt, Step
 from .detokenize import TextStream
 from .errors import ModelLoadError, NotEnoughMemoryError, PrecisionUnavailableError, SettingsError, StudioError
 from .generation import Engine
+from .hub import SMALLEST as SMALLEST_MODEL
+from .hub import cached_models, look_ahead
 from .loading import load, resolve_device
 from .memory import GB, MB, available_bytes, format_bytes
 from .records import memory_csv, record_json, run_record, settings_from_record
@@ -38,6 +40,9 @@ __all__ = [
     "SharedModel",
     "TurnQueue",
     "resolve_device",
+    "cached_models",
+    "look_ahead",
+    "SMALLEST_MODEL",
     "runnable",
     "supported",
     # generating

@@ -8,13 +8,12 @@ in one `ModelLoadError` that says what was tried and what to do. Remote code is 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from . import autotune, capabilities, fast, quantize, weights_cache
+from . import autotune, capabilities, fast, hub, quantize, weights_cache
 from .errors import ModelLoadError, NotEnoughMemoryError, PrecisionUnavailableError
 from .generation import Engine
 from .memory import available_bytes, format_bytes
@@ -54,33 +53,69 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def resolve_name(name_or_path: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, whether it is a local folder)."""
+    """(what to pass to from_pretrained, whether it is a local folder). A known name or hub id that the
+    Hugging Face cache holds whole is its snapshot folder there: it loads with no network call at all."""
     name = str(name_or_path).strip()
     if not name:
         raise ModelLoadError(
             f"model = {name_or_path!r} is empty: give one of {', '.join(KNOWN_MODELS)}, a hub id or a folder."
         )
-    if name in KNOWN_MODELS:
-        return KNOWN_MODELS[name].hub_id, False
-    path = Path(name).expanduser()
-    if path.exists() or name.startswith((".", "/", "~")):  # a hub id is never absolute or relative
-        if not path.is_dir():
-            raise ModelLoadError(f"model folder {str(path)!r} does not exist or is not a folder.")
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"{str(path)!r} is not a model folder: it has no config.json. A model folder is what "
-                "`save_pretrained()` writes (config.json, model.safetensors and the tokenizer files)."
-            )
-        return str(path.resolve()), True
-    return name, False
+    if name not in KNOWN_MODELS:
+        path = Path(name).expanduser()
+        if path.exists() or name.startswith((".", "/", "~")):  # a hub id is never absolute or relative
+            if not path.is_dir():
+                raise ModelLoadError(f"model folder {str(path)!r} does not exist or is not a folder.")
+            if not (path / "config.json").is_file():
+                raise ModelLoadError(
+                    f"{str(path)!r} is not a model folder: it has no config.json. A model folder is what "
+                    "`save_pretrained()` writes (config.json, model.safetensors and the tokenizer files)."
+                )
+            return str(path.resolve()), True
+    snapshot = hub.cached_snapshot(name)
+    if snapshot is not None:
+        return str(snapshot), True
+    return (KNOWN_MODELS[name].hub_id if name in KNOWN_MODELS else name), False
+
+
+def on_this_machine() -> str:
+    """A sentence naming the GPT-2 models this machine can load without a network (and the folder option)."""
+    have, smallest = hub.cached_models(), KNOWN_MODELS[hub.SMALLEST].shape
+    if have:
+        return (
+            f"On this machine already: {', '.join(have)} (in the Hugging Face cache, {hub.cache_dir()}), "
+            "or any folder written by `save_pretrained()`."
+        )
+    return (
+        f"No GPT-2 is in this machine's Hugging Face cache ({hub.cache_dir()}) yet: give a folder written by "
+        f"`save_pretrained()`, or download one while connected ({hub.SMALLEST} is the smallest, "
+        f"{format_bytes(smallest.weight_bytes('fp32'))})."
+    )
+
+
+def require_hub(source: str, name: str | None = None) -> None:
+    """For a model the cache does not hold: raises ModelLoadError at once when it cannot be downloaded
+    (HF_HUB_OFFLINE is set, or the hub does not answer within hub.PROBE_TIMEOUT_S), saying what this
+    machine has; transformers' own client would otherwise retry for half a minute before failing."""
+    shown = repr(name or source)
+    if hub.offline_mode():
+        raise ModelLoadError(
+            f"Could not find a model {shown} in this machine's Hugging Face cache, and HF_HUB_OFFLINE is set, so "
+            f"nothing is downloaded. {on_this_machine()} Unset HF_HUB_OFFLINE to download a known name "
+            f"({', '.join(KNOWN_MODELS)}) or a GPT-2 hub id."
+        )
+    why = hub.unreachable(source)
+    if why is not None:
+        raise ModelLoadError(
+            f"{shown} is not on this machine yet, and the Hugging Face hub could not be reached ({why.rstrip('.')}): "
+            f"a model's first download needs a network connection. {on_this_machine()}"
+        )
 
 
 def _what_to_do(source: str) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+    offline = hub.offline_mode()
     net = "HF_HUB_OFFLINE is set, so nothing is downloaded" if offline else "It may be a typo, or the network is down"
-    return (
-        f"{net}. Try a known name ({', '.join(KNOWN_MODELS)}) that is already downloaded, a local folder "
-        "written by `save_pretrained()`, or run once with a network connection to fill the Hugging Face cache."
+    return f"{net}. Known names: {', '.join(KNOWN_MODELS)}, or any GPT-2 hub id. {on_this_machine()}" + (
+        "" if offline else " A model's first download needs a network connection."
     )
 
 
@@ -89,10 +124,13 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
-def read_shape(source: str, is_local: bool) -> tuple[object, ModelShape]:
-    """Reads only the model's config (a few kB) and checks it is a GPT-2."""
+def read_shape(source: str, is_local: bool, name: str | None = None) -> tuple[object, ModelShape]:
+    """Reads only the model's config (a few kB) and checks it is a GPT-2. A hub model (not in the cache)
+    is looked for only when the hub answers at once (require_hub)."""
     from transformers import AutoConfig
 
+    if not is_local:
+        require_hub(source, name)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except Exception as error:  # noqa: BLE001 - every failure here means "cannot find this model"
@@ -144,14 +182,17 @@ def load(
     device: auto, cpu or cuda.
     progress: called with a short sentence at each phase (the page shows it).
     """
-    from transformers import AutoTokenizer
-
     say = progress or (lambda message: None)
     source, is_local = resolve_name(name_or_path)
     torch_device = resolve_device(device)
     precision = resolve_precision(dtype, torch_device)
+    if not is_local:
+        say(f"{name_or_path} is not downloaded here yet: asking the Hugging Face hub")
+        require_hub(source, str(name_or_path).strip())  # at once when it cannot answer (read_shape asks again)
     say(f"Reading the configuration of {name_or_path}")
-    config, shape = read_shape(source, is_local)
+    config, shape = read_shape(source, is_local, str(name_or_path).strip())
+    from transformers import AutoTokenizer  # after the hub check: offline, its import would only delay the answer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as error:  # noqa: BLE001 - a damaged or partial download, in whatever form it fails

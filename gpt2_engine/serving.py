@@ -50,7 +50,7 @@ def plan_load(name_or_path: str, dtype: str = "auto", device: str = "auto") -> L
     torch_device = resolve_device(device)
     precision = resolve_precision(dtype, torch_device)
     name = str(name_or_path).strip()
-    shape = KNOWN_MODELS[name].shape if name in KNOWN_MODELS else read_shape(source, is_local)[1]
+    shape = KNOWN_MODELS[name].shape if name in KNOWN_MODELS else read_shape(source, is_local, name)[1]
     if precision == "auto":
         choice = autotune.remembered(autotune.key(source, is_local))
         precision = choice.precision if choice else "auto"

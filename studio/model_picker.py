@@ -14,10 +14,13 @@ import streamlit as st
 
 import gpt2_engine
 from gpt2_engine import (
+    SMALLEST_MODEL,
     LoadPlan,
     SharedModel,
     available_bytes,
+    cached_models,
     format_bytes,
+    look_ahead,
     plan_load,
     resolve_device,
     runnable,
@@ -92,7 +95,8 @@ def pick_model() -> ModelChoice:
         format_func=_model_label,
         key="model",
         help="Bigger models write better text but need more memory and run slower. "
-        "gpt2-xl is the largest GPT-2; distilgpt2 is the smallest.",
+        "gpt2-xl is the largest GPT-2; distilgpt2 is the smallest download. "
+        "A model already in the Hugging Face cache loads without a network.",
     )
     name = picked
     if picked == OTHER:
@@ -193,8 +197,19 @@ def _wait_for(shared: SharedModel, plan: LoadPlan, loading_box) -> gpt2_engine.E
 
 def _cannot_load(choice: ModelChoice, message: str) -> None:
     st.error(f"**Could not load this model.** {message}", icon=status.ERROR_ICON)
+    have = [name for name in cached_models() if name != choice.name]
     st.info(
-        "Pick another model in the sidebar (gpt2 is the smallest), or give the folder of a model "
-        "written by `save_pretrained()`. Set `HF_HUB_OFFLINE=1` to use only models already downloaded.",
+        "Pick another model in the sidebar"
+        + (
+            f" ({', '.join(have)}: already on this machine, no network needed)"
+            if have
+            else f" ({SMALLEST_MODEL} is the smallest download; a first download needs a network)"
+        )
+        + ", or give the folder of a model written by `save_pretrained()` (the choice *other*).",
         icon=":material/lightbulb:",
     )
+
+
+# Offline, loading the start-up model fails at its look at the hub: start that look now, while the page's other
+# parts import, so that its answer is there (or nearly) when the load asks (nothing for a cached model or folder).
+look_ahead(start_model())

@@ -111,6 +111,42 @@ def write_tiny_model(
     return folder
 
 
+UNREACHABLE_PROXY = "http://10.255.255.1:9"  # an address nothing answers from: the network as a venue's dead wifi
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def place_in_hub_cache(files: Path, hub_cache: Path, repo_id: str) -> Path:
+    """Copies a model (or tokenizer) folder into a Hugging Face hub cache, laid out as the hub client writes it:
+    models--org--name/snapshots/<commit>/... and refs/main. Returns the snapshot folder."""
+    repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / HUB_COMMIT
+    shutil.copytree(files, snapshot)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
+    return snapshot
+
+
+def offline_env(home: Path, proxy: str = UNREACHABLE_PROXY, **extra: str) -> dict[str, str]:
+    """The environment of a process with no network (every request through `proxy`, which does not answer;
+    HF_HUB_OFFLINE not set) and its own Hugging Face cache (`home`/hub) and converted-weights cache."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "NO_PROXY", "ALL_PROXY", "HF_HUB_CACHE")
+    }
+    env.update(
+        HF_HOME=str(home),
+        HF_HUB_CACHE=str(home / "hub"),
+        GPT2_STUDIO_CACHE=str(home / "studio-cache"),
+        HTTPS_PROXY=proxy,
+        HTTP_PROXY=proxy,
+        https_proxy=proxy,
+        http_proxy=proxy,
+        **extra,
+    )
+    return env
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"))
