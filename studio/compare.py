@@ -190,9 +190,11 @@ class CompareView:
         ):
             color = charts.COMPARE_COLORS[which]
             tutorial = " · :orange-badge[tutorial mode]" if run.settings.autograd else ""
-            heading.markdown(
-                f"#### <span style='color:{color}'>●</span> {label.capitalize()}{tutorial}", unsafe_allow_html=True
-            )
+            with heading.container():
+                st.markdown(
+                    f"#### <span style='color:{color}'>●</span> {label.capitalize()}{tutorial}", unsafe_allow_html=True
+                )
+                st.caption("Written with " + status.settings_line(run))
             status.run_status(state, run, after_other=run is not current)
             text.html(_texts_html(comparison, which, writing=run is current and bool(run.steps)))
 

@@ -176,6 +176,8 @@ class RunView:
             st.html(text_html(run, writing=run is not None and not run.finished, colour=colour))
             if run is not None and run.stats.resets:
                 st.html(legend_html(run.settings.window))
+            if run is not None:
+                st.caption("Written with " + status.settings_line(run))
         if colour and run is not None:
             self.colour_legend.html(colour_legend_html())
         else:

@@ -1,0 +1,112 @@
+"""Nothing lost to a click or a reload (studio/visits.py, runner.stopped_by_this_click), and every run says
+what made it, whatever the widgets show now. The real app.py through AppTest with the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+from test_page import generate, generated_shown
+
+from studio import keys, visits
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+@pytest.fixture
+def page(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tiny_model_dir))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def reload(at: AppTest) -> AppTest:
+    """A new browser session on the same URL: what a reload is to Streamlit (session state starts empty)."""
+    again = AppTest.from_file(str(APP), default_timeout=60)
+    again.query_params[visits.VISIT_PARAM] = at.query_params[visits.VISIT_PARAM]
+    again.run()
+    assert not again.exception, again.exception
+    return again
+
+
+def history(at: AppTest) -> list:
+    return at.session_state[keys.HISTORY]
+
+
+def captions(at: AppTest) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def test_the_page_puts_a_visit_key_in_the_url(page) -> None:
+    key = page.query_params[visits.VISIT_PARAM]
+    assert isinstance(key, str) and len(key) >= 16
+
+
+def test_a_reload_after_a_run_keeps_history_the_text_and_the_widgets(page) -> None:
+    at = generate(page, prompt="The cat sat", length=12, top_p=0.85, window=4, seed="7")
+    text = generated_shown(at)
+    assert text and len(history(at)) == 1
+    again = reload(at)
+    assert len(history(again)) == 1 and history(again)[0] is history(at)[0]  # the same run, kept on the server
+    assert generated_shown(again) == text  # the Write tab shows it as before
+    values = {
+        w.key: w.value for kind in ("text_area", "slider", "select_slider", "text_input") for w in getattr(again, kind)
+    }
+    assert (values["prompt"], values["length"], values["top_p"], values["window"], values["seed"]) == (
+        "The cat sat",
+        12,
+        0.85,
+        4,
+        "7",
+    )
+    assert not again.warning  # no "set via the Session State API" warning
+
+
+def test_another_visit_starts_empty(page, tiny_model_dir) -> None:
+    generate(page, prompt="The cat sat", length=5, seed="1")
+    other = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert other.query_params[visits.VISIT_PARAM] != page.query_params[visits.VISIT_PARAM]
+    assert not other.session_state[keys.HISTORY] if keys.HISTORY in other.session_state else True
+
+
+def test_the_store_keeps_the_most_recent_visits_only() -> None:
+    store = visits.VisitStore(limit=3)
+    first = store.get("a" * 16)
+    first.widgets["prompt"] = "kept"
+    for name in ("b", "c"):
+        store.get(name * 16)
+    assert store.get("a" * 16) is first  # seen again: now the most recent
+    store.get("d" * 16)
+    store.get("e" * 16)
+    assert store.get("b" * 16).widgets == {}  # the least recently seen was dropped (a fresh visit comes back)
+
+
+def test_generate_pressed_while_a_run_writes_stops_it_and_starts_nothing(page) -> None:
+    at = generate(page, prompt="The cat sat", length=30, seed="3")
+    run = history(at)[-1]
+    text = generated_shown(at)
+    # What a click on Generate while this run wrote leaves behind: the run interrupted by Streamlit (runner.write)
+    run.stopped = run.interrupted = True
+    at.button(key="generate").click()
+    at.run()
+    assert len(history(at)) == 1 and at.session_state[keys.RUN] is run  # no second run
+    assert generated_shown(at) == text
+    said = " ".join(w.value for w in at.warning)
+    assert "Stopped after" in said and "Generate was pressed while it wrote" in said
+    at.button(key="generate").click()  # pressed again, with nothing writing: a new run
+    at.run()
+    assert len(history(at)) == 2
+
+
+def test_a_run_says_its_own_settings_after_the_sliders_moved(page) -> None:
+    at = generate(page, prompt="The cat sat", length=10, top_p=0.9, window=6, seed="42")
+    for key, value in (("top_p", 0.5), ("window", 3)):
+        next(w for w in [*at.slider, *at.select_slider] if w.key == key).set_value(value)
+    at.run()  # the sliders moved, Generate not pressed: the text shown is still the run at 0.90
+    shown = "\n".join(c.value for c in at.tabs[0].caption)  # under the Write tab's text
+    assert "top-p 0.90" in shown and "window 6" in shown and "seed 42" in shown and "temperature 1" in shown
+    assert "top-p 0.50" not in shown and "top-p 0.90" in captions(at.tabs[3])  # and in History
+    record = history(at)[-1].record()
+    assert record["precision"] and record["settings"]["top_p"] == 0.9
