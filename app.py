@@ -30,11 +30,12 @@ with st.sidebar:
     st.header("Model")
     choice = model_picker.pick_model()
 loading_box = st.empty()
-engine = model_picker.load_model(choice, st.sidebar, loading_box)
+body = st.container()  # the tabs: while a model loads, its progress shows alone, not over a faded old page
+engine = model_picker.load_model(choice, st.sidebar, loading_box, body)
 # A start button pressed while a run writes stops that run (as Stop does) and starts nothing: no run is lost.
 stopped = runner.stopped_by_this_click()
 
-write_tab, step_tab, compare_tab, history_tab = st.tabs(["Write", "Step by step", "Compare windows", "History"])
+write_tab, step_tab, compare_tab, history_tab = body.tabs(["Write", "Step by step", "Compare windows", "History"])
 with write_tab:
     settings_column, run_column = st.columns([1, 2], gap="large")
     with settings_column:
@@ -48,7 +49,7 @@ with write_tab:
         status_row, stop_row = st.columns([5, 1], vertical_alignment="center")
         # Clicking Stop reruns the page, which interrupts a run within one token (see studio/runner.py).
         stop_row.button("Stop", key="stop", icon=":material/stop:", help="Stop writing; the text so far is kept.")
-        view = RunView(status_row)
+        view = RunView(status_row, ready=engine is not None)
 with step_tab:
     step_mode.render(engine)
 with compare_tab:

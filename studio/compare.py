@@ -84,9 +84,7 @@ def _form(
             for settings in pair:
                 engine.settings_for(settings)  # what depends on the model: the window, tutorial mode's weights
     except gpt2_engine.SettingsError as error:
-        problem = str(error)
-        if error.field == "autograd":
-            problem += " Pick **fp32 (full)** under Precision in the sidebar for tutorial mode."
+        problem = status.setting_problem(error)
         return prompt, None, problem, go
     return prompt, pair, None, go
 

@@ -15,6 +15,7 @@ import streamlit as st
 
 import gpt2_engine
 
+from . import status
 from .run_view import INSPECT_CANDIDATES
 
 OFF = "off"  # the window slider's last stop: keep the whole context
@@ -188,5 +189,5 @@ def generation_form(max_window: int, enabled: bool) -> Request:
             candidates=INSPECT_CANDIDATES,  # each token's tooltip: always, its cost is negligible (run_view)
         )
     except gpt2_engine.SettingsError as error:
-        return Request(prompt, None, str(error), generate)
+        return Request(prompt, None, status.setting_problem(error), generate)
     return Request(prompt, settings, None, generate)

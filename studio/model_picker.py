@@ -153,8 +153,9 @@ def show_plan(plan: LoadPlan, engine: gpt2_engine.Engine | None) -> None:
         st.caption(f"auto is {engine.choice.why}.")
 
 
-def load_model(choice: ModelChoice, sidebar, loading_box) -> gpt2_engine.Engine | None:
-    """The engine for this choice, loading it with progress in `loading_box` the first time.
+def load_model(choice: ModelChoice, sidebar, loading_box, page_body=None) -> gpt2_engine.Engine | None:
+    """The engine for this choice, loading it with progress in `loading_box` the first time; while it loads,
+    `page_body` (the container the tabs go in) shows nothing of the page as it was, rather than a faded copy.
     None, with a message on the page, when it cannot be loaded."""
     if not choice.name:
         st.info("Type the folder (or hub id) of a GPT-2 model in the sidebar.")
@@ -165,7 +166,7 @@ def load_model(choice: ModelChoice, sidebar, loading_box) -> gpt2_engine.Engine 
         shown = sidebar.empty()
         with shown.container():
             show_plan(plan, shared.wait(timeout_s=0) if shared.loaded else None)
-        engine = _wait_for(shared, plan, loading_box)
+        engine = _wait_for(shared, plan, loading_box, page_body)
         with shown.container():
             show_plan(plan, engine)
         return engine
@@ -176,11 +177,13 @@ def load_model(choice: ModelChoice, sidebar, loading_box) -> gpt2_engine.Engine 
     return None
 
 
-def _wait_for(shared: SharedModel, plan: LoadPlan, loading_box) -> gpt2_engine.Engine:
+def _wait_for(shared: SharedModel, plan: LoadPlan, loading_box, page_body) -> gpt2_engine.Engine:
     shared.start()  # a no-op once loaded; after a failed load, tries again
     engine = shared.wait(timeout_s=0.05)
     if engine is not None:
         return engine
+    if page_body is not None:
+        page_body.empty()  # takes the old tabs' place in the browser until the new ones are drawn
     label = f"Loading {plan.name}: {format_bytes(plan.weight_bytes)} of weights, once for everyone"
     try:
         with loading_box.status(label, expanded=True) as progress:

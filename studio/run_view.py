@@ -56,7 +56,9 @@ def quoted(text: str) -> str:
 
 
 def percent(p: float) -> str:
-    """23% / 4.2% / 0.3% / <0.1%: as precise as a bar or a tooltip needs."""
+    """23% / 4.2% / 0.3% / <0.1% / 99.8%: as precise as a bar or a tooltip needs, and never 100% short of it."""
+    if 0.995 <= p < 1.0:
+        return f"{min(100 * p, 99.9):.1f}%"
     return f"{100 * p:.0f}%" if p >= 0.1 else (f"{100 * p:.1f}%" if p >= 0.001 else "<0.1%")
 
 
@@ -129,7 +131,8 @@ class RunView:
     """The placeholders a run is drawn in, made where the page calls this. `update` is throttled for
     streaming; `show` always draws everything (the final state of a run, or a rerun)."""
 
-    def __init__(self, status_area) -> None:
+    def __init__(self, status_area, ready: bool = True) -> None:
+        self.ready = ready  # a model is loaded: Generate can be pressed
         self.status = status_area.empty()
         self.text = st.empty()
         switch, self.colour_legend = st.columns([1, 2], vertical_alignment="center")
@@ -165,7 +168,9 @@ class RunView:
         self._draw_status(run)  # last: once it says Done or Stopped, everything above is drawn
 
     def _draw_status(self, run: Run | None) -> None:
-        if run is None:
+        if run is None and not self.ready:
+            self.status.info("Generate waits for a model: see the sidebar.", icon=":material/hourglass_top:")
+        elif run is None:
             self.status.info("Type a phrase, then press **Generate**.", icon=":material/edit_note:")
         else:
             status.run_status(self.status, run)

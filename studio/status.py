@@ -78,8 +78,34 @@ def problem(text: str) -> None:
     st.error(text, icon="⚠️")
 
 
+FIELD_LABELS = {  # a setting's name in the engine -> its widget's label on the page
+    "max_new_tokens": "Length",
+    "top_p": "Top-p",
+    "window": "Window",
+    "sampler": "Sampler",
+    "temperature": "Temperature",
+    "top_k": "Top-k",
+    "seed": "Seed",
+    "memory_share": "Memory guard",
+    "choice": "The token picked",
+}
+
+
+def setting_problem(error: gpt2_engine.SettingsError) -> str:
+    """A value a setting cannot take, in the page's words: the widget's label and what it allows."""
+    if error.field == "autograd":
+        return (
+            f"**Tutorial mode** {error.allowed.removeprefix('tutorial mode ')}: pick **fp32** under Precision in "
+            "the sidebar, or turn tutorial mode off."
+        )
+    label = FIELD_LABELS.get(error.field, error.field)
+    return f"**{label}** cannot be {error.value!r}: use {error.allowed}."
+
+
 def in_words(error: Exception, what: str) -> str:
     """An exception as the page says it. `what` names the work that failed ("Generation", "Step mode")."""
+    if isinstance(error, gpt2_engine.SettingsError):
+        return setting_problem(error)
     if isinstance(error, gpt2_engine.StudioError):
         return str(error)
     LOG.error("%s failed", what, exc_info=error)

@@ -303,3 +303,39 @@ def test_step_mode_take_a_candidate_then_look_inside_a_written_text(page, engine
     assert token.get_attribute("class").split()[1].startswith("p-")  # coloured by its probability
     token.hover()
     screenshot(page, shots / "8-inspector.png")
+
+
+def history_titles(page) -> list[str]:
+    page.get_by_role("tab", name="History").click()
+    panel = page.get_by_role("tabpanel", name="History")
+    panel.get_by_text("Run 1").first.wait_for()
+    titles = panel.locator("strong", has_text="Run ").all_inner_texts()
+    page.get_by_role("tab", name="Write").click()
+    return titles
+
+
+def test_generate_while_writing_stops_and_a_reload_keeps_the_visit(page, engine, shots: Path) -> None:
+    set_length_to_max(page)
+    type_seed(page, full_length_seed(engine, page.get_by_role("textbox", name="Your phrase").input_value()))
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
+    page.get_by_role("button", name="Generate").click()  # again, while it writes: a Stop, not a new run
+    page.get_by_text("Generate was pressed while it wrote").wait_for()
+    assert "Stopped after" in status_text(page)
+    text = generated_text(page)
+    time.sleep(1.0)
+    assert text and generated_text(page) == text and history_titles(page) == ["Run 1"]
+
+    page.reload()  # after the run: the same visit, its text, its History and its widgets
+    page.get_by_text("Generate was pressed while it wrote").wait_for()
+    assert generated_text(page) == text and history_titles(page) == ["Run 1"]
+    slider = write_tab(page).get_by_role("slider", name="Length (tokens)")
+    assert slider.get_attribute("aria-valuetext") == str(MAX_LENGTH)
+
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
+    page.reload()  # mid-run: the run stops, its text so far is kept
+    page.get_by_text("The page was reloaded while it wrote").wait_for()
+    assert generated_text(page).strip()
+    assert history_titles(page) == ["Run 2", "Run 1"]
+    screenshot(page, shots / "8-after-a-reload.png")

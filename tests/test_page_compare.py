@@ -188,7 +188,8 @@ def test_tutorial_mode_on_weights_without_autograd_says_which_to_pick(page: AppT
     at = set_widgets(page, precision="int8")
     at.run()
     at = press(set_widgets(at, prompt=PROMPT, length=5, tutorial_mode=True), "generate")
-    assert any("autograd" in e.value for e in at.error)
+    said = " ".join(e.value for e in at.error)
+    assert "Tutorial mode" in said and "fp32" in said and "autograd = True" not in said  # the page's words
     assert any("fp32" in i.value for i in at.info)
 
 
