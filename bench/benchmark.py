@@ -36,7 +36,7 @@ from bench.kernels import read_bandwidth
 from bench.llama_peer import AGREEMENT_IDS, measure_llama  # teacher-forced ids for agreement
 from bench.peaks import fresh_python
 from bench.report import machine_facts, table
-from bench.standin import build_standin
+from bench.standin import build_standin, gpt2_tokenizer
 from gpt2_engine import capabilities, weights_cache
 from gpt2_engine.decoding import WindowMode
 from gpt2_engine.fast import FastContext
@@ -226,8 +226,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--tokenizer",
-        default="../shared/gpt2-tokenizer",
-        help="tokenizer for a stand-in that must be built (skipped if missing)",
+        default=None,
+        help="GPT-2's tokenizer folder, for a stand-in that must be built (default: the Hugging Face cache's)",
     )
     parser.add_argument(
         "--precisions",
@@ -285,7 +285,7 @@ def main() -> None:
         args.gap_tokens = 45
         args.peak_tokens = 60
     elif not Path(model_dir, "config.json").exists():
-        tokenizer = Path(args.tokenizer) if Path(args.tokenizer).exists() else None
+        tokenizer = gpt2_tokenizer(Path(args.tokenizer) if args.tokenizer else None)  # or says what it needs
         print(f"building a gpt2-xl stand-in in {model_dir} (random weights, a minute) ...", flush=True)
         build_standin("gpt2-xl", Path(model_dir), tokenizer)
     support = capabilities.supported(gpt2_engine.loading.resolve_device(args.device))
