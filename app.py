@@ -12,19 +12,39 @@ from pathlib import Path
 import streamlit as st
 
 import gpt2_engine
-from studio import coherence_view, compare, controls, history, model_picker, runner, status, step_mode, visits
+from studio import (
+    coherence_view,
+    compare,
+    controls,
+    history,
+    model_picker,
+    presenter,
+    runner,
+    status,
+    step_mode,
+    visits,
+)
 from studio.run_view import RunView
 
-st.set_page_config(page_title="GPT-2 Studio", page_icon="✍️", layout="wide")
-st.html(Path(__file__).parent / "studio" / "style.css")
-
-st.title("GPT-2 Studio")
-st.caption(
-    "Type a phrase and watch GPT-2 continue it, one word piece at a time, "
-    "while the charts show how much memory it takes and what a smaller context window saves."
-)
-
 visits.restore()  # first: a reload (or the visit's URL in a new tab) finds this visit's runs and settings
+presenting = presenter.on()
+st.set_page_config(
+    page_title="GPT-2 Studio",
+    page_icon="✍️",
+    layout="wide",
+    initial_sidebar_state="collapsed" if presenting else "auto",
+)
+st.html(Path(__file__).parent / "studio" / "style.css")
+presenter.style()
+
+title, mode = st.columns([5, 1], vertical_alignment="bottom")
+title.title("GPT-2 Studio")
+presenter.toggle(mode)
+if not presenting:
+    st.caption(
+        "Type a phrase and watch GPT-2 continue it, one word piece at a time, "
+        "while the charts show how much memory it takes and what a smaller context window saves."
+    )
 
 with st.sidebar:
     st.header("Model")
@@ -37,7 +57,12 @@ stopped = runner.stopped_by_this_click()
 
 write_tab, step_tab, compare_tab, history_tab = body.tabs(["Write", "Step by step", "Compare windows", "History"])
 with write_tab:
-    settings_column, run_column = st.columns([1, 2], gap="large")
+    if presenting:  # the settings folded away, the whole width for the text and its charts side by side
+        folded = runner.latest_run(settle_s=0) is not None  # open until the first run
+        settings_column = st.expander("Your phrase and the settings", expanded=not folded)
+        run_column = st.container()
+    else:
+        settings_column, run_column = st.columns([1, 2], gap="large")
     with settings_column:
         request = controls.generation_form(
             max_window=gpt2_engine.max_window(engine.n_positions if engine else 1024),
