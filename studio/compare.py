@@ -167,7 +167,7 @@ class CompareView:
                 (label for run, label in zip((a, b), comparison.labels()) if parted in run.stats.resets), None
             )
             when = f", right at a reset of {at_reset}" if at_reset else ""
-            where = f"They wrote the same first {parted} tokens, then parted{when} (tinted below)."
+            where = f"They wrote the same first {status.tokens(parted)}, then parted{when} (tinted below)."
         self.note.markdown(
             f"Both runs used **seed {comparison.seed}**. The sampler draws one random number per token from the "
             "seed, so wherever both windows give the model the same view, they pick the same token; they part "

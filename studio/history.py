@@ -56,7 +56,7 @@ def _ending(run: Run) -> str:
 def _numbers_line(run: Run) -> str:
     stats = run.stats
     parts = [
-        f"{stats.tokens} tokens ({_ending(run)})",
+        f"{status.tokens(stats.tokens)} ({_ending(run)})",
         f"{stats.tokens_per_s:.1f} tokens/s",
         f"peak {format_bytes(stats.peak_rss_bytes)}",
         f"KV cache at most {format_bytes(stats.peak_kv_bytes)}",

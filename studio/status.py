@@ -23,6 +23,11 @@ LOG = logging.getLogger("gpt2_studio")
 ERROR_ICON = ":material/error:"
 
 
+def tokens(n: int) -> str:
+    """1 token, 2 tokens."""
+    return f"{n:,} token{'' if n == 1 else 's'}"
+
+
 def waiting(area, ahead: int, then: str = "It starts by itself.") -> None:
     """The model is busy with other runs (this visitor's other tab, or other visitors)."""
     others = "1 run is" if ahead == 1 else f"{ahead} runs are"
@@ -42,10 +47,10 @@ def run_status(area, run: Run, after_other: bool = False) -> None:
         when = f"after {stats.tokens} of {length} tokens: the text so far is kept" if run.steps else "before it started"
         area.warning(f"Stopped {when}. {run.stopped_why}".strip(), icon=":material/stop_circle:")
     elif stats.stop_reason == "memory":
-        area.warning(f"Stopped after {stats.tokens} tokens: {STOP_REASONS['memory']}.", icon=":material/memory:")
+        area.warning(f"Stopped after {tokens(stats.tokens)}: {STOP_REASONS['memory']}.", icon=":material/memory:")
     else:
         ending = STOP_REASONS.get(stats.stop_reason or "", stats.stop_reason)
-        area.success(f"Done: {stats.tokens} tokens, {ending}.", icon=":material/check_circle:")
+        area.success(f"Done: {tokens(stats.tokens)}, {ending}.", icon=":material/check_circle:")
 
 
 def model_name(run: Run) -> str:
@@ -62,7 +67,7 @@ def settings_line(run: Run) -> str:
         f"temperature {settings.temperature:g}",
         f"window {settings.window}" if settings.window else "window off",
         f"seed {run.stats.seed if run.steps else settings.seed}",
-        f"{settings.max_new_tokens} tokens asked",
+        f"{tokens(settings.max_new_tokens)} asked",
     ]
     if settings.sampler != "nucleus":
         parts.append(f"{settings.sampler} sampler")
