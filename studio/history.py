@@ -57,11 +57,12 @@ def _numbers_line(run: Run) -> str:
     stats = run.stats
     parts = [
         f"{status.tokens(stats.tokens)} ({_ending(run)})",
-        f"{stats.tokens_per_s:.1f} tokens/s",
         f"peak {format_bytes(stats.peak_rss_bytes)}",
         f"KV cache at most {format_bytes(stats.peak_kv_bytes)}",
         f"{len(stats.resets)} reset{'s' if len(stats.resets) != 1 else ''}",
     ]
+    if stats.tokens > 1:  # a speed needs two tokens at least
+        parts.insert(1, f"{stats.tokens_per_s:.1f} tokens/s")
     if run.coherence is not None:
         parts.append(f"perplexity {run.coherence.perplexity:,.1f}")
     return " · ".join(parts)
