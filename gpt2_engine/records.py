@@ -129,7 +129,7 @@ def memory_csv(record: dict[str, Any]) -> str:
 
 def sweep_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """A sweep's runs (their records, one per window, in the order written) as one row each: the columns of
-    SWEEP_CSV_COLUMNS, plus `complete`.
+    SWEEP_CSV_COLUMNS, plus `complete` and `resets` (how often the window reset).
 
     A run is complete when it wrote every token it was asked for and was scored. Only complete runs are
     comparable: a run cut short by Stop (or a click, the memory guard, an error) holds a shorter text, so a
@@ -159,6 +159,7 @@ def sweep_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "seconds": stats["elapsed_s"],
                 "stopped": not complete,
                 "complete": complete,
+                "resets": len(stats["resets"]),
             }
         )
     done = [row for row in rows if row["complete"]]

@@ -284,11 +284,15 @@ def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], weight_bytes: int,
 
 SWEEP_COLOR, SWEEP_REFERENCE_COLOR = "#1f6feb", "#495057"  # the windows; the reference (off, or the largest)
 SWEEP_HEIGHT_PX = 400
-SWEEP_LABEL_OFFSETS = {  # where a point's label goes (comparison.place_labels): text alignment and offset, px
-    "right": {"align": "left", "baseline": "middle", "dx": 11},
-    "left": {"align": "right", "baseline": "middle", "dx": -11},
-    "above": {"align": "center", "baseline": "bottom", "dy": -11},
-    "below": {"align": "center", "baseline": "top", "dy": 11},
+SWEEP_LABEL_PLACES = {  # where a point's label can go (comparison.place_labels picks one): its anchor, offset in px
+    "right": {"align": "left", "baseline": "middle", "dx": 11, "dy": 0},
+    "left": {"align": "right", "baseline": "middle", "dx": -11, "dy": 0},
+    "above": {"align": "center", "baseline": "bottom", "dx": 0, "dy": -10},
+    "below": {"align": "center", "baseline": "top", "dx": 0, "dy": 10},
+    "above_left": {"align": "right", "baseline": "bottom", "dx": 4, "dy": -8},
+    "above_right": {"align": "left", "baseline": "bottom", "dx": -4, "dy": -8},
+    "below_left": {"align": "right", "baseline": "top", "dx": 4, "dy": 8},
+    "below_right": {"align": "left", "baseline": "top", "dx": -4, "dy": 8},
 }
 SWEEP_EXPLANATION = (
     "Each point is one run: the same phrase, seed and length, written with one window. **Across**: the most the "
@@ -306,6 +310,11 @@ def perplexity_domain(low: float, high: float) -> list[float]:
     return [max(0.0, low - pad), high + pad]
 
 
+def kv_domain(high: float) -> list[float]:
+    """The sweep's x range: from 0 (shares of the cache read true) to a little past its largest cache."""
+    return [0.0, (high or 1.0) * 1.06]
+
+
 def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, Any]:
     """A sweep, one point per window (comparison.sweep_points: dataset `points`), x = peak KV cache in `unit`,
     y = perplexity, each point labelled by its window on the side its `side` column says. The reference window
@@ -314,7 +323,7 @@ def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, An
         "field": "kv",
         "type": "quantitative",
         "title": f"peak KV cache, {unit} (the memory the window limits)",
-        "scale": {"zero": True, "nice": True},
+        "scale": {"domain": kv_domain(float(points["kv"].max())) if not points.empty else [0, 1], "nice": False},
         "axis": {"titleFontSize": 14, "labelFontSize": 12, "titleFontWeight": 600, "tickCount": 6},
     }
     y_scale: dict[str, Any] = {"zero": False}
@@ -339,17 +348,20 @@ def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, An
     labels = [
         {
             "data": {"name": "points"},
+            "name": f"sweep_labels_{side}",
             "transform": [{"filter": f"datum.side == '{side}' && datum.label != ''"}],
             "mark": {"type": "text", "fontSize": 14, "fontWeight": 600, "color": "#1f2330", **offsets},
             "encoding": {"x": x, "y": y, "text": {"field": "label"}},
         }
-        for side, offsets in SWEEP_LABEL_OFFSETS.items()
+        for side, offsets in SWEEP_LABEL_PLACES.items()
     ]
     return {
         "title": {
             "text": "Memory against coherence, one point per window",
-            "subtitle": "the same phrase and seed under each window; down and to the left is better",
+            "subtitle": f"one run per window · grey: window {reference}, the reference · better: down and left",
             **TITLE,
+            "fontSize": 16,
+            "subtitleFontSize": 13,
         },
         "datasets": {"points": points},
         "layer": [

@@ -14,7 +14,7 @@ import streamlit as st
 
 from gpt2_engine import MB, format_bytes, sweep_rows
 
-from .charts import perplexity_domain
+from .charts import SWEEP_LABEL_PLACES, kv_domain, perplexity_domain
 from .runner import Run
 
 SAME_PERPLEXITY = 0.02  # perplexities closer than 2% are "about equally coherent": no winner is named
@@ -155,36 +155,36 @@ def kv_unit(peak_bytes: float) -> tuple[str, float]:
     return ("MB", MB) if peak_bytes >= MB else ("kB", 1e3)
 
 
-# label placement: the chart's plot area as drawn at 1280 px wide, and a label's size in it (pixels)
-PLOT_PX = (1000.0, 300.0)
-LABEL_CHAR_PX, LABEL_HEIGHT_PX, LABEL_GAP_PX, POINT_RADIUS_PX = 7.5, 15.0, 9.0, 8.0
-LABEL_SIDES = ("right", "left", "above", "below")
+# label placement: the chart's plot area as drawn beside the form at 1280 px wide, and a label's size (pixels)
+PLOT_PX = (560.0, 270.0)
+LABEL_CHAR_PX, LABEL_HEIGHT_PX, POINT_RADIUS_PX = 7.5, 16.0, 8.0
+_ALIGN_SHIFT = {"left": 0.0, "center": 0.5, "right": 1.0}  # of the label's width, left of its anchor
+_BASELINE_SHIFT = {"top": 0.0, "middle": 0.5, "bottom": 1.0}  # of its height, above its anchor
 
 
-def _label_boxes(x: float, y: float, width: float) -> dict[str, tuple[float, float, float, float]]:
-    """A label's box (left, top, right, bottom), in pixels, on each side of a point at (x, y)."""
-    half = LABEL_HEIGHT_PX / 2
-    return {
-        "right": (x + LABEL_GAP_PX, y - half, x + LABEL_GAP_PX + width, y + half),
-        "left": (x - LABEL_GAP_PX - width, y - half, x - LABEL_GAP_PX, y + half),
-        "above": (x - width / 2, y - LABEL_GAP_PX - LABEL_HEIGHT_PX, x + width / 2, y - LABEL_GAP_PX),
-        "below": (x - width / 2, y + LABEL_GAP_PX, x + width / 2, y + LABEL_GAP_PX + LABEL_HEIGHT_PX),
-    }
+def _label_box(x: float, y: float, width: float, place: dict[str, Any]) -> tuple[float, float, float, float]:
+    """A label's box (left, top, right, bottom), in pixels, at one of SWEEP_LABEL_PLACES around a point (x, y)."""
+    left = x + place["dx"] - _ALIGN_SHIFT[place["align"]] * width
+    top = y + place["dy"] - _BASELINE_SHIFT[place["baseline"]] * LABEL_HEIGHT_PX
+    return (left, top, left + width, top + LABEL_HEIGHT_PX)
 
 
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
-def place_labels(points: list[tuple[float, float, str]], y_range: tuple[float, float]) -> list[str]:
-    """A side for each point's label (right, left, above or below: LABEL_SIDES), the one that covers the fewest
-    other points and labels, in a plot of PLOT_PX pixels whose x starts at 0 and whose y spans `y_range`.
-    Points in order of x; an empty label takes no place."""
+def place_labels(
+    points: list[tuple[float, float, str]], x_range: tuple[float, float], y_range: tuple[float, float]
+) -> list[str]:
+    """Where each point's label goes (a key of charts.SWEEP_LABEL_PLACES): the place that covers the least of
+    the other points and the labels placed before it, inside a plot of PLOT_PX pixels spanning `x_range` and
+    `y_range` (the chart's domains). Points in order of x; an empty label takes no place."""
     width, height = PLOT_PX
-    x_max = max((x for x, _, _ in points), default=0.0) or 1.0
-    low, high = y_range
-    span = (high - low) or 1.0
-    pixels = [(x / x_max * width, height - (y - low) / span * height) for x, y, _ in points]
+    (x_low, x_high), (y_low, y_high) = x_range, y_range
+    pixels = [
+        ((x - x_low) / ((x_high - x_low) or 1.0) * width, height - (y - y_low) / ((y_high - y_low) or 1.0) * height)
+        for x, y, _ in points
+    ]
     dots = [
         (px - POINT_RADIUS_PX, py - POINT_RADIUS_PX, px + POINT_RADIUS_PX, py + POINT_RADIUS_PX) for px, py in pixels
     ]
@@ -192,17 +192,17 @@ def place_labels(points: list[tuple[float, float, str]], y_range: tuple[float, f
     sides = []
     for (px, py), (_, _, label) in zip(pixels, points):
         if not label:
-            sides.append("right")
+            sides.append(next(iter(SWEEP_LABEL_PLACES)))
             continue
-        boxes = _label_boxes(px, py, LABEL_CHAR_PX * len(label))
         costs = {}
-        for order, (side, box) in enumerate(boxes.items()):
+        for order, (side, place) in enumerate(SWEEP_LABEL_PLACES.items()):
+            box = _label_box(px, py, LABEL_CHAR_PX * len(label), place)
             outside = max(0.0, -box[0]) + max(0.0, box[2] - width) + max(0.0, -box[1]) + max(0.0, box[3] - height)
             covered = sum(_overlap(box, other) for other in [*placed, *dots])
-            costs[side] = covered + 50.0 * outside + order  # ties: the first side in LABEL_SIDES
-        side = min(costs, key=costs.__getitem__)
+            costs[side] = (covered + 50.0 * outside + order, box)  # ties: the first place in SWEEP_LABEL_PLACES
+        side = min(costs, key=lambda side: costs[side][0])
         sides.append(side)
-        placed.append(boxes[side])
+        placed.append(costs[side][1])
     return sides
 
 
@@ -235,8 +235,10 @@ def sweep_points(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> pd.D
         names = [window_label(None if w == "off" else int(w)).removeprefix("window ") for w in same["window"]]
         labels.append(("window " + " = ".join(names)) if index == same.index[0] else "")
     frame["label"] = labels
+    x_range = kv_domain(float(frame["kv"].max()))
     y_range = perplexity_domain(float(frame["perplexity"].min()), float(frame["perplexity"].max()))
-    frame["side"] = place_labels(list(zip(frame["kv"], frame["perplexity"], frame["label"])), tuple(y_range))
+    points = list(zip(frame["kv"], frame["perplexity"], frame["label"]))
+    frame["side"] = place_labels(points, (x_range[0], x_range[1]), (y_range[0], y_range[1]))
     return frame
 
 
@@ -288,12 +290,16 @@ def sweep_reading(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> str
             if smallest is not best:
                 sentences.append(f"The smallest, {window_label(smallest['window'])}, {says(smallest)}.")
         for row in others:
-            if row["peak_kv_bytes"] == ref_kv:
-                sentences.append(f"{window_label(row['window']).capitalize()} needs as much cache as {ref_name}.")
+            name = window_label(row["window"]).capitalize()
+            if row["peak_kv_bytes"] == ref_kv and row["resets"] == 0 and row["perplexity"] == reference["perplexity"]:
+                sentences.append(f"{name} never reset in {row['tokens']} tokens: it wrote what {ref_name} wrote.")
+            elif row["peak_kv_bytes"] == ref_kv:
+                sentences.append(f"{name} needs as much cache as {ref_name}.")
             elif row["peak_kv_bytes"] > ref_kv:
+                kv = format_bytes(row["peak_kv_bytes"])
                 sentences.append(
-                    f"{window_label(row['window']).capitalize()} saves nothing on a text this short: its cache peaked "
-                    f"at {format_bytes(row['peak_kv_bytes'])}, against {format_bytes(ref_kv)} with {ref_name}."
+                    f"{name} saves nothing on a text this short: its cache peaked at {kv}, against "
+                    f"{format_bytes(ref_kv)} with {ref_name}."
                 )
     ending = _sweep_ending(sweep, rows)
     if ending:

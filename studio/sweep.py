@@ -26,7 +26,7 @@ from gpt2_engine import sweep_csv
 
 from . import charts, coherence_view, controls, keys, runner, status
 from .comparison import Sweep, kv_unit, ordinal, sweep_points, sweep_reading, window_label
-from .controls import MAX_LENGTH, OFF, window_option_label
+from .controls import MAX_LENGTH, OFF
 from .run_view import TEXT_EVERY_S
 from .runner import Run
 
@@ -66,16 +66,14 @@ def _form(engine: gpt2_engine.Engine | None) -> SweepRequest:
     options = window_options(max_window)
     with st.form("sweep_form", border=False, enter_to_submit=False):
         prompt = controls.phrase("sweep_prompt", "Every run of the sweep continues this same text.", height=90)
-        windows_box, length_box, top_p_box, seed_box = st.columns([2.6, 1, 1, 1], gap="medium")
-        windows = windows_box.multiselect(
-            "Windows",
+        windows = st.multiselect(
+            "Windows (tokens)",
             options,
             default=[window for window in DEFAULT_WINDOWS if window in options],
-            format_func=window_option_label,
             key="sweep_windows",
             help="One run per window, each one point on the chart. 'off' keeps the whole text: the reference.",
         )
-        length = length_box.slider(
+        length = st.slider(
             "Length (tokens)",
             1,
             MAX_LENGTH,
@@ -83,14 +81,15 @@ def _form(engine: gpt2_engine.Engine | None) -> SweepRequest:
             key="sweep_length",
             help="How much each run writes: every window writes exactly this many tokens.",
         )
-        top_p = controls.top_p_slider("sweep_top_p", "How adventurous each pick is; the same for every run.", top_p_box)
+        top_p = controls.top_p_slider("sweep_top_p", "How adventurous each pick is; the same for every run.")
+        seed_box, button_box = st.columns(2, vertical_alignment="bottom")
         seed_text = seed_box.text_input(
             "Seed",
             key="sweep_seed",
             placeholder="empty: a new one",
             help="Every run uses this seed: they part only where a window has forgotten something.",
         )
-        go = st.form_submit_button(
+        go = button_box.form_submit_button(
             "Sweep", key="sweep_run", type="primary", icon=":material/scatter_plot:", disabled=engine is None
         )
     if len(windows) < 2:
@@ -116,7 +115,7 @@ class SweepView:
     that reads it, and the download with what the chart means."""
 
     def __init__(self) -> None:
-        line, stop = st.columns([6, 0.9], vertical_alignment="center")
+        line, stop = st.columns([4, 1], vertical_alignment="center")
         self.line = line.empty()
         # Clicking Stop reruns the page, which interrupts the sweep within one token (see studio/runner.py).
         stop.button(
@@ -248,10 +247,13 @@ def render(engine: gpt2_engine.Engine | None) -> Callable[[], Sweep] | None:
         "Write the same phrase with the same seed under **several windows**, one after the other: each run becomes "
         "one point, what it kept in memory against how coherent it reads. The trade-off, in one picture."
     )
-    request = _form(engine)
-    if request.problem:
-        status.problem(request.problem)
-    view = SweepView()
+    settings_column, result_column = st.columns([1, 2.2], gap="large")  # the chart in view beside the form
+    with settings_column:
+        request = _form(engine)
+        if request.problem:
+            status.problem(request.problem)
+    with result_column:
+        view = SweepView()
     if request.go and request.settings is not None and engine is not None:
         return lambda: run_sweep(engine, request, view)
     sweep = st.session_state.get(keys.SWEEP)

@@ -17,6 +17,7 @@ from test_page_compare import APP, chart_data, press, set_widgets
 
 import gpt2_engine
 from gpt2_engine import SWEEP_CSV_COLUMNS, sweep_rows
+from studio.charts import SWEEP_LABEL_PLACES
 from studio.comparison import place_labels
 from studio.sweep import window_options, writing_order
 
@@ -96,7 +97,7 @@ def test_the_sweep_draws_one_point_per_window(page: AppTest, engine: gpt2_engine
         assert point["kept"] == pytest.approx(off.perplexity / score.perplexity, rel=1e-4)
     assert list(points["kv_bytes"]) == sorted(points["kv_bytes"])  # in order of their cache
     assert points.loc[points["window"] == "off", "kept"].item() == pytest.approx(1.0)
-    assert set(points["side"]) <= {"right", "left", "above", "below"}
+    assert set(points["side"]) <= set(SWEEP_LABEL_PLACES)
     reading = " ".join(m.value for m in at.markdown)
     assert "of the coherence" in reading and "of the cache" in reading  # the chart read aloud
     assert any("Swept 4 windows with seed 5" in s.value for s in at.success)
@@ -205,6 +206,7 @@ def test_sweep_rows_reference_the_largest_complete_window() -> None:
                 "peak_kv_bytes": tokens * (window or 99),
                 "peak_rss_bytes": 1,
                 "elapsed_s": 1.0,
+                "resets": [],
             },
             "coherence": {"mean_logprob": -1.0, "perplexity": perplexity} if perplexity else None,
             "stopped": stopped,
@@ -218,7 +220,8 @@ def test_sweep_rows_reference_the_largest_complete_window() -> None:
 
 def test_labels_take_the_free_side() -> None:
     # two points close together: the second label does not sit on the first
-    sides = place_labels([(10.0, 50.0, "window 10"), (11.0, 50.0, "window 20")], (0.0, 100.0))
-    assert sides[0] != sides[1] or sides == ["left", "right"]
-    # a point at the right edge: its label goes inside the plot
-    assert place_labels([(0.0, 50.0, "window 5"), (100.0, 50.0, "window off")], (0.0, 100.0))[1] != "right"
+    sides = place_labels([(10.0, 50.0, "window 10"), (11.0, 50.0, "window 20")], (0.0, 100.0), (0.0, 100.0))
+    assert sides[0] != sides[1]
+    # a point at the right edge: its label stays inside the plot, clear of its neighbour's
+    right = place_labels([(80.0, 50.0, "window 100"), (100.0, 50.0, "window 200 = off")], (0.0, 100.0), (0.0, 100.0))
+    assert right[0] == "right" and right[1] not in ("right", "left", "above", "below")
