@@ -308,25 +308,30 @@ def sweep_reading(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> str
 
 
 def _sweep_ending(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
-    """How a sweep ended short of its last window, in a sentence; empty when it did not."""
+    """What the sweep did not draw, and why, in a sentence or two; empty when it drew every window."""
     if not sweep.ended:
         return ""
-    cut = next(((run, row) for run, row in zip(sweep.runs, rows) if not row["complete"]), None)
-    if cut is None and len(sweep.runs) == len(sweep.windows):
-        return ""
-    drawn = sum(row["complete"] for row in rows)
-    points = f"{drawn} point{'s' if drawn != 1 else ''} of {len(sweep.windows)}"
-    if cut is None:  # stopped between two windows
-        return f"Stopped before {window_label(sweep.windows[len(sweep.runs)])}: {points} drawn."
-    run, row = cut
-    name = window_label(row["window"])
-    if run.error is not None:
-        what = f"{name.capitalize()} failed"
-    elif row["tokens"] < run.settings.max_new_tokens:
-        what = f"Stopped during {name}, after {row['tokens']} of {run.settings.max_new_tokens} tokens"
-    else:
-        what = f"Stopped while {name} was being reread"
-    return (
-        f"{what}: {points} drawn. A part-run is in History and the CSV but not drawn: a shorter text has a "
-        "smaller cache and another perplexity, so it would not be comparable."
-    )
+    said = []
+    for run, row in zip(sweep.runs, rows):
+        if row["complete"]:
+            continue
+        name, tokens, length = window_label(row["window"]), row["tokens"], run.settings.max_new_tokens
+        if run.error is not None:
+            said.append(f"{name} failed")
+        elif run.stats.stop_reason == "memory":
+            said.append(f"the memory guard ended {name} after {tokens} of {length} tokens")
+        elif tokens < length:
+            said.append(f"stopped during {name}, after {tokens} of {length} tokens")
+        else:
+            said.append(f"stopped while {name} was being reread")
+    sentences = []
+    if said:
+        what = "; ".join(said)
+        sentences.append(
+            f"{what[0].upper()}{what[1:]}: not drawn, since a shorter text has a smaller cache and another "
+            "perplexity (it is in History and the CSV)."
+        )
+    if len(sweep.runs) < len(sweep.windows) and not any(run.error for run in sweep.runs):
+        left = ", ".join(window_label(window) for window in sweep.windows[len(sweep.runs) :])
+        sentences.append(f"Not written: {left}.")
+    return " ".join(sentences)

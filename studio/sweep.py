@@ -202,8 +202,9 @@ class SweepView:
                 icon=":material/check_circle:",
             )
         else:
+            ended = "stopped" if any(run.stopped for run in sweep.runs) or len(rows) < len(sweep.windows) else "done"
             self.line.warning(
-                f"Sweep stopped: {drawn} of {len(sweep.windows)} windows drawn (seed {sweep.seed}).",
+                f"Sweep {ended}: {drawn} of {len(sweep.windows)} windows drawn (seed {sweep.seed}).",
                 icon=":material/stop_circle:",
             )
 

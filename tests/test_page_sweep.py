@@ -180,7 +180,9 @@ def test_a_sweep_stopped_midway_keeps_its_finished_points(
     points = sweep_points(at)
     assert sorted(points["window"]) == ["20", "off"]  # the finished windows stay; the part-run is not drawn
     assert any("2 of 4 windows drawn" in w.value for w in at.warning)
-    assert any("Stopped during window 10, after 12 of 30 tokens" in m.value for m in at.markdown)
+    reading = next(m.value for m in at.markdown if "Stopped during" in m.value)
+    assert "Stopped during window 10, after 12 of 30 tokens: not drawn" in reading
+    assert "Not written: window 5." in reading
     rows = list(csv.DictReader(io.StringIO(downloads[at.download_button(key="sweep_csv").id]())))
     assert [(r["window"], r["tokens"], r["stopped"]) for r in rows] == [
         ("off", "30", "false"),
