@@ -22,6 +22,7 @@ from studio import (
     runner,
     status,
     step_mode,
+    sweep,
     visits,
 )
 from studio.run_view import RunView
@@ -78,7 +79,11 @@ with write_tab:
 with step_tab:
     step_mode.render(engine)
 with compare_tab:
-    start_comparison = compare.render(engine, stopped)  # a comparison asked for starts last, as a Write run does
+    pair_tab, sweep_tab = st.tabs(["Two windows", "Sweep: many windows"])
+    with pair_tab:
+        start_comparison = compare.render(engine, stopped)  # a comparison asked for starts last, as a Write run does
+    with sweep_tab:
+        start_sweep = sweep.render(engine, stopped)  # ... and so does a sweep
 with history_tab:
     history_box = st.empty()  # drawn last, so that it lists every run, this script run's included
     history_box.caption("The list of this visit's runs appears here when the model is done writing.")
@@ -97,5 +102,7 @@ with run_column:
     coherence_view.panel(engine, latest)  # under the run: tutorial mode, and its coherence on request
 if start_comparison is not None:
     start_comparison()
+if start_sweep is not None:
+    start_sweep()
 with history_box.container():
     history.render(engine)

@@ -1,6 +1,7 @@
-"""The Compare windows tab: one phrase and one seed, written twice with two window sizes, one run after the
-other in the model's turn; the texts side by side as they stream, then both memory curves on one chart and
-a table of what each window cost and saved, coherence included (scored by itself once both runs end).
+"""The Compare windows tab's two windows (its sweep of many is `sweep`): one phrase and one seed, written twice
+with two window sizes, one run after the other in the model's turn; the texts side by side as they stream,
+then both memory curves on one chart and a table of what each window cost and saved, coherence included
+(scored by itself once both runs end).
 
 Widget keys: compare_prompt, compare_window_a, compare_window_b, compare_length, compare_top_p, compare_seed,
 compare_tutorial_mode, compare_run, compare_stop (and compare_reuse_seed under a result). The comparison is
@@ -258,7 +259,7 @@ def run_comparison(
     finally:
         for run in runs:
             if not run.finished:  # interrupted: Stop, another widget, a closed tab (or never started)
-                run.stopped = True
+                run.stopped = True  # (the run being written when it stopped says so itself: runner.write)
     view.show(comparison)
     return comparison
 

@@ -40,7 +40,7 @@ class Run:
     steps: list[gpt2_engine.Step] = field(default_factory=list)
     stopped: bool = False  # ended before the engine finished it (Stop, a page change, a closed tab)
     error: str | None = None  # why it failed, in words
-    kind: str = "write"  # "write" (the Write tab, a replay) or "compare" (one of a comparison's two runs)
+    kind: str = "write"  # "write" (the Write tab, a replay), "compare" (one of a comparison's two runs), "sweep"
     label: str = ""  # what the History tab calls it besides its number, e.g. "window 20 of a comparison"
     precision: str = ""  # the model's precision when it wrote this run
     interrupted: bool = False  # Streamlit stopped it (a click, a reload), and no script run has said so yet
@@ -111,8 +111,8 @@ def latest_run(settle_s: float = SETTLE_S) -> Run | None:
 def write(engine: gpt2_engine.Engine, run: Run, on_step: Callable[[Run], None], on_prompt=None) -> None:
     """Streams `run` (its prompt and settings) into `run.steps`, calling `on_step(run)` after each token; inside
     the model's turn. However it ends, the run says so: finished; failed (`run.error`, in words); or interrupted
-    by Streamlit (`run.stopped`, the text so far kept: see the module's note). Every Write, Compare and replay
-    run goes through here."""
+    by Streamlit (`run.stopped`, the text so far kept: see the module's note). Every Write, Compare, sweep and
+    replay run goes through here."""
     try:
         with closing(engine.stream(run.prompt, run.settings, on_prompt=on_prompt)) as steps:
             for step in steps:
