@@ -204,10 +204,10 @@ class CompareView:
             return
         length = max(run.settings.max_new_tokens for run in comparison.runs)
         x_max = max(len(run.steps) for run in comparison.runs) if comparison.finished else length
-        spec = charts.compare_chart(runs, comparison.runs[0].weight_bytes, x_max)
+        spec = charts.compare_chart(runs, x_max)
         with self.chart.container():
             st.vega_lite_chart(spec=spec, width="stretch", height=charts.COMPARE_HEIGHT_PX)
-            st.caption(charts.COMPARE_EXPLANATION)
+            st.caption(charts.compare_caption(runs))
 
     def _draw_table(self, comparison: Comparison) -> None:
         if not comparison.finished or not any(run.steps for run in comparison.runs):

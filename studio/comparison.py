@@ -14,7 +14,7 @@ import streamlit as st
 
 from gpt2_engine import MB, format_bytes, sweep_rows
 
-from .charts import SWEEP_LABEL_PLACES, kv_domain, perplexity_domain
+from .charts import SWEEP_LABEL_PLACES, kv_domain, perplexity_domain, plus_bytes
 from .runner import Run
 
 SAME_PERPLEXITY = 0.02  # perplexities closer than 2% are "about equally coherent": no winner is named
@@ -23,11 +23,16 @@ TABLE_COLUMNS = {  # the table's columns, and how each is shown
     "tokens_per_s": st.column_config.NumberColumn(
         "Tokens/s", help="Writing speed, after the phrase was read.", format="%.1f"
     ),
-    "peak_memory_mb": st.column_config.NumberColumn(
-        "Peak memory", help="The most memory the whole program held (RSS), weights included.", format="%.0f MB"
+    "added": st.column_config.TextColumn(
+        "Added by the run",
+        help="The most the run added to the memory the program held just before it started.",
+        alignment="right",
     ),
-    "peak_kv_cache_mb": st.column_config.NumberColumn(
-        "Peak KV cache", help="The most the cache of keys and values grew to.", format="%.3f MB"
+    "peak_memory": st.column_config.TextColumn(
+        "Peak memory", help="The most memory the whole program held (RSS), weights included.", alignment="right"
+    ),
+    "peak_kv_cache": st.column_config.TextColumn(
+        "Peak KV cache", help="The most the cache of keys and values grew to.", alignment="right"
     ),
     "resets": st.column_config.NumberColumn("Resets", help="How often the window forgot all but its last N tokens."),
     "log_likelihood": st.column_config.NumberColumn(
@@ -79,8 +84,9 @@ def table(comparison: Comparison) -> pd.DataFrame:
             {
                 "tokens": stats.tokens,
                 "tokens_per_s": stats.tokens_per_s,
-                "peak_memory_mb": stats.peak_rss_bytes / MB,
-                "peak_kv_cache_mb": stats.peak_kv_bytes / MB,
+                "added": plus_bytes(stats.peak_added_bytes),  # sizes as the page writes them everywhere
+                "peak_memory": format_bytes(stats.peak_rss_bytes),
+                "peak_kv_cache": format_bytes(stats.peak_kv_bytes),
                 "resets": len(stats.resets),
                 "log_likelihood": score.mean_logprob if score else None,
                 "perplexity": score.perplexity if score else None,
@@ -101,8 +107,12 @@ def summary(comparison: Comparison) -> str:
         saved = f"**{fewer.capitalize()}** kept the KV cache {big / small:.1f}× smaller ({format_bytes(small)} against {format_bytes(big)} at most)"
     else:
         saved = f"Both kept the KV cache within {format_bytes(max(kv_a, kv_b))}"
-    peak_a, peak_b = a.stats.peak_rss_bytes, b.stats.peak_rss_bytes
-    saved += f"; the whole program peaked at {format_bytes(peak_a)} with {label_a} and {format_bytes(peak_b)} with {label_b}."
+    added_a, added_b = plus_bytes(a.stats.peak_added_bytes), plus_bytes(b.stats.peak_added_bytes)
+    peak = format_bytes(max(a.stats.peak_rss_bytes, b.stats.peak_rss_bytes))
+    saved += (
+        f"; the runs added at most {added_a} ({label_a}) and {added_b} ({label_b}) to what the program held before "
+        f"each, and the whole program peaked at {peak}."
+    )
     if a.coherence is None or b.coherence is None:
         return saved
     pa, pb = a.coherence.perplexity, b.coherence.perplexity
