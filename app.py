@@ -75,7 +75,7 @@ with write_tab:
         status_row, stop_row = st.columns([5, 1], vertical_alignment="center")
         # Clicking Stop reruns the page, which interrupts a run within one token (see studio/runner.py).
         stop_row.button("Stop", key="stop", icon=":material/stop:", help="Stop writing; the text so far is kept.")
-        view = RunView(status_row, ready=engine is not None)
+        view = RunView(status_row, ready=engine is not None, side_by_side=presenting)
 with step_tab:
     step_mode.render(engine)
 with compare_tab:

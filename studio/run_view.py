@@ -137,12 +137,13 @@ class RunView:
     memory chart right under it (so that at 1280x720 the status, the text and the chart are in view together
     while GPT-2 writes), then the chart's caption, the text's legends and the colour switch, and the numbers."""
 
-    def __init__(self, status_area, ready: bool = True) -> None:
+    def __init__(self, status_area, ready: bool = True, side_by_side: bool = False) -> None:
         self.ready = ready  # a model is loaded: Generate can be pressed
         self.status = status_area.container(key="run_status").empty()  # the key: style.css makes it slimmer
-        self.text = st.empty()
-        self.notes = st.empty()
-        self.charts = st.empty()
+        text_side, chart_side = st.columns([1.15, 1], gap="large") if side_by_side else (st, st)  # presenter mode
+        self.text = text_side.empty()
+        self.notes = text_side.empty()
+        self.charts = chart_side.empty()
         switch, legends = st.columns([1, 2.6], vertical_alignment="center")
         with switch:
             _colour_switch()
