@@ -38,7 +38,7 @@ st.set_page_config(
 st.html(Path(__file__).parent / "studio" / "style.css")
 presenter.style()
 
-title, mode = st.columns([5, 1], vertical_alignment="bottom")
+title, mode = st.columns([4, 1.4], vertical_alignment="bottom")
 title.title("GPT-2 Studio")
 presenter.toggle(mode)
 if not presenting:
