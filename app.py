@@ -51,12 +51,16 @@ with st.sidebar:
     st.header("Model")
     choice = model_picker.pick_model()
 loading_box = st.empty()
-body = st.container()  # the tabs: while a model loads, its progress shows alone, not over a faded old page
-engine = model_picker.load_model(choice, st.sidebar, loading_box, body)
+body = st.container()  # the tabs' place
+# While a model loads, an empty placeholder takes the old tabs' place (its progress shows alone, not over a faded
+# copy of the page), and the new tabs then take the placeholder's: the same place either way, so no stale copy.
+cover = []
+engine = model_picker.load_model(choice, st.sidebar, loading_box, on_wait=lambda: cover.append(body.empty()))
 # A start button pressed while a run writes stops that run (as Stop does) and starts nothing: no run is lost.
 stopped = runner.stopped_by_this_click()
 
-write_tab, step_tab, compare_tab, history_tab = body.tabs(["Write", "Step by step", "Compare windows", "History"])
+tabs_area = cover[0].container() if cover else body.container()
+write_tab, step_tab, compare_tab, history_tab = tabs_area.tabs(["Write", "Step by step", "Compare windows", "History"])
 with write_tab:
     if presenting:  # the settings folded away, the whole width for the text and its charts side by side
         folded = runner.latest_run(settle_s=0) is not None  # open until the first run
