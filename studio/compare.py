@@ -279,10 +279,5 @@ def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[]
         runner.explain_stop(stopped, "Compare")
     elif go and pair is not None and engine is not None:
         return lambda: run_comparison(engine, prompt, pair, view)
-    comparison = st.session_state.get(keys.COMPARISON)
-    if comparison is not None:
-        deadline = time.monotonic() + runner.SETTLE_S  # a comparison being stopped says so within a token
-        while not comparison.finished and time.monotonic() < deadline:
-            time.sleep(0.02)
-    view.show(comparison)
+    view.show(runner.latest(keys.COMPARISON))
     return None

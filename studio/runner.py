@@ -97,15 +97,21 @@ def turn_queue() -> TurnQueue:
     return TurnQueue()
 
 
-def latest_run(settle_s: float = SETTLE_S) -> Run | None:
-    """This visitor's latest run. A run still writing when a new script run starts is being stopped (with
-    runner.fastReruns, Streamlit starts the new run before the old one reaches its next interrupt point):
-    wait, a token's time, for it to say so, rather than show it as still writing."""
-    run = st.session_state.get(keys.RUN)
+def latest(key: str, settle_s: float = SETTLE_S):
+    """This visitor's latest record under `key` (a Run, a Comparison, a Sweep: anything with `finished`). One still
+    writing when a new script run starts is being stopped (with runner.fastReruns, Streamlit starts the new run
+    before the old one reaches its next interrupt point): wait, a token's time, for it to say so, rather than
+    show it as still writing."""
+    record = st.session_state.get(key)
     deadline = time.monotonic() + settle_s
-    while run is not None and not run.finished and time.monotonic() < deadline:
+    while record is not None and not record.finished and time.monotonic() < deadline:
         time.sleep(0.02)
-    return run
+    return record
+
+
+def latest_run(settle_s: float = SETTLE_S) -> Run | None:
+    """This visitor's latest Write run (see `latest`)."""
+    return latest(keys.RUN, settle_s)
 
 
 def write(engine: gpt2_engine.Engine, run: Run, on_step: Callable[[Run], None], on_prompt=None) -> None:

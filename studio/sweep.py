@@ -268,10 +268,5 @@ def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[]
         runner.explain_stop(stopped, "Sweep")
     elif request.go and request.settings is not None and engine is not None:
         return lambda: run_sweep(engine, request, view)
-    sweep = st.session_state.get(keys.SWEEP)
-    if sweep is not None:
-        deadline = time.monotonic() + runner.SETTLE_S  # a sweep being stopped says so within a token
-        while not sweep.finished and time.monotonic() < deadline:
-            time.sleep(0.02)
-    view.show(sweep)
+    view.show(runner.latest(keys.SWEEP))
     return None
