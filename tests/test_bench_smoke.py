@@ -69,7 +69,8 @@ def test_memory_curves_show_tutorial_mode_holding_more_per_token(tiny_model_dir,
 
 
 def test_the_decode_profile_lists_where_a_tokens_time_goes(tiny_model_dir) -> None:
-    out = run_module("bench.profile_step", str(tiny_model_dir), "int8", "--tokens", "3", "--rows", "5", timeout=300)
+    out = run_module("bench.profile_step", str(tiny_model_dir), "int8", "--tokens", "3", "--rows", "40", timeout=300)
     assert "int8" in out.stdout and "ms a token" in out.stdout
     operators = [line for line in out.stdout.splitlines() if line.startswith("| aten::")]
-    assert len(operators) == 5 and any("_weight_int8pack_mm" in line for line in operators)
+    # on a tiny model the int8 matmul costs about what a layer norm does: listed, not always in the top few
+    assert 10 <= len(operators) <= 40 and any("_weight_int8pack_mm" in line for line in operators)
