@@ -157,6 +157,39 @@ def engine(tiny_model_dir: Path) -> gpt2_engine.Engine:
     return gpt2_engine.load(str(tiny_model_dir), dtype="fp32", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def page_engine(tiny_model_dir: Path) -> gpt2_engine.Engine:
+    """The model as the page loads it: its default precision ("auto"), to set the page's output beside."""
+    return gpt2_engine.load(str(tiny_model_dir), dtype="auto")
+
+
+@pytest.fixture
+def page(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """The real app.py in Streamlit's AppTest, run once, with the tiny model."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tiny_model_dir))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=90).run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.fixture
+def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """What each download button would hand the browser when clicked, by the button's widget id."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    made: dict[str, object] = {}
+    add_deferred = MediaFileManager.add_deferred
+
+    def record(self, data_callable, mimetype, coordinates, file_name=None, *, element_id=""):
+        made[element_id] = data_callable
+        return add_deferred(self, data_callable, mimetype, coordinates, file_name, element_id=element_id)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    return made
+
+
 def runs_here(*precisions: str) -> list:
     """Each precision as a parameter that skips, with the engine's own reason, where the engine refuses it."""
     support = capabilities.supported("cpu")

@@ -24,20 +24,6 @@ from studio.run_view import RESET_MARK, RunView
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> gpt2_engine.Engine:
-    """The model as the page loads it: its default precision ("auto")."""
-    return gpt2_engine.load(str(tiny_model_dir), dtype="auto")
-
-
-@pytest.fixture
-def page(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tiny_model_dir))
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
-    assert not at.exception, at.exception
-    return at
-
-
 def generate(at: AppTest, **values) -> AppTest:
     """Sets widgets by key (prompt, length, top_p, window, seed, ...) and presses Generate."""
     for key, value in values.items():
@@ -54,10 +40,10 @@ def generate(at: AppTest, **values) -> AppTest:
     return at
 
 
-def full_length_seed(engine: gpt2_engine.Engine, prompt: str, length: int, **settings) -> int:
+def full_length_seed(page_engine: gpt2_engine.Engine, prompt: str, length: int, **settings) -> int:
     """A seed with which the tiny random model writes all `length` tokens (it often writes <|endoftext|>)."""
     for seed in range(100):
-        steps = list(engine.stream(prompt, max_new_tokens=length, seed=seed, **settings))
+        steps = list(page_engine.stream(prompt, max_new_tokens=length, seed=seed, **settings))
         if steps[-1].stop_reason == "length":
             return seed
     raise AssertionError("no seed in 0..99 runs to the full length")
@@ -104,12 +90,12 @@ def test_the_page_starts_with_the_model_and_explains_itself(page: AppTest) -> No
         assert widget.help, f"{key} has no help text"
 
 
-def test_streamed_text_is_the_engines_own_for_the_seed_shown(page: AppTest, engine: gpt2_engine.Engine) -> None:
+def test_streamed_text_is_the_engines_own_for_the_seed_shown(page: AppTest, page_engine: gpt2_engine.Engine) -> None:
     prompt = "The cat sat on the mat."
     at = generate(page, prompt=prompt, length=30, top_p=0.9, window=8)
     seed = int(metric(at, "Seed"))  # a seed the page drew: the field was empty
     run = at.session_state["run"]
-    expected = engine.speak(prompt, max_new_tokens=30, top_p=0.9, window=8, seed=seed)
+    expected = page_engine.speak(prompt, max_new_tokens=30, top_p=0.9, window=8, seed=seed)
     assert prompt + run.generated == expected
     assert generated_shown(at) == expected[len(prompt) :]
     assert any(f"seed {seed}" in c.value for c in at.tabs[0].caption)  # the run's caption, in the Write tab
@@ -125,9 +111,9 @@ def test_a_typed_seed_repeats_the_run_exactly(page: AppTest) -> None:
 
 @pytest.mark.parametrize("window", [8, 5])
 def test_chart_has_a_point_per_token_and_resets_where_the_window_says(
-    page: AppTest, engine: gpt2_engine.Engine, window: int
+    page: AppTest, page_engine: gpt2_engine.Engine, window: int
 ) -> None:
-    seed = full_length_seed(engine, page.text_area(key="prompt").value, 40, top_p=0.7, window=window)
+    seed = full_length_seed(page_engine, page.text_area(key="prompt").value, 40, top_p=0.7, window=window)
     at = generate(page, length=40, window=window, seed=str(seed))
     datasets = chart_datasets(at)
     memory = next(d for d in datasets if "tokens" in d.columns)

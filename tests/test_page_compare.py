@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from streamlit import dataframe_util
-from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 import gpt2_engine
@@ -26,34 +25,6 @@ from studio import charts
 APP = Path(__file__).resolve().parent.parent / "app.py"
 PROMPT = "The cat sat on the mat."
 KINDS = ("text_area", "slider", "select_slider", "text_input", "radio", "checkbox", "toggle", "selectbox")
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> gpt2_engine.Engine:
-    """The model as the page loads it: its default precision ("auto")."""
-    return gpt2_engine.load(str(tiny_model_dir), dtype="auto")
-
-
-@pytest.fixture
-def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
-    """What each download button would hand the browser when clicked, by the button's widget id."""
-    made: dict[str, object] = {}
-    add_deferred = MediaFileManager.add_deferred
-
-    def record(self, data_callable, mimetype, coordinates, file_name=None, *, element_id=""):
-        made[element_id] = data_callable
-        return add_deferred(self, data_callable, mimetype, coordinates, file_name, element_id=element_id)
-
-    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
-    return made
-
-
-@pytest.fixture
-def page(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tiny_model_dir))
-    at = AppTest.from_file(str(APP), default_timeout=90).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def set_widgets(at: AppTest, **values) -> AppTest:
@@ -90,14 +61,14 @@ def compare_chart(at: AppTest) -> dict[str, object]:
     return next(c for c in charts if "run" in c.get("memory", {}))
 
 
-def test_compare_writes_both_windows_side_by_side_with_one_seed(page: AppTest, engine: gpt2_engine.Engine) -> None:
+def test_compare_writes_both_windows_side_by_side_with_one_seed(page: AppTest, page_engine: gpt2_engine.Engine) -> None:
     at = compare(page, compare_top_p=0.9)
     comparison = at.session_state["comparison"]
     a, b = comparison.runs
     assert comparison.seed == 5 and a.settings.window == 8 and b.settings.window is None
     for run in (a, b):  # each is the engine's own text for that window and the one seed
         assert run.settings.seed == 5 and run.settings.top_p == pytest.approx(0.9)
-        expected = engine.speak(PROMPT, max_new_tokens=40, top_p=0.9, window=run.settings.window, seed=5)
+        expected = page_engine.speak(PROMPT, max_new_tokens=40, top_p=0.9, window=run.settings.window, seed=5)
         assert PROMPT + run.generated == expected
     texts = [h for h in at.html if "compare-text" in h.value]
     assert len(texts) == 2
@@ -155,7 +126,7 @@ def test_sizes_in_the_table_are_written_as_everywhere_else(page: AppTest) -> Non
             assert re.fullmatch(r"[+-]?(\d+\.\d\d GB|\d+ (MB|kB|B))", size), size  # 1.23 GB / 456 MB / 12 kB
 
 
-def test_the_table_is_the_runs_own_stats_and_coherence(page: AppTest, engine: gpt2_engine.Engine) -> None:
+def test_the_table_is_the_runs_own_stats_and_coherence(page: AppTest, page_engine: gpt2_engine.Engine) -> None:
     at = compare(page)
     comparison = at.session_state["comparison"]
     table = at.dataframe[0].value
@@ -167,8 +138,8 @@ def test_the_table_is_the_runs_own_stats_and_coherence(page: AppTest, engine: gp
         assert row["peak_memory"] == format_bytes(stats.peak_rss_bytes)
         assert row["peak_kv_cache"] == format_bytes(stats.peak_kv_bytes)
         assert row["resets"] == len(stats.resets)
-        prompt_ids = engine.prepare_prompt(PROMPT, None).ids
-        score = gpt2_engine.coherence(engine, prompt_ids, [s.token_id for s in run.steps])  # scored by itself
+        prompt_ids = page_engine.prepare_prompt(PROMPT, None).ids
+        score = gpt2_engine.coherence(page_engine, prompt_ids, [s.token_id for s in run.steps])  # scored by itself
         assert row["log_likelihood"] == pytest.approx(score.mean_logprob, abs=1e-4)
         assert row["perplexity"] == pytest.approx(score.perplexity, rel=1e-4)
     assert any("perplexity" in m.value for m in at.markdown)  # said in words under the table
@@ -194,13 +165,13 @@ def test_a_window_too_big_for_the_model_is_a_message(page: AppTest) -> None:
         assert any("fp32" in e.value for e in at.error)
 
 
-def test_score_button_scores_the_write_run_with_progress(page: AppTest, engine: gpt2_engine.Engine) -> None:
+def test_score_button_scores_the_write_run_with_progress(page: AppTest, page_engine: gpt2_engine.Engine) -> None:
     at = press(set_widgets(page, prompt=PROMPT, length=20, seed="3", window=8), "generate")
     run = at.session_state["run"]
     assert run.coherence is None
     at = press(at, "score")
-    prompt_ids = engine.prepare_prompt(PROMPT, None).ids
-    expected = gpt2_engine.coherence(engine, prompt_ids, [s.token_id for s in run.steps])
+    prompt_ids = page_engine.prepare_prompt(PROMPT, None).ids
+    expected = gpt2_engine.coherence(page_engine, prompt_ids, [s.token_id for s in run.steps])
     assert run.coherence.mean_logprob == pytest.approx(expected.mean_logprob, abs=1e-4)
     assert next(m.value for m in at.metric if m.label == "Perplexity") == f"{expected.perplexity:,.1f}"
     assert "score" not in [b.key for b in at.button]  # scored: the number replaces the button
@@ -239,7 +210,7 @@ def test_the_memory_guard_stops_a_run_says_why_and_keeps_the_text(
 
 
 def test_history_lists_runs_newest_first_and_the_json_replays(
-    page: AppTest, engine: gpt2_engine.Engine, downloads: dict[str, object]
+    page: AppTest, page_engine: gpt2_engine.Engine, downloads: dict[str, object]
 ) -> None:
     at = press(set_widgets(page, prompt=PROMPT, length=15, seed="9", window=5), "generate")
     at = compare(at, compare_length=10)
@@ -249,7 +220,7 @@ def test_history_lists_runs_newest_first_and_the_json_replays(
     saved = downloads[at.download_button(key="history_json_1").id]()
     record = load_record(saved)
     assert record["prompt"] == PROMPT and record["seed"] == 9 and record["settings"]["window"] == 5
-    replay = list(engine.stream(record["prompt"], settings_from_record(record)))
+    replay = list(page_engine.stream(record["prompt"], settings_from_record(record)))
     assert generated_text(replay) == record["text"] == at.session_state["history"][0].generated
     rows = list(csv.DictReader(io.StringIO(downloads[at.download_button(key="history_csv_1").id]())))
     assert [int(r["tokens"]) for r in rows] == list(range(1, len(record["steps"]) + 1))

@@ -30,14 +30,6 @@ BAR = re.compile(
 )
 
 
-@pytest.fixture
-def page(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tiny_model_dir))
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
-    assert not at.exception, at.exception
-    return at
-
-
 def click(at: AppTest, key: str) -> AppTest:
     at.button(key=key).click().run()
     assert not at.exception, at.exception

@@ -7,13 +7,11 @@ from __future__ import annotations
 import csv
 import io
 import re
-from pathlib import Path
 
 import pytest
-from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 from streamlit.testing.v1 import AppTest
-from test_page_compare import APP, chart_data, press, set_widgets
+from test_page_compare import chart_data, press, set_widgets
 
 import gpt2_engine
 from gpt2_engine import SWEEP_CSV_COLUMNS, sweep_rows
@@ -24,34 +22,6 @@ from studio.sweep import window_options, writing_order
 PROMPT = "The cat sat on the mat."
 LENGTH = 30
 WINDOWS = [5, 10, 20, "off"]  # the tiny model's largest window is 64: its prompt and length fit under them all
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> gpt2_engine.Engine:
-    """The model as the page loads it: its default precision ("auto")."""
-    return gpt2_engine.load(str(tiny_model_dir), dtype="auto")
-
-
-@pytest.fixture
-def page(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tiny_model_dir))
-    at = AppTest.from_file(str(APP), default_timeout=90).run()
-    assert not at.exception, at.exception
-    return at
-
-
-@pytest.fixture
-def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
-    """What each download button would hand the browser when clicked, by the button's widget id."""
-    made: dict[str, object] = {}
-    add_deferred = MediaFileManager.add_deferred
-
-    def record(self, data_callable, mimetype, coordinates, file_name=None, *, element_id=""):
-        made[element_id] = data_callable
-        return add_deferred(self, data_callable, mimetype, coordinates, file_name, element_id=element_id)
-
-    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
-    return made
 
 
 def sweep(at: AppTest, **values) -> AppTest:
@@ -65,9 +35,9 @@ def sweep_points(at: AppTest):
     return next(c["points"] for c in charts if "points" in c)
 
 
-def expected_score(engine: gpt2_engine.Engine, run) -> gpt2_engine.Coherence:
-    prompt_ids = engine.prepare_prompt(PROMPT, None).ids
-    return gpt2_engine.coherence(engine, prompt_ids, [step.token_id for step in run.steps])
+def expected_score(page_engine: gpt2_engine.Engine, run) -> gpt2_engine.Coherence:
+    prompt_ids = page_engine.prepare_prompt(PROMPT, None).ids
+    return gpt2_engine.coherence(page_engine, prompt_ids, [step.token_id for step in run.steps])
 
 
 def test_window_choices_and_the_writing_order() -> None:
@@ -77,21 +47,23 @@ def test_window_choices_and_the_writing_order() -> None:
     assert writing_order([10, 50, 20]) == (50, 20, 10)  # no off: the largest is the reference
 
 
-def test_the_sweep_draws_one_point_per_window(page: AppTest, engine: gpt2_engine.Engine) -> None:
+def test_the_sweep_draws_one_point_per_window(page: AppTest, page_engine: gpt2_engine.Engine) -> None:
     at = sweep(page, sweep_top_p=0.9)
     swept = at.session_state["sweep"]
     assert swept.windows == (None, 20, 10, 5) and swept.seed == 5 and swept.finished
     runs = {run.settings.window: run for run in swept.runs}
     for window, run in runs.items():  # the engine's own text for that window and the one seed, full length
         assert run.settings.seed == 5 and run.settings.top_p == pytest.approx(0.9)
-        again = list(engine.stream(PROMPT, max_new_tokens=LENGTH, top_p=0.9, window=window, seed=5, stop_at_eos=False))
+        again = list(
+            page_engine.stream(PROMPT, max_new_tokens=LENGTH, top_p=0.9, window=window, seed=5, stop_at_eos=False)
+        )
         assert [s.token_id for s in run.steps] == [s.token_id for s in again] and len(run.steps) == LENGTH
     points = sweep_points(at)
     assert sorted(points["window"]) == sorted(["off", "20", "10", "5"])  # one point per window
-    off = expected_score(engine, runs[None])
+    off = expected_score(page_engine, runs[None])
     for _, point in points.iterrows():
         run = runs[None if point["window"] == "off" else int(point["window"])]
-        score = expected_score(engine, run)  # reread with the whole text in view
+        score = expected_score(page_engine, run)  # reread with the whole text in view
         assert point["kv_bytes"] == run.stats.peak_kv_bytes and point["tokens"] == LENGTH
         assert point["perplexity"] == pytest.approx(score.perplexity, rel=1e-4)
         assert point["kept"] == pytest.approx(off.perplexity / score.perplexity, rel=1e-4)

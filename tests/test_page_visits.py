@@ -5,21 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 from test_page import generate, generated_shown
 
 from studio import keys, visits
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
-
-
-@pytest.fixture
-def page(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tiny_model_dir))
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def reload(at: AppTest) -> AppTest:
