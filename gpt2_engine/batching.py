@@ -21,8 +21,10 @@ still gets a plain generator of Steps, fed from the batcher's thread.
 - The model is used by one thing at a time: each pass holds `ModelLock`, which step mode and scoring take too,
   in the order asked (a busy batch cannot starve them, nor they it).
 
-Runs whose context has no passes (tutorial mode's autograd with transformers' own cache, the reference
-backend) take part in the batch's rhythm but not its passes: their forward runs by itself, between two passes.
+Tutorial mode (autograd with transformers' own cache) and the reference backend have no passes to share: they
+do not join the batch; `Engine.stream` decodes them alone in the caller's thread (autograd's state is per
+thread), each forward pass holding the model lock between the batch's. (A decoder whose context has no passes,
+handed to the batch all the same, reads by itself between two passes.)
 
 Exactness: a row's arithmetic is the same batched or alone (its own cache, its own attention, per-row layer
 norms and activations); only the matrix products see more rows. In fp32 on the tests' tiny model the texts are

@@ -100,15 +100,27 @@ class Engine:
         the first Step (a long phrase takes seconds to read). While the batch is full, `on_wait(runs ahead)` is
         told the run's place, every fraction of a second. `backend` and `window_mode` choose how this run computes
         (the reference path, the other window mode: tests and benchmarks); the text is the same. Calls from several
-        threads are decoded together (batching.py); the prompt is read at the first step asked for."""
+        threads are decoded together (batching.py); the prompt is read at the first step asked for. Tutorial mode
+        and the reference backend run alone, in the caller's thread (a generator started there)."""
         settings = self.settings_for(settings, **changes)  # here, so that a bad value raises at the call
         window_mode = window_mode or self.window_mode
+        if backend != "fast" or settings.autograd:  # transformers' own cache: no passes to share; alone, here
+            return self._alone(prompt, settings, backend, window_mode, on_prompt)
         make = functools.partial(
             self.decoder, prompt, settings, backend=backend, window_mode=window_mode, read_prompt=False
         )
         rows = self.cache_rows(settings, backend, window_mode)
         cache_bytes = rows * self.n_positions * self.kv_bytes_per_token
         return self.batcher.stream(lambda reading: make(on_prompt=reading), rows, cache_bytes, on_prompt, on_wait)
+
+    def _alone(
+        self, prompt: str, settings: GenerationSettings, backend: Backend, window_mode: WindowMode, on_prompt
+    ) -> Iterator[Step]:
+        """A run outside the batch (tutorial mode, the reference backend), in the caller's thread: its forward
+        passes hold `self.lock`, between the batch's; the next one is done only when the next step is asked for."""
+        run = self.decoder(prompt, settings, backend=backend, window_mode=window_mode, on_prompt=on_prompt)
+        while not run.finished:
+            yield run.step()
 
     @staticmethod
     def cache_rows(settings: GenerationSettings, backend: Backend, window_mode: WindowMode) -> int:
