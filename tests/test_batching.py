@@ -11,6 +11,7 @@ import weakref
 
 import pytest
 import torch
+from conftest import runs_here
 
 import gpt2_engine
 from gpt2_engine import StepMode, batching, fast
@@ -277,3 +278,18 @@ def test_a_tutorial_mode_run_decodes_beside_the_batch_and_writes_its_solo_text(e
     assert [x for x, _ in both] == solo(engine, "The cat", tutorial)
     assert [y for _, y in both] == solo(engine, "The cat", fast_run)
     assert batcher_thread_ended(engine)
+
+
+@pytest.mark.parametrize("precision", runs_here("q8"))
+def test_q8_rows_stay_independent_batched_or_alone(tiny_model_dir, precision) -> None:
+    """q8 scales each row by its own peak (quantize.Q8Linear): a batch changes no row's arithmetic."""
+    low = gpt2_engine.load(str(tiny_model_dir), dtype=precision)
+    settings = [gpt2_engine.GenerationSettings(max_new_tokens=30, seed=s, window=7, stop_at_eos=False) for s in (1, 2)]
+    streams = [low.stream(p, s) for p, s in zip(("The cat", "Hello world! Is it"), settings)]
+    batched = [[], []]
+    for _ in range(30):
+        for k, steps in enumerate(streams):
+            batched[k].append(next(steps))
+    for prompt, s, steps in zip(("The cat", "Hello world! Is it"), settings, batched):
+        assert [x.token_id for x in steps] == solo(low, prompt, s, low.window_mode)
+    assert low.batcher.largest_batch == 2 and batcher_thread_ended(low)
