@@ -22,6 +22,7 @@ from studio import (
     runner,
     status,
     step_mode,
+    sweep,
     visits,
 )
 from studio.run_view import RunView
@@ -37,7 +38,7 @@ st.set_page_config(
 st.html(Path(__file__).parent / "studio" / "style.css")
 presenter.style()
 
-title, mode = st.columns([5, 1], vertical_alignment="bottom")
+title, mode = st.columns([4, 1.4], vertical_alignment="bottom")
 title.title("GPT-2 Studio")
 presenter.toggle(mode)
 if not presenting:
@@ -50,12 +51,16 @@ with st.sidebar:
     st.header("Model")
     choice = model_picker.pick_model()
 loading_box = st.empty()
-body = st.container()  # the tabs: while a model loads, its progress shows alone, not over a faded old page
-engine = model_picker.load_model(choice, st.sidebar, loading_box, body)
+body = st.container()  # the tabs' place
+# While a model loads, an empty placeholder takes the old tabs' place (its progress shows alone, not over a faded
+# copy of the page), and the new tabs then take the placeholder's: the same place either way, so no stale copy.
+cover = []
+engine = model_picker.load_model(choice, st.sidebar, loading_box, on_wait=lambda: cover.append(body.empty()))
 # A start button pressed while a run writes stops that run (as Stop does) and starts nothing: no run is lost.
 stopped = runner.stopped_by_this_click()
 
-write_tab, step_tab, compare_tab, history_tab = body.tabs(["Write", "Step by step", "Compare windows", "History"])
+tabs_area = cover[0].container() if cover else body.container()
+write_tab, step_tab, compare_tab, history_tab = tabs_area.tabs(["Write", "Step by step", "Compare windows", "History"])
 with write_tab:
     if presenting:  # the settings folded away, the whole width for the text and its charts side by side
         folded = runner.latest_run(settle_s=0) is not None  # open until the first run
@@ -74,11 +79,15 @@ with write_tab:
         status_row, stop_row = st.columns([5, 1], vertical_alignment="center")
         # Clicking Stop reruns the page, which interrupts a run within one token (see studio/runner.py).
         stop_row.button("Stop", key="stop", icon=":material/stop:", help="Stop writing; the text so far is kept.")
-        view = RunView(status_row, ready=engine is not None)
+        view = RunView(status_row, ready=engine is not None, side_by_side=presenting)
 with step_tab:
     step_mode.render(engine)
 with compare_tab:
-    start_comparison = compare.render(engine, stopped)  # a comparison asked for starts last, as a Write run does
+    pair_tab, sweep_tab = st.tabs(["Two windows", "Sweep: many windows"])
+    with pair_tab:
+        start_comparison = compare.render(engine, stopped)  # a comparison asked for starts last, as a Write run does
+    with sweep_tab:
+        start_sweep = sweep.render(engine, stopped)  # ... and so does a sweep
 with history_tab:
     history_box = st.empty()  # drawn last, so that it lists every run, this script run's included
     history_box.caption("The list of this visit's runs appears here when the model is done writing.")
@@ -97,5 +106,7 @@ with run_column:
     coherence_view.panel(engine, latest)  # under the run: tutorial mode, and its coherence on request
 if start_comparison is not None:
     start_comparison()
+if start_sweep is not None:
+    start_sweep()
 with history_box.container():
     history.render(engine)

@@ -19,7 +19,7 @@ from .hub import SMALLEST as SMALLEST_MODEL
 from .hub import cached_models, look_ahead
 from .loading import load, resolve_device
 from .memory import GB, MB, available_bytes, format_bytes
-from .records import memory_csv, record_json, run_record, settings_from_record
+from .records import SWEEP_CSV_COLUMNS, memory_csv, record_json, run_record, settings_from_record, sweep_csv, sweep_rows
 from .scoring import Coherence, coherence
 from .serving import LoadPlan, SharedModel, TurnQueue, plan_load
 from .settings import SAMPLERS, TUTORIAL_PHRASE, GenerationSettings, max_window, parse_seed
@@ -68,6 +68,9 @@ __all__ = [
     "record_json",
     "memory_csv",
     "settings_from_record",
+    "sweep_rows",
+    "sweep_csv",
+    "SWEEP_CSV_COLUMNS",
     "Coherence",
     "coherence",
     # memory, in the units the page shows

@@ -78,6 +78,7 @@ class Step:
     nucleus_mass: float = 0.0  # their probability mass (>= top_p)
     candidates: tuple[Candidate, ...] = ()  # the most likely tokens at this step, if asked for
     memory_limit_bytes: int = 0  # the memory guard's limit for this run
+    start_rss_bytes: int = 0  # the process's resident memory just before this run (before its prompt was read)
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,8 @@ class MemoryGuard:
     """Stops a run before the process holds more than `share` of the memory that was available when it
     started (plus what it held then), one step ahead: the next step is assumed to grow as the last did."""
 
-    def __init__(self, share: float):
-        self.limit_bytes = read_process_memory().rss_bytes + int(share * available_bytes())
+    def __init__(self, share: float, start_rss_bytes: int):
+        self.limit_bytes = start_rss_bytes + int(share * available_bytes())
         self.last_rss = 0
 
     def check(self, rss_bytes: int) -> str | None:
@@ -169,7 +170,8 @@ class Decoder:
         self.on_prompt = on_prompt
         self.lock = lock
         release_freed_memory()  # every run starts from what the process really holds (fair comparisons)
-        self.guard = MemoryGuard(settings.memory_share)
+        self.start_rss_bytes = read_process_memory().rss_bytes  # what the run's memory is measured from
+        self.guard = MemoryGuard(settings.memory_share, self.start_rss_bytes)
         self.context = new_context(model, settings, backend, window_mode)
         self.logits: Tensor = torch.empty(0)  # (vocab,) for the next token, once the prompt is read
         if read_prompt:
@@ -221,6 +223,7 @@ class Decoder:
             nucleus_mass=dist.nucleus_mass,
             candidates=candidates(self.tokenizer, dist, settings.candidates) if settings.candidates else (),
             memory_limit_bytes=self.guard.limit_bytes,
+            start_rss_bytes=self.start_rss_bytes,
         )
 
     def read_newest(self) -> None:

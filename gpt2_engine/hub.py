@@ -17,8 +17,8 @@ from pathlib import Path
 from .shapes import KNOWN_MODELS
 
 
-def _probe_timeout(default: float = 2.0) -> float:
-    """How long one look at the hub may take before it counts as "no network": 2 s, or HF_HUB_ETAG_TIMEOUT (the hub
+def _probe_timeout(default: float = 1.5) -> float:
+    """How long one look at the hub may take before it counts as "no network": 1.5 s, or HF_HUB_ETAG_TIMEOUT (the hub
     client's own wait for a file's metadata) where it is set for a slow network."""
     try:
         return float(os.environ.get("HF_HUB_ETAG_TIMEOUT", "").strip() or default)

@@ -1,5 +1,6 @@
 """A run as plain data: a dict (JSON) that holds everything about it, its memory series as CSV, and the
-settings to replay it. Knows nothing of Streamlit; the page's History tab offers these as downloads.
+settings to replay it; a sweep (one phrase and seed, written under several windows) as one row per window.
+Knows nothing of Streamlit; the page's History tab and its sweep offer these as downloads.
 
 The same prompt, settings and seed write the same text again, so a record is also a recipe:
 
@@ -43,6 +44,17 @@ STEP_FIELDS = (  # per generated token, in the record's "steps"
 )
 MEMORY_CSV_COLUMNS = ("tokens", "rss_bytes", "anon_bytes", "kv_bytes", "context_tokens", "reset", "elapsed_s")
 SETTINGS_FIELDS = tuple(f.name for f in fields(GenerationSettings))
+SWEEP_CSV_COLUMNS = (  # one row per window of a sweep (sweep_rows)
+    "window",
+    "tokens",
+    "peak_kv_bytes",
+    "peak_rss_bytes",
+    "mean_log_likelihood",
+    "perplexity",
+    "coherence_kept",
+    "seconds",
+    "stopped",
+)
 
 
 def run_record(
@@ -65,7 +77,7 @@ def run_record(
     seed = stats.seed if stats.seed is not None else settings.seed
     return {
         "format": RECORD_FORMAT,
-        "kind": kind,  # "write" or "compare"
+        "kind": kind,  # "write", "compare" or "sweep"
         "label": label,
         "model": model,
         "precision": precision,  # as the model was loaded: fp32, bf16, fp16, int8 or q8
@@ -114,6 +126,66 @@ def memory_csv(record: dict[str, Any]) -> str:
                 f"{step['elapsed_s']:.6f}",
             ]
         )
+    return out.getvalue()
+
+
+def sweep_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A sweep's runs (their records, one per window, in the order written) as one row each: the columns of
+    SWEEP_CSV_COLUMNS, plus `complete` and `resets` (how often the window reset).
+
+    A run is complete when it wrote every token it was asked for and was scored. Only complete runs are
+    comparable: a run cut short by Stop (or a click, the memory guard, an error) holds a shorter text, so a
+    smaller cache and another perplexity; its row says `stopped` and has no coherence kept.
+    `coherence_kept` is the reference's perplexity divided by this run's (1.0: as coherent as the reference;
+    0.5: twice as unsure per token; above 1: it read as more coherent, by the luck of the draw). The
+    reference is the complete run with the largest window, "off" counting as the largest."""
+    rows = []
+    for record in records:
+        stats, score, settings = record["stats"], record.get("coherence"), record["settings"]
+        perplexity = score.get("perplexity") if score else None
+        complete = (
+            not record.get("stopped")
+            and record.get("error") is None
+            and stats["tokens"] == settings["max_new_tokens"]
+            and perplexity is not None
+        )
+        rows.append(
+            {
+                "window": settings["window"],  # None: off
+                "tokens": stats["tokens"],
+                "peak_kv_bytes": stats["peak_kv_bytes"],
+                "peak_rss_bytes": stats["peak_rss_bytes"],
+                "mean_log_likelihood": score.get("mean_logprob") if score else None,
+                "perplexity": perplexity,
+                "coherence_kept": None,
+                "seconds": stats["elapsed_s"],
+                "stopped": not complete,
+                "complete": complete,
+                "resets": len(stats["resets"]),
+            }
+        )
+    done = [row for row in rows if row["complete"]]
+    if done:
+        reference = max(done, key=lambda row: math.inf if row["window"] is None else row["window"])
+        for row in done:
+            row["coherence_kept"] = reference["perplexity"] / row["perplexity"]
+    return rows
+
+
+def sweep_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """`sweep_rows` as CSV: window ("off" for none), tokens, the peaks in bytes, the mean log-likelihood per token
+    and perplexity (empty when not scored), coherence kept (a fraction, empty unless complete), the seconds the
+    run took to write (its prompt's reading included), and stopped (true: not written in full and scored)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(SWEEP_CSV_COLUMNS)
+    for row in rows:
+        values = {**row, "window": "off" if row["window"] is None else row["window"]}
+        values["stopped"] = "true" if row["stopped"] else "false"
+        values["seconds"] = f"{row['seconds']:.3f}"
+        for name in ("mean_log_likelihood", "perplexity", "coherence_kept"):
+            values[name] = "" if row[name] is None else f"{row[name]:.6g}"
+        writer.writerow([values[name] for name in SWEEP_CSV_COLUMNS])
     return out.getvalue()
 
 

@@ -43,6 +43,12 @@ class RunStats:
     stop_reason: str | None  # "length", "eos" or "sentence_end" once the engine ended the run
     prompt_tokens: int  # prompt tokens the model was given
     prompt_tokens_dropped: int  # prompt tokens cut from the start to fit the model
+    start_rss_bytes: int = 0  # the process's resident memory just before the run (see `start_rss_bytes`)
+
+    @property
+    def peak_added_bytes(self) -> int:
+        """The most this run added to what the process held before it (its own growth, the weights left out)."""
+        return self.peak_rss_bytes - self.start_rss_bytes if self.tokens else 0
 
     @classmethod
     def from_steps(cls, steps: Sequence[Step]) -> RunStats:
@@ -63,15 +69,28 @@ class RunStats:
             stop_reason=last.stop_reason,
             prompt_tokens=first.prompt_tokens,
             prompt_tokens_dropped=first.prompt_tokens_dropped,
+            start_rss_bytes=start_rss_bytes(steps),
         )
 
 
+def start_rss_bytes(steps: Sequence[Step]) -> int:
+    """What the process held just before the run, as its decoder read it before the prompt; for steps made
+    without that reading (0), the first token's memory less its KV cache. 0 for no steps."""
+    if not steps:
+        return 0
+    first = steps[0]
+    return first.start_rss_bytes or max(0, first.rss_bytes - first.kv_bytes)
+
+
 def memory_rows(steps: Sequence[Step]) -> list[dict[str, int | bool]]:
-    """One row per generated token for a memory chart whose x is the number of tokens generated."""
+    """One row per generated token for a memory chart whose x is the number of tokens generated; `added_bytes`
+    is the process's memory above what it held just before the run (`start_rss_bytes`)."""
+    start = start_rss_bytes(steps)
     return [
         {
             "tokens": step.index + 1,
             "rss_bytes": step.rss_bytes,
+            "added_bytes": step.rss_bytes - start,
             "anon_bytes": step.anon_bytes,
             "kv_bytes": step.kv_bytes,
             "reset": step.reset,

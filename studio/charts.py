@@ -1,53 +1,67 @@
-"""The live memory charts, x = tokens generated: the process's memory, and the KV cache beside it.
+"""The memory charts, x = tokens generated: what a run added to the process's memory, and its KV cache.
 
-Two charts, not one, because their scales differ a thousandfold (gigabytes of weights, megabytes of
-cache): on one axis the cache, the part the window controls, would be a flat line at zero.
+The process holds gigabytes before a run starts (the weights, the libraries), and a run adds megabytes: on
+an axis from zero the run's own growth is a flat line under a tall bar. So the charts plot memory above what
+the process held just before the run (`Step.start_rss_bytes`, read before the prompt), with the KV cache, the
+part the window controls, as an area on the same axis, and say the total in the tooltip and the caption.
 
-Each chart is a Vega-Lite spec (a dict) with named datasets: `memory` (one row per generated
-token), `weights` (one row) and `resets` (one row per window reset), which tests read back from
-the page. Plain specs, not Altair objects: Altair validates every spec against its JSON schema,
-about 30 ms per chart, and the page redraws while the model writes.
+Each chart is a Vega-Lite spec (a dict) with named datasets: `memory` (one row per generated token) and
+`resets` (one row per window reset), which tests read back from the page. Plain specs, not Altair objects:
+Altair validates every spec against its JSON schema, about 30 ms per chart, and the page redraws while the
+model writes.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
-from gpt2_engine import GB, MB, Step, memory_rows, reset_points
+from gpt2_engine import GB, MB, RunStats, Step, format_bytes, memory_rows, reset_points
 
-TOTAL_LABEL, ALLOCATED_LABEL = "total (RSS)", "allocated"
-TOTAL_COLOR, ALLOCATED_COLOR, KV_COLOR, WEIGHTS_COLOR, RESET_COLOR = (
-    "#1f6feb",
-    "#8cb4f5",
-    "#e8590c",
-    "#495057",
-    "#d97706",
-)
-HEIGHT_PX = 270  # of each chart element, title and legend included (a spec's own height is not kept)
-MACHINE_GB = (8, 16, 24)  # common laptops' memory: "would this fit on mine?"
-MACHINE_LINES_WITHIN = 2.0  # draw a machine's line only below this many times the plotted peak (no squashed curves)
-MACHINE_COLOR = "#9aa0ad"
+ADDED_LABEL, KV_LABEL = "added by this run", "KV cache"
+ADDED_COLOR, KV_COLOR, RESET_COLOR = "#1f6feb", "#e8590c", "#d97706"
+HEIGHT_PX = 230  # of the chart element, title and legend included (a spec's own height is not kept)
+MACHINE_GB = (8, 16, 24)  # common laptops' memory: "would this fit on mine?", said in words under the charts
 TITLE = {"anchor": "start", "subtitleColor": "#6b7080", "subtitleFontSize": 12}
-EXPLANATION = (
-    "**Total** is all the memory the program holds, the weights read from disk included; **allocated** is what it "
-    "made while running. The dashed line is the weights. The cache grows by one token's keys and values per "
-    "token and drops at each ⟲ window reset (dotted lines)."
-)
+COMPACT = {  # less room around the plot than Streamlit's theme leaves, so a short chart still has a tall plot
+    "title": {"offset": 6},
+    "legend": {"offset": 4, "padding": 0},
+    "axisX": {"titlePadding": 4},
+}
+
+
+def plus_bytes(n: float) -> str:
+    """+41 MB / -3 MB / +0 B: a change in memory, as format_bytes writes sizes."""
+    return ("+" if n >= 0 else "-") + format_bytes(abs(n))
+
+
+def machine_words(total_bytes: float) -> str:
+    """A total said against common computers: "85% of an 8 GB computer's memory"."""
+    for gb in MACHINE_GB:
+        if total_bytes <= gb * GB:
+            article = "an" if gb == 8 else "a"
+            return f"{100 * total_bytes / (gb * GB):.0f}% of {article} {gb} GB computer's memory"
+    return f"more than a {MACHINE_GB[-1]} GB computer has"
 
 
 def memory_frame(steps: Sequence[Step]) -> pd.DataFrame:
-    """One row per generated token: tokens (x), rss_mb, anon_mb, kv_mb, reset."""
+    """One row per generated token: tokens (x), added_mb (memory above what the process held just before the
+    run), rss_mb (all of it), anon_mb, kv_mb, reset; and the tooltip's words for them: added, total, kv."""
     rows = memory_rows(steps)
     return pd.DataFrame(
         {
             "tokens": [row["tokens"] for row in rows],
+            "added_mb": [row["added_bytes"] / MB for row in rows],
             "rss_mb": [row["rss_bytes"] / MB for row in rows],
             "anon_mb": [row["anon_bytes"] / MB for row in rows],
             "kv_mb": [row["kv_bytes"] / MB for row in rows],
             "reset": [row["reset"] for row in rows],
+            "added": [plus_bytes(row["added_bytes"]) for row in rows],
+            "total": [format_bytes(row["rss_bytes"]) for row in rows],
+            "kv": [format_bytes(row["kv_bytes"]) for row in rows],
         }
     )
 
@@ -56,33 +70,17 @@ def _resets_frame(steps: Sequence[Step]) -> pd.DataFrame:
     return pd.DataFrame({"reset_at": list(reset_points(steps))}, dtype="int64")
 
 
-def machine_lines(peak_bytes: float) -> pd.DataFrame:
-    """The 8 / 16 / 24 GB lines worth drawing over a peak: those within MACHINE_LINES_WITHIN times it, so a
-    tiny model's chart (hundreds of MB) gets none and is not squashed flat under a line at 8 GB."""
-    sizes = [gb for gb in MACHINE_GB if gb * GB <= MACHINE_LINES_WITHIN * peak_bytes]
-    return pd.DataFrame({"machine_mb": [gb * GB / MB for gb in sizes], "machine": [f"{gb} GB" for gb in sizes]})
-
-
-def _machine_layers() -> list[dict[str, Any]]:
-    """Dotted lines at common machines' memory (dataset `machines`), labelled at their right end."""
-    y = {"field": "machine_mb", "type": "quantitative"}
-    return [
-        {
-            "data": {"name": "machines"},
-            "mark": {"type": "rule", "color": MACHINE_COLOR, "strokeDash": [1, 3], "strokeWidth": 1.5},
-            "encoding": {"y": y, "tooltip": [{"field": "machine", "title": "a computer with"}]},
-        },
-        {
-            "data": {"name": "machines"},
-            "mark": {"type": "text", "align": "right", "dy": -7, "color": MACHINE_COLOR, "fontSize": 11},
-            "encoding": {"y": y, "x": {"value": "width"}, "text": {"field": "machine"}},
-        },
-    ]
-
-
 def _x(x_max: int) -> dict[str, Any]:
     scale = {"domain": [0, max(1, x_max)], "nice": False}
     return {"field": "tokens", "type": "quantitative", "title": "tokens generated", "scale": scale}
+
+
+TOOLTIP = [
+    {"field": "tokens", "type": "quantitative", "title": "tokens generated"},
+    {"field": "added", "type": "nominal", "title": ADDED_LABEL},
+    {"field": "total", "type": "nominal", "title": "the whole program"},
+    {"field": "kv", "type": "nominal", "title": KV_LABEL},
+]
 
 
 def _reset_rules(x_max: int) -> dict[str, Any]:
@@ -96,80 +94,49 @@ def _reset_rules(x_max: int) -> dict[str, Any]:
     }
 
 
-def process_memory_chart(steps: Sequence[Step], weight_bytes: int, x_max: int) -> dict[str, Any]:
-    """Total memory (RSS) and its allocated (anonymous) part, with the weights as a dashed line."""
-    weights_y = {"field": "weights_mb", "type": "quantitative"}
-    peak_bytes = max([weight_bytes, *(step.rss_bytes for step in steps)])
-    return {
-        "title": {"text": "Memory of the program", "subtitle": "the weights, the cache and everything else", **TITLE},
-        "datasets": {
-            "memory": memory_frame(steps),
-            "weights": pd.DataFrame({"weights_mb": [weight_bytes / MB]}),
-            "resets": _resets_frame(steps),
-            "machines": machine_lines(peak_bytes),
-        },
-        "layer": [
-            {
-                "data": {"name": "memory"},
-                "transform": [
-                    {"fold": ["rss_mb", "anon_mb"], "as": ["key", "MB"]},
-                    {"calculate": f"datum.key == 'rss_mb' ? '{TOTAL_LABEL}' : '{ALLOCATED_LABEL}'", "as": "memory"},
-                ],
-                "mark": {"type": "line", "strokeWidth": 2.2},
-                "encoding": {
-                    "x": _x(x_max),
-                    "y": {"field": "MB", "type": "quantitative", "title": "MB", "scale": {"zero": True}},
-                    "color": {
-                        "field": "memory",
-                        "type": "nominal",
-                        "scale": {"domain": [TOTAL_LABEL, ALLOCATED_LABEL], "range": [TOTAL_COLOR, ALLOCATED_COLOR]},
-                        "legend": {"orient": "top", "title": None},
-                    },
-                    "tooltip": [
-                        {"field": "tokens", "type": "quantitative"},
-                        {"field": "memory", "type": "nominal"},
-                        {"field": "MB", "type": "quantitative", "format": ",.0f"},
-                    ],
-                },
-            },
-            {
-                "data": {"name": "weights"},
-                "mark": {"type": "rule", "color": WEIGHTS_COLOR, "strokeDash": [6, 4]},
-                "encoding": {"y": weights_y},
-            },
-            {
-                "data": {"name": "weights"},
-                "mark": {"type": "text", "align": "left", "dx": 4, "dy": -7, "color": WEIGHTS_COLOR, "fontSize": 11},
-                "encoding": {"y": weights_y, "x": {"value": 0}, "text": {"value": "weights"}},
-            },
-            *_machine_layers(),
-            _reset_rules(x_max),
-        ],
+def process_memory_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:
+    """What the run added to the process's memory (a line) and its KV cache (an area beneath), on one axis in
+    MB above what the process held just before the run; the window's resets as dotted rules."""
+    series = {"type": "nominal", "scale": {"domain": [ADDED_LABEL, KV_LABEL], "range": [ADDED_COLOR, KV_COLOR]}}
+    legend = {
+        "orient": "top",
+        "title": None,
+        "labelFontSize": 12,
+        "symbolType": "stroke",
+        "symbolStrokeWidth": 3,
+        "symbolOpacity": 1,
     }
-
-
-def kv_cache_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:
-    """The KV cache: grows by one token's keys and values per token, drops at each window reset."""
+    start = RunStats.from_steps(steps).start_rss_bytes
     return {
-        "title": {"text": "KV cache", "subtitle": "what the model keeps in mind", **TITLE},
+        "title": {"text": "Memory this run added", **TITLE},
+        "config": COMPACT,
+        "padding": {"top": 0, "bottom": 0, "left": 0, "right": 4},
         "datasets": {"memory": memory_frame(steps), "resets": _resets_frame(steps)},
         "layer": [
             {
                 "data": {"name": "memory"},
-                "mark": {
-                    "type": "area",
-                    "color": KV_COLOR,
-                    "opacity": 0.3,
-                    "line": {"color": KV_COLOR, "strokeWidth": 2},
-                    "interpolate": "step-after",
-                },
+                "mark": {"type": "area", "opacity": 0.28, "interpolate": "step-after", "line": {"strokeWidth": 1.5}},
                 "encoding": {
                     "x": _x(x_max),
-                    "y": {"field": "kv_mb", "type": "quantitative", "title": "MB", "scale": {"zero": True}},
-                    "tooltip": [
-                        {"field": "tokens", "type": "quantitative"},
-                        {"field": "kv_mb", "type": "quantitative", "title": "KV cache MB", "format": ",.3f"},
-                    ],
+                    "y": {"field": "kv_mb", "type": "quantitative"},
+                    "color": {"datum": KV_LABEL, **series, "legend": legend},
+                    "tooltip": TOOLTIP,
+                },
+            },
+            {
+                "data": {"name": "memory"},
+                "mark": {"type": "line", "strokeWidth": 2.6},
+                "encoding": {
+                    "x": _x(x_max),
+                    "y": {
+                        "field": "added_mb",
+                        "type": "quantitative",
+                        "title": f"MB above {format_bytes(start)}",  # what the process held before the run
+                        "scale": {"zero": True},
+                        "axis": {"tickCount": 5},
+                    },
+                    "color": {"datum": ADDED_LABEL, **series, "legend": legend},
+                    "tooltip": TOOLTIP,
                 },
             },
             _reset_rules(x_max),
@@ -177,86 +144,81 @@ def kv_cache_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:
     }
 
 
+def memory_caption(steps: Sequence[Step], weight_bytes: int) -> str:
+    """The chart in words: the run's growth, and the whole program's memory it sits on (with the weights, and
+    against common computers), then how to read the area and the dotted lines."""
+    stats = RunStats.from_steps(steps)
+    total = steps[-1].rss_bytes
+    added, most = plus_bytes(total - stats.start_rss_bytes), plus_bytes(stats.peak_added_bytes)
+    return (
+        f"**{added}** added by this run{f' (at most {most})' if most != added else ''}, on top of the {format_bytes(stats.start_rss_bytes)} the program "
+        f"held before it; **{format_bytes(total)}** in all, the weights' {format_bytes(weight_bytes)} included: "
+        f"{machine_words(total)}. The orange area is the KV cache: it grows by one token's keys and values per "
+        "token and drops at each ⟲ window reset (dotted lines)."
+    )
+
+
 COMPARE_COLORS = ("#0ca678", "#1f6feb")  # window A, window B
-COMPARE_HEIGHT_PX = 440  # the chart element: title, legend, the program's memory above and the KV cache below
-MEMORY_BAND = [{"expr": "height * 0.58"}, 0]  # the program's memory: the top 58% of the plot (pixels, down)
+COMPARE_DASHES = ([1, 0], [7, 4])  # window A solid, window B dashed: where the two lines meet, both show
+COMPARE_WIDTHS = (3.4, 2.2)  # ... and A wider, under B's dashes
+COMPARE_HEIGHT_PX = 440  # the chart element: title, legend, what each run added above and the KV cache below
+MEMORY_BAND = [{"expr": "height * 0.58"}, 0]  # what each run added: the top 58% of the plot (pixels, down)
 KV_BAND = [{"expr": "height"}, {"expr": "height * 0.70"}]  # the KV cache: the bottom 30%
-COMPARE_EXPLANATION = (
-    "Above: all the memory the program holds (RSS), the weights (dashed) included; dotted grey lines, where they "
-    "fit, are the memory of common computers. Below: the KV cache, the keys and values of every token the model "
-    "keeps in mind. Dotted coloured lines: a ⟲ window reset of the run of that colour."
-)
 
 
 def compare_frame(runs: Sequence[tuple[str, Sequence[Step]]]) -> pd.DataFrame:
-    """One row per run and generated token: run (its label), tokens (x), rss_mb, kv_mb, reset."""
+    """One row per run and generated token: run (its label), then memory_frame's columns (added_mb is above
+    what the process held just before that run)."""
     frames = [memory_frame(steps).assign(run=label) for label, steps in runs]
-    columns = ["run", "tokens", "rss_mb", "kv_mb", "reset"]
+    columns = ["run", "tokens", "added_mb", "rss_mb", "kv_mb", "reset", "added", "total", "kv"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
-def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], weight_bytes: int, x_max: int) -> dict[str, Any]:
-    """Two runs (label, steps) on one chart, x = tokens generated: their process memory in the upper band, their
-    KV caches in the lower band (scales a thousandfold apart: one y scale each, one x for both), resets as
-    rules in each run's colour. A single layered view, so that it fits its column as the Write tab's charts do.
-    Datasets: `memory` (compare_frame), `resets` (run, reset_at), `weights`, `machines`."""
+def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], x_max: int) -> dict[str, Any]:
+    """Two runs (label, steps) on one chart, x = tokens generated: what each added to the memory the process
+    held just before it in the upper band, their KV caches in the lower band (one y scale each, one x for both),
+    resets as rules in each run's colour. Run A is a wide solid line, run B a dashed one drawn over it, so that
+    both show where they coincide. A single layered view, so that it fits its column as the Write tab's chart
+    does. Datasets: `memory` (compare_frame), `resets` (run, reset_at)."""
     labels = [label for label, _ in runs]
+    legend = {"orient": "top", "labelFontSize": 13, "symbolStrokeWidth": 3, "symbolSize": 400}
     color = {
         "field": "run",
         "type": "nominal",
         "title": None,
         "scale": {"domain": labels, "range": list(COMPARE_COLORS[: len(labels)])},
-        "legend": {"orient": "top", "labelFontSize": 13, "symbolStrokeWidth": 3},
+        "legend": legend,
     }
+    dash = {**color, "scale": {"domain": labels, "range": [list(d) for d in COMPARE_DASHES[: len(labels)]]}}
     resets = pd.DataFrame(
         {
             "run": [label for label, steps in runs for _ in reset_points(steps)],
             "reset_at": [point for _, steps in runs for point in reset_points(steps)],
         }
     ).astype({"reset_at": "int64"})
-    peak_bytes = max([weight_bytes, *(step.rss_bytes for _, steps in runs for step in steps)])
+    tooltip = [{"field": "run", "type": "nominal"}, *TOOLTIP]
 
-    def lines(field: str, title: str, band: list[Any], number_format: str) -> dict[str, Any]:
-        y_scale = {"zero": True, "range": band, "nice": True}
+    def lines(field: str, title: str, band: list[Any]) -> dict[str, Any]:
+        y = {
+            "field": field,
+            "type": "quantitative",
+            "title": title,
+            "scale": {"zero": True, "range": band, "nice": True},
+            "axis": {"orient": "left", "tickCount": 4, "titleFontWeight": 600},
+        }
+        interpolate = "step-after" if field == "kv_mb" else "linear"
         return {
-            "data": {"name": "memory"},
-            "mark": {"type": "line", "strokeWidth": 2.4, "interpolate": "step-after" if field == "kv_mb" else "linear"},
-            "encoding": {
-                "x": _x(x_max),
-                "y": {
-                    "field": field,
-                    "type": "quantitative",
-                    "title": title,
-                    "scale": y_scale,
-                    "axis": {"orient": "left", "tickCount": 4, "titleFontWeight": 600},
-                },
-                "color": color,
-                "tooltip": [
-                    {"field": "run", "type": "nominal"},
-                    {"field": "tokens", "type": "quantitative"},
-                    {"field": field, "type": "quantitative", "title": title, "format": number_format},
-                ],
-            },
+            "layer": [  # one layer per run, in order: B's dashes over A's solid line
+                {
+                    "data": {"name": "memory"},
+                    "transform": [{"filter": f"datum.run === {json.dumps(label)}"}],
+                    "mark": {"type": "line", "strokeWidth": width, "interpolate": interpolate},
+                    "encoding": {"x": _x(x_max), "y": y, "color": color, "strokeDash": dash, "tooltip": tooltip},
+                }
+                for label, width in zip(labels, COMPARE_WIDTHS)
+            ]
         }
 
-    weights_y = {"field": "weights_mb", "type": "quantitative"}
-    program = {
-        "layer": [
-            lines("rss_mb", "program memory, MB", MEMORY_BAND, ",.0f"),
-            {
-                "data": {"name": "weights"},
-                "mark": {"type": "rule", "color": WEIGHTS_COLOR, "strokeDash": [6, 4]},
-                "encoding": {"y": weights_y},
-            },
-            {
-                "data": {"name": "weights"},
-                "mark": {"type": "text", "align": "left", "dx": 4, "dy": -7, "color": WEIGHTS_COLOR, "fontSize": 11},
-                "encoding": {"y": weights_y, "x": {"value": 0}, "text": {"value": "weights"}},
-            },
-            *_machine_layers(),
-        ]
-    }
-    kv_cache = {"layer": [lines("kv_mb", "KV cache, MB", KV_BAND, ",.3f")]}
     reset_rules = {
         "data": {"name": "resets"},
         "mark": {"type": "rule", "strokeDash": [2, 3], "strokeWidth": 1.5, "opacity": 0.8},
@@ -271,12 +233,134 @@ def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], weight_bytes: int,
     }
     return {
         "title": {"text": "Memory, token by token", "subtitle": "the same phrase and seed, two windows", **TITLE},
-        "datasets": {
-            "memory": compare_frame(runs),
-            "resets": resets,
-            "weights": pd.DataFrame({"weights_mb": [weight_bytes / MB]}),
-            "machines": machine_lines(peak_bytes),
-        },
-        "layer": [program, kv_cache, reset_rules],
+        "config": COMPACT,
+        "datasets": {"memory": compare_frame(runs), "resets": resets},
+        "layer": [
+            lines("added_mb", "added by the run, MB", MEMORY_BAND),
+            lines("kv_mb", "KV cache, MB", KV_BAND),
+            reset_rules,
+        ],
         "resolve": {"scale": {"y": "independent"}, "axis": {"y": "independent"}},
     }
+
+
+SWEEP_COLOR, SWEEP_REFERENCE_COLOR = "#1f6feb", "#495057"  # the windows; the reference (off, or the largest)
+SWEEP_HEIGHT_PX = 400
+SWEEP_LABEL_PLACES = {  # where a point's label can go (comparison.place_labels picks one): its anchor, offset in px
+    "right": {"align": "left", "baseline": "middle", "dx": 11, "dy": 0},
+    "left": {"align": "right", "baseline": "middle", "dx": -11, "dy": 0},
+    "above": {"align": "center", "baseline": "bottom", "dx": 0, "dy": -10},
+    "below": {"align": "center", "baseline": "top", "dx": 0, "dy": 10},
+    "above_left": {"align": "right", "baseline": "bottom", "dx": 4, "dy": -8},
+    "above_right": {"align": "left", "baseline": "bottom", "dx": -4, "dy": -8},
+    "below_left": {"align": "right", "baseline": "top", "dx": 4, "dy": 8},
+    "below_right": {"align": "left", "baseline": "top", "dx": -4, "dy": 8},
+}
+SWEEP_EXPLANATION = (
+    "Each point is one run: the same phrase, seed and length, written with one window. **Across**: the most the "
+    "KV cache held, the memory the window limits (the weights and everything else the program holds do not change "
+    "with it: the CSV has the whole program's peak too). **Up**: perplexity when the model rereads the whole text "
+    "with its full context; lower is more coherent. **Coherence kept** = the reference's perplexity ÷ this "
+    "window's (100%: as coherent; 50%: twice as unsure per token). Best: down and to the left."
+)
+
+
+def perplexity_domain(low: float, high: float) -> list[float]:
+    """The sweep's y range: its perplexities with a tenth of their spread either side (labels above and below
+    the extremes fit), never below 0."""
+    pad = (high - low) * 0.1 or max(abs(high) * 0.05, 0.5)
+    return [max(0.0, low - pad), high + pad]
+
+
+def kv_domain(high: float) -> list[float]:
+    """The sweep's x range: from 0 (shares of the cache read true) to a little past its largest cache."""
+    return [0.0, (high or 1.0) * 1.06]
+
+
+def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, Any]:
+    """A sweep, one point per window (comparison.sweep_points: dataset `points`), x = peak KV cache in `unit`,
+    y = perplexity, each point labelled by its window on the side its `side` column says. The reference window
+    (its label, e.g. "off") is drawn in grey; every other point in blue."""
+    x = {
+        "field": "kv",
+        "type": "quantitative",
+        "title": f"peak KV cache, {unit} (the memory the window limits)",
+        "scale": {"domain": kv_domain(float(points["kv"].max())) if not points.empty else [0, 1], "nice": False},
+        "axis": {"titleFontSize": 14, "labelFontSize": 12, "titleFontWeight": 600, "tickCount": 6},
+    }
+    y_scale: dict[str, Any] = {"zero": False}
+    if not points.empty:
+        domain = perplexity_domain(float(points["perplexity"].min()), float(points["perplexity"].max()))
+        y_scale = {"zero": False, "domain": domain, "nice": False}
+    y = {
+        "field": "perplexity",
+        "type": "quantitative",
+        "title": "perplexity (lower is more coherent)",
+        "scale": y_scale,
+        "axis": {"titleFontSize": 14, "labelFontSize": 12, "titleFontWeight": 600, "tickCount": 5},
+    }
+    is_reference = f"datum.window == '{reference}'"
+    tooltip = [
+        {"field": "window", "type": "nominal", "title": "window"},
+        {"field": "kv", "type": "quantitative", "title": f"peak KV cache, {unit}", "format": ",.3~f"},
+        {"field": "perplexity", "type": "quantitative", "format": ",.2f"},
+        {"field": "kept", "type": "quantitative", "title": "coherence kept", "format": ".0%"},
+        {"field": "tokens", "type": "quantitative", "title": "tokens written"},
+    ]
+    labels = [
+        {
+            "data": {"name": "points"},
+            "name": f"sweep_labels_{side}",
+            "transform": [{"filter": f"datum.side == '{side}' && datum.label != ''"}],
+            "mark": {"type": "text", "fontSize": 14, "fontWeight": 600, "color": "#1f2330", **offsets},
+            "encoding": {"x": x, "y": y, "text": {"field": "label"}},
+        }
+        for side, offsets in SWEEP_LABEL_PLACES.items()
+    ]
+    return {
+        "title": {
+            "text": "Memory against coherence, one point per window",
+            "subtitle": f"one run per window · grey: window {reference}, the reference · better: down and left",
+            **TITLE,
+            "fontSize": 16,
+            "subtitleFontSize": 13,
+        },
+        "datasets": {"points": points},
+        "layer": [
+            {
+                "data": {"name": "points"},
+                "name": "sweep_points",
+                "mark": {"type": "point", "filled": True, "size": 170, "opacity": 1, "strokeWidth": 0},
+                "encoding": {
+                    "x": x,
+                    "y": y,
+                    "color": {
+                        "condition": {"test": is_reference, "value": SWEEP_REFERENCE_COLOR},
+                        "value": SWEEP_COLOR,
+                    },
+                    "tooltip": tooltip,
+                },
+            },
+            *labels,
+        ],
+    }
+
+
+def compare_caption(runs: Sequence[tuple[str, Sequence[Step]]]) -> str:
+    """The comparison chart in words: how to read it, what the program held before the runs, and its peak."""
+    ran = [(label, RunStats.from_steps(steps)) for label, steps in runs if steps]
+    dashed = f" ({runs[1][0]} dashed)" if len(runs) > 1 else ""
+    said = (
+        f"Above: what each run added to the memory the program held just before it{dashed}; below: the KV cache, "
+        "the keys and values of every token the model keeps in mind. Dotted coloured lines: a ⟲ window reset of "
+        "the run of that colour."
+    )
+    if not ran:
+        return said
+    starts = [format_bytes(stats.start_rss_bytes) for _, stats in ran]
+    if len(set(starts)) == 1:
+        before = f"The program held {starts[0]} before {'each run' if len(ran) > 1 else 'the run'}"
+    else:
+        before = "The program held " + " and ".join(f"{s} before {label}" for s, (label, _) in zip(starts, ran))
+    peak = max(stats.peak_rss_bytes for _, stats in ran)
+    return f"{said} {before}, and {format_bytes(peak)} at most in all: {machine_words(peak)}."

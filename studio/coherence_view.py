@@ -1,13 +1,13 @@
 """Coherence on the page: how likely the model finds a run's text when it rereads all of it.
 
-Scored on request under a Write run (the `score` button) and by itself after a comparison, in the model's
-turn, with a progress bar: on gpt2-xl on a CPU the reread takes seconds. The number is gpt2_engine's
-`coherence()`; this part only asks for it, shows progress and says what it means.
+Scored on request under a Write run (the `score` button), by itself after a comparison and after each window
+of a sweep, in the model's turn, with a progress bar: on gpt2-xl on a CPU the reread takes seconds. The number
+is gpt2_engine's `coherence()`; this part only asks for it, shows progress and says what it means.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import streamlit as st
 
@@ -51,10 +51,16 @@ def score_runs(engine: gpt2_engine.Engine, runs: Sequence[Run], progress_area) -
                 share = (done_runs + (done / total if total else 1.0)) / len(todo)
                 bar.progress(min(1.0, share), text=f"Rereading{name}: {done} of {total} tokens scored")
 
-            report(0, len(run.steps))
-            generated = [step.token_id for step in run.steps]
-            run.coherence = gpt2_engine.coherence(engine, _prompt_ids(engine, run), generated, progress=report)
+            score_run(engine, run, report)
     progress_area.empty()
+
+
+def score_run(engine: gpt2_engine.Engine, run: Run, report: Callable[[int, int], None]) -> None:
+    """Scores one run and keeps the score on it (`run.coherence`); `report(done, total)` as tokens are scored.
+    The caller holds the model's turn (score_runs does; a sweep scores each window in its own turn)."""
+    report(0, len(run.steps))
+    generated = [step.token_id for step in run.steps]
+    run.coherence = gpt2_engine.coherence(engine, _prompt_ids(engine, run), generated, progress=report)
 
 
 def show_score(score: gpt2_engine.Coherence) -> None:

@@ -1,6 +1,7 @@
-"""The Compare windows tab: one phrase and one seed, written twice with two window sizes, one run after the
-other (each in the engine's batch, beside other visitors' runs); the texts side by side as they stream, then both memory curves on one chart and
-a table of what each window cost and saved, coherence included (scored by itself once both runs end).
+"""The Compare windows tab's two windows (its sweep of many is `sweep`): one phrase and one seed, written twice
+with two window sizes, one run after the other (each in the engine's batch, beside other visitors' runs); the
+texts side by side as they stream, then both memory curves on one chart and a table of what each window cost
+and saved, coherence included (scored by itself once both runs end).
 
 Widget keys: compare_prompt, compare_window_a, compare_window_b, compare_length, compare_top_p, compare_seed,
 compare_tutorial_mode, compare_run, compare_stop (and compare_reuse_seed under a result). The comparison is
@@ -203,10 +204,10 @@ class CompareView:
             return
         length = max(run.settings.max_new_tokens for run in comparison.runs)
         x_max = max(len(run.steps) for run in comparison.runs) if comparison.finished else length
-        spec = charts.compare_chart(runs, comparison.runs[0].weight_bytes, x_max)
+        spec = charts.compare_chart(runs, x_max)
         with self.chart.container():
             st.vega_lite_chart(spec=spec, width="stretch", height=charts.COMPARE_HEIGHT_PX)
-            st.caption(charts.COMPARE_EXPLANATION)
+            st.caption(charts.compare_caption(runs))
 
     def _draw_table(self, comparison: Comparison) -> None:
         if not comparison.finished or not any(run.steps for run in comparison.runs):
@@ -257,7 +258,7 @@ def run_comparison(
     finally:
         for run in runs:
             if not run.finished:  # interrupted: Stop, another widget, a closed tab (or never started)
-                run.stopped = True
+                run.stopped = True  # (the run being written when it stopped says so itself: runner.write)
     view.show(comparison)
     return comparison
 

@@ -1,16 +1,20 @@
 """A comparison of two windows, and what it says in numbers and words: the runs' table (straight from each
-run's own `RunStats` and coherence) and a one- or two-sentence summary. No Streamlit drawing here: the
-Compare windows tab (`compare`) lays these out."""
+run's own `RunStats` and coherence) and a one- or two-sentence summary. A sweep of many windows, and the same:
+its points (one per window written in full and scored) and the sentence that reads its chart aloud. No
+Streamlit drawing here: the Compare windows tab (`compare`, `sweep`) lays these out."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from gpt2_engine import MB, format_bytes
+from gpt2_engine import MB, format_bytes, sweep_rows
 
+from .charts import SWEEP_LABEL_PLACES, kv_domain, perplexity_domain, plus_bytes
 from .runner import Run
 
 SAME_PERPLEXITY = 0.02  # perplexities closer than 2% are "about equally coherent": no winner is named
@@ -19,11 +23,16 @@ TABLE_COLUMNS = {  # the table's columns, and how each is shown
     "tokens_per_s": st.column_config.NumberColumn(
         "Tokens/s", help="Writing speed, after the phrase was read.", format="%.1f"
     ),
-    "peak_memory_mb": st.column_config.NumberColumn(
-        "Peak memory", help="The most memory the whole program held (RSS), weights included.", format="%.0f MB"
+    "added": st.column_config.TextColumn(
+        "Added by the run",
+        help="The most the run added to the memory the program held just before it started.",
+        alignment="right",
     ),
-    "peak_kv_cache_mb": st.column_config.NumberColumn(
-        "Peak KV cache", help="The most the cache of keys and values grew to.", format="%.3f MB"
+    "peak_memory": st.column_config.TextColumn(
+        "Peak memory", help="The most memory the whole program held (RSS), weights included.", alignment="right"
+    ),
+    "peak_kv_cache": st.column_config.TextColumn(
+        "Peak KV cache", help="The most the cache of keys and values grew to.", alignment="right"
     ),
     "resets": st.column_config.NumberColumn("Resets", help="How often the window forgot all but its last N tokens."),
     "log_likelihood": st.column_config.NumberColumn(
@@ -75,8 +84,9 @@ def table(comparison: Comparison) -> pd.DataFrame:
             {
                 "tokens": stats.tokens,
                 "tokens_per_s": stats.tokens_per_s,
-                "peak_memory_mb": stats.peak_rss_bytes / MB,
-                "peak_kv_cache_mb": stats.peak_kv_bytes / MB,
+                "added": plus_bytes(stats.peak_added_bytes),  # sizes as the page writes them everywhere
+                "peak_memory": format_bytes(stats.peak_rss_bytes),
+                "peak_kv_cache": format_bytes(stats.peak_kv_bytes),
                 "resets": len(stats.resets),
                 "log_likelihood": score.mean_logprob if score else None,
                 "perplexity": score.perplexity if score else None,
@@ -97,8 +107,12 @@ def summary(comparison: Comparison) -> str:
         saved = f"**{fewer.capitalize()}** kept the KV cache {big / small:.1f}× smaller ({format_bytes(small)} against {format_bytes(big)} at most)"
     else:
         saved = f"Both kept the KV cache within {format_bytes(max(kv_a, kv_b))}"
-    peak_a, peak_b = a.stats.peak_rss_bytes, b.stats.peak_rss_bytes
-    saved += f"; the whole program peaked at {format_bytes(peak_a)} with {label_a} and {format_bytes(peak_b)} with {label_b}."
+    added_a, added_b = plus_bytes(a.stats.peak_added_bytes), plus_bytes(b.stats.peak_added_bytes)
+    peak = format_bytes(max(a.stats.peak_rss_bytes, b.stats.peak_rss_bytes))
+    saved += (
+        f"; the runs added at most {added_a} ({label_a}) and {added_b} ({label_b}) to what the program held before "
+        f"each, and the whole program peaked at {peak}."
+    )
     if a.coherence is None or b.coherence is None:
         return saved
     pa, pb = a.coherence.perplexity, b.coherence.perplexity
@@ -108,3 +122,226 @@ def summary(comparison: Comparison) -> str:
     (better, p_better), (worse, p_worse) = sorted(((label_a, pa), (label_b, pb)), key=lambda run: run[1])
     cost = f"Reread with the whole text in view, **{better}** reads as more coherent"
     return f"{saved} {cost} (perplexity {p_better:,.1f} against {p_worse:,.1f} with {worse})."
+
+
+# ---- a sweep: one phrase and seed under many windows ------------------------------------------------------
+
+KEEPS_MOST = 0.9  # the sentence names the smallest cache that keeps at least this share of the coherence
+
+
+@dataclass
+class Sweep:
+    """One phrase, one seed, one length, written under several windows, one run after the other."""
+
+    prompt: str
+    seed: int
+    length: int
+    windows: tuple[int | None, ...]  # in the order written: the reference (off, or the largest) first
+    runs: list[Run] = field(default_factory=list)  # one per window begun, in the same order
+    ended: bool = False  # the loop is over: every window written and scored, or stopped, or failed
+
+    @property
+    def finished(self) -> bool:
+        return self.ended
+
+    @property
+    def reference(self) -> int | None:
+        """The window every other is measured against: off, or the largest swept."""
+        return self.windows[0]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per window begun (gpt2_engine.sweep_rows): what the CSV holds."""
+        return sweep_rows([run.record() for run in self.runs])
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th ... 11th, 12th, 13th ... 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def kv_unit(peak_bytes: float) -> tuple[str, float]:
+    """The unit the sweep's x axis counts the cache in: MB, or kB for a tiny model's few thousand bytes."""
+    return ("MB", MB) if peak_bytes >= MB else ("kB", 1e3)
+
+
+# label placement: the chart's plot area as drawn beside the form at 1280 px wide, and a label's size (pixels)
+PLOT_PX = (560.0, 270.0)
+LABEL_CHAR_PX, LABEL_HEIGHT_PX, POINT_RADIUS_PX = 7.5, 16.0, 8.0
+_ALIGN_SHIFT = {"left": 0.0, "center": 0.5, "right": 1.0}  # of the label's width, left of its anchor
+_BASELINE_SHIFT = {"top": 0.0, "middle": 0.5, "bottom": 1.0}  # of its height, above its anchor
+
+
+def _label_box(x: float, y: float, width: float, place: dict[str, Any]) -> tuple[float, float, float, float]:
+    """A label's box (left, top, right, bottom), in pixels, at one of SWEEP_LABEL_PLACES around a point (x, y)."""
+    left = x + place["dx"] - _ALIGN_SHIFT[place["align"]] * width
+    top = y + place["dy"] - _BASELINE_SHIFT[place["baseline"]] * LABEL_HEIGHT_PX
+    return (left, top, left + width, top + LABEL_HEIGHT_PX)
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def place_labels(
+    points: list[tuple[float, float, str]], x_range: tuple[float, float], y_range: tuple[float, float]
+) -> list[str]:
+    """Where each point's label goes (a key of charts.SWEEP_LABEL_PLACES): the place that covers the least of
+    the other points and the labels placed before it, inside a plot of PLOT_PX pixels spanning `x_range` and
+    `y_range` (the chart's domains). Points in order of x; an empty label takes no place."""
+    width, height = PLOT_PX
+    (x_low, x_high), (y_low, y_high) = x_range, y_range
+    pixels = [
+        ((x - x_low) / ((x_high - x_low) or 1.0) * width, height - (y - y_low) / ((y_high - y_low) or 1.0) * height)
+        for x, y, _ in points
+    ]
+    dots = [
+        (px - POINT_RADIUS_PX, py - POINT_RADIUS_PX, px + POINT_RADIUS_PX, py + POINT_RADIUS_PX) for px, py in pixels
+    ]
+    placed: list[tuple[float, ...]] = []
+    sides = []
+    for (px, py), (_, _, label) in zip(pixels, points):
+        if not label:
+            sides.append(next(iter(SWEEP_LABEL_PLACES)))
+            continue
+        costs = {}
+        for order, (side, place) in enumerate(SWEEP_LABEL_PLACES.items()):
+            box = _label_box(px, py, LABEL_CHAR_PX * len(label), place)
+            outside = max(0.0, -box[0]) + max(0.0, box[2] - width) + max(0.0, -box[1]) + max(0.0, box[3] - height)
+            covered = sum(_overlap(box, other) for other in [*placed, *dots])
+            costs[side] = (covered + 50.0 * outside + order, box)  # ties: the first place in SWEEP_LABEL_PLACES
+        side = min(costs, key=lambda side: costs[side][0])
+        sides.append(side)
+        placed.append(costs[side][1])
+    return sides
+
+
+def sweep_points(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """The chart's points: one row per window written in full and scored, in order of their cache. Columns:
+    window ("off" or N), kv_bytes, kv (in `kv_unit`), rss_bytes, perplexity, log_likelihood, kept (coherence
+    kept, a fraction), tokens, label (empty when another point stands at the same place and carries both
+    names), side (where the label goes: place_labels)."""
+    rows = [row for row in (rows if rows is not None else sweep.rows()) if row["complete"]]
+    rows.sort(key=lambda row: (row["peak_kv_bytes"], math.inf if row["window"] is None else row["window"]))
+    columns = ["window", "kv_bytes", "kv", "rss_bytes", "perplexity", "log_likelihood", "kept", "tokens", "label"]
+    if not rows:
+        return pd.DataFrame(columns=[*columns, "side"])
+    _, unit = kv_unit(max(row["peak_kv_bytes"] for row in rows))
+    frame = pd.DataFrame(
+        {
+            "window": ["off" if row["window"] is None else str(row["window"]) for row in rows],
+            "kv_bytes": [row["peak_kv_bytes"] for row in rows],
+            "kv": [row["peak_kv_bytes"] / unit for row in rows],
+            "rss_bytes": [row["peak_rss_bytes"] for row in rows],
+            "perplexity": [row["perplexity"] for row in rows],
+            "log_likelihood": [row["mean_log_likelihood"] for row in rows],
+            "kept": [row["coherence_kept"] for row in rows],
+            "tokens": [row["tokens"] for row in rows],
+        }
+    )
+    labels = []
+    for index, row in frame.iterrows():  # points at one place (a window that never reset, and off): one label
+        same = frame[(frame["kv_bytes"] == row["kv_bytes"]) & (frame["perplexity"] == row["perplexity"])]
+        names = [window_label(None if w == "off" else int(w)).removeprefix("window ") for w in same["window"]]
+        labels.append(("window " + " = ".join(names)) if index == same.index[0] else "")
+    frame["label"] = labels
+    x_range = kv_domain(float(frame["kv"].max()))
+    y_range = perplexity_domain(float(frame["perplexity"].min()), float(frame["perplexity"].max()))
+    points = list(zip(frame["kv"], frame["perplexity"], frame["label"]))
+    frame["side"] = place_labels(points, (x_range[0], x_range[1]), (y_range[0], y_range[1]))
+    return frame
+
+
+def _share(fraction: float) -> str:
+    """A fraction as a percentage a room reads at once: 96%, 4.5%, <0.1%."""
+    if fraction < 0.001:
+        return "<0.1%"
+    return f"{fraction:.0%}" if fraction >= 0.095 else f"{fraction:.1%}"
+
+
+def sweep_reading(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> str:
+    """The chart read aloud, from its measured points: which window keeps most of the reference's coherence
+    for the least cache, and what the smallest window keeps; then how the sweep ended if it did not finish."""
+    rows = rows if rows is not None else sweep.rows()
+    done = [row for row in rows if row["complete"]]
+    reference = max(done, key=lambda row: math.inf if row["window"] is None else row["window"], default=None)
+    sentences = []
+    if reference is not None and len(done) > 1:
+        ref_name, ref_kv = window_label(reference["window"]), reference["peak_kv_bytes"]
+        others = [row for row in done if row is not reference]
+        saving = [row for row in others if row["peak_kv_bytes"] < ref_kv]
+
+        def says(row: dict[str, Any], whose: str = "the", its: str = "the") -> str:
+            """What a window keeps, for what share of the cache: "keeps 96% of the coherence for 15% of the cache"."""
+            kept = row["coherence_kept"]
+            coherence = (
+                f"all of {whose} coherence ({_share(kept)})"
+                if kept >= 0.995
+                else f"{_share(kept)} of {whose} coherence"
+            )
+            return f"keeps {coherence} for {_share(row['peak_kv_bytes'] / ref_kv)} of {its} cache"
+
+        if saving:
+            good = [row for row in saving if row["coherence_kept"] >= KEEPS_MOST]
+            smallest = min(saving, key=lambda row: row["peak_kv_bytes"])
+            if good:
+                best = min(good, key=lambda row: row["peak_kv_bytes"])
+                claim = says(best, f"{ref_name}'s", "its")
+                sentences.append(
+                    f"**{window_label(best['window']).capitalize()} {claim}** "
+                    f"({format_bytes(best['peak_kv_bytes'])} of KV cache at most, against {format_bytes(ref_kv)})."
+                )
+            else:
+                best = max(saving, key=lambda row: row["coherence_kept"])
+                sentences.append(
+                    f"No smaller window keeps {KEEPS_MOST:.0%} of {ref_name}'s coherence: the closest, "
+                    f"**{window_label(best['window'])}, {says(best)}**."
+                )
+            if smallest is not best:
+                sentences.append(f"The smallest, {window_label(smallest['window'])}, {says(smallest)}.")
+        for row in others:
+            name = window_label(row["window"]).capitalize()
+            if row["peak_kv_bytes"] == ref_kv and row["resets"] == 0 and row["perplexity"] == reference["perplexity"]:
+                sentences.append(f"{name} never reset in {row['tokens']} tokens: it wrote what {ref_name} wrote.")
+            elif row["peak_kv_bytes"] == ref_kv:
+                sentences.append(f"{name} needs as much cache as {ref_name}.")
+            elif row["peak_kv_bytes"] > ref_kv:
+                kv = format_bytes(row["peak_kv_bytes"])
+                sentences.append(
+                    f"{name} saves nothing on a text this short: its cache peaked at {kv}, against "
+                    f"{format_bytes(ref_kv)} with {ref_name}."
+                )
+    ending = _sweep_ending(sweep, rows)
+    if ending:
+        sentences.append(ending)
+    return " ".join(sentences)
+
+
+def _sweep_ending(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
+    """What the sweep did not draw, and why, in a sentence or two; empty when it drew every window."""
+    if not sweep.ended:
+        return ""
+    said = []
+    for run, row in zip(sweep.runs, rows):
+        if row["complete"]:
+            continue
+        name, tokens, length = window_label(row["window"]), row["tokens"], run.settings.max_new_tokens
+        if run.error is not None:
+            said.append(f"{name} failed")
+        elif run.stats.stop_reason == "memory":
+            said.append(f"the memory guard ended {name} after {tokens} of {length} tokens")
+        elif tokens < length:
+            said.append(f"stopped during {name}, after {tokens} of {length} tokens")
+        else:
+            said.append(f"stopped while {name} was being reread")
+    sentences = []
+    if said:
+        what = "; ".join(said)
+        sentences.append(
+            f"{what[0].upper()}{what[1:]}: not drawn, since a shorter text has a smaller cache and another "
+            "perplexity (it is in History and the CSV)."
+        )
+    if len(sweep.runs) < len(sweep.windows) and not any(run.error for run in sweep.runs):
+        left = ", ".join(window_label(window) for window in sweep.windows[len(sweep.runs) :])
+        sentences.append(f"Not written: {left}.")
+    return " ".join(sentences)

@@ -1,5 +1,5 @@
-"""The History tab: every run of this visit (Write runs, replays, both runs of each comparison), newest first,
-to read again, replay with the same settings and seed, or download.
+"""The History tab: every run of this visit (Write runs, replays, both runs of each comparison, each window of
+a sweep), newest first, to read again, replay with the same settings and seed, or download.
 
 Widget keys, n being the run's number: history_replay_<n>, history_json_<n> (everything about the run, as
 gpt2_engine.records writes it), history_csv_<n> (its memory series). Downloads are made when clicked.
@@ -36,6 +36,8 @@ def _history() -> list[Run]:
 def _title(run: Run) -> str:
     if run.kind == "compare":
         what = f"Compare · {run.label.removesuffix(' of a comparison')}"
+    elif run.kind == "sweep":
+        what = f"Sweep · {run.label.removesuffix(' of a sweep')}"
     else:
         what = f"Write · {run.label}" if run.label else "Write"
     at = datetime.fromtimestamp(run.started_at).strftime("%H:%M:%S")
@@ -120,8 +122,10 @@ def _entry(run: Run) -> None:
         st.caption(_numbers_line(run))
         with st.expander("Whole text and memory"):
             st.html(text_html(run))
-            spec = charts.process_memory_chart(run.steps, run.weight_bytes, len(run.steps))
+            spec = charts.process_memory_chart(run.steps, len(run.steps))
             st.vega_lite_chart(spec=spec, width="stretch", height=charts.HEIGHT_PX)
+            if run.steps:
+                st.caption(charts.memory_caption(run.steps, run.weight_bytes))
 
 
 class ReplayView:

@@ -153,12 +153,12 @@ def show_plan(plan: LoadPlan, engine: gpt2_engine.Engine | None) -> None:
         st.caption(f"auto is {engine.choice.why}.")
 
 
-def load_model(choice: ModelChoice, sidebar, loading_box, page_body=None) -> gpt2_engine.Engine | None:
-    """The engine for this choice, loading it with progress in `loading_box` the first time; while it loads,
-    `page_body` (the container the tabs go in) shows nothing of the page as it was, rather than a faded copy.
-    None, with a message on the page, when it cannot be loaded."""
+def load_model(choice: ModelChoice, sidebar, loading_box, on_wait=None) -> gpt2_engine.Engine | None:
+    """The engine for this choice, loading it with progress in `loading_box` the first time; `on_wait()` is
+    called before a load that takes time (the page then hides its old tabs rather than show a faded copy).
+    None, with a message in `loading_box` (above the tabs), when it cannot be loaded."""
     if not choice.name:
-        st.info("Type the folder (or hub id) of a GPT-2 model in the sidebar.")
+        loading_box.info("Type the folder (or hub id) of a GPT-2 model in the sidebar.")
         return None
     try:
         plan = _plan(choice.name, choice.precision)
@@ -166,24 +166,25 @@ def load_model(choice: ModelChoice, sidebar, loading_box, page_body=None) -> gpt
         shown = sidebar.empty()
         with shown.container():
             show_plan(plan, shared.wait(timeout_s=0) if shared.loaded else None)
-        engine = _wait_for(shared, plan, loading_box, page_body)
+        engine = _wait_for(shared, plan, loading_box, on_wait)
         with shown.container():
             show_plan(plan, engine)
         return engine
     except gpt2_engine.PrecisionUnavailableError as error:
-        st.error(f"**This precision does not run here.** {error}", icon=status.ERROR_ICON)
+        loading_box.error(f"**This precision does not run here.** {error}", icon=status.ERROR_ICON)
     except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
-        _cannot_load(choice, status.in_words(error, "Loading"))
+        with loading_box.container():
+            _cannot_load(choice, status.in_words(error, "Loading"))
     return None
 
 
-def _wait_for(shared: SharedModel, plan: LoadPlan, loading_box, page_body) -> gpt2_engine.Engine:
+def _wait_for(shared: SharedModel, plan: LoadPlan, loading_box, on_wait) -> gpt2_engine.Engine:
     shared.start()  # a no-op once loaded; after a failed load, tries again
     engine = shared.wait(timeout_s=0.05)
     if engine is not None:
         return engine
-    if page_body is not None:
-        page_body.empty()  # takes the old tabs' place in the browser until the new ones are drawn
+    if on_wait is not None:
+        on_wait()
     label = f"Loading {plan.name}: {format_bytes(plan.weight_bytes)} of weights, once for everyone"
     try:
         with loading_box.status(label, expanded=True) as progress:

@@ -95,13 +95,14 @@ def _token_html(step: Step, settings: GenerationSettings, colour: bool, inspect:
     return f'{mark}<span class="{css}"{tip}>{text}</span>'
 
 
-def text_html(run: Run | None, writing: bool = False, colour: bool = False) -> str:
+def text_html(run: Run | None, writing: bool = False, colour: bool = False, compact: bool = False) -> str:
     """The prompt, then the continuation with ⟲ where the window reset, all escaped. Once the run has ended,
-    each token carries its tooltip; with `colour`, each token is shaded by its probability."""
+    each token carries its tooltip; with `colour`, each token is shaded by its probability. `compact`: a
+    shorter box (it scrolls, the newest line in view), so that the chart under it stays on the screen."""
     if run is None:
         body = (
             '<span class="empty">GPT-2\'s text will appear here, word piece by word piece, '
-            "and the charts below will show the memory it takes.</span>"
+            "and the chart below will show the memory it takes.</span>"
         )
     else:
         pieces = [_token_html(s, run.settings, colour, inspect=not writing) for s in run.steps]
@@ -110,7 +111,8 @@ def text_html(run: Run | None, writing: bool = False, colour: bool = False) -> s
             body += '<span class="cursor">▍</span>'
     inspectable = ' class="inspectable"' if run is not None and not writing else ""
     # the wrapper holds the tooltips: outside the scrolling box, so that its edges do not clip them
-    return f'<div class="studio-text-wrap"><div class="studio-text"><div{inspectable}>{body}</div></div></div>'
+    wrap = "studio-text-wrap compact" if compact else "studio-text-wrap"
+    return f'<div class="{wrap}"><div class="studio-text"><div{inspectable}>{body}</div></div></div>'
 
 
 def colour_legend_html() -> str:
@@ -129,17 +131,23 @@ def legend_html(window: int | None) -> str:
 
 class RunView:
     """The placeholders a run is drawn in, made where the page calls this. `update` is throttled for
-    streaming; `show` always draws everything (the final state of a run, or a rerun)."""
+    streaming; `show` always draws everything (the final state of a run, or a rerun).
 
-    def __init__(self, status_area, ready: bool = True) -> None:
+    Top to bottom: the status (made by the page, beside Stop), the text in a compact box that scrolls, the
+    memory chart right under it (so that at 1280x720 the status, the text and the chart are in view together
+    while GPT-2 writes), then the chart's caption, the text's legends and the colour switch, and the numbers."""
+
+    def __init__(self, status_area, ready: bool = True, side_by_side: bool = False) -> None:
         self.ready = ready  # a model is loaded: Generate can be pressed
-        self.status = status_area.empty()
-        self.text = st.empty()
-        switch, self.colour_legend = st.columns([1, 2], vertical_alignment="center")
+        self.status = status_area.container(key="run_status").empty()  # the key: style.css makes it slimmer
+        text_side, chart_side = st.columns([1.15, 1], gap="large") if side_by_side else (st, st)  # presenter mode
+        self.text = text_side.empty()
+        self.notes = text_side.empty()
+        self.charts = chart_side.empty()
+        switch, legends = st.columns([1, 2.6], vertical_alignment="center")
         with switch:
             _colour_switch()
-        self.notes = st.empty()
-        self.charts = st.empty()
+        self.legends = legends.empty()
         self.numbers = st.empty()
         self._text_at = self._charts_at = float("-inf")
 
@@ -177,25 +185,26 @@ class RunView:
 
     def _draw_text(self, run: Run | None) -> None:
         colour = bool(st.session_state.get(COLOUR_KEY))
-        with self.text.container():
-            st.html(text_html(run, writing=run is not None and not run.finished, colour=colour))
-            if run is not None and run.stats.resets:
-                st.html(legend_html(run.settings.window))
-            if run is not None:
-                st.caption("Written with " + status.settings_line(run))
+        self.text.html(text_html(run, writing=run is not None and not run.finished, colour=colour, compact=True))
+        legends = [legend_html(run.settings.window)] if run is not None and run.stats.resets else []
         if colour and run is not None:
-            self.colour_legend.html(colour_legend_html())
+            legends.append(colour_legend_html())
+        if legends:
+            self.legends.html("".join(legends))
         else:
-            self.colour_legend.empty()
-        stats = run.stats if run is not None else None
-        if stats is not None and stats.prompt_tokens_dropped:
-            self.notes.warning(
-                f"Your phrase was longer than the model can read at once: its first {stats.prompt_tokens_dropped} "
-                f"tokens were left out, and the model saw the last {stats.prompt_tokens}.",
-                icon=":material/content_cut:",
-            )
-        else:
+            self.legends.empty()
+        if run is None:
             self.notes.empty()
+            return
+        with self.notes.container():  # under the text: what made it, whatever the widgets show now
+            st.caption("Written with " + status.settings_line(run))
+            if run.stats.prompt_tokens_dropped:
+                st.warning(
+                    "Your phrase was longer than the model can read at once: its first "
+                    f"{run.stats.prompt_tokens_dropped} tokens were left out, and the model saw the last "
+                    f"{run.stats.prompt_tokens}.",
+                    icon=":material/content_cut:",
+                )
 
     def _draw_charts(self, run: Run | None) -> None:
         if run is None or not run.steps:
@@ -203,13 +212,9 @@ class RunView:
             return
         x_max = len(run.steps) if run.finished else max(run.settings.max_new_tokens, len(run.steps))
         with self.charts.container():
-            left, right = st.columns(2)
-            memory = charts.process_memory_chart(run.steps, run.weight_bytes, x_max)
-            left.vega_lite_chart(spec=memory, width="stretch", height=charts.HEIGHT_PX)
-            right.vega_lite_chart(
-                spec=charts.kv_cache_chart(run.steps, x_max), width="stretch", height=charts.HEIGHT_PX
-            )
-            st.caption(charts.EXPLANATION)
+            memory = charts.process_memory_chart(run.steps, x_max)
+            st.vega_lite_chart(spec=memory, width="stretch", height=charts.HEIGHT_PX)
+            st.caption(charts.memory_caption(run.steps, run.weight_bytes))
 
     def _draw_numbers(self, run: Run | None) -> None:
         if run is None or not run.steps:
@@ -226,7 +231,13 @@ class RunView:
             tokens.metric("Tokens", stats.tokens, help="Word pieces written so far.")
             words.metric("Words", stats.words)
             peak.metric(
-                "Peak memory", format_bytes(stats.peak_rss_bytes), help="The most memory the whole process held (RSS)."
+                "Peak memory",
+                format_bytes(stats.peak_rss_bytes),
+                delta=f"{charts.plus_bytes(stats.peak_added_bytes)} this run",
+                delta_color="off",
+                delta_arrow="off",
+                help="The most memory the whole process held (RSS), and the most this run added to what it held "
+                "before it.",
             )
             seed.metric(
                 "Seed",

@@ -46,7 +46,7 @@ class Run:
     steps: list[gpt2_engine.Step] = field(default_factory=list)
     stopped: bool = False  # ended before the engine finished it (Stop, a page change, a closed tab)
     error: str | None = None  # why it failed, in words
-    kind: str = "write"  # "write" (the Write tab, a replay) or "compare" (one of a comparison's two runs)
+    kind: str = "write"  # "write" (the Write tab, a replay), "compare" (one of a comparison's two runs), "sweep"
     label: str = ""  # what the History tab calls it besides its number, e.g. "window 20 of a comparison"
     precision: str = ""  # the model's precision when it wrote this run
     interrupted: bool = False  # Streamlit stopped it (a click, a reload), and no script run has said so yet
@@ -118,7 +118,8 @@ def write(engine: gpt2_engine.Engine, run: Run, on_step: Callable[[Run], None], 
     """Streams `run` (its prompt and settings) into `run.steps`, calling `on_step(run)` after each token, in the
     engine's batch beside other visitors' runs (`on_wait(runs ahead)` while the batch is full). However it ends,
     the run says so: finished; failed (`run.error`, in words); or interrupted by Streamlit (`run.stopped`, the
-    text so far kept: see the module's note). Every Write, Compare and replay run goes through here."""
+    text so far kept: see the module's note). Every Write, Compare, sweep and replay run
+    goes through here."""
     try:
         with closing(engine.stream(run.prompt, run.settings, on_prompt=on_prompt, on_wait=on_wait)) as steps:
             for step in steps:

@@ -1,6 +1,7 @@
 """End to end, memory versus coherence: the real Streamlit server with the tiny model, driven by headless
 Chromium. Compare two windows (with tutorial mode on), then download a run's JSON from the History tab
-and replay it with the engine. Screenshots go to $GPT2_STUDIO_SCREENSHOTS (default: a temporary folder).
+and replay it with the engine; sweep four windows and see one point per window, and download the sweep.
+Screenshots go to $GPT2_STUDIO_SCREENSHOTS (default: a temporary folder).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def test_compare_in_tutorial_mode_then_download_and_replay_a_run(browser, server
     page.get_by_role("option", name="fp32 (full)").click()  # tutorial mode keeps autograd: fp32 weights
     page.get_by_text("Type a phrase, then press").wait_for()
     page.get_by_role("tab", name="Compare windows").click()
-    compare = page.get_by_role("tabpanel", name="Compare windows")
+    compare = page.get_by_role("tabpanel", name="Two windows")
     seed = full_length_seed(engine, compare.get_by_role("textbox", name="Your phrase").input_value(), 100)
     compare.get_by_role("textbox", name="Seed").fill(str(seed))
     compare.get_by_role("switch", name="Tutorial mode: autograd on (teaching)").click(force=True)
@@ -76,3 +77,39 @@ def test_compare_in_tutorial_mode_then_download_and_replay_a_run(browser, server
     rows = Path(download.value.path()).read_text().splitlines()
     assert rows[0].startswith("tokens,rss_bytes") and len(rows) == 1 + len(record["steps"])
     tall_screenshot(page, shots / "9-history.png")
+
+
+def test_a_sweep_draws_one_point_per_window_and_downloads(browser, server, shots: Path) -> None:  # noqa: F811
+    page = open_page(browser, server)
+    page.get_by_role("tab", name="Compare windows").click()
+    page.get_by_role("tab", name="Sweep: many windows").click()
+    sweep = page.get_by_role("tabpanel", name="Sweep: many windows")
+    windows = sweep.get_by_role("group", name="Selected values").locator("[data-tag]")
+    windows.first.wait_for()
+    assert windows.count() == 4  # the defaults that fit the tiny model (largest window 64): 10, 20, 50 and off
+    sweep.get_by_role("textbox", name="Seed").fill("3")
+    sweep.get_by_role("button", name="Sweep", exact=True).click()
+    sweep.get_by_text("Swept 4 windows with seed 3").wait_for()
+    chart = sweep.locator('[data-testid="stVegaLiteChart"]')
+    assert chart.count() == 1
+    points = chart.locator("g.sweep_points_marks path")
+    points.first.wait_for()
+    assert points.count() == 4  # one point per window
+    labels = chart.locator("g[class*=sweep_labels] text").evaluate_all("texts => texts.map(t => t.textContent)")
+    assert sorted(labels) == ["window 10", "window 20", "window 50", "window off"]  # each point says its window
+    assert "of the coherence" in sweep.inner_text()  # the sentence that reads the chart
+    assert page.locator('[data-testid="stException"]').count() == 0
+    with page.expect_download() as download:
+        sweep.get_by_role("button", name="Download the sweep (CSV)").click()
+    rows = Path(download.value.path()).read_text().splitlines()
+    assert rows[0].startswith("window,tokens,peak_kv_bytes") and [row.split(",")[0] for row in rows[1:]] == [
+        "off",
+        "50",
+        "20",
+        "10",
+    ]
+    page.set_viewport_size({"width": 1280, "height": 720})  # a projector
+    sweep.get_by_text("Swept 4 windows").scroll_into_view_if_needed()
+    page.wait_for_timeout(800)  # the chart redraws at the new size
+    chart.scroll_into_view_if_needed()
+    page.screenshot(path=shots / "10-sweep.png")

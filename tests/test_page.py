@@ -4,6 +4,7 @@ text against the engine's own output, the chart's data, the seed, messages inste
 from __future__ import annotations
 
 import html
+import json
 import re
 import shutil
 import threading
@@ -16,7 +17,8 @@ from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
 import gpt2_engine
-from studio import model_picker, runner
+from gpt2_engine import MB, format_bytes
+from studio import charts, model_picker, runner
 from studio.run_view import RESET_MARK, RunView
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
@@ -131,11 +133,37 @@ def test_chart_has_a_point_per_token_and_resets_where_the_window_says(
     memory = next(d for d in datasets if "tokens" in d.columns)
     resets = next(d for d in datasets if "reset_at" in d.columns)
     assert list(memory["tokens"]) == list(range(1, 41))
-    assert {"rss_mb", "anon_mb", "kv_mb"} <= set(memory.columns) and (memory["rss_mb"] > 0).all()
+    assert {"added_mb", "rss_mb", "kv_mb"} <= set(memory.columns) and (memory["rss_mb"] > 0).all()
+    run = at.session_state["run"]
+    assert list(memory["kv_mb"]) == pytest.approx([s.kv_bytes / MB for s in run.steps])
     multiples = [n for n in range(1, 40) if n % window == 0]  # 8, 16, 24, 32 for a window of 8
     assert list(resets["reset_at"]) == multiples
     assert list(memory.loc[memory["reset"], "tokens"] - 1) == multiples  # the token right after each reset
-    assert any("weights_mb" in d.columns for d in datasets)
+
+
+def test_the_memory_chart_shows_what_the_run_added_to_what_the_process_held_before_it(page: AppTest) -> None:
+    at = generate(page, length=30, seed="3")
+    run = at.session_state["run"]
+    start = run.steps[0].start_rss_bytes  # read by the engine just before the run, before the prompt
+    assert start > 0 and all(s.start_rss_bytes == start for s in run.steps)
+    chart = next(c for c in at.get("vega_lite_chart") if any(d.name == "memory" for d in c.proto.datasets))
+    memory = next(
+        dataframe_util.convert_arrow_bytes_to_pandas_df(d.data.data) for d in chart.proto.datasets if d.name == "memory"
+    )
+    assert list(memory["added_mb"]) == pytest.approx([(s.rss_bytes - start) / MB for s in run.steps])
+    assert list(memory["rss_mb"]) == pytest.approx([s.rss_bytes / MB for s in run.steps])  # the total, for the tooltip
+    assert list(memory["total"]) == [format_bytes(s.rss_bytes) for s in run.steps]
+    # the chart plots the growth, not the total: its line's y is added_mb, its axis names the start
+    spec = json.loads(chart.proto.spec)
+    line = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "line")
+    assert line["encoding"]["y"]["field"] == "added_mb"
+    assert format_bytes(start) in line["encoding"]["y"]["title"]
+    assert {"field": "total", "type": "nominal", "title": "the whole program"} in line["encoding"]["tooltip"]
+    assert not any("weights" in str(layer) or "machine" in str(layer) for layer in spec["layer"])  # no 8 GB lines
+    said = next(c.value for c in at.tabs[0].caption if "added by this run" in c.value)
+    assert format_bytes(run.steps[-1].rss_bytes) in said and format_bytes(start) in said  # the total, in words
+    assert "computer's memory" in said  # the machine lines, said instead of drawn
+    assert charts.plus_bytes(run.steps[-1].rss_bytes - start) in said
 
 
 def test_window_off_has_no_resets(page: AppTest) -> None:

@@ -18,9 +18,10 @@ from streamlit.testing.v1 import AppTest
 
 import gpt2_engine
 from gpt2_engine import STOP_REASONS
-from gpt2_engine.memory import MB
+from gpt2_engine.memory import MB, format_bytes
 from gpt2_engine.records import load_record, settings_from_record
 from gpt2_engine.stats import RunStats, generated_text
+from studio import charts
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 PROMPT = "The cat sat on the mat."
@@ -112,14 +113,46 @@ def test_one_chart_holds_both_runs_memory_and_kv_cache(page: AppTest) -> None:
     memory = data["memory"]
     for label, run in (("window 8", a), ("window off", b)):
         rows = memory[memory["run"] == label]
+        start = run.steps[0].start_rss_bytes  # each run's own: what the process held just before it
         assert list(rows["tokens"]) == list(range(1, len(run.steps) + 1))
+        assert list(rows["added_mb"]) == pytest.approx([(s.rss_bytes - start) / MB for s in run.steps])
         assert list(rows["rss_mb"]) == pytest.approx([s.rss_bytes / MB for s in run.steps])
         assert list(rows["kv_mb"]) == pytest.approx([s.kv_bytes / MB for s in run.steps])
     resets = data["resets"]
     assert list(resets.loc[resets["run"] == "window 8", "reset_at"]) == list(a.stats.resets)
     assert resets.loc[resets["run"] == "window off"].empty
-    assert data["weights"]["weights_mb"][0] == pytest.approx(a.weight_bytes / MB)
-    assert data["machines"].empty  # a tiny model: no 8 GB line squashing its curves
+    said = next(c.value for c in at.tabs[2].caption if "Above: what each run added" in c.value)
+    peak = max(a.stats.peak_rss_bytes, b.stats.peak_rss_bytes)
+    assert f"{format_bytes(peak)} at most in all" in said and "computer's memory" in said  # the total, in words
+
+
+def test_both_runs_are_drawn_distinguishably_window_b_dashed_over_window_a(page: AppTest) -> None:
+    at = compare(page)
+    chart = next(c for c in at.get("vega_lite_chart") if "run" in chart_data(c).get("memory", {}))
+    spec = json.loads(chart.proto.spec)
+    for band, field in zip(spec["layer"][:2], ("added_mb", "kv_mb")):  # what each run added, its KV cache
+        lines = band["layer"]
+        assert [layer["encoding"]["y"]["field"] for layer in lines] == [field, field]
+        drawn = [layer["transform"][0]["filter"] for layer in lines]
+        assert drawn == ['datum.run === "window 8"', 'datum.run === "window off"']  # B drawn last, over A
+        dash, color = lines[0]["encoding"]["strokeDash"], lines[0]["encoding"]["color"]
+        assert dash["field"] == color["field"] == "run"
+        assert dash["scale"]["domain"] == color["scale"]["domain"] == ["window 8", "window off"]
+        solid, dashed = dash["scale"]["range"]
+        assert solid == [1, 0] and dashed != solid and len(set(map(tuple, color["scale"]["range"]))) == 2
+        assert lines[0]["mark"]["strokeWidth"] > lines[1]["mark"]["strokeWidth"]  # A wider, showing past B's gaps
+
+
+def test_sizes_in_the_table_are_written_as_everywhere_else(page: AppTest) -> None:
+    at = compare(page)
+    table = at.dataframe[0].value
+    for (_, row), run in zip(table.iterrows(), at.session_state["comparison"].runs):
+        stats = run.stats
+        assert row["added"] == charts.plus_bytes(stats.peak_added_bytes)
+        assert row["peak_memory"] == format_bytes(stats.peak_rss_bytes)
+        assert row["peak_kv_cache"] == format_bytes(stats.peak_kv_bytes)
+        for size in (row["added"], row["peak_memory"], row["peak_kv_cache"]):
+            assert re.fullmatch(r"[+-]?(\d+\.\d\d GB|\d+ (MB|kB|B))", size), size  # 1.23 GB / 456 MB / 12 kB
 
 
 def test_the_table_is_the_runs_own_stats_and_coherence(page: AppTest, engine: gpt2_engine.Engine) -> None:
@@ -131,8 +164,8 @@ def test_the_table_is_the_runs_own_stats_and_coherence(page: AppTest, engine: gp
         stats = RunStats.from_steps(run.steps)
         assert row["tokens"] == stats.tokens
         assert row["tokens_per_s"] == pytest.approx(stats.tokens_per_s)
-        assert row["peak_memory_mb"] == pytest.approx(stats.peak_rss_bytes / MB)
-        assert row["peak_kv_cache_mb"] == pytest.approx(stats.peak_kv_bytes / MB)
+        assert row["peak_memory"] == format_bytes(stats.peak_rss_bytes)
+        assert row["peak_kv_cache"] == format_bytes(stats.peak_kv_bytes)
         assert row["resets"] == len(stats.resets)
         prompt_ids = engine.prepare_prompt(PROMPT, None).ids
         score = gpt2_engine.coherence(engine, prompt_ids, [s.token_id for s in run.steps])  # scored by itself

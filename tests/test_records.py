@@ -102,15 +102,18 @@ def test_a_tutorial_mode_reset_gives_the_freed_memory_back(engine, monkeypatch) 
 
 
 @pytest.mark.parametrize(
-    ("peak_gb", "lines"),
+    ("total_gb", "words"),
     [
-        (0.5, []),
-        (3.9, []),
-        (4.0, ["8 GB"]),
-        (7.0, ["8 GB"]),
-        (8.0, ["8 GB", "16 GB"]),
-        (13.0, ["8 GB", "16 GB", "24 GB"]),
+        (0.5, "6% of an 8 GB computer's memory"),
+        (6.8, "85% of an 8 GB computer's memory"),
+        (8.0, "100% of an 8 GB computer's memory"),
+        (12.0, "75% of a 16 GB computer's memory"),
+        (30.0, "more than a 24 GB computer has"),
     ],
 )
-def test_machine_lines_only_within_twice_the_peak(peak_gb: float, lines: list[str]) -> None:
-    assert list(charts.machine_lines(peak_gb * 1e9)["machine"]) == lines
+def test_the_whole_programs_memory_is_said_against_common_computers(total_gb: float, words: str) -> None:
+    assert charts.machine_words(total_gb * 1e9) == words
+
+
+def test_a_change_in_memory_is_written_as_sizes_are() -> None:
+    assert [charts.plus_bytes(n) for n in (41e6, 2.5e9, -3e6, 0)] == ["+41 MB", "+2.50 GB", "-3 MB", "+0 B"]

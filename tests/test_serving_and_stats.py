@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import gpt2_engine
-from gpt2_engine import capabilities
+from gpt2_engine import capabilities, decoding
+from gpt2_engine.memory import MemoryReading
 from gpt2_engine.serving import SharedModel, TurnQueue, plan_load
 from gpt2_engine.stats import RunStats, generated_text, memory_rows
 
@@ -27,6 +29,29 @@ def test_stats_add_up_the_steps(engine: gpt2_engine.Engine) -> None:
     rows = memory_rows(steps)
     assert [row["tokens"] for row in rows] == list(range(1, 31))
     assert [row["tokens"] - 1 for row in rows if row["reset"]] == [7, 14, 21, 28]
+
+
+def test_a_runs_memory_is_measured_from_what_the_process_held_just_before_it(
+    engine: gpt2_engine.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoder reads the process's memory once before it reads the prompt (the run's start), then after each
+    token; the steps carry the start, and the chart's rows are the memory above it."""
+    readings = iter(range(1_000_000_000, 2_000_000_000, 1_000_000))  # 1 GB at the start, then 1 MB more each time
+
+    def reading() -> MemoryReading:
+        rss = next(readings)
+        return MemoryReading(rss_bytes=rss, anon_bytes=rss // 2)
+
+    monkeypatch.setattr(decoding, "read_process_memory", reading)
+    steps = list(engine.stream("The cat sat", max_new_tokens=5, seed=1))
+    assert [s.start_rss_bytes for s in steps] == [1_000_000_000] * 5
+    assert [s.rss_bytes for s in steps] == [1_001_000_000 + n * 1_000_000 for n in range(5)]
+    stats = RunStats.from_steps(steps)
+    assert stats.start_rss_bytes == 1_000_000_000 and stats.peak_added_bytes == 5_000_000
+    assert [row["added_bytes"] for row in memory_rows(steps)] == [1_000_000 * (n + 1) for n in range(5)]
+    assert steps[0].memory_limit_bytes > 1_000_000_000  # the memory guard counts from the same start
+    unread = [dataclasses.replace(s, start_rss_bytes=0) for s in steps]  # steps made without that reading
+    assert RunStats.from_steps(unread).start_rss_bytes == steps[0].rss_bytes - steps[0].kv_bytes
 
 
 def test_stats_of_no_steps_and_one_step(engine: gpt2_engine.Engine) -> None:
