@@ -1,4 +1,5 @@
-"""Where one decode step's time goes: torch's profiler over the engine's own loop (`Engine.stream`).
+"""Where one decode step's time goes: torch's profiler over the engine's own decoder, stepped alone in this
+thread (a stream runs the same Decoder in the batch's thread, where this thread's profiler would not see it).
 
 The prompt is read and a few tokens written before the profiler starts, so the table holds decode steps
 only: forward, sampling, memory reading and the Step itself. Times are per token.
@@ -25,17 +26,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=12, help="operators listed")
     args = parser.parse_args()
     engine = gpt2_engine.load(args.model, dtype=args.precision)
-    steps = engine.stream(
-        "The quick brown fox jumps over the lazy dog. " * 2, max_new_tokens=args.tokens + 5, seed=0, stop_at_eos=False
-    )
-    for _ in range(5):  # the prompt's prefill and a warm-up
-        next(steps)
+    settings = engine.settings_for(max_new_tokens=args.tokens + 5, seed=0, stop_at_eos=False)
+    decoder = engine.decoder("The quick brown fox jumps over the lazy dog. " * 2, settings)
+    for _ in range(5):  # the prompt is read; a warm-up
+        decoder.step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         for _ in range(args.tokens):
-            next(steps)
+            decoder.step()
         seconds = time.perf_counter() - start
-    steps.close()
     events = prof.key_averages()
     total_ms = seconds * 1e3 / args.tokens
     print(f"{engine.name}, {engine.precision}, {torch.get_num_threads()} threads: {total_ms:.1f} ms a token")

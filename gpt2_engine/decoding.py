@@ -2,8 +2,11 @@
 
 As gpt-fast's `prefill` and `decode_one_token`, with the run's state in one object: the context (a row of
 tokens and its KV cache), every id so far, the sampler's generator, the text stream, the window and the
-memory guard. `Engine.stream()` is a loop over `Decoder.step()`; step mode (stepping.py) is a Decoder plus
-undo and retune. Nothing here knows of `Engine`: a decoder needs a model and its tokenizer only.
+memory guard. Step mode (stepping.py) is a Decoder plus undo and retune; `Engine.stream()` hands its decoders
+to the batch (batching.py), which reads every run's pending tokens in one forward pass: `reads()` says what a
+decoder needs read before its next step, as passes a batch can do beside other runs', and `step()` samples.
+Alone, `step()` does those passes itself. Nothing here knows of `Engine`: a decoder needs a model and its
+tokenizer only (and, shared with other users of the model, the lock that keeps its forward passes one at a time).
 
 Window N (see README, "Window N"): after every N-th generated token the decoder re-primes: it drops the
 cache and reads the last N ids of prompt + generated, in one batched forward pass, or, with the shadow row
@@ -15,7 +18,8 @@ model's limit, then re-primed from the most recent half.
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Generator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,11 +28,12 @@ from torch import Tensor
 
 from .context import Context, KVCacheContext
 from .detokenize import REPLACEMENT, TextStream, byte_decoder
-from .fast import FastContext, Progress
+from .fast import FastContext, Progress, Read, run_passes
 from .memory import available_bytes, read_process_memory, release_freed_memory
 from .sampling import PICKERS, Distribution, distribution, draw, new_generator
 from .settings import GenerationSettings
 
+Reads = Generator[list[Read], Tensor, None]  # a decoder's passes before its next step (fast.Passes)
 Backend = Literal["fast", "reference"]  # fast.py's forward and static cache, or transformers' own (the reference)
 WindowMode = Literal["reprime", "shadow"]  # how a window reset reads the last N tokens (see the module's note)
 
@@ -131,7 +136,9 @@ class Decoder:
     """One run: reads the prompt when made, then adds a token per `step()`. Not thread-safe: one per run.
 
     `stops=False` leaves ending the run to the caller (step mode: a person decides); otherwise the step that
-    ends the run (length, <|endoftext|>, a sentence's end, the memory guard) says why in `stop_reason`."""
+    ends the run (length, <|endoftext|>, a sentence's end, the memory guard) says why in `stop_reason`.
+    `read_prompt=False` leaves the prompt to `reads()` (a batch does it beside other runs' steps). `lock`, if
+    given, is held around each forward pass this decoder does itself."""
 
     def __init__(
         self,
@@ -145,6 +152,8 @@ class Decoder:
         window_mode: WindowMode = "reprime",
         stops: bool = True,
         on_prompt: Progress | None = None,
+        read_prompt: bool = True,
+        lock: AbstractContextManager | None = None,
     ):
         self.model, self.tokenizer, self.prompt, self.settings, self.seed = model, tokenizer, prompt, settings, seed
         self.stops = stops
@@ -156,13 +165,17 @@ class Decoder:
         self.held_from = 0  # the model holds ids[held_from:]
         self.reset = False  # the last read was a re-prime: the next Step says so
         self.unread = False  # the newest id is not read yet (step() reads it first)
+        self.prompt_read = False
         self.finished = False
+        self.on_prompt = on_prompt
+        self.lock = lock
         release_freed_memory()  # every run starts from what the process really holds (fair comparisons)
         self.start_rss_bytes = read_process_memory().rss_bytes  # what the run's memory is measured from
         self.guard = MemoryGuard(settings.memory_share, self.start_rss_bytes)
         self.context = new_context(model, settings, backend, window_mode)
-        with self._grad_mode():
-            self.logits: Tensor = self.context.prime(self.ids, on_prompt)  # (vocab,) for the next token
+        self.logits: Tensor = torch.empty(0)  # (vocab,) for the next token, once the prompt is read
+        if read_prompt:
+            self.read_newest()
 
     @property
     def generated(self) -> int:
@@ -214,28 +227,51 @@ class Decoder:
         )
 
     def read_newest(self) -> None:
-        """Reads the newest token if it is not read yet: one token against the cache, or, when the window
-        (or the model's limit) says so, a re-prime."""
+        """Reads what is not read yet (the prompt, or the newest token), alone: see `reads`."""
+        if self.prompt_read and not self.unread:
+            return
+        with self.lock or nullcontext(), self._grad_mode():
+            run_passes(self.model, self.reads())
+
+    def reads(self) -> Reads:
+        """The forward passes the next step needs first, as fast.Passes: the prompt (in chunks), or the newest
+        token against the cache, or, when the window (or the model's limit) says so, a re-prime. None once read.
+        A batch (batching.py) does them beside other runs'; a context without passes (transformers' own cache,
+        tutorial mode) reads here, alone, with no pass to yield."""
+        if not self.prompt_read:
+            self.prompt_read = True
+            self.logits = yield from self._read("prime", self.ids, self.on_prompt)
+            return
         if not self.unread:
             return
         self.unread = False
         window = self.settings.window
         if window is not None and self.generated % window == 0:
-            self.reprime(window)
+            yield from self._reprime_reads(window)
         elif self.context.length + 1 > self.n_positions:  # window off and the context is full
-            self.reprime(self.n_positions // 2)
+            yield from self._reprime_reads(self.n_positions // 2)
         else:
-            with self._grad_mode():
-                self.logits = self.context.append(self.ids[-1])
+            self.logits = yield from self._read("append", self.ids[-1])
             self.reset = False
 
     def reprime(self, keep: int) -> None:
         """The window's reset: drops the cache and reads the last `keep` ids again."""
-        with self._grad_mode():
-            self.logits = self.context.prime(self.ids[-keep:])
+        with self.lock or nullcontext(), self._grad_mode():
+            run_passes(self.model, self._reprime_reads(keep))
+
+    def _reprime_reads(self, keep: int) -> Reads:
+        self.logits = yield from self._read("prime", self.ids[-keep:])
         self.held_from, self.reset, self.unread = len(self.ids) - keep, True, False
         if self.settings.autograd:
             release_freed_memory()  # the dropped cache's graph is gone: let the chart show the drop
+
+    def _read(self, operation: str, *args: Any) -> Generator[list[Read], Tensor, Tensor]:
+        """The context's `prime` or `append`, as passes where it has them (fast.FastContext), else done here."""
+        passes = getattr(self.context, f"{operation}_passes", None)
+        if passes is None:
+            with self._grad_mode():
+                return getattr(self.context, operation)(*args)
+        return (yield from passes(*args))
 
     def _grad_mode(self) -> AbstractContextManager:
         return torch.enable_grad() if self.settings.autograd else torch.inference_mode()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import torch
@@ -75,33 +75,44 @@ def activation(name: str) -> Callable[[Tensor], Tensor]:
 
 
 Segment = tuple[int, list[int]]  # (a cache row, token ids to read into it after what it holds)
+Read = tuple["StaticKVCache", int, list[int]]  # the same, naming its cache: one pass can read many runs' caches
+Passes = Generator[list[Read], Tensor, Tensor]  # the forward passes an operation needs: it yields each pass's
+# reads, is sent their logits ((reads, vocab)), and returns the next-token logits it was after
 
 
 def forward(model: Any, cache: StaticKVCache, segments: list[Segment]) -> Tensor:
-    """Reads each segment's tokens into its cache row, after what the row holds already, and returns the
-    next-token logits after each segment's last token: (len(segments), vocab).
+    """Reads each segment's tokens into its row of `cache`, after what the row holds already, and returns the
+    next-token logits after each segment's last token: (len(segments), vocab). See `forward_reads`."""
+    return forward_reads(model, [(cache, row, ids) for row, ids in segments])
 
-    All the segments' tokens go through each matrix together, so the weights are read once for all of them:
-    a prompt, a chunk of one, a decode step, a decode step with the shadow row's pending tokens beside it."""
+
+def forward_reads(model: Any, reads: list[Read]) -> Tensor:
+    """Reads each read's tokens into its cache row, after what the row holds already, and returns the
+    next-token logits after each read's last token: (len(reads), vocab).
+
+    All the reads' tokens go through each matrix together, so the weights are read once for all of them:
+    a prompt, a chunk of one, a decode step, a decode step with the shadow row's pending tokens beside it, or
+    the decode steps (and a newcomer's prompt) of every run in a batch (batching.py), each in its own cache.
+    Attention is per read, over its own row only: a row never sees another's tokens."""
     transformer = model.transformer
     act = activation(model.config.activation_function)
     device = transformer.wte.weight.device
-    starts = [cache.lengths[row] for row, _ in segments]
-    sizes = [len(ids) for _, ids in segments]
-    tokens = torch.tensor([t for _, ids in segments for t in ids], device=device)  # (N,)
+    starts = [cache.lengths[row] for cache, row, _ in reads]
+    sizes = [len(ids) for _, _, ids in reads]
+    tokens = torch.tensor([t for _, _, ids in reads for t in ids], device=device)  # (N,)
     positions = torch.tensor([start + t for start, n in zip(starts, sizes) for t in range(n)], device=device)
     x = transformer.wte(tokens) + transformer.wpe(positions)  # (N, E)
-    n_head, head_dim = cache.keys.shape[2], cache.head_dim
+    n_head, head_dim = model.config.n_head, model.config.n_embd // model.config.n_head
     masks = [_causal_mask(start, n, device) for start, n in zip(starts, sizes)]
     for layer, block in enumerate(transformer.h):
         qkv = block.attn.c_attn(block.ln_1(x))  # (N, 3E): the weights are read once for every token
         q, k, v = (t.view(-1, n_head, head_dim).transpose(0, 1) for t in qkv.split(x.shape[-1], dim=1))  # (H, N, D)
         ys, offset = [], 0
-        for (row, _), start, n, mask in zip(segments, starts, sizes, masks):
+        for (cache, row, _), start, n, mask in zip(reads, starts, sizes, masks):
             end = start + n
             cache.keys[layer, row, :, start:end] = k[:, offset : offset + n]
             cache.values[layer, row, :, start:end] = v[:, offset : offset + n]
-            # attention per segment, over exactly the positions its row holds: never a read of unwritten cache
+            # attention per read, over exactly the positions its row holds: never a read of unwritten cache
             ys.append(
                 F.scaled_dot_product_attention(
                     q[None, :, offset : offset + n],
@@ -115,10 +126,20 @@ def forward(model: Any, cache: StaticKVCache, segments: list[Segment]) -> Tensor
         y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)  # (H, N, D)
         x = x + block.attn.c_proj(y.transpose(0, 1).reshape(x.shape))
         x = x + block.mlp.c_proj(act(block.mlp.c_fc(block.ln_2(x))))
-    for (row, _), start, n in zip(segments, starts, sizes):
+    for (cache, row, _), start, n in zip(reads, starts, sizes):
         cache.lengths[row] = start + n
     last = torch.tensor(list(itertools.accumulate(sizes)), device=device) - 1
-    return model.lm_head(transformer.ln_f(x[last]))  # (segments, vocab)
+    return model.lm_head(transformer.ln_f(x[last]))  # (reads, vocab)
+
+
+def run_passes(model: Any, passes: Passes) -> Tensor:
+    """Does an operation's passes one by one, alone (no other run beside it); returns its logits."""
+    try:
+        reads = next(passes)
+        while True:
+            reads = passes.send(forward_reads(model, reads))
+    except StopIteration as done:
+        return done.value
 
 
 def _causal_mask(start: int, n: int, device: torch.device) -> Tensor | None:
@@ -148,16 +169,23 @@ class FastContext:
         self.resets_by_shadow = 0  # how many primes the shadow row answered without a prefill
 
     def prime(self, ids: list[int], progress: Progress | None = None) -> Tensor:
+        return run_passes(self.model, self.prime_passes(ids, progress))
+
+    def append(self, token_id: int) -> Tensor:
+        return run_passes(self.model, self.append_passes(token_id))
+
+    def prime_passes(self, ids: list[int], progress: Progress | None = None) -> Passes:
+        """`prime` as passes (see `Passes`), so that a batch can do them beside other runs' steps."""
         if self.shadowed and self.shadow_ids + self.pending == ids[:-1]:
             # the shadow holds (or is owed) all but the newest token: read those, then swap roles
-            logits = forward(self.model, self.cache, [(self.shadow, [*self.pending, ids[-1]])])[0]
+            logits = (yield [(self.cache, self.shadow, [*self.pending, ids[-1]])])[0]
             self.main, self.shadow = self.shadow, self.main
             self.resets_by_shadow += 1
         else:
             self.cache.lengths[self.main] = 0
             for start in range(0, len(ids), PROMPT_CHUNK):  # a long prompt in chunks, so progress can be told
                 chunk = ids[start : start + PROMPT_CHUNK]
-                logits = forward(self.model, self.cache, [(self.main, chunk)])[0]
+                logits = (yield [(self.cache, self.main, chunk)])[0]
                 if progress is not None:
                     progress(start + len(chunk), len(ids))
         if self.shadowed:
@@ -165,15 +193,16 @@ class FastContext:
         self.length = self.cache.lengths[self.main]
         return logits
 
-    def append(self, token_id: int) -> Tensor:
+    def append_passes(self, token_id: int) -> Passes:
+        """`append` as a pass (see `Passes`)."""
         assert self.length < self.model.config.n_positions, "position ids beyond the model's limit"
-        segments: list[Segment] = [(self.main, [token_id])]
+        reads: list[Read] = [(self.cache, self.main, [token_id])]
         if self.shadowed:
             self.pending.append(token_id)
             if len(self.pending) >= SHADOW_CHUNK:  # the shadow catches up, in the same pass as the main row
-                segments.append((self.shadow, self.pending))
+                reads.append((self.cache, self.shadow, self.pending))
                 self.shadow_ids, self.pending = self.shadow_ids + self.pending, []
-        logits = forward(self.model, self.cache, segments)[0]
+        logits = (yield reads)[0]
         self.length = self.cache.lengths[self.main]
         return logits
 

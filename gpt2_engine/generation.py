@@ -1,21 +1,26 @@
 """The engine: a loaded GPT-2 and its tokenizer, and `stream()`, a plain generator of `Step`s.
 
-`Engine.stream(prompt, settings)` yields one `Step` per token as soon as the token is sampled, and does the
-next forward pass only when asked for the next step, so closing the generator (or breaking out of the loop)
-stops the work at once. Each run is a `decoding.Decoder`; the engine itself holds no run's state, so one
-engine serves every visitor, and nothing on it is switched for one run: the backend and the window mode are
-arguments of the run (`auto` chose the window mode at load, autotune.Choice.window_mode).
+`Engine.stream(prompt, settings)` yields one `Step` per token as soon as the token is sampled. Streams asked for
+from several threads at once are decoded together, one forward pass per step over all of them (batching.py:
+the engine's `batcher` owns the model while runs are active); each decodes at most a couple of tokens ahead of
+its reader, and closing the generator (or breaking out of the loop) takes the run out of the batch at once.
+Each run is a `decoding.Decoder`; the engine itself holds no run's state, so one engine serves every visitor,
+and nothing on it is switched for one run: the backend and the window mode are arguments of the run (`auto`
+chose the window mode at load, autotune.Choice.window_mode). Whatever else runs the model (step mode, scoring)
+holds `engine.lock` for each forward pass, as the batcher does.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from .autotune import Choice
+from .batching import Batcher, ModelLock
 from .decoding import Backend, Candidate, Decoder, Prompt, Step, WindowMode, candidates, token_text
 from .errors import SettingsError
 from .fast import Progress
@@ -40,6 +45,8 @@ class Engine:
         self.choice = choice  # how `auto` picked the precision (measured here), or None when it was asked for
         self.n_positions = shape.n_positions
         self.eos_token_id: int | None = tokenizer.eos_token_id
+        self.lock = ModelLock()  # one forward pass at a time on this model: the batch's, a step mode's, a score's
+        self.batcher = Batcher(model, self.lock)
 
     @property
     def window_mode(self) -> WindowMode:
@@ -85,20 +92,41 @@ class Engine:
         *,
         backend: Backend = "fast",
         window_mode: WindowMode | None = None,
+        on_wait: Callable[[int], None] | None = None,
         **changes: Any,
     ) -> Iterator[Step]:
         """Yields one Step per generated token. `changes` override fields of `settings`.
         `on_prompt(read, total)` is told how many prompt tokens the model has read, chunk by chunk, before
-        the first Step (a long phrase takes seconds to read). `backend` and `window_mode` choose how this
-        run computes (the reference path, the other window mode: tests and benchmarks); the text is the same."""
+        the first Step (a long phrase takes seconds to read). While the batch is full, `on_wait(runs ahead)` is
+        told the run's place, every fraction of a second. `backend` and `window_mode` choose how this run computes
+        (the reference path, the other window mode: tests and benchmarks); the text is the same. Calls from several
+        threads are decoded together (batching.py); the prompt is read at the first step asked for. Tutorial mode
+        and the reference backend run alone, in the caller's thread (a generator started there)."""
         settings = self.settings_for(settings, **changes)  # here, so that a bad value raises at the call
+        window_mode = window_mode or self.window_mode
+        if backend != "fast" or settings.autograd:  # transformers' own cache: no passes to share; alone, here
+            return self._alone(prompt, settings, backend, window_mode, on_prompt)
+        make = functools.partial(
+            self.decoder, prompt, settings, backend=backend, window_mode=window_mode, read_prompt=False
+        )
+        rows = self.cache_rows(settings, backend, window_mode)
+        cache_bytes = rows * self.n_positions * self.kv_bytes_per_token
+        return self.batcher.stream(lambda reading: make(on_prompt=reading), rows, cache_bytes, on_prompt, on_wait)
 
-        def steps() -> Iterator[Step]:  # the prompt is read at the first step asked for, as a generator does
-            run = self.decoder(prompt, settings, backend=backend, window_mode=window_mode, on_prompt=on_prompt)
-            while not run.finished:
-                yield run.step()
+    def _alone(
+        self, prompt: str, settings: GenerationSettings, backend: Backend, window_mode: WindowMode, on_prompt
+    ) -> Iterator[Step]:
+        """A run outside the batch (tutorial mode, the reference backend), in the caller's thread: its forward
+        passes hold `self.lock`, between the batch's; the next one is done only when the next step is asked for."""
+        run = self.decoder(prompt, settings, backend=backend, window_mode=window_mode, on_prompt=on_prompt)
+        while not run.finished:
+            yield run.step()
 
-        return steps()
+    @staticmethod
+    def cache_rows(settings: GenerationSettings, backend: Backend, window_mode: WindowMode) -> int:
+        """Cache rows a run takes: two with the shadow row (fast.FastContext), else one."""
+        shadowed = backend == "fast" and not settings.autograd and settings.window and window_mode == "shadow"
+        return 2 if shadowed else 1
 
     def decoder(
         self,
@@ -109,8 +137,10 @@ class Engine:
         window_mode: WindowMode | None = None,
         stops: bool = True,
         on_prompt: Progress | None = None,
+        read_prompt: bool = True,
     ) -> Decoder:
-        """One run's decoder, its prompt read. Settings already checked (settings_for); a seed of None draws one."""
+        """One run's decoder, its prompt read (unless `read_prompt` is False: the batch reads it). Settings already
+        checked (settings_for); a seed of None draws one. Its own forward passes hold `self.lock`."""
         seed = settings.seed if settings.seed is not None else secrets.randbelow(MAX_SEED + 1)
         return Decoder(
             self.model,
@@ -122,6 +152,8 @@ class Engine:
             window_mode=window_mode or self.window_mode,
             stops=stops,
             on_prompt=on_prompt,
+            read_prompt=read_prompt,
+            lock=self.lock,
         )
 
     def settings_for(self, settings: GenerationSettings | None = None, **changes: Any) -> GenerationSettings:

@@ -182,7 +182,7 @@ class Q8Linear(nn.Module):
         self.packed_bytes = weight.numel() + 4 * self.out_features  # int8 matrix + fbgemm's column offsets
         self.reduce_range = REDUCE_RANGE
         # rows -> a (rows + 1, in) buffer whose last row is the pin [1, -1, 0 ...]; reused, so one forward at a
-        # time per model (the page runs one at a time: serving.TurnQueue)
+        # time per model (engine.lock: the batch, step mode and scoring take turns)
         self._units: dict[int, Tensor] = {}
 
     def _unit_buffer(self, rows: int, width: int) -> Tensor:

@@ -44,7 +44,8 @@ def coherence(
             targets = range(max(done_until, begin + 1), end)  # positions scored in this window
             if len(targets):
                 chunk = torch.tensor([ids[begin:end]], device=engine.device)
-                logits = engine.model(input_ids=chunk).logits[0].float()  # (T, vocab)
+                with engine.lock:  # one forward pass at a time on the model: the batch's streams go on between
+                    logits = engine.model(input_ids=chunk).logits[0].float()  # (T, vocab)
                 rows = torch.tensor([t - begin - 1 for t in targets], device=logits.device)  # logits at t-1 predict t
                 logprobs = torch.log_softmax(logits[rows], dim=-1)
                 wanted = torch.tensor([ids[t] for t in targets], device=logits.device)

@@ -1,9 +1,10 @@
-"""Sharing one model among several visitors: say what it will take, load it once, run one at a time.
+"""Sharing one model among several visitors: say what it will take, load it once, take turns where needed.
 
 - `plan_load(name)`: the device, precision and memory a model needs, known before any weights are read.
 - `SharedModel`: loads once, on a thread of its own, however many visitors ask at the same moment;
   a failed load is not remembered, so the next `start()` tries again (after a download, a fix).
-- `TurnQueue`: one run at a time, first come first served, and how many are ahead of a waiting run.
+- `TurnQueue`: one at a time, first come first served, and how many are ahead of a waiting one. Streams do not
+  need it (the engine batches them: batching.py); the page keeps it for step mode and scoring.
 
 Knows nothing of Streamlit: the page keeps one `TurnQueue` per server and one `SharedModel` per
 model and precision. The turn is given back however the run ends (finished, stopped, raised).

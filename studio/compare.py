@@ -1,7 +1,7 @@
 """The Compare windows tab's two windows (its sweep of many is `sweep`): one phrase and one seed, written twice
-with two window sizes, one run after the other in the model's turn; the texts side by side as they stream,
-then both memory curves on one chart and a table of what each window cost and saved, coherence included
-(scored by itself once both runs end).
+with two window sizes, one run after the other (each in the engine's batch, beside other visitors' runs); the
+texts side by side as they stream, then both memory curves on one chart and a table of what each window cost
+and saved, coherence included (scored by itself once both runs end).
 
 Widget keys: compare_prompt, compare_window_a, compare_window_b, compare_length, compare_top_p, compare_seed,
 compare_tutorial_mode, compare_run, compare_stop (and compare_reuse_seed under a result). The comparison is
@@ -224,8 +224,8 @@ class CompareView:
 def run_comparison(
     engine: gpt2_engine.Engine, prompt: str, pair: tuple[gpt2_engine.GenerationSettings, ...], view: CompareView
 ) -> Comparison:
-    """Writes both runs, one after the other in one turn of the model, then scores them (see runner's note
-    on how Stop, or any other click, ends a run: the text so far is kept)."""
+    """Writes both runs, one after the other, each in the engine's batch, then scores them in the model's turn
+    (see runner's note on how Stop, or any other click, ends a run: the text so far is kept)."""
     labels = [window_label(settings.window) for settings in pair]
     runs = tuple(
         runner.remember(
@@ -244,12 +244,11 @@ def run_comparison(
     comparison = Comparison(prompt, pair[0].seed, runs)
     visits.keep(keys.COMPARISON, comparison)
     try:
-        with runner.turn_queue().turn(waiting=view.show_waiting):
-            view.note.empty()
-            for run in runs:
-                runner.write(engine, run, lambda _run: view.update(comparison))
-                if run.error is not None:
-                    break
+        view.note.empty()
+        for run in runs:
+            runner.write(engine, run, lambda _run: view.update(comparison), on_wait=view.show_waiting)
+            if run.error is not None:
+                break
         if all(run.error is None for run in runs):
             view.show(comparison, scored=False)
             try:

@@ -27,7 +27,8 @@ TUTORIAL_MODE_HELP = (
     "Teaching only. Runs the model as the tutorial did, with PyTorch's autograd left on: every token keeps "
     "the whole chain of sums that made it, in case someone wants gradients (nobody does). Memory then climbs "
     "faster and faster, until a window reset throws the old cache, and its chain, away. Slower, and needs "
-    "fp32 weights (Precision, in the sidebar)."
+    "fp32 weights (Precision, in the sidebar). It runs alone, outside the batch that writes every other "
+    "visitor's text at once: its steps take turns with the batch's."
 )
 SAMPLER_LABELS = {
     "nucleus": "nucleus: pick by probability (usual)",

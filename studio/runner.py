@@ -1,11 +1,17 @@
-"""One visitor's run: wait for the model's turn, stream into session state, end cleanly however it ends.
+"""One visitor's run: stream into session state, end cleanly however it ends.
+
+Several visitors write at the same moment: the engine decodes every stream asked for at once in one batch
+(gpt2_engine.batching), so a Write, Compare or replay run starts at once beside the others, unless the batch is
+full (its bound on rows: GPT2_STUDIO_MAX_ROWS, and the memory its caches may take); then it waits, and the page
+says how many runs are ahead. Step mode and coherence scoring still take turns (`turn_queue()`), one forward
+pass at a time between the batch's.
 
 How Stop works. Clicking Stop (or any widget outside the form) makes Streamlit rerun the script. The
 running script is interrupted at its next Streamlit call with an exception Streamlit raises itself
 (a BaseException, not caught here). Each token is appended to the run kept in `st.session_state`,
 and reading session state is one of those interrupt points, so the run ends within one token.
-On the way out, `finally` closes the engine's generator, gives the turn back, and marks the run
-stopped; the new script run then shows the text kept so far. A closed tab ends a run the same way.
+On the way out, `finally` closes the engine's generator (the run leaves the batch, its cache is freed), and
+marks the run stopped; the new script run then shows the text kept so far. A closed tab ends a run the same way.
 .streamlit/config.toml turns runner.fastReruns off, so the new script run starts only after that;
 with it on, Streamlit starts the new run at once, beside the old, and `latest_run` waits for the old.
 """
@@ -93,7 +99,7 @@ def remember(run: Run) -> Run:
 
 @st.cache_resource(show_spinner=False)
 def turn_queue() -> TurnQueue:
-    """One per server: generations run one at a time, whoever asks."""
+    """One per server: step mode's steps and coherence scoring take turns, whoever asks (streams batch instead)."""
     return TurnQueue()
 
 
@@ -114,13 +120,14 @@ def latest_run(settle_s: float = SETTLE_S) -> Run | None:
     return latest(keys.RUN, settle_s)
 
 
-def write(engine: gpt2_engine.Engine, run: Run, on_step: Callable[[Run], None], on_prompt=None) -> None:
-    """Streams `run` (its prompt and settings) into `run.steps`, calling `on_step(run)` after each token; inside
-    the model's turn. However it ends, the run says so: finished; failed (`run.error`, in words); or interrupted
-    by Streamlit (`run.stopped`, the text so far kept: see the module's note). Every Write, Compare, sweep and
-    replay run goes through here."""
+def write(engine: gpt2_engine.Engine, run: Run, on_step: Callable[[Run], None], on_prompt=None, on_wait=None) -> None:
+    """Streams `run` (its prompt and settings) into `run.steps`, calling `on_step(run)` after each token, in the
+    engine's batch beside other visitors' runs (`on_wait(runs ahead)` while the batch is full). However it ends,
+    the run says so: finished; failed (`run.error`, in words); or interrupted by Streamlit (`run.stopped`, the
+    text so far kept: see the module's note). Every Write, Compare, sweep and replay run
+    goes through here."""
     try:
-        with closing(engine.stream(run.prompt, run.settings, on_prompt=on_prompt)) as steps:
+        with closing(engine.stream(run.prompt, run.settings, on_prompt=on_prompt, on_wait=on_wait)) as steps:
             for step in steps:
                 st.session_state.get(keys.RUN)  # reading session state is where Streamlit stops a script run
                 run.steps.append(step)
@@ -154,11 +161,10 @@ def generate(
     run = remember(Run(prompt, settings, engine.name, engine.weight_bytes, label=label, precision=engine.precision))
     visits.keep(keys.RUN, run)
     try:
-        with turn_queue().turn(waiting=view.show_waiting):
-            view.show(run)
-            write(engine, run, view.update, on_prompt=getattr(view, "show_reading", None))
+        view.show(run)
+        write(engine, run, view.update, on_prompt=getattr(view, "show_reading", None), on_wait=view.show_waiting)
     finally:
-        if not run.finished:  # stopped while it waited for its turn
+        if not run.finished:  # stopped while it waited for a place in the batch
             run.stopped = run.interrupted = True
     view.show(run)
     return run

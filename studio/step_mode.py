@@ -9,8 +9,9 @@ once: the stepper keeps the next-token logits, so there is no forward pass.
 How: one `gpt2_engine.StepMode` per visitor in `st.session_state[keys.STEPPING]`, built on the first click
 here (a forward pass: none at page load) and again when the phrase, the window or the model changes, or
 on Start over. Buttons only record what was asked (their callbacks run before the script); the script
-then does it inside the model's turn (`runner.turn_queue()`: one forward pass at a time on the server)
-and draws the result. A click anywhere while Auto writes stops it, between two tokens; and, as any click
+then does it inside the model's turn (`runner.turn_queue()`: one step mode at a time on the server; each
+forward pass also holds `engine.lock`, so it goes between two of the batch's, never beside them) and draws
+the result. A click anywhere while Auto writes stops it, between two tokens; and, as any click
 outside the Write tab's form, a click here while the Write tab is writing stops that run (its text is kept).
 
 Widget keys: step_prompt, step_top_p, step_temperature, step_window, step_length, step_restart,
@@ -302,6 +303,10 @@ def _draw_intro(choice: Choice, text_box, buttons) -> None:
             "Here GPT-2 writes **one token at a time, and you choose**. For each next token you see the ten it "
             "finds likeliest, with their chances, and which of them the sampler may draw (top-p). "
             "Take one, let the sampler draw, step back, change top-p and temperature and watch the chances move."
+        )
+        st.caption(
+            "Step by step runs alone: other visitors' texts are written together in one batch, and each of "
+            "your steps takes its turn between two of the batch's."
         )
         st.button(
             "Show what GPT-2 would write next",

@@ -74,3 +74,27 @@ def test_the_decode_profile_lists_where_a_tokens_time_goes(tiny_model_dir) -> No
     operators = [line for line in out.stdout.splitlines() if line.startswith("| aten::")]
     # on a tiny model the int8 matmul costs about what a layer norm does: listed, not always in the top few
     assert 10 <= len(operators) <= 40 and any("_weight_int8pack_mm" in line for line in operators)
+
+
+def test_load_figures_run_k_visitors_at_once_on_the_tiny_model(tmp_path, tiny_model_dir) -> None:
+    report = tmp_path / "load.json"
+    out = run_module(
+        "bench.load",
+        "--model",
+        str(tiny_model_dir),
+        "--precision",
+        "fp32",
+        "--tokens",
+        "12",
+        "--visitors",
+        "1",
+        "3",
+        "--out",
+        str(report),
+    )
+    rounds = json.loads(report.read_text())["rounds"]
+    assert [r["visitors"] for r in rounds] == [1, 3] and "| 3 |" in out.stdout
+    for r in rounds:
+        assert r["aggregate_tok_s"] > 0 and r["per_visitor_tok_s_slowest"] > 0 and r["peak_rss_bytes"] > 0
+        assert 0 < r["ttft_median_s"] <= r["ttft_worst_s"] and r["joiner_ttft_s"] > 0
+    assert rounds[1]["largest_batch"] >= 2  # the three visitors (and the joiner) were decoded together

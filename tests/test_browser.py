@@ -1,6 +1,7 @@
 """End to end: the real Streamlit server with the tiny model, driven by headless Chromium (Playwright).
 
-Type a phrase, Generate, see the text and the charts; start a long run and Stop it; a bad model path.
+Type a phrase, Generate, see the text and the charts; start a long run and Stop it; a bad model path; two
+visitors writing at once, and a third beyond the batch's bound (GPT2_STUDIO_MAX_ROWS=2 here) told its place.
 Screenshots go to $GPT2_STUDIO_SCREENSHOTS (default: a temporary folder), to look at.
 """
 
@@ -31,6 +32,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+MAX_ROWS = 2  # the batch's bound on this server: two visitors write at once, a third waits
 START_TIMEOUT_S = 90  # the server imports torch and transformers before it answers
 
 pytestmark = [
@@ -58,6 +60,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         **os.environ,
         "GPT2_STUDIO_MODEL": str(tiny_model_dir),
         "GPT2_STUDIO_PRECISION": "fp32",
+        "GPT2_STUDIO_MAX_ROWS": str(MAX_ROWS),
         "HF_HUB_OFFLINE": "1",
     }
     command = [
@@ -234,23 +237,37 @@ def test_a_bad_model_path_shows_what_to_do(page, shots: Path, tmp_path: Path) ->
     screenshot(page, shots / "5-bad-model.png")
 
 
-def test_two_visitors_take_turns_and_a_closed_tab_gives_its_turn_back(browser, server, engine, shots: Path) -> None:
-    first, second = open_page(browser, server), open_page(browser, server)
+def text_length(page) -> int:
+    return page.evaluate("document.querySelector('.studio-text .generated')?.innerText.length ?? 0")
+
+
+def test_two_visitors_write_at_once_and_a_third_beyond_the_bound_waits(browser, server, engine, shots: Path) -> None:
+    first, second, third = (open_page(browser, server) for _ in range(3))
     seed = full_length_seed(engine, first.get_by_role("textbox", name="Your phrase").input_value())
-    for visitor in (first, second):
+    for visitor in (first, second, third):
         set_length_to_max(visitor)
         type_seed(visitor, seed)
     first.get_by_role("button", name="Generate").click()
     first.get_by_text("Writing…").wait_for()
     second.get_by_role("button", name="Generate").click()
-    second.get_by_text("Waiting for the model").wait_for()
-    assert "1 run is ahead" in status_text(second)
-    screenshot(second, shots / "6-waiting-for-the-model.png")
-    assert "Writing…" in status_text(first)  # the first run still holds the model ...
-    first.close()  # ... when its tab closes: its turn must come back
-    second.get_by_text("Writing…").wait_for()
-    second.get_by_role("button", name="Stop").click()  # as soon as it writes: maybe before its first token
-    second.get_by_text("Stopped after").or_(second.get_by_text("Stopped before it started")).first.wait_for()
+    second.get_by_text("Writing…").wait_for()  # at once: not "Waiting for the model"
+    second.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
+    grown = text_length(first)
+    first.wait_for_function(f"document.querySelector('.studio-text .generated')?.innerText.length > {grown}")
+    assert "Writing…" in status_text(first) and "Writing…" in status_text(second)  # both stream, side by side
+    screenshot(second, shots / "6-two-visitors-at-once.png")
+
+    third.get_by_role("button", name="Generate").click()  # the batch holds MAX_ROWS runs: this one waits
+    third.get_by_text("Waiting for the model").wait_for()
+    assert "2 runs are ahead" in status_text(third)
+    screenshot(third, shots / "6-waiting-for-the-model.png")
+    assert "Writing…" in status_text(first)  # the first run still holds its row ...
+    first.close()  # ... when its tab closes: its row must come free
+    third.get_by_text("Writing…").wait_for()
+    for visitor in (second, third):
+        visitor.get_by_role("button", name="Stop").click()
+        stopped = visitor.get_by_text("Stopped after").or_(visitor.get_by_text("Stopped before it started"))
+        stopped.or_(visitor.get_by_text("Done:")).first.wait_for()
 
 
 def test_step_mode_take_a_candidate_then_look_inside_a_written_text(page, engine, shots: Path) -> None:

@@ -159,8 +159,13 @@ def test_stops_at_end_of_text_and_says_why(engine, monkeypatch) -> None:
     eos = engine.eos_token_id
     forced = torch.full((engine.model.config.vocab_size,), -1e9)
     forced[eos] = 0.0
-    for context_class in (KVCacheContext, FastContext):
-        monkeypatch.setattr(context_class, "append", lambda self, token: forced.clone())
+
+    def forced_passes(self, token):  # FastContext's append as passes (a batch does them): none, and these logits
+        return forced.clone()
+        yield
+
+    monkeypatch.setattr(KVCacheContext, "append", lambda self, token: forced.clone())
+    monkeypatch.setattr(FastContext, "append_passes", forced_passes)
     steps = list(engine.stream("Hi", max_new_tokens=10, sampler="greedy", window=None, stop_at_eos=True))
     assert len(steps) == 2 and steps[-1].token_id == eos and steps[-1].stop_reason == "eos"
     assert steps[-1].text == ""  # special tokens are not shown

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 import gpt2_engine
 from gpt2_engine import MB, format_bytes
-from studio import charts, runner
+from studio import charts, model_picker, runner
 from studio.run_view import RESET_MARK, RunView
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
@@ -247,7 +247,9 @@ def test_a_failing_run_shows_a_message_and_gives_the_turn_back(page: AppTest, mo
     assert len(runner.turn_queue()) == 0
 
 
-def test_a_second_visitor_waits_for_the_turn_then_gets_the_run(page: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_visitor_beyond_the_batchs_bound_waits_then_gets_the_run(
+    page: AppTest, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     heard: list[int] = []
     show_waiting = RunView.show_waiting
 
@@ -256,13 +258,15 @@ def test_a_second_visitor_waits_for_the_turn_then_gets_the_run(page: AppTest, mo
         show_waiting(view, ahead)
 
     monkeypatch.setattr(RunView, "show_waiting", record)
-    queue = runner.turn_queue()
-    other_visitor = queue.join()  # another visitor's run has the model
-    threading.Timer(0.6, queue.leave, args=(other_visitor,)).start()
+    engine = model_picker.shared_model(str(tiny_model_dir), "auto").get()  # the page's engine (one per server)
+    monkeypatch.setattr(engine.batcher, "max_rows", 1)
+    other_visitor = engine.stream("Another visitor", max_new_tokens=500, seed=1, stop_at_eos=False)
+    next(other_visitor)  # another visitor's run fills the batch
+    threading.Timer(0.6, other_visitor.close).start()
     at = generate(page, length=5)
     assert heard and set(heard) == {1}  # told one run is ahead, while it was
     assert at.session_state["run"].steps and not at.session_state["run"].stopped
-    assert len(queue) == 0
+    assert engine.batcher.join(timeout_s=10)
 
 
 def test_a_window_too_big_for_the_next_model_is_not_an_error(

@@ -132,8 +132,10 @@ def test_top_p_and_temperature_move_the_bars_without_a_forward_pass(
     at = started(page, step_prompt="Hello world!", step_top_p=0.9)
     wide = sum(b["in_top_p"] for b in bars(at))
     forward_passes = []
-    real_forward = gpt2_engine.fast.forward
-    monkeypatch.setattr(gpt2_engine.fast, "forward", lambda *a, **k: forward_passes.append(1) or real_forward(*a, **k))
+    real_forward = gpt2_engine.fast.forward_reads
+    monkeypatch.setattr(
+        gpt2_engine.fast, "forward_reads", lambda *a, **k: forward_passes.append(1) or real_forward(*a, **k)
+    )
     at.slider(key="step_top_p").set_value(0.1).run()
     narrow = sum(b["in_top_p"] for b in bars(at))
     assert narrow < wide  # the cut moved up

@@ -38,17 +38,21 @@ SETTINGS = dict(max_new_tokens=60, window=None, sampler="greedy", stop_at_eos=Fa
 
 
 def forward_sizes(engine, monkeypatch, window_mode: str, window: int) -> list[list[list[int]]]:
-    """The tokens per segment of every forward pass, grouped by the Step that followed them."""
+    """The tokens per segment of every forward pass, grouped by the Step that followed them (a decoder alone:
+    a stream's batch decodes a token or two ahead of its reader)."""
     calls: list[list[int]] = []
-    real = fast.forward
+    real = fast.forward_reads
 
-    def counting(model, cache, segments):
-        calls.append([len(ids) for _, ids in segments])
-        return real(model, cache, segments)
+    def counting(model, reads):
+        calls.append([len(ids) for _, _, ids in reads])
+        return real(model, reads)
 
-    monkeypatch.setattr(fast, "forward", counting)
+    monkeypatch.setattr(fast, "forward_reads", counting)
+    settings = engine.settings_for(**{**SETTINGS, "window": window})
+    decoder = engine.decoder("The cat sat on the mat", settings, window_mode=window_mode)
     per_step = []
-    for _ in engine.stream("The cat sat on the mat", window_mode=window_mode, **{**SETTINGS, "window": window}):
+    while not decoder.finished:
+        decoder.step()
         per_step.append(list(calls))
         calls.clear()
     return per_step

@@ -126,6 +126,7 @@ def test_a_hundred_runs_in_a_row_do_not_grow_memory(engine) -> None:
 
 
 def test_stopping_mid_run_fifty_times_leaves_the_engine_ready(engine) -> None:
+    engine.batcher.join(timeout_s=10)  # an earlier test's batch, if its thread is still ending
     threads_before = threading.active_count()
     expected = [s.token_id for s in engine.stream("The cat", max_new_tokens=20, seed=9, stop_at_eos=False)]
     for k in range(50):
@@ -134,6 +135,7 @@ def test_stopping_mid_run_fifty_times_leaves_the_engine_ready(engine) -> None:
             if step.index == k % 7:
                 break
         steps.close()
+    assert engine.batcher.join(timeout_s=10)  # the batch's thread ends with its last run
     assert threading.active_count() == threads_before
     assert [s.token_id for s in engine.stream("The cat", max_new_tokens=20, seed=9, stop_at_eos=False)] == expected
 

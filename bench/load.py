@@ -1,0 +1,197 @@
+"""Load figures: K simulated visitors stream from one engine at once, decoded together in its batch.
+
+For each K (1, 2, 4, 8 by default) K threads start together, each driving `engine.stream()` with its own phrase
+and seed, as K visitors pressing Generate at the same moment; each writes --tokens tokens. Once they are all
+writing, one more visitor joins mid-batch and writes a few tokens: its time to first token is set beside what
+the target allows (its phrase's prefill alone, plus two of the batch's steps). Reported per K: each visitor's
+decode tok/s (median and slowest; after its first token), the aggregate tok/s (every token of the K visitors over
+the round's wall time) and its ratio to K = 1, time to first token (median and worst, prefill included), the
+joiner's, and the process's peak RSS (sampled every 20 ms).
+
+    python -m bench.load --model bench/models/gpt2-xl                  # the precision `auto` picks
+    python -m bench.load --model bench/models/gpt2-xl --precision q8 --tokens 64 --visitors 1 2 4 8
+    python -m bench.load --model /path/to/tiny --precision fp32 --tokens 8 --visitors 1 2 --out load.json
+
+The batch's bound on rows is raised here to the largest K + 1 (--max-rows to set it), so that the joiner of the
+largest K is decoded beside the others rather than queued (the page's default is 8: GPT2_STUDIO_MAX_ROWS); the
+memory bound still holds. Beyond the bound visitors queue, which these figures would show as time to first token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gpt2_engine
+from gpt2_engine.memory import read_process_memory
+
+PHRASES = (
+    "The cat sat on the mat and",
+    "Once upon a time, there was a",
+    "In the beginning of the year, the council",
+    "My favourite recipe for a rainy day is",
+    "The train left the station at dawn, and",
+    "Scientists announced today that the new telescope",
+    "When I was young, my grandmother told me",
+    "The best way to learn a language is",
+    "Late at night the lighthouse keeper heard",
+)
+JOINER_TOKENS = 4  # the visitor who joins mid-batch writes this many
+
+
+@dataclass
+class Visitor:
+    started: float = 0.0
+    first: float = 0.0  # when the first token came
+    last: float = 0.0
+    tokens: int = 0
+    error: str = ""
+
+    @property
+    def ttft_s(self) -> float:
+        return self.first - self.started
+
+    @property
+    def decode_tok_s(self) -> float:
+        return (self.tokens - 1) / (self.last - self.first) if self.tokens > 1 and self.last > self.first else 0.0
+
+
+@dataclass
+class Round:
+    visitors: int
+    per_visitor_tok_s_median: float
+    per_visitor_tok_s_slowest: float
+    aggregate_tok_s: float
+    ratio_to_one: float
+    ttft_median_s: float
+    ttft_worst_s: float
+    joiner_ttft_s: float
+    joiner_bound_s: float  # its prefill alone + two of this batch's steps
+    peak_rss_bytes: int
+    largest_batch: int
+
+
+def visit(engine: gpt2_engine.Engine, phrase: str, seed: int, tokens: int, out: Visitor, go: threading.Event) -> None:
+    go.wait()
+    out.started = time.perf_counter()
+    try:
+        for _step in engine.stream(phrase, max_new_tokens=tokens, seed=seed, stop_at_eos=False):
+            now = time.perf_counter()
+            out.first = out.first or now
+            out.last, out.tokens = now, out.tokens + 1
+    except Exception as error:  # noqa: BLE001 - reported in the table, not a traceback per thread
+        out.error = f"{type(error).__name__}: {error}"
+
+
+def prefill_s(engine: gpt2_engine.Engine, phrase: str) -> float:
+    """Time to first token alone: the phrase's prefill and one sample."""
+    start = time.perf_counter()
+    next(iter(engine.stream(phrase, max_new_tokens=1, seed=0)))
+    return time.perf_counter() - start
+
+
+def one_round(engine: gpt2_engine.Engine, k: int, tokens: int, one_alone: float | None) -> Round:
+    engine.batcher.largest_batch = 0
+    visitors = [Visitor() for _ in range(k)]
+    joiner = Visitor()
+    go = threading.Event()
+    threads = [
+        threading.Thread(target=visit, args=(engine, PHRASES[i % len(PHRASES)], 1000 + i, tokens, visitors[i], go))
+        for i in range(k)
+    ]
+    peak = [read_process_memory().rss_bytes]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.02):
+            peak[0] = max(peak[0], read_process_memory().rss_bytes)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    for thread in threads:
+        thread.start()
+    go.set()
+    while not all(v.tokens >= min(4, tokens) or v.error for v in visitors):  # all writing: now one joins
+        time.sleep(0.005)
+    join_go = threading.Event()
+    join_thread = threading.Thread(
+        target=visit, args=(engine, PHRASES[-1], 7, JOINER_TOKENS, joiner, join_go), name="joiner"
+    )
+    join_thread.start()
+    join_go.set()
+    for thread in (*threads, join_thread):
+        thread.join()
+    sampling.set()
+    sampler.join()
+    errors = [v.error for v in (*visitors, joiner) if v.error]
+    if errors:
+        raise SystemExit(f"K={k}: {errors[0]}")
+    rates = [v.decode_tok_s for v in visitors]
+    wall = max(v.last for v in visitors) - min(v.started for v in visitors)
+    aggregate = sum(v.tokens for v in visitors) / wall
+    ttfts = [v.ttft_s for v in visitors]
+    median_rate = statistics.median(rates)
+    step_s = 1 / median_rate if median_rate else 0.0
+    alone = prefill_s(engine, PHRASES[-1])
+    return Round(
+        visitors=k,
+        per_visitor_tok_s_median=median_rate,
+        per_visitor_tok_s_slowest=min(rates),
+        aggregate_tok_s=aggregate,
+        ratio_to_one=aggregate / one_alone if one_alone else 1.0,
+        ttft_median_s=statistics.median(ttfts),
+        ttft_worst_s=max(ttfts),
+        joiner_ttft_s=joiner.ttft_s,
+        joiner_bound_s=alone + 2 * step_s,
+        peak_rss_bytes=peak[0],
+        largest_batch=engine.batcher.largest_batch,
+    )
+
+
+def markdown(rounds: list[Round]) -> str:
+    lines = [
+        "| visitors | per visitor tok/s (median / slowest) | aggregate tok/s | x one alone | TTFT median / worst (s) "
+        "| joiner TTFT / bound (s) | peak RSS (GB) | largest batch |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rounds:
+        lines.append(
+            f"| {r.visitors} | {r.per_visitor_tok_s_median:.2f} / {r.per_visitor_tok_s_slowest:.2f} "
+            f"| {r.aggregate_tok_s:.2f} | {r.ratio_to_one:.2f} | {r.ttft_median_s:.2f} / {r.ttft_worst_s:.2f} "
+            f"| {r.joiner_ttft_s:.2f} / {r.joiner_bound_s:.2f} | {r.peak_rss_bytes / 1e9:.2f} | {r.largest_batch} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="gpt2-xl", help="a known name, hub id or folder (a stand-in works)")
+    parser.add_argument("--precision", default="auto", help="auto (what the page would pick), fp32, bf16, q8, ...")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens each visitor writes")
+    parser.add_argument("--visitors", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--max-rows", type=int, help="the batch's bound on rows (default: the largest K + 1)")
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    engine = gpt2_engine.load(args.model, dtype=args.precision)
+    engine.batcher.max_rows = args.max_rows or max(args.visitors) + 1
+    print(f"{args.model} at {engine.precision}; batch bound {engine.batcher.max_rows} rows; {args.tokens} tokens each")
+    for phrase in PHRASES[:2]:  # warm-up: first-pass allocations, q8's buffers per row count
+        list(engine.stream(phrase, max_new_tokens=4, seed=0))
+    rounds: list[Round] = []
+    for k in args.visitors:
+        one_alone = rounds[0].aggregate_tok_s if rounds and rounds[0].visitors == 1 else None
+        rounds.append(one_round(engine, k, args.tokens, one_alone))
+        print(f"K={k}: {rounds[-1].aggregate_tok_s:.2f} tok/s in all", flush=True)
+    print(markdown(rounds))
+    if args.out:
+        report = {"model": args.model, "precision": engine.precision, "tokens": args.tokens}
+        args.out.write_text(json.dumps({**report, "rounds": [asdict(r) for r in rounds]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

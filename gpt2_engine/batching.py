@@ -1,0 +1,355 @@
+"""Continuous batching: every run active at the same moment advances in one forward pass per step.
+
+Decoding a token reads every weight once, whether for one run or eight; on a CPU (and more so on a GPU) a pass
+over 4-8 rows costs little more than over one. So `Engine.stream()` does not decode alone: it hands its run to
+the engine's `Batcher`, a thread that owns the model while runs are active. At each pass the batcher gathers
+what every run needs read (its newest token; a newcomer's prompt, or a chunk of it; a window's re-prime; the
+shadow row's catch-up) into ONE call of `fast.forward_reads`, each run in its own KV cache, then hands each
+run its logits: sampling stays per run, with its own settings, seed and stop (decoding.Decoder). The caller
+still gets a plain generator of Steps, fed from the batcher's thread.
+
+- Runs join between passes: a newcomer's prompt is read in the same pass as the others' next token.
+- A run leaves at once: the stream closed (Stop, a closed tab), finished, or raised. Its cache is dropped at the
+  end of the pass under way; a run that raises ends only itself (a batched pass that raises is done again run
+  by run: a failed pass changes no cache, since a row's length moves only once every layer is written).
+- A bound on rows: `max_rows` cache rows at once (GPT2_STUDIO_MAX_ROWS, default 8; a run with the shadow row
+  takes two), and their caches within KV_SHARE of the memory available when the batch started, each counted
+  full (n_positions tokens, ModelShape.kv_bytes_per_token). Beyond it runs wait, first come first served,
+  and their streams report how many runs are ahead (`on_wait`).
+- The batcher decodes at most LOOKAHEAD tokens ahead of a run's reader, so a slow reader does not hold the
+  batch back, and a run nobody reads does no more work.
+- The model is used by one thing at a time: each pass holds `ModelLock`, which step mode and scoring take too,
+  in the order asked (a busy batch cannot starve them, nor they it).
+
+Tutorial mode (autograd with transformers' own cache) and the reference backend have no passes to share: they
+do not join the batch; `Engine.stream` decodes them alone in the caller's thread (autograd's state is per
+thread), each forward pass holding the model lock between the batch's. (A decoder whose context has no passes,
+handed to the batch all the same, reads by itself between two passes.)
+
+Exactness: a row's arithmetic is the same batched or alone (its own cache, its own attention, per-row layer
+norms and activations); only the matrix products see more rows. In fp32 on the tests' tiny model the texts are
+identical, greedy or sampled. A BLAS may pick another kernel (another order of the sums) for another number of
+rows, so logits can differ in the last bits, and at bf16/fp16 (whose products round per block) a sampled token
+whose draw falls right at a boundary could differ. q8 (quantize.Q8Linear) scales each row by its own peak, so
+rows stay independent: the integer products are exact and identical batched or not.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import fast
+from .decoding import Decoder, Reads, Step
+from .fast import Progress, Read
+from .memory import available_bytes
+
+MAX_ROWS = 8  # beyond 8 rows a CPU's pass costs about as much more as the rows it adds
+MAX_ROWS_ENV = "GPT2_STUDIO_MAX_ROWS"
+KV_SHARE = 0.5  # of the memory available when a batch starts, what its KV caches may take
+LOOKAHEAD = 2  # steps a run may have decoded that its reader has not taken yet
+IDLE_WAIT_S = 0.5  # longest wait for a reader to take a step when no run can advance
+
+
+_BATCHERS: weakref.WeakSet[Batcher] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """At exit, ends every batcher's thread: a thread still inside torch when the interpreter goes aborts it."""
+    for batcher in list(_BATCHERS):
+        batcher.close()
+
+
+def max_rows_setting() -> int:
+    """The bound on rows: GPT2_STUDIO_MAX_ROWS if set (at least 1), else MAX_ROWS."""
+    value = os.environ.get(MAX_ROWS_ENV, "").strip()
+    return max(1, int(value)) if value.isdigit() else MAX_ROWS
+
+
+class ModelLock:
+    """One user of a model at a time, first come first served, re-entrant for its holder.
+
+    A plain lock lets a busy loop (the batcher) take it again before a waiting thread wakes; here a thread that
+    asks queues behind those already waiting."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._line: deque[object] = deque()
+        self._owner: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> ModelLock:
+        me = threading.get_ident()
+        with self._changed:
+            if self._owner == me:
+                self._depth += 1
+                return self
+            ticket = object()
+            self._line.append(ticket)
+            self._changed.wait_for(lambda: self._owner is None and self._line[0] is ticket)
+            self._line.popleft()
+            self._owner, self._depth = me, 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._changed:
+            self._depth -= 1
+            if not self._depth:
+                self._owner = None
+                self._changed.notify_all()
+
+
+@dataclass(eq=False)
+class Run:
+    """One stream's run as the batcher keeps it."""
+
+    make: Callable[[Progress], Decoder]  # builds its decoder (prompt not read yet), given where to report reading
+    rows: int  # cache rows it takes
+    cache_bytes: int  # its caches, counted full
+    outbox: deque = field(default_factory=deque)  # ("step", Step) | ("prompt", read, total) | ("error", exception)
+    decoder: Decoder | None = None
+    reads: Reads | None = None  # the passes before its next step, under way
+    pending: list[Read] | None = None  # what its next pass reads
+    left: bool = False  # its reader closed the stream
+    done: bool = False  # finished or failed: nothing more to decode
+
+    def steps_waiting(self) -> int:
+        return sum(1 for item in self.outbox if item[0] == "step")
+
+
+class Batcher:
+    """Decodes every active run of one model together, on a thread of its own that ends when no run is left."""
+
+    def __init__(self, model: Any, lock: ModelLock, max_rows: int | None = None):
+        self.model, self.lock = model, lock
+        self.max_rows = max_rows if max_rows is not None else max_rows_setting()
+        self.kv_budget_bytes = 0  # set when a batch starts
+        self._changed = threading.Condition()
+        self._waiting: list[Run] = []  # first come first served
+        self._active: list[Run] = []
+        self._thread: threading.Thread | None = None
+        self._last_thread: threading.Thread | None = None
+        self.passes = 0  # forward passes done, and how many runs they served: figures for tests and benchmarks
+        self.rows_served = 0
+        self.largest_batch = 0
+        self._closed = False
+        _BATCHERS.add(self)
+
+    # ---- the reader's side ----------------------------------------------------------------------------------
+
+    def stream(
+        self,
+        make: Callable[[Progress], Decoder],
+        rows: int,
+        cache_bytes: int,
+        on_prompt: Progress | None = None,
+        on_wait: Callable[[int], None] | None = None,
+        poll_s: float = 0.2,
+    ) -> Iterator[Step]:
+        """A run's Steps as the batch decodes them. Joins at the first step asked for; while the bound keeps it
+        waiting, calls `on_wait(runs ahead)` every `poll_s` (where a caller can give up by raising);
+        `on_prompt(read, total)` as its prompt is read. Closing the generator takes the run out of the batch."""
+        run = Run(make, rows, cache_bytes)
+        self._join(run)
+        try:
+            while True:
+                item, ahead = self._take(run, poll_s)
+                if item is None:
+                    if ahead and on_wait is not None:
+                        on_wait(ahead)
+                elif item[0] == "prompt":
+                    if on_prompt is not None:
+                        on_prompt(item[1], item[2])
+                elif item[0] == "error":
+                    raise item[1]
+                else:
+                    yield item[1]
+                    if item[1].stop_reason is not None:
+                        return
+        finally:
+            self._leave(run)
+
+    def ahead(self, run: Run) -> int:
+        """Runs ahead of a waiting run (those in the batch and those waiting before it); 0 once in the batch."""
+        with self._changed:
+            return len(self._active) + self._waiting.index(run) if run in self._waiting else 0
+
+    def runs(self) -> tuple[int, int]:
+        """(runs in the batch, runs waiting)."""
+        with self._changed:
+            return len(self._active), len(self._waiting)
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Waits until no run is active or waiting and the batcher's thread has ended; False on timeout."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._thread is None, timeout_s):
+                return False
+            thread = self._last_thread
+        if thread is not None:
+            thread.join(timeout_s)
+            return not thread.is_alive()
+        return True
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Ends every run (their streams raise) and the thread; later streams raise at once. For the process's exit."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self.join(timeout_s)
+
+    def _join(self, run: Run) -> None:
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("this engine is closed: the process is ending")
+            self._waiting.append(run)
+            if self._thread is None:
+                self.kv_budget_bytes = int(KV_SHARE * available_bytes())
+                self._thread = self._last_thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def _take(self, run: Run, timeout_s: float) -> tuple[tuple | None, int]:
+        with self._changed:
+            if not run.outbox:
+                self._changed.wait_for(lambda: bool(run.outbox), timeout_s)
+            if run.outbox:
+                item = run.outbox.popleft()
+                self._changed.notify_all()  # the batcher may wait for room in this outbox
+                return item, 0
+            return None, len(self._active) + self._waiting.index(run) if run in self._waiting else 0
+
+    def _leave(self, run: Run) -> None:
+        with self._changed:
+            run.left = True
+            if run in self._waiting:
+                self._waiting.remove(run)
+            self._changed.notify_all()
+
+    # ---- the batcher's thread ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                for run in self._active:
+                    if run.left or run.done:
+                        run.decoder = run.reads = run.pending = None  # its cache goes now
+                self._active = [run for run in self._active if not (run.left or run.done)]
+                if self._closed:
+                    for run in self._active + self._waiting:
+                        run.decoder = run.reads = run.pending = None
+                        run.done = True
+                        run.outbox.append(("error", RuntimeError("the process is ending")))
+                    self._active, self._waiting = [], []
+                admitted = self._admit()
+                if not self._active:
+                    self._thread = None
+                    self._changed.notify_all()
+                    return
+                active = list(self._active)
+            with self.lock:
+                for run in admitted:
+                    self._start(run)
+                for run in active:
+                    if run.pending is None and not run.done:
+                        self._advance(run)
+                batch = [run for run in active if run.pending and not run.done and not run.left]
+                if batch:
+                    self._pass(batch)
+            if not batch:
+                with self._changed:  # every run waits for its reader: wait for one to take a step (or leave)
+                    self._changed.wait_for(lambda: self._can_advance(), IDLE_WAIT_S)
+
+    def _can_advance(self) -> bool:
+        return (
+            self._closed
+            or bool(self._waiting)
+            or any(run.left or run.done or run.steps_waiting() < LOOKAHEAD for run in self._active)
+        )
+
+    def _admit(self) -> list[Run]:
+        """Moves waiting runs into the batch while the bound allows (a run alone is always let in)."""
+        admitted = []
+        while self._waiting:
+            run = self._waiting[0]
+            rows = sum(r.rows for r in self._active) + run.rows
+            cache = sum(r.cache_bytes for r in self._active) + run.cache_bytes
+            if self._active and (rows > self.max_rows or cache > self.kv_budget_bytes):
+                break
+            self._active.append(self._waiting.pop(0))
+            admitted.append(run)
+        return admitted
+
+    def _start(self, run: Run) -> None:
+        def reading(read: int, total: int) -> None:
+            self._put(run, ("prompt", read, total))
+
+        try:
+            run.decoder = run.make(reading)
+        except Exception as error:  # noqa: BLE001 - handed to its reader
+            self._fail(run, error)
+
+    def _advance(self, run: Run, logits: Tensor | None = None) -> None:
+        """Sends `logits` to the run's passes under way; steps its decoder whenever its passes are done, until it
+        has reads for the next pass, has LOOKAHEAD steps waiting, or ends."""
+        decoder = run.decoder
+        assert decoder is not None
+        try:
+            while True:
+                if run.reads is None:
+                    if run.left or run.steps_waiting() >= LOOKAHEAD:
+                        return
+                    run.reads, logits = decoder.reads(), None
+                try:
+                    run.pending = next(run.reads) if logits is None else run.reads.send(logits)
+                    return
+                except StopIteration:
+                    run.reads = logits = None
+                step = decoder.step()
+                self._put(run, ("step", step))
+                if decoder.finished:
+                    run.done = True
+                    return
+        except Exception as error:  # noqa: BLE001 - handed to its reader: the run ends, the batch goes on
+            self._fail(run, error)
+
+    def _pass(self, batch: list[Run]) -> None:
+        """One forward pass over every run's pending reads; each run gets its own rows of logits."""
+        reads = [read for run in batch for read in run.pending or ()]
+        try:
+            with torch.inference_mode():
+                logits = fast.forward_reads(self.model, reads)
+        except Exception as error:  # noqa: BLE001 - find the run whose reads fail: the others go on
+            if len(batch) == 1:
+                self._fail(batch[0], error)
+            else:
+                for run in batch:
+                    self._pass([run])
+            return
+        self.passes += 1
+        self.rows_served += len(batch)
+        self.largest_batch = max(self.largest_batch, len(batch))
+        offset = 0
+        for run in batch:
+            n = len(run.pending or ())
+            run.pending = None
+            self._advance(run, logits[offset : offset + n])
+            offset += n
+
+    def _put(self, run: Run, item: tuple) -> None:
+        with self._changed:
+            run.outbox.append(item)
+            self._changed.notify_all()
+
+    def _fail(self, run: Run, error: BaseException) -> None:
+        run.done, run.pending, run.reads = True, None, None
+        self._put(run, ("error", error))
