@@ -116,6 +116,7 @@ class Run:
     make: Callable[[Progress], Decoder]  # builds its decoder (prompt not read yet), given where to report reading
     rows: int  # cache rows it takes
     cache_bytes: int  # its caches, counted full
+    ready: threading.Condition  # its reader waits on this (the batcher's lock): a step wakes its reader only
     outbox: deque = field(default_factory=deque)  # ("step", Step) | ("prompt", read, total) | ("error", exception)
     decoder: Decoder | None = None
     reads: Reads | None = None  # the passes before its next step, under way
@@ -134,7 +135,8 @@ class Batcher:
         self.model, self.lock = model, lock
         self.max_rows = max_rows if max_rows is not None else max_rows_setting()
         self.kv_budget_bytes = 0  # set when a batch starts
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # the batcher's thread (and join) wait on this
         self._waiting: list[Run] = []  # first come first served
         self._active: list[Run] = []
         self._thread: threading.Thread | None = None
@@ -159,7 +161,7 @@ class Batcher:
         """A run's Steps as the batch decodes them. Joins at the first step asked for; while the bound keeps it
         waiting, calls `on_wait(runs ahead)` every `poll_s` (where a caller can give up by raising);
         `on_prompt(read, total)` as its prompt is read. Closing the generator takes the run out of the batch."""
-        run = Run(make, rows, cache_bytes)
+        run = Run(make, rows, cache_bytes, threading.Condition(self._lock))
         self._join(run)
         try:
             while True:
@@ -221,7 +223,7 @@ class Batcher:
     def _take(self, run: Run, timeout_s: float) -> tuple[tuple | None, int]:
         with self._changed:
             if not run.outbox:
-                self._changed.wait_for(lambda: bool(run.outbox), timeout_s)
+                run.ready.wait_for(lambda: bool(run.outbox), timeout_s)
             if run.outbox:
                 item = run.outbox.popleft()
                 self._changed.notify_all()  # the batcher may wait for room in this outbox
@@ -249,6 +251,7 @@ class Batcher:
                         run.decoder = run.reads = run.pending = None
                         run.done = True
                         run.outbox.append(("error", RuntimeError("the process is ending")))
+                        run.ready.notify()
                     self._active, self._waiting = [], []
                 admitted = self._admit()
                 if not self._active:
@@ -346,9 +349,9 @@ class Batcher:
             offset += n
 
     def _put(self, run: Run, item: tuple) -> None:
-        with self._changed:
+        with self._lock:
             run.outbox.append(item)
-            self._changed.notify_all()
+            run.ready.notify()
 
     def _fail(self, run: Run, error: BaseException) -> None:
         run.done, run.pending, run.reads = True, None, None

@@ -8,6 +8,8 @@ in one `ModelLoadError` that says what was tried and what to do. Remote code is 
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,9 +182,58 @@ def load(
     one that does not run on this machine is refused with the reason (PrecisionUnavailableError).
     `auto` on a CPU is measured at the model's first load here and remembered (autotune.py).
     device: auto, cpu or cuda.
-    progress: called with a short sentence at each phase (the page shows it).
+    progress: called with a short sentence at each phase (the page shows it), in the caller's thread.
+
+    The work is done in a thread of its own that ends with it, so the caller's thread keeps no pool of OpenMP
+    workers: with one left beside the batch's (batching.py) on a machine whose every core torch uses, libgomp
+    counts more threads than cores and stops spinning between operations, and decoding slows by a fifth
+    (measured: bench/load.py's note in README, Several visitors at once).
     """
-    say = progress or (lambda message: None)
+    return _in_own_thread(_load, progress, name_or_path, dtype, device)
+
+
+def _in_own_thread(work: Callable[..., Engine], progress: Callable[[str], None] | None, *args: object) -> Engine:
+    """`work(*args, say)` in a new thread; `say(message)` reaches `progress` here, in this thread. If `progress`
+    raises (the page's script is stopped), the work stops at its next message and is waited for, so that
+    two loads never hold their weights at once."""
+    messages: queue.Queue[tuple[str, object]] = queue.Queue()
+    cancelled = threading.Event()
+
+    def say(message: str) -> None:
+        if cancelled.is_set():
+            raise _Cancelled
+        messages.put(("say", message))
+
+    def run() -> None:
+        try:
+            messages.put(("engine", work(*args, say)))
+        except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+            messages.put(("error", error))
+
+    thread = threading.Thread(target=run, name="loading", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = messages.get()
+            if kind == "say":
+                if progress is not None:
+                    progress(value)  # type: ignore[arg-type]
+                continue
+            thread.join()  # its OpenMP workers go with it
+            if kind == "error":
+                raise value  # type: ignore[misc]
+            return value  # type: ignore[return-value]
+    except BaseException:
+        cancelled.set()
+        thread.join()
+        raise
+
+
+class _Cancelled(Exception):
+    """The caller stopped waiting for a load."""
+
+
+def _load(name_or_path: str, dtype: str, device: str, say: Callable[[str], None]) -> Engine:
     source, is_local = resolve_name(name_or_path)
     torch_device = resolve_device(device)
     precision = resolve_precision(dtype, torch_device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,8 +51,20 @@ def distribution(
         kept = nucleus_size(head, top_p)
         if kept < SORTED_PREFIX:  # the mass before the prefix's last token reached top_p: the set ends inside
             return Distribution(head, head_ids, kept, probs.numel())
-    probs, token_ids = torch.sort(probs, descending=True)
+    probs, token_ids = sort_descending(probs)
     return Distribution(probs, token_ids, nucleus_size(probs, top_p), probs.numel())
+
+
+def sort_descending(probs: Tensor) -> tuple[Tensor, Tensor]:
+    """`probs` (non-negative, 1-D) sorted descending, ties by token id, with the ids. The bits of a non-negative
+    float32 rise with its value, so one sort of int64 keys (value's bits, then id) does it: half the time of
+    torch.sort's (values, indices) on the whole vocabulary, where a flat distribution's top-p set needs it
+    (a random-weights model's nearly always)."""
+    bits = probs.contiguous().view(torch.int32).numpy().astype(np.int64)
+    keys = ((np.int64(0x7FFFFFFF) - bits) << 32) | np.arange(bits.size, dtype=np.int64)
+    keys.sort()
+    token_ids = torch.from_numpy(keys & 0xFFFFFFFF)
+    return probs[token_ids], token_ids
 
 
 def nucleus_size(sorted_probs: Tensor, top_p: float) -> int:

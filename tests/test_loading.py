@@ -40,6 +40,34 @@ def test_loads_from_a_folder(tiny_model_dir) -> None:
     assert engine.speak("Hi", max_new_tokens=3, seed=0).startswith("Hi")
 
 
+def test_the_load_works_in_a_thread_of_its_own_and_tells_its_progress_in_the_callers(tiny_model_dir) -> None:
+    import threading
+
+    before = {thread.ident for thread in threading.enumerate()}
+    heard: list[tuple[str, int | None]] = []
+    engine = gpt2_engine.load(
+        str(tiny_model_dir), dtype="fp32", progress=lambda m: heard.append((m, threading.get_ident()))
+    )
+    assert engine.precision == "fp32" and heard[-1][0] == "Ready"
+    assert {ident for _, ident in heard} == {threading.get_ident()}  # every message in the caller's thread
+    assert {thread.ident for thread in threading.enumerate()} <= before | {None}  # the loading thread has ended
+    with pytest.raises(gpt2_engine.ModelLoadError, match="does not exist"):  # its error raised here
+        gpt2_engine.load(str(tiny_model_dir / "no-such-folder"), dtype="fp32")
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_the_second(message: str) -> None:
+        heard.append((message, None))
+        if len(heard) > 1:
+            raise Stop  # the page's script stopped mid-load: the load stops too, and is waited for
+
+    heard.clear()
+    with pytest.raises(Stop):
+        gpt2_engine.load(str(tiny_model_dir), dtype="fp32", progress=stop_at_the_second)
+    assert len(heard) == 2 and not any(t.name == "loading" for t in threading.enumerate())
+
+
 @pytest.mark.parametrize("precision", runs_here("bf16"))
 def test_loads_in_bf16(tiny_model_dir, precision) -> None:
     engine = gpt2_engine.load(str(tiny_model_dir), dtype=precision, device="cpu")

@@ -9,7 +9,15 @@ import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from gpt2_engine import sampling
-from gpt2_engine.sampling import choose, distribution, draw, new_generator, nucleus_size, pick_tutorial
+from gpt2_engine.sampling import (
+    choose,
+    distribution,
+    draw,
+    new_generator,
+    nucleus_size,
+    pick_tutorial,
+    sort_descending,
+)
 
 
 def hf_kept_set(logits: torch.Tensor, top_p: float, top_k: int | None = None, temperature: float = 1.0) -> set[int]:
@@ -42,7 +50,7 @@ def test_the_sorted_prefix_gives_what_a_full_sort_gives_over_gpt2s_vocabulary() 
         logits = torch.randn(50257) * (1 + trial % 6)  # flat (the set spills past the prefix) to peaked
         top_p = (0.3, 0.7, 0.9, 0.95)[trial % 4]
         dist = distribution(logits, top_p=top_p)
-        full, full_ids = torch.sort(torch.softmax(logits, dim=-1), descending=True)
+        full, full_ids = torch.sort(torch.softmax(logits, dim=-1), descending=True, stable=True)
         kept = nucleus_size(full, top_p)
         assert dist.nucleus_size == kept and dist.size == 50257, f"trial {trial}"
         assert torch.equal(dist.token_ids[:kept], full_ids[:kept]) and torch.equal(dist.probs[:kept], full[:kept])
@@ -118,3 +126,16 @@ def test_seeded_draws_repeat_and_leave_the_global_generator_alone() -> None:
 def test_greedy_takes_the_argmax() -> None:
     logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
     assert choose(logits, "greedy", 0.999)[0] == 1
+
+
+def test_the_vocabulary_sort_is_torchs_stable_sort_with_ties_by_token_id() -> None:
+    flat = torch.softmax(torch.randn(50_257, generator=torch.Generator().manual_seed(3)) * 0.01, dim=-1)
+    tied = torch.tensor([0.0, 0.25, 0.125, 0.25, 0.375, 0.0])
+    for probs in (flat, tied, torch.tensor([1.0])):
+        values, ids = sort_descending(probs)
+        expected_values, expected_ids = torch.sort(probs, descending=True, stable=True)
+        assert torch.equal(values, expected_values) and torch.equal(ids, expected_ids)
+    assert sort_descending(tied)[1].tolist() == [4, 1, 3, 2, 0, 5]
+    # a flat distribution's top-p set is beyond the sorted prefix: the whole vocabulary is sorted
+    dist = distribution(torch.log(flat), top_p=0.9)
+    assert dist.size == dist.probs.numel() == 50_257 and dist.nucleus_size > 1024
