@@ -73,6 +73,7 @@ class Step:
     nucleus_mass: float = 0.0  # their probability mass (>= top_p)
     candidates: tuple[Candidate, ...] = ()  # the most likely tokens at this step, if asked for
     memory_limit_bytes: int = 0  # the memory guard's limit for this run
+    server_kv_usage: float | None = None  # a remote backend's KV cache in use, as a share, where it says (remote.py)
 
 
 @dataclass(frozen=True)
