@@ -48,10 +48,14 @@ if not presenting:
 
 with st.sidebar:
     st.header("Model")
-    choice = model_picker.pick_model()
+    backend = model_picker.pick_backend()
+    choice = None if backend else model_picker.pick_model()
 loading_box = st.empty()
 body = st.container()  # the tabs: while a model loads, its progress shows alone, not over a faded old page
-engine = model_picker.load_model(choice, st.sidebar, loading_box, body)
+if choice is None:  # a model served elsewhere (vLLM, llama.cpp's server): see gpt2_engine/remote.py
+    engine = model_picker.load_remote(backend, st.sidebar)
+else:
+    engine = model_picker.load_model(choice, st.sidebar, loading_box, body)
 # A start button pressed while a run writes stops that run (as Stop does) and starts nothing: no run is lost.
 stopped = runner.stopped_by_this_click()
 

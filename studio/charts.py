@@ -280,3 +280,27 @@ def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], weight_bytes: int,
         "layer": [program, kv_cache, reset_rules],
         "resolve": {"scale": {"y": "independent"}, "axis": {"y": "independent"}},
     }
+
+
+def server_kv_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:
+    """A remote backend's KV cache in use (a share of all of it, every run on the server together), as its
+    /metrics reported it while this run wrote; resets as dotted lines."""
+    rows = [(step.index + 1, 100 * step.server_kv_usage) for step in steps if step.server_kv_usage is not None]
+    return {
+        "title": {"text": "The server's KV cache in use", "subtitle": "as its /metrics says, all its runs", **TITLE},
+        "datasets": {
+            "server": pd.DataFrame({"tokens": [r[0] for r in rows], "percent": [r[1] for r in rows]}),
+            "resets": _resets_frame(steps),
+        },
+        "layer": [
+            {
+                "data": {"name": "server"},
+                "mark": {"type": "line", "strokeWidth": 2.2, "color": KV_COLOR, "point": True},
+                "encoding": {
+                    "x": _x(x_max),
+                    "y": {"field": "percent", "type": "quantitative", "title": "%", "scale": {"domain": [0, 100]}},
+                },
+            },
+            _reset_rules(x_max),
+        ],
+    }

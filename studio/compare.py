@@ -270,6 +270,13 @@ def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[]
         "Write the same phrase twice, with the same seed, changing only the **window**: see what a smaller "
         "window saves in memory, and what it costs in coherence."
     )
+    if getattr(engine, "remote", False):
+        st.info(
+            "Comparing windows compares memory, and a server's memory is not visible from here: empty the Backend "
+            "field in the sidebar to run the model on this machine.",
+            icon=":material/cloud:",
+        )
+        return None
     prompt, pair, problem, go = _form(engine)
     if problem:
         status.problem(problem)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 
 import streamlit as st
@@ -48,6 +48,11 @@ class Run:
     number: int = 0  # its place in this visitor's history (1 = the first), set by `remember`
     coherence: gpt2_engine.Coherence | None = None  # once scored
     started_at: float = field(default_factory=time.time)
+    memory_note: str = ""  # a remote backend's: what its memory chart can show, in words ("" for a local model)
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.memory_note)
 
     @property
     def finished(self) -> bool:
@@ -146,9 +151,13 @@ def generate(
 ) -> Run:
     """Runs one generation for this visitor, drawing it on `view` as it streams."""
     run = remember(Run(prompt, settings, engine.name, engine.weight_bytes, label=label, precision=engine.precision))
+    remote = getattr(engine, "remote", False)
+    if remote:
+        run.memory_note = engine.memory_note
     visits.keep(keys.RUN, run)
     try:
-        with turn_queue().turn(waiting=view.show_waiting):
+        # a server schedules its own requests: only a model on this machine takes turns
+        with nullcontext() if remote else turn_queue().turn(waiting=view.show_waiting):
             view.show(run)
             write(engine, run, view.update, on_prompt=getattr(view, "show_reading", None))
     finally:

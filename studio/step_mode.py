@@ -243,6 +243,13 @@ def render(engine: gpt2_engine.Engine | None) -> None:
     if engine is None:
         st.info("Load a model in the sidebar first.", icon=":material/hourglass_top:")
         return
+    if getattr(engine, "remote", False):
+        st.info(
+            "Step by step needs the model on this machine: a server streams whole runs. Empty the Backend field "
+            "in the sidebar to load a GPT-2 here.",
+            icon=":material/cloud:",
+        )
+        return
     st.html(CSS)
     stepping: Stepping | None = st.session_state.get(keys.STEPPING)
     settings_column, main_column = st.columns([1, 2], gap="large")

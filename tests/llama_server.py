@@ -108,7 +108,9 @@ class LlamaServer:
             except OSError:
                 time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"llama.cpp's server did not answer within {START_TIMEOUT_S:.0f} s: {log.read_text()[-2000:]}")
+        raise RuntimeError(
+            f"llama.cpp's server did not answer within {START_TIMEOUT_S:.0f} s: {log.read_text()[-2000:]}"
+        )
 
     def kill(self) -> None:
         """As a crash would: SIGKILL, no goodbye."""
@@ -123,4 +125,3 @@ class LlamaServer:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
-
