@@ -264,6 +264,10 @@ class RemoteEngine:
                     if stop:
                         yield pending
                         return
+            except RemoteError:
+                if pending is not None:  # the last token that came is part of the text so far
+                    yield pending
+                raise
             finally:
                 chunks.close()  # a closed run (Stop) closes the connection: the server stops writing
             if finish == "stop" and got < max_tokens:  # the server ended the run: <|endoftext|>
@@ -271,6 +275,8 @@ class RemoteEngine:
                     yield replace(pending, stop_reason="eos")
                 return
             if got == 0:
+                if pending is not None:
+                    yield pending
                 raise BackendDroppedError(self._dropped(generated, "ended a request without writing a token"))
             if finish == "length" and got < max_tokens:  # the server's context is smaller than it said
                 self.n_positions = len(held) + got
