@@ -21,7 +21,7 @@ What stays on this side, and why:
   server). vLLM's per-request seed repeats too on the same GPU and batch, not across versions or batch shapes.
 - **Candidates** come from `logprobs` (the top K, with the model's own probabilities at temperature 1 as the
   server reports them); the top-p set among them is worked out here. llama-cpp-python's server gives them only
-  when started with `--logits_all true`.
+  with `--logits_all true` (its default); the check at connection says so otherwise.
 - **Memory** is the server's, not this process's: Steps carry no RSS (0), and `server_kv_usage` is the share of
   the server's KV cache in use where its /metrics says it (vLLM; llama-server with `--metrics`), else None.
 
@@ -452,13 +452,23 @@ class RemoteEngine:
         return str(answer.get("prompt", answer.get("content", "")))
 
     def _takes_ids(self) -> bool:
-        """Whether the server takes a list of token ids as `prompt` (vLLM and llama-server do)."""
-        body = {"model": self.model_id, "prompt": [self.eos_token_id], "max_tokens": 1, "temperature": 0.0}
+        """Whether the server takes a list of token ids as `prompt` (vLLM and llama-server do), found with a
+        one-token request that asks for `logprobs` as every run does; raises BackendRefusedError when it will not
+        give them (llama-cpp-python's server started without --logits_all true)."""
+        body = {"model": self.model_id, "max_tokens": 1, "temperature": 0.0, "logprobs": 1}
         try:
-            self._post("/v1/completions", body)
+            self._post("/v1/completions", {**body, "prompt": [self.eos_token_id]})
             return True
         except BackendRefusedError:
+            pass
+        try:
+            self._post("/v1/completions", {**body, "prompt": "<|endoftext|>"})
             return False
+        except BackendRefusedError as error:
+            raise BackendRefusedError(
+                f"{error} The page asks for each token's probability (logprobs): llama-cpp-python's server gives "
+                "them only with --logits_all true (its default)."
+            ) from None
 
     def _kv_usage(self) -> float | None:
         """The share of the server's KV cache in use, from its /metrics (vLLM; llama-server with --metrics)."""
