@@ -49,13 +49,17 @@ if not presenting:
 
 with st.sidebar:
     st.header("Model")
-    choice = model_picker.pick_model()
+    backend = model_picker.pick_backend()
+    choice = None if backend else model_picker.pick_model()
 loading_box = st.empty()
 body = st.container()  # the tabs' place
 # While a model loads, an empty placeholder takes the old tabs' place (its progress shows alone, not over a faded
 # copy of the page), and the new tabs then take the placeholder's: the same place either way, so no stale copy.
 cover = []
-engine = model_picker.load_model(choice, st.sidebar, loading_box, on_wait=lambda: cover.append(body.empty()))
+if choice is None:  # a model served elsewhere (vLLM, llama.cpp's server): see gpt2_engine/remote.py
+    engine = model_picker.load_remote(backend, st.sidebar)
+else:
+    engine = model_picker.load_model(choice, st.sidebar, loading_box, on_wait=lambda: cover.append(body.empty()))
 # A start button pressed while a run writes stops that run (as Stop does) and starts nothing: no run is lost.
 stopped = runner.stopped_by_this_click()
 

@@ -20,6 +20,14 @@ from .hub import cached_models, look_ahead
 from .loading import load, resolve_device
 from .memory import GB, MB, available_bytes, format_bytes
 from .records import SWEEP_CSV_COLUMNS, memory_csv, record_json, run_record, settings_from_record, sweep_csv, sweep_rows
+from .remote import (
+    BackendDroppedError,
+    BackendRefusedError,
+    BackendUnreachableError,
+    NotGPT2Error,
+    RemoteEngine,
+    RemoteError,
+)
 from .scoring import Coherence, coherence
 from .serving import LoadPlan, SharedModel, TurnQueue, plan_load
 from .settings import SAMPLERS, TUTORIAL_PHRASE, GenerationSettings, max_window, parse_seed
@@ -40,6 +48,8 @@ __all__ = [
     "SharedModel",
     "TurnQueue",
     "resolve_device",
+    # a GPT-2 served elsewhere (vLLM, llama.cpp's server), with the same stream()
+    "RemoteEngine",
     "cached_models",
     "look_ahead",
     "SMALLEST_MODEL",
@@ -84,4 +94,9 @@ __all__ = [
     "NotEnoughMemoryError",
     "PrecisionUnavailableError",
     "SettingsError",
+    "RemoteError",
+    "BackendUnreachableError",
+    "NotGPT2Error",
+    "BackendRefusedError",
+    "BackendDroppedError",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -51,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights' number format: fp32, bf16, fp16, int8 (bf16 activations) or q8 (8-bit activations too), "
         "as far as they run on this machine (default auto: the fastest that writes what fp32 would, measured at "
         "the model's first load here and remembered)",
+    )
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("GPT2_STUDIO_BACKEND", ""),
+        metavar="URL",
+        help="drive a GPT-2 served elsewhere through its OpenAI-compatible API, e.g. http://host:8000/v1 (vLLM, "
+        "llama.cpp's server); --model, --precision and --device are then the server's (default: "
+        "$GPT2_STUDIO_BACKEND, else the model runs here)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto: the GPU when there is one)")
     parser.add_argument(
@@ -155,9 +164,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = settings_from(args)
-        engine = load(
-            args.model, dtype=args.precision, device=args.device, progress=lambda m: print(f"[{m}]", file=sys.stderr)
-        )
+        if args.backend:
+            from .remote import RemoteEngine
+
+            engine = RemoteEngine(args.backend)
+            print(f"[{engine.name}]", file=sys.stderr)
+        else:
+            engine = load(
+                args.model,
+                dtype=args.precision,
+                device=args.device,
+                progress=lambda m: print(f"[{m}]", file=sys.stderr),
+            )
         steps = engine.stream(args.prompt, settings, on_prompt=reading_progress)
         print(args.prompt, end="", flush=True)
         last, peak_rss = None, 0
@@ -177,8 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokens = last.index + 1
         print(
             f"[{tokens} tokens in {last.elapsed_s:.1f} s: {tokens / last.elapsed_s:.1f} tokens/s, "
-            f"peak memory {format_bytes(peak_rss)}, stopped by {last.stop_reason}, seed {last.seed}, "
-            f"{engine.name} {engine.precision} on {engine.device}"
+            + (f"peak memory {format_bytes(peak_rss)}, " if peak_rss else "")
+            + f"stopped by {last.stop_reason}, seed {last.seed}, "
+            + (engine.name if args.backend else f"{engine.name} {engine.precision} on {engine.device}")
             + (f"; auto is {engine.choice.why}" if engine.choice else "")
             + "]",
             file=sys.stderr,

@@ -364,3 +364,27 @@ def compare_caption(runs: Sequence[tuple[str, Sequence[Step]]]) -> str:
         before = "The program held " + " and ".join(f"{s} before {label}" for s, (label, _) in zip(starts, ran))
     peak = max(stats.peak_rss_bytes for _, stats in ran)
     return f"{said} {before}, and {format_bytes(peak)} at most in all: {machine_words(peak)}."
+
+
+def server_kv_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:
+    """A remote backend's KV cache in use (a share of all of it, every run on the server together), as its
+    /metrics reported it while this run wrote; resets as dotted lines."""
+    rows = [(step.index + 1, 100 * step.server_kv_usage) for step in steps if step.server_kv_usage is not None]
+    return {
+        "title": {"text": "The server's KV cache in use", "subtitle": "as its /metrics says, all its runs", **TITLE},
+        "datasets": {
+            "server": pd.DataFrame({"tokens": [r[0] for r in rows], "percent": [r[1] for r in rows]}),
+            "resets": _resets_frame(steps),
+        },
+        "layer": [
+            {
+                "data": {"name": "server"},
+                "mark": {"type": "line", "strokeWidth": 2.2, "color": KV_COLOR, "point": True},
+                "encoding": {
+                    "x": _x(x_max),
+                    "y": {"field": "percent", "type": "quantitative", "title": "%", "scale": {"domain": [0, 100]}},
+                },
+            },
+            _reset_rules(x_max),
+        ],
+    }

@@ -91,8 +91,8 @@ def panel(engine: gpt2_engine.Engine | None, run: Run | None) -> None:
             )
         elif run.steps:
             st.markdown(TUTORIAL_MODE_NOTE)
-    if not run.finished or not run.steps or engine is None:
-        return
+    if not run.finished or not run.steps or engine is None or getattr(engine, "remote", False):
+        return  # scoring rereads the text with the model's full context: the model must be on this machine
     if run.coherence is None and run.model != engine.name:
         st.caption(f"To score this text, load the model that wrote it ({run.model}) again.")
     elif run.coherence is None:

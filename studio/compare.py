@@ -270,6 +270,8 @@ def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[]
         "Write the same phrase twice, with the same seed, changing only the **window**: see what a smaller "
         "window saves in memory, and what it costs in coherence."
     )
+    if status.needs_this_machine(engine, "Comparing windows compares memory, and a server's is not visible from here."):
+        return None
     prompt, pair, problem, go = _form(engine)
     if problem:
         status.problem(problem)

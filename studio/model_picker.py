@@ -16,6 +16,7 @@ import gpt2_engine
 from gpt2_engine import (
     SMALLEST_MODEL,
     LoadPlan,
+    RemoteEngine,
     SharedModel,
     available_bytes,
     cached_models,
@@ -30,6 +31,7 @@ from gpt2_engine import (
 from . import status
 
 ENV_MODEL = "GPT2_STUDIO_MODEL"
+ENV_BACKEND = "GPT2_STUDIO_BACKEND"
 ENV_PRECISION = "GPT2_STUDIO_PRECISION"
 OTHER = "other"  # the last choice in the model list: a folder on this computer, or a hub id
 PRECISION_LABELS = {
@@ -124,6 +126,42 @@ def pick_model() -> ModelChoice:
     if refused:
         st.caption("Not on this machine: " + " ".join(f"{s.why}." for s in refused))
     return ModelChoice(name.strip(), precision)
+
+
+def pick_backend() -> str:
+    """The Backend field (key `backend`): a server's URL, from GPT2_STUDIO_BACKEND at the start; empty: the model
+    runs on this machine."""
+    return st.text_input(
+        "Backend: a server's URL (empty: this machine)",
+        value=os.environ.get(ENV_BACKEND, "").strip(),
+        key="backend",
+        placeholder="http://gpu-box:8000/v1",
+        help="A GPT-2 served elsewhere through the OpenAI-compatible API (vLLM, llama.cpp's server), e.g. "
+        "http://gpu-box:8000/v1. The page then sends each run there; the window is still kept here.",
+    ).strip()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def remote_engine(url: str) -> RemoteEngine:
+    """One per server and URL (a failed check is not kept: the next rerun checks again)."""
+    return RemoteEngine(url)
+
+
+def load_remote(url: str, sidebar) -> RemoteEngine | None:
+    """The remote engine at `url`, its model and what its memory chart can show said in the sidebar; None, with a
+    message on the page, when the server cannot be used."""
+    try:
+        engine = remote_engine(url)
+    except gpt2_engine.StudioError as error:
+        st.error(f"**Could not use this backend.** {error}", icon=status.ERROR_ICON)
+        return None
+    with sidebar:
+        st.markdown(
+            f"**Runs on** the server at {engine.root} · **model** {engine.model_id} · "
+            f"**context** {engine.n_positions} tokens"
+        )
+        st.caption(engine.memory_note)
+    return engine
 
 
 @st.cache_data(show_spinner=False, ttl=60)

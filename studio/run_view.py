@@ -211,6 +211,14 @@ class RunView:
             self.charts.empty()
             return
         x_max = len(run.steps) if run.finished else max(run.settings.max_new_tokens, len(run.steps))
+        if run.remote:  # the server's memory, not this process's: what it reports, or words
+            with self.charts.container():
+                if any(step.server_kv_usage is not None for step in run.steps):
+                    st.vega_lite_chart(
+                        spec=charts.server_kv_chart(run.steps, x_max), width="stretch", height=charts.HEIGHT_PX
+                    )
+                st.caption(run.memory_note)
+            return
         with self.charts.container():
             memory = charts.process_memory_chart(run.steps, x_max)
             st.vega_lite_chart(spec=memory, width="stretch", height=charts.HEIGHT_PX)
@@ -230,15 +238,24 @@ class RunView:
             )
             tokens.metric("Tokens", stats.tokens, help="Word pieces written so far.")
             words.metric("Words", stats.words)
-            peak.metric(
-                "Peak memory",
-                format_bytes(stats.peak_rss_bytes),
-                delta=f"{charts.plus_bytes(stats.peak_added_bytes)} this run",
-                delta_color="off",
-                delta_arrow="off",
-                help="The most memory the whole process held (RSS), and the most this run added to what it held "
-                "before it.",
-            )
+            if run.remote:
+                usage = [s.server_kv_usage for s in run.steps if s.server_kv_usage is not None]
+                peak.metric(
+                    "Server KV cache",
+                    f"{100 * max(usage):.0f}%" if usage else "not reported",
+                    help="The most of the server's KV cache in use during this run, as its /metrics says (all its "
+                    "runs together); a server without /metrics reports nothing.",
+                )
+            else:
+                peak.metric(
+                    "Peak memory",
+                    format_bytes(stats.peak_rss_bytes),
+                    delta=f"{charts.plus_bytes(stats.peak_added_bytes)} this run",
+                    delta_color="off",
+                    delta_arrow="off",
+                    help="The most memory the whole process held (RSS), and the most this run added to what it held "
+                    "before it.",
+                )
             seed.metric(
                 "Seed",
                 str(stats.seed),
@@ -246,6 +263,12 @@ class RunView:
             )
             window = f"window {run.settings.window}" if run.settings.window else "window off"
             model = Path(run.model).name if run.model.startswith(("/", ".", "~")) else run.model  # a folder
+            if run.remote:
+                st.caption(
+                    f"{model} · {window}, kept here · {len(stats.resets)} window "
+                    f"reset{'s' if len(stats.resets) != 1 else ''} · seed {stats.seed}"
+                )
+                return
             st.caption(
                 f"{model} · weights {format_bytes(run.weight_bytes)} · KV cache now "
                 f"{format_bytes(run.steps[-1].kv_bytes)}, at most {format_bytes(stats.peak_kv_bytes)} ({window}) · "

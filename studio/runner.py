@@ -54,6 +54,11 @@ class Run:
     number: int = 0  # its place in this visitor's history (1 = the first), set by `remember`
     coherence: gpt2_engine.Coherence | None = None  # once scored
     started_at: float = field(default_factory=time.time)
+    memory_note: str = ""  # a remote backend's: what its memory chart can show, in words ("" for a local model)
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.memory_note)
 
     @property
     def finished(self) -> bool:
@@ -159,6 +164,9 @@ def generate(
 ) -> Run:
     """Runs one generation for this visitor, drawing it on `view` as it streams."""
     run = remember(Run(prompt, settings, engine.name, engine.weight_bytes, label=label, precision=engine.precision))
+    remote = getattr(engine, "remote", False)
+    if remote:
+        run.memory_note = engine.memory_note
     visits.keep(keys.RUN, run)
     try:
         view.show(run)

@@ -244,6 +244,8 @@ def render(engine: gpt2_engine.Engine | None) -> None:
     if engine is None:
         st.info("Load a model in the sidebar first.", icon=":material/hourglass_top:")
         return
+    if status.needs_this_machine(engine, "Step by step needs the model on this machine: a server streams whole runs."):
+        return
     st.html(CSS)
     stepping: Stepping | None = st.session_state.get(keys.STEPPING)
     settings_column, main_column = st.columns([1, 2], gap="large")

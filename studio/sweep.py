@@ -257,6 +257,9 @@ def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[]
         "Write the same phrase with the same seed under **several windows**, one after the other: each run becomes "
         "one point, what it kept in memory against how coherent it reads. The trade-off, in one picture."
     )
+    why = "A sweep measures memory and rereads each text with the model to score it: both need the model here."
+    if status.needs_this_machine(engine, why):
+        return None
     settings_column, result_column = st.columns([1, 2.2], gap="large")  # the chart in view beside the form
     with settings_column:
         request = _form(engine)
