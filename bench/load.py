@@ -11,6 +11,10 @@ joiner's, and the process's peak RSS (sampled every 20 ms).
     python -m bench.load --model bench/models/gpt2-xl                  # the precision `auto` picks
     python -m bench.load --model bench/models/gpt2-xl --precision q8 --tokens 64 --visitors 1 2 4 8
     python -m bench.load --model /path/to/tiny --precision fp32 --tokens 8 --visitors 1 2 --out load.json
+    python -m bench.load --backend http://127.0.0.1:8080/v1 --server-pid 1234   # K HTTP clients of a server
+
+Against a remote backend (vLLM, llama.cpp's server: gpt2_engine.remote) each visitor is an HTTP client streaming
+from the server, and the peak RSS is the server's (--server-pid), which this process cannot see otherwise.
 
 The batch's bound on rows is raised here to the largest K + 1 (--max-rows to set it), so that the joiner of the
 largest K is decoded beside the others rather than queued (the page's default is 8: GPT2_STUDIO_MAX_ROWS); the
@@ -26,6 +30,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import psutil
 
 import gpt2_engine
 from gpt2_engine.memory import read_process_memory
@@ -72,8 +78,8 @@ class Round:
     ttft_worst_s: float
     joiner_ttft_s: float
     joiner_bound_s: float  # its prefill alone + two of this batch's steps
-    peak_rss_bytes: int
-    largest_batch: int
+    peak_rss_bytes: int | None  # this process's, or the server's (--server-pid); None: not measured
+    largest_batch: int | None  # the most runs one forward pass served (this machine's batch only)
 
 
 def visit(engine: gpt2_engine.Engine, phrase: str, seed: int, tokens: int, out: Visitor, go: threading.Event) -> None:
@@ -95,8 +101,12 @@ def prefill_s(engine: gpt2_engine.Engine, phrase: str) -> float:
     return time.perf_counter() - start
 
 
-def one_round(engine: gpt2_engine.Engine, k: int, tokens: int, one_alone: float | None) -> Round:
-    engine.batcher.largest_batch = 0
+def one_round(
+    engine, k: int, tokens: int, one_alone: float | None, rss=lambda: read_process_memory().rss_bytes
+) -> Round:
+    batcher = getattr(engine, "batcher", None)  # a RemoteEngine has none: the server batches
+    if batcher is not None:
+        batcher.largest_batch = 0
     visitors = [Visitor() for _ in range(k)]
     joiner = Visitor()
     go = threading.Event()
@@ -104,12 +114,12 @@ def one_round(engine: gpt2_engine.Engine, k: int, tokens: int, one_alone: float 
         threading.Thread(target=visit, args=(engine, PHRASES[i % len(PHRASES)], 1000 + i, tokens, visitors[i], go))
         for i in range(k)
     ]
-    peak = [read_process_memory().rss_bytes]
+    peak = [rss()]
     sampling = threading.Event()
 
     def sample() -> None:
         while not sampling.wait(0.02):
-            peak[0] = max(peak[0], read_process_memory().rss_bytes)
+            peak[0] = max(peak[0], rss())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -148,8 +158,8 @@ def one_round(engine: gpt2_engine.Engine, k: int, tokens: int, one_alone: float 
         ttft_worst_s=max(ttfts),
         joiner_ttft_s=joiner.ttft_s,
         joiner_bound_s=alone + 2 * step_s,
-        peak_rss_bytes=peak[0],
-        largest_batch=engine.batcher.largest_batch,
+        peak_rss_bytes=peak[0] or None,
+        largest_batch=batcher.largest_batch if batcher is not None else None,
     )
 
 
@@ -163,7 +173,8 @@ def markdown(rounds: list[Round]) -> str:
         lines.append(
             f"| {r.visitors} | {r.per_visitor_tok_s_median:.2f} / {r.per_visitor_tok_s_slowest:.2f} "
             f"| {r.aggregate_tok_s:.2f} | {r.ratio_to_one:.2f} | {r.ttft_median_s:.2f} / {r.ttft_worst_s:.2f} "
-            f"| {r.joiner_ttft_s:.2f} / {r.joiner_bound_s:.2f} | {r.peak_rss_bytes / 1e9:.2f} | {r.largest_batch} |"
+            f"| {r.joiner_ttft_s:.2f} / {r.joiner_bound_s:.2f} "
+            f"| {f'{r.peak_rss_bytes / 1e9:.2f}' if r.peak_rss_bytes else '-'} | {r.largest_batch or '-'} |"
         )
     return "\n".join(lines)
 
@@ -175,21 +186,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens each visitor writes")
     parser.add_argument("--visitors", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--max-rows", type=int, help="the batch's bound on rows (default: the largest K + 1)")
+    parser.add_argument("--backend", help="a server's OpenAI-compatible API (…/v1) instead of a model loaded here")
+    parser.add_argument("--server-pid", type=int, help="with --backend: the server's process, for its peak RSS")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
-    engine = gpt2_engine.load(args.model, dtype=args.precision)
-    engine.batcher.max_rows = args.max_rows or max(args.visitors) + 1
-    print(f"{args.model} at {engine.precision}; batch bound {engine.batcher.max_rows} rows; {args.tokens} tokens each")
+    rss = lambda: read_process_memory().rss_bytes  # noqa: E731 - the peak this process held, or the server's below
+    if args.backend:
+        engine = gpt2_engine.RemoteEngine(args.backend)
+        server = psutil.Process(args.server_pid) if args.server_pid else None
+        rss = (lambda: server.memory_info().rss) if server else (lambda: 0)
+        print(f"{engine.name}; {args.tokens} tokens each")
+    else:
+        engine = gpt2_engine.load(args.model, dtype=args.precision)
+        engine.batcher.max_rows = args.max_rows or max(args.visitors) + 1
+        print(f"{args.model} at {engine.precision}; batch bound {engine.batcher.max_rows} rows; {args.tokens} each")
     for phrase in PHRASES[:2]:  # warm-up: first-pass allocations, q8's buffers per row count
         list(engine.stream(phrase, max_new_tokens=4, seed=0))
     rounds: list[Round] = []
     for k in args.visitors:
         one_alone = rounds[0].aggregate_tok_s if rounds and rounds[0].visitors == 1 else None
-        rounds.append(one_round(engine, k, args.tokens, one_alone))
+        rounds.append(one_round(engine, k, args.tokens, one_alone, rss))
         print(f"K={k}: {rounds[-1].aggregate_tok_s:.2f} tok/s in all", flush=True)
     print(markdown(rounds))
     if args.out:
-        report = {"model": args.model, "precision": engine.precision, "tokens": args.tokens}
+        report = {"model": engine.name, "precision": getattr(engine, "precision", None), "tokens": args.tokens}
         args.out.write_text(json.dumps({**report, "rounds": [asdict(r) for r in rounds]}, indent=2))
 
 

@@ -95,7 +95,7 @@ class LlamaServer:
         self.log = log
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--n_ctx", str(N_CTX), "--logits_all", "true", "--n_threads", "1"]
-        command += ["--model_alias", alias]
+        command += ["--model_alias", alias, "--interrupt_requests", "false"]  # a second visitor waits, not cuts in
         with open(log, "w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S

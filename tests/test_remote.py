@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -176,12 +175,16 @@ def test_the_page_streams_from_the_server(server: LlamaServer, monkeypatch: pyte
 
 def test_the_page_says_when_the_server_dies(doomed_server: LlamaServer, monkeypatch: pytest.MonkeyPatch) -> None:
     at = page(doomed_server.url, monkeypatch)
-    killer = threading.Timer(3.0, doomed_server.kill)  # in the middle of a 1,000-token run
-    killer.start()
-    try:
-        generate(at, prompt="The cat", length=1000, window=8, seed="1")
-    finally:
-        killer.cancel()
+    stream = RemoteEngine.stream
+
+    def killed_at_the_50th_token(self, *args, **kwargs):  # the server dies in the middle of a 1,000-token run
+        for step in stream(self, *args, **kwargs):
+            yield step
+            if step.index == 49:
+                doomed_server.kill()
+
+    monkeypatch.setattr(RemoteEngine, "stream", killed_at_the_50th_token)
+    generate(at, prompt="The cat", length=1000, window=8, seed="1")
     run = at.session_state["run"]
     assert 0 < len(run.steps) < 1000, "the run was not under way when the server died"
     assert f"after {len(run.steps):,} tokens: the text so far is kept" in run.error
@@ -189,3 +192,19 @@ def test_the_page_says_when_the_server_dies(doomed_server: LlamaServer, monkeypa
     assert run.generated  # the text so far, on the page
     generate(at, prompt="The cat", length=5, seed="1")  # the server is gone: the next run says so at once
     assert "Cannot reach the server" in at.session_state["run"].error and not at.exception
+
+
+def test_load_figures_drive_k_http_clients_of_the_server(server: LlamaServer, tmp_path: Path) -> None:
+    import json
+
+    from bench import load
+
+    for pid, report in ((None, tmp_path / "unseen.json"), (server.process.pid, tmp_path / "seen.json")):
+        pid_option = ["--server-pid", str(pid)] if pid else []
+        load.main(["--backend", server.url, *pid_option, "--tokens", "6", "--visitors", "1", "2", "--out", str(report)])
+        rounds = json.loads(report.read_text())["rounds"]
+        assert [r["visitors"] for r in rounds] == [1, 2] and rounds[0]["largest_batch"] is None  # the server batches
+        for r in rounds:
+            assert r["aggregate_tok_s"] > 0 and r["per_visitor_tok_s_slowest"] > 0 and r["ttft_median_s"] > 0
+            # the server's memory is not this process's: measured only with its pid
+            assert (r["peak_rss_bytes"] or 0) > 10_000_000 if pid else r["peak_rss_bytes"] is None
