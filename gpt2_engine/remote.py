@@ -23,7 +23,10 @@ What stays on this side, and why:
   server reports them); the top-p set among them is worked out here. llama-cpp-python's server gives them only
   with `--logits_all true` (its default); the check at connection says so otherwise.
 - **Memory** is the server's, not this process's: Steps carry no RSS (0), and `server_kv_usage` is the share of
-  the server's KV cache in use where its /metrics says it (vLLM; llama-server with `--metrics`), else None.
+  the server's KV cache in use where it says it (vLLM's /metrics gauge; llama.cpp's llama-server's /slots, the
+  tokens its busy slots hold over all its slots' context), else None.
+- **Forms.** Streamed `logprobs` come in the completions API's form (vLLM, llama-cpp-python) or the chat API's
+  (llama-server, which names every token's id); both are read.
 
 Every failure is a `RemoteError` (a StudioError) with a sentence a person can act on: a bad URL, a server that
 does not answer, a model that is not a GPT-2, a refused request, a server that drops mid-run (the Steps so far
@@ -159,8 +162,7 @@ class RemoteEngine:
             )
         self.eos_token_id: int = eos[0]
         self.prompt_as_ids = self._takes_ids()
-        self._no_metrics = False
-        self._kv_usage()  # once now: a server without /metrics is not asked again
+        self._kv_source = self._find_kv_source()  # once now: a server that says nothing is not asked again
 
     # what the page asks of an engine besides stream()
     def token_text(self, token_id: int) -> str:
@@ -288,7 +290,12 @@ class RemoteEngine:
             if finish == "length" and got < max_tokens:  # the server's context is smaller than it said
                 self.n_positions = len(held) + got
             request_number += 1
-            held, reset = self._tail(ids, text, window if window else self.n_positions // 2), True
+            try:
+                held, reset = self._tail(ids, text, window if window else self.n_positions // 2), True
+            except BackendUnreachableError:  # the server died between two requests of the run
+                if pending is not None:
+                    yield pending
+                raise BackendDroppedError(self._dropped(generated, "stopped answering")) from None
 
     def _tail(self, ids: list[int], text: str, keep: int) -> list[int]:
         """The last `keep` tokens of prompt + generated, for the next request. Counted with the server's
@@ -298,18 +305,17 @@ class RemoteEngine:
             return ids[-keep:]
         return self.tokenize(text)[-keep:]
 
-    def _candidates(self, top: dict[str, float] | None, settings: GenerationSettings) -> tuple[int, float, tuple]:
+    def _candidates(self, top: Ranked | None, settings: GenerationSettings) -> tuple[int, float, tuple]:
         if not top or not settings.candidates:
             return 0, 0.0, ()
-        ranked = sorted(top.items(), key=lambda kv: -kv[1])
         out, mass, size = [], 0.0, 0
-        for piece, logprob in ranked[: settings.candidates]:
+        for named_id, piece, logprob in sorted(top, key=lambda t: -t[2])[: settings.candidates]:
             probability = math.exp(logprob)
-            token_id = self._token_id(*_id_in(piece))
             in_top_p = mass < settings.top_p  # inside the smallest set whose mass reaches top_p
             if in_top_p:
                 size, mass = size + 1, mass + probability
-            out.append(Candidate(token_id, _shown(piece), probability, in_top_p))
+            shown = piece or f"#{named_id}"  # vLLM names ids, not their text
+            out.append(Candidate(self._token_id(named_id, piece), shown, probability, in_top_p))
         if mass < settings.top_p:  # the set is larger than the candidates the server sent: its size is unknown
             size = 0
         return size, mass, tuple(out)
@@ -395,11 +401,16 @@ class RemoteEngine:
         return self._open(request, stream, generated)
 
     def _get_json(self, path: str) -> dict:
-        return self._open(urllib.request.Request(self.root + path), False, None)
+        """A GET that answers at once on any live server (the model list): a dead address is said in seconds."""
+        return self._open(urllib.request.Request(self.root + path), False, None, CONNECT_TIMEOUT_S)
 
-    def _open(self, request: urllib.request.Request, stream: bool, generated: int | None) -> Any:
+    def _open(
+        self, request: urllib.request.Request, stream: bool, generated: int | None, timeout_s: float | None = None
+    ) -> Any:
+        # Every POST waits as long as a stream's next chunk may: a server that decodes one run at a time
+        # (llama-cpp-python's) answers even a /tokenize only once the run before it has ended.
         try:
-            response = urllib.request.urlopen(request, timeout=self.timeout_s if stream else CONNECT_TIMEOUT_S)  # noqa: S310 - http(s) only (normalize_url)
+            response = urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s)  # noqa: S310 - http(s) only (normalize_url)
         except urllib.error.HTTPError as error:
             detail = _message_of(error)
             if error.code == 404:
@@ -478,53 +489,106 @@ class RemoteEngine:
             ) from None
 
     def _kv_usage(self) -> float | None:
-        """The share of the server's KV cache in use, from its /metrics (vLLM; llama-server with --metrics)."""
-        if self._no_metrics:
+        """The share of the server's KV cache in use: vLLM's /metrics gauge, else llama-server's /slots (the tokens
+        its busy slots hold over all slots' context). None where the server says neither (llama-cpp-python's)."""
+        if self._kv_source is None:
             return None
         try:
-            with urllib.request.urlopen(self.root + "/metrics", timeout=CONNECT_TIMEOUT_S) as response:  # noqa: S310
-                page = response.read().decode("utf-8", "replace")
+            if self._kv_source == "/metrics":
+                return _gauge(self._read(self.root + "/metrics"))
+            return _slots_share(json.loads(self._read(self.root + "/slots")))
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError, TypeError, KeyError):
+            return None  # a missed reading: the chart has a gap there
+
+    def _find_kv_source(self) -> str | None:
+        """Where this server says its KV cache's use: "/metrics" (vLLM), "/slots" (llama-server), or None."""
+        try:
+            if _gauge(self._read(self.root + "/metrics")) is not None:
+                return "/metrics"
         except (urllib.error.URLError, OSError, http.client.HTTPException):
-            self._no_metrics = True
-            return None
-        for name in METRICS:
-            match = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})?\s+([0-9.eE+-]+)", page, re.MULTILINE)
-            if match:
-                return float(match.group(1))
-        self._no_metrics = True
+            pass
+        try:
+            if _slots_share(json.loads(self._read(self.root + "/slots"))) is not None:
+                return "/slots"
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError, TypeError, KeyError):
+            pass
         return None
+
+    @staticmethod
+    def _read(url: str) -> str:
+        with urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S) as response:  # noqa: S310 - http(s) only
+            return response.read().decode("utf-8", "replace")
 
     @property
     def memory_note(self) -> str:
         """What the memory chart can show of this server, in words."""
-        if self._kv_usage() is not None:
+        if self._kv_source == "/metrics":
             return f"The server at {self.root} reports its KV cache in use (its /metrics); its other memory is not visible from here."
+        if self._kv_source == "/slots":
+            return (
+                f"The server at {self.root} says what its busy slots hold (its /slots): the chart shows their tokens "
+                "as a share of all its slots' context, every visitor's runs together; its other memory is not "
+                "visible from here."
+            )
         return (
             f"This model runs on the server at {self.root}, and that server reports no memory (llama-cpp-python's "
-            "server has no /metrics; vLLM's has, and llama.cpp's llama-server with --metrics): nothing here measures "
-            "its memory, so no memory is charted. This computer's own memory is not the model's."
+            "server has neither /metrics nor /slots; vLLM's /metrics and llama.cpp's llama-server's /slots say it): "
+            "nothing here measures its memory, so no memory is charted. This computer's own memory is not the model's."
         )
+
+
+def _gauge(page: str) -> float | None:
+    """The KV-cache gauge in a Prometheus /metrics page (METRICS' names), or None."""
+    for name in METRICS:
+        match = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})?\s+([0-9.eE+-]+)", page, re.MULTILINE)
+        if match:
+            return float(match.group(1))
+    return None
+
+
+def _slots_share(slots: list[dict]) -> float | None:
+    """llama-server's /slots: tokens held by the busy slots (prompt + decoded) over every slot's context."""
+    if not isinstance(slots, list) or not slots:
+        return None
+    context = sum(int(slot["n_ctx"]) for slot in slots)
+    held = sum(
+        int(slot.get("n_prompt_tokens", 0)) + sum(int(t.get("n_decoded", 0)) for t in slot.get("next_token", []))
+        for slot in slots
+        if slot.get("is_processing")
+    )
+    return held / context if context else None
+
+
+Ranked = list[tuple[int | None, str, float]]  # a step's top tokens: (id where the server names it, text, logprob)
 
 
 @dataclass(frozen=True)
 class _Chunk:
-    token: tuple[str, float, dict[str, float] | None] | None  # (text, logprob, top logprobs), or None
+    token: tuple[str, float, Ranked | None] | None  # (text, logprob, top tokens), or None
     token_id: int | None
     finish: str | None
 
     @staticmethod
     def from_choice(choice: dict) -> _Chunk:
+        """One streamed choice, in either form servers send: the completions API's `logprobs` (`tokens`,
+        `token_logprobs`, `top_logprobs` as {token: logprob}: vLLM, llama-cpp-python), or the chat API's (`content`,
+        a list of {id, token, logprob, top_logprobs}: llama.cpp's llama-server), which names every id."""
         finish = choice.get("finish_reason")
         logprobs = choice.get("logprobs") or {}
+        text = choice.get("text") or ""
+        content = logprobs.get("content") or []
+        if content:
+            entry = content[0]
+            top = [(t.get("id"), t.get("token", ""), float(t["logprob"])) for t in entry.get("top_logprobs") or []]
+            return _Chunk((text, float(entry.get("logprob", math.nan)), top), entry.get("id"), finish)
         tokens = logprobs.get("tokens") or []
         if not tokens:  # no token in this chunk (the closing one), or a server that sends no logprobs
-            text = choice.get("text") or ""
             return _Chunk((text, float("nan"), None) if text else None, None, finish)
-        token_id, piece = _id_in(tokens[0])
-        text = choice.get("text") or ""
+        token_id, _ = _id_in(tokens[0])
         logprob = (logprobs.get("token_logprobs") or [None])[0]
         top = (logprobs.get("top_logprobs") or [None])[0]
-        return _Chunk((text, float(logprob) if logprob is not None else float("nan"), top), token_id, finish)
+        ranked = [(*_id_in(piece), float(lp)) for piece, lp in top.items()] if top else None
+        return _Chunk((text, float(logprob) if logprob is not None else float("nan"), ranked), token_id, finish)
 
 
 def _id_in(piece: str) -> tuple[int | None, str]:
@@ -532,11 +596,6 @@ def _id_in(piece: str) -> tuple[int | None, str]:
     if piece.startswith("token_id:") and piece[9:].isdigit():
         return int(piece[9:]), ""
     return None, piece
-
-
-def _shown(piece: str) -> str:
-    token_id, text = _id_in(piece)
-    return text if token_id is None else f"#{token_id}"
 
 
 def _stop_reason(settings: GenerationSettings, generated: int, piece: str) -> str | None:
