@@ -367,11 +367,16 @@ def compare_caption(runs: Sequence[tuple[str, Sequence[Step]]]) -> str:
 
 
 def server_kv_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:
-    """A remote backend's KV cache in use (a share of all of it, every run on the server together), as its
-    /metrics reported it while this run wrote; resets as dotted lines."""
+    """A remote backend's KV cache in use (a share of all of it, every run on the server together), as the server
+    said it while this run wrote; resets as dotted lines. The axis fits the readings (one run on a server sized for
+    many holds a small share: on 0-100% its growth would be a flat line), from 0."""
     rows = [(step.index + 1, 100 * step.server_kv_usage) for step in steps if step.server_kv_usage is not None]
     return {
-        "title": {"text": "The server's KV cache in use", "subtitle": "as its /metrics says, all its runs", **TITLE},
+        "title": {
+            "text": "The server's KV cache in use",
+            "subtitle": "% of all of it, every run on the server together, as the server says",
+            **TITLE,
+        },
         "datasets": {
             "server": pd.DataFrame({"tokens": [r[0] for r in rows], "percent": [r[1] for r in rows]}),
             "resets": _resets_frame(steps),
@@ -382,7 +387,16 @@ def server_kv_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:
                 "mark": {"type": "line", "strokeWidth": 2.2, "color": KV_COLOR, "point": True},
                 "encoding": {
                     "x": _x(x_max),
-                    "y": {"field": "percent", "type": "quantitative", "title": "%", "scale": {"domain": [0, 100]}},
+                    "y": {
+                        "field": "percent",
+                        "type": "quantitative",
+                        "title": "% in use",
+                        "scale": {"domainMin": 0, "domainMax": max([1.0] + [r[1] for r in rows]) * 1.1},
+                    },
+                    "tooltip": [
+                        {"field": "tokens", "type": "quantitative", "title": "tokens written"},
+                        {"field": "percent", "type": "quantitative", "title": "% in use", "format": ".2f"},
+                    ],
                 },
             },
             _reset_rules(x_max),

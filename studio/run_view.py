@@ -242,9 +242,9 @@ class RunView:
                 usage = [s.server_kv_usage for s in run.steps if s.server_kv_usage is not None]
                 peak.metric(
                     "Server KV cache",
-                    f"{100 * max(usage):.0f}%" if usage else "not reported",
-                    help="The most of the server's KV cache in use during this run, as its /metrics says (all its "
-                    "runs together); a server without /metrics reports nothing.",
+                    f"{100 * max(usage):.{0 if max(usage) >= 0.1 else 1}f}%" if usage else "not reported",
+                    help="The most of the server's KV cache in use during this run, as the server says it (vLLM's "
+                    "/metrics, llama.cpp's /slots; all its runs together); llama-cpp-python's server says nothing.",
                 )
             else:
                 peak.metric(
