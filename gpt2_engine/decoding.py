@@ -18,7 +18,7 @@ model's limit, then re-primed from the most recent half.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -89,6 +89,19 @@ class Prompt:
     ids: list[int]
     dropped: int  # tokens cut from the start because the prompt was longer than the model allows
     text: str  # the prompt text as given (after replacing characters that cannot be encoded)
+
+    @classmethod
+    def fit(
+        cls, prompt: str, tokenize: Callable[[str], list[int]], eos_token_id: int, n_positions: int, window: int | None
+    ) -> Prompt:
+        """Token ids for a prompt: an empty prompt starts a fresh document (<|endoftext|>), and a prompt
+        longer than the model allows keeps its most recent tokens (limit - N with window N on)."""
+        text = str(prompt).encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates -> "?"
+        ids = tokenize(text) if text else []
+        if not ids:
+            ids = [eos_token_id]
+        dropped = max(0, len(ids) - (n_positions - (window or 0)))
+        return cls(ids[dropped:], dropped, text)
 
 
 class MemoryGuard:

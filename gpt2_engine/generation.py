@@ -74,15 +74,9 @@ class Engine:
         return self.shape.kv_bytes_per_token(self.precision)
 
     def prepare_prompt(self, prompt: str, window: int | None) -> Prompt:
-        """Token ids for a prompt: an empty prompt starts a fresh document (<|endoftext|>), and a prompt
-        longer than the model allows keeps its most recent tokens (limit - N with window N on)."""
-        text = str(prompt).encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates -> "?"
-        ids = self.tokenizer.encode(text) if text else []
-        if not ids:
-            ids = [self.eos_token_id if self.eos_token_id is not None else 0]
-        limit = self.n_positions - (window or 0)
-        dropped = max(0, len(ids) - limit)
-        return Prompt(ids[dropped:], dropped, text)
+        """Token ids for a prompt (Prompt.fit), by this model's tokenizer."""
+        eos = self.eos_token_id if self.eos_token_id is not None else 0
+        return Prompt.fit(prompt, self.tokenizer.encode, eos, self.n_positions, window)
 
     def stream(
         self,

@@ -184,13 +184,8 @@ class RemoteEngine:
         return settings
 
     def prepare_prompt(self, prompt: str, window: int | None) -> Prompt:
-        text = str(prompt).encode("utf-8", errors="replace").decode("utf-8")
-        ids = self.tokenize(text) if text else []
-        if not ids:
-            ids = [self.eos_token_id]
-        limit = self.n_positions - (window or 0)
-        dropped = max(0, len(ids) - limit)
-        return Prompt(ids[dropped:], dropped, text)
+        """Token ids for a prompt (Prompt.fit), by the server's tokenizer."""
+        return Prompt.fit(prompt, self.tokenize, self.eos_token_id, self.n_positions, window)
 
     def stream(
         self,
