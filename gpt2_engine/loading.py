@@ -185,9 +185,9 @@ def load(
     progress: called with a short sentence at each phase (the page shows it), in the caller's thread.
 
     The work is done in a thread of its own that ends with it, so the caller's thread keeps no pool of OpenMP
-    workers: with one left beside the batch's (batching.py) on a machine whose every core torch uses, libgomp
-    counts more threads than cores and stops spinning between operations, and decoding slows by a fifth
-    (measured: bench/load.py's note in README, Several visitors at once).
+    workers: with one left beside the batch's (batching.py) on a machine whose every core torch uses, decoding
+    was a fifth slower (README, Several visitors at once: libgomp, counting more threads than cores, likely
+    spins only briefly between operators).
     """
     return _in_own_thread(_load, progress, name_or_path, dtype, device)
 
