@@ -294,12 +294,21 @@ class Decoder:
         settings = self.settings
         if settings.stop_at_eos and token == self.tokenizer.eos_token_id:
             return "eos"
-        generated = self.generated
-        if generated >= settings.max_new_tokens:
-            if not settings.stop_at_sentence_end:
-                return "length"
-            if any(mark in self.tokenizer.decode([token]) for mark in SENTENCE_ENDS):
-                return "sentence_end"
-            if generated >= settings.max_new_tokens + settings.sentence_end_max_extra:
-                return "length"
-        return self.guard.check(rss_bytes)
+        return length_stop(settings, self.generated, lambda: self.tokenizer.decode([token])) or self.guard.check(
+            rss_bytes
+        )
+
+
+def length_stop(settings: GenerationSettings, generated: int, piece: Callable[[], str]) -> str | None:
+    """ "length" or "sentence_end" once `generated` tokens reach the length asked (with stop_at_sentence_end, at
+    the first token whose text, `piece()`, ends a sentence, or sentence_end_max_extra tokens later), else None.
+    The local Decoder and the remote engine stop by this one rule."""
+    if generated < settings.max_new_tokens:
+        return None
+    if not settings.stop_at_sentence_end:
+        return "length"
+    if any(mark in piece() for mark in SENTENCE_ENDS):
+        return "sentence_end"
+    if generated >= settings.max_new_tokens + settings.sentence_end_max_extra:
+        return "length"
+    return None

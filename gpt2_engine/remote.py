@@ -26,7 +26,7 @@ What stays on this side, and why:
   the server's KV cache in use where it says it (vLLM's /metrics gauge; llama.cpp's llama-server's /slots, the
   tokens its busy slots hold over all its slots' context), else None.
 - **Forms.** Streamed `logprobs` come in the completions API's form (vLLM, llama-cpp-python) or the chat API's
-  (llama-server, which names every token's id); both are read.
+  (llama-server, which names every token's id); both are read (server_answers.py).
 
 Every failure is a `RemoteError` (a StudioError) with a sentence a person can act on: a bad URL, a server that
 does not answer, a model that is not a GPT-2, a refused request, a server that drops mid-run (the Steps so far
@@ -39,7 +39,6 @@ import http.client
 import json
 import math
 import os
-import re
 import secrets
 import socket
 import time
@@ -50,9 +49,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .decoding import SENTENCE_ENDS, Candidate, Prompt, Step
+from .decoding import Candidate, Prompt, Step, length_stop
 from .errors import SettingsError, StudioError
 from .fast import Progress
+from .server_answers import Chunk, Ranked, error_message, gauge, http_error_message, slots_share
 from .settings import GenerationSettings
 
 ENV_BACKEND = "GPT2_STUDIO_BACKEND"
@@ -61,11 +61,6 @@ GPT2_POSITIONS = 1024  # GPT-2's context, taken when the server does not say its
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 120.0  # the longest wait for the next chunk: a long prompt's prefill on a slow server
 SEED_STRIDE = 1_000_003  # the k-th request of a run is seeded seed + k * SEED_STRIDE (mod 2**31)
-METRICS = (  # a server's /metrics gauge of its KV cache in use, as a share (vLLM's names, old and new; llama-server)
-    "vllm:kv_cache_usage_perc",
-    "vllm:gpu_cache_usage_perc",
-    "llamacpp:kv_cache_usage_ratio",
-)
 
 
 class RemoteError(StudioError):
@@ -243,7 +238,7 @@ class RemoteEngine:
                     got += 1
                     ids.append(token_id)
                     text += piece
-                    stop = _stop_reason(settings, generated, piece)
+                    stop = length_stop(settings, generated, lambda piece=piece: piece)
                     size, mass, candidates = self._candidates(top, settings)
                     pending = Step(
                         index=generated - 1,
@@ -326,7 +321,7 @@ class RemoteEngine:
     # HTTP
     def _completion(
         self, held: list[int], max_tokens: int, seed: int, settings: GenerationSettings, generated: int
-    ) -> Iterator[_Chunk]:
+    ) -> Iterator[Chunk]:
         body: dict[str, Any] = {
             "model": self.model_id,
             "prompt": held if self.prompt_as_ids else self.detokenize(held),
@@ -367,9 +362,9 @@ class RemoteEngine:
                         f"The server at {self.url} sent what is not JSON: {data[:200]!r}."
                     ) from None
                 if "error" in event:
-                    raise BackendRefusedError(f"The server at {self.url} stopped with an error: {_message(event)}")
+                    raise BackendRefusedError(f"The server at {self.url} stopped with an error: {error_message(event)}")
                 for choice in event.get("choices") or []:
-                    chunk = _Chunk.from_choice(choice)
+                    chunk = Chunk.from_choice(choice)
                     if chunk.token is not None:
                         generated += 1
                     yield chunk
@@ -407,7 +402,7 @@ class RemoteEngine:
         try:
             response = urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s)  # noqa: S310 - http(s) only (normalize_url)
         except urllib.error.HTTPError as error:
-            detail = _message_of(error)
+            detail = http_error_message(error)
             if error.code == 404:
                 raise BackendRefusedError(
                     f"The server at {self.root} has no {urllib.parse.urlsplit(request.full_url).path} (HTTP 404): is "
@@ -490,20 +485,20 @@ class RemoteEngine:
             return None
         try:
             if self._kv_source == "/metrics":
-                return _gauge(self._read(self.root + "/metrics"))
-            return _slots_share(json.loads(self._read(self.root + "/slots")))
+                return gauge(self._read(self.root + "/metrics"))
+            return slots_share(json.loads(self._read(self.root + "/slots")))
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError, TypeError, KeyError):
             return None  # a missed reading: the chart has a gap there
 
     def _find_kv_source(self) -> str | None:
         """Where this server says its KV cache's use: "/metrics" (vLLM), "/slots" (llama-server), or None."""
         try:
-            if _gauge(self._read(self.root + "/metrics")) is not None:
+            if gauge(self._read(self.root + "/metrics")) is not None:
                 return "/metrics"
         except (urllib.error.URLError, OSError, http.client.HTTPException):
             pass
         try:
-            if _slots_share(json.loads(self._read(self.root + "/slots"))) is not None:
+            if slots_share(json.loads(self._read(self.root + "/slots"))) is not None:
                 return "/slots"
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError, TypeError, KeyError):
             pass
@@ -532,78 +527,6 @@ class RemoteEngine:
         )
 
 
-def _gauge(page: str) -> float | None:
-    """The KV-cache gauge in a Prometheus /metrics page (METRICS' names), or None."""
-    for name in METRICS:
-        match = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})?\s+([0-9.eE+-]+)", page, re.MULTILINE)
-        if match:
-            return float(match.group(1))
-    return None
-
-
-def _slots_share(slots: list[dict]) -> float | None:
-    """llama-server's /slots: tokens held by the busy slots (prompt + decoded) over every slot's context."""
-    if not isinstance(slots, list) or not slots:
-        return None
-    context = sum(int(slot["n_ctx"]) for slot in slots)
-    held = sum(
-        int(slot.get("n_prompt_tokens", 0)) + sum(int(t.get("n_decoded", 0)) for t in slot.get("next_token", []))
-        for slot in slots
-        if slot.get("is_processing")
-    )
-    return held / context if context else None
-
-
-Ranked = list[tuple[int | None, str, float]]  # a step's top tokens: (id where the server names it, text, logprob)
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    token: tuple[str, float, Ranked | None] | None  # (text, logprob, top tokens), or None
-    token_id: int | None
-    finish: str | None
-
-    @staticmethod
-    def from_choice(choice: dict) -> _Chunk:
-        """One streamed choice, in either form servers send: the completions API's `logprobs` (`tokens`,
-        `token_logprobs`, `top_logprobs` as {token: logprob}: vLLM, llama-cpp-python), or the chat API's (`content`,
-        a list of {id, token, logprob, top_logprobs}: llama.cpp's llama-server), which names every id."""
-        finish = choice.get("finish_reason")
-        logprobs = choice.get("logprobs") or {}
-        text = choice.get("text") or ""
-        content = logprobs.get("content") or []
-        if content:
-            entry = content[0]
-            top = [(t.get("id"), t.get("token", ""), float(t["logprob"])) for t in entry.get("top_logprobs") or []]
-            return _Chunk((text, float(entry.get("logprob", math.nan)), top), entry.get("id"), finish)
-        tokens = logprobs.get("tokens") or []
-        if not tokens:  # no token in this chunk (the closing one), or a server that sends no logprobs
-            return _Chunk((text, float("nan"), None) if text else None, None, finish)
-        token_id, _ = _id_in(tokens[0])
-        logprob = (logprobs.get("token_logprobs") or [None])[0]
-        top = (logprobs.get("top_logprobs") or [None])[0]
-        ranked = [(*_id_in(piece), float(lp)) for piece, lp in top.items()] if top else None
-        return _Chunk((text, float(logprob) if logprob is not None else float("nan"), ranked), token_id, finish)
-
-
-def _id_in(piece: str) -> tuple[int | None, str]:
-    """vLLM's "token_id:N" as (N, ""); any other token as (None, its text)."""
-    if piece.startswith("token_id:") and piece[9:].isdigit():
-        return int(piece[9:]), ""
-    return None, piece
-
-
-def _stop_reason(settings: GenerationSettings, generated: int, piece: str) -> str | None:
-    if generated >= settings.max_new_tokens:
-        if not settings.stop_at_sentence_end:
-            return "length"
-        if any(mark in piece for mark in SENTENCE_ENDS):
-            return "sentence_end"
-        if generated >= settings.max_new_tokens + settings.sentence_end_max_extra:
-            return "length"
-    return None
-
-
 def _reason(error: BaseException) -> str:
     reason = getattr(error, "reason", None) or error
     if isinstance(reason, ConnectionRefusedError):
@@ -613,17 +536,3 @@ def _reason(error: BaseException) -> str:
     if isinstance(reason, (TimeoutError, socket.timeout)):
         return "no answer in time"
     return str(reason) or type(reason).__name__
-
-
-def _message(event: dict) -> str:
-    error = event.get("error")
-    if isinstance(error, dict):
-        return str(error.get("message", error))[:500]
-    return str(error or event.get("detail") or event)[:500]
-
-
-def _message_of(error: urllib.error.HTTPError) -> str:
-    try:
-        return _message(json.loads(error.read()))
-    except (ValueError, OSError):
-        return error.reason or "no reason given"

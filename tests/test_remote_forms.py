@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from gpt2_engine.remote import _Chunk, _slots_share
+from gpt2_engine.server_answers import Chunk, slots_share
 
 LLAMA_SERVER_CHUNK = {  # /v1/completions, stream, logprobs=2: the chat API's form, every id named
     "text": "WF",
@@ -30,17 +30,17 @@ LLAMA_SERVER_CHUNK = {  # /v1/completions, stream, logprobs=2: the chat API's fo
 
 
 def test_llama_servers_chat_form_names_the_token_and_its_candidates() -> None:
-    chunk = _Chunk.from_choice(LLAMA_SERVER_CHUNK)
+    chunk = Chunk.from_choice(LLAMA_SERVER_CHUNK)
     assert chunk.token_id == 48397 and chunk.finish is None
     text, logprob, top = chunk.token
     assert text == "WF" and math.isclose(logprob, -10.446175575256348)
     assert top == [(27411, " Humans", -7.4538), (27752, " Rally", -7.8427)]
-    closing = _Chunk.from_choice({"text": "", "index": 0, "logprobs": None, "finish_reason": "length"})
+    closing = Chunk.from_choice({"text": "", "index": 0, "logprobs": None, "finish_reason": "length"})
     assert closing.token is None and closing.finish == "length"
 
 
 def test_the_completions_form_vllms_ids_and_llama_cpp_pythons_texts() -> None:
-    vllm = _Chunk.from_choice(
+    vllm = Chunk.from_choice(
         {
             "text": " cat",
             "logprobs": {
@@ -52,7 +52,7 @@ def test_the_completions_form_vllms_ids_and_llama_cpp_pythons_texts() -> None:
         }
     )
     assert vllm.token_id == 3797 and vllm.token == (" cat", -1.5, [(3797, "", -1.5), (3290, "", -2.0)])
-    texts = _Chunk.from_choice(
+    texts = Chunk.from_choice(
         {
             "text": " cat",
             "logprobs": {"tokens": [" cat"], "token_logprobs": [-1.5], "top_logprobs": [{" cat": -1.5, " dog": -2.0}]},
@@ -71,5 +71,5 @@ def test_llama_servers_slots_say_the_share_of_context_its_busy_slots_hold() -> N
         "n_prompt_tokens": 31,
         "next_token": [{"has_next_token": True, "n_remain": 32, "n_decoded": 28}],
     }
-    assert _slots_share([idle, busy]) == (31 + 28) / 2048
-    assert _slots_share([idle, idle]) == 0.0 and _slots_share([]) is None
+    assert slots_share([idle, busy]) == (31 + 28) / 2048
+    assert slots_share([idle, idle]) == 0.0 and slots_share([]) is None
