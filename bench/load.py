@@ -28,6 +28,7 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,9 +102,12 @@ def prefill_s(engine: gpt2_engine.Engine, phrase: str) -> float:
     return time.perf_counter() - start
 
 
-def one_round(
-    engine, k: int, tokens: int, one_alone: float | None, rss=lambda: read_process_memory().rss_bytes
-) -> Round:
+def own_rss() -> int:
+    """This process's resident memory: the engine's, when the model is loaded here."""
+    return read_process_memory().rss_bytes
+
+
+def one_round(engine, k: int, tokens: int, one_alone: float | None, rss: Callable[[], int] = own_rss) -> Round:
     batcher = getattr(engine, "batcher", None)  # a RemoteEngine has none: the server batches
     if batcher is not None:
         batcher.largest_batch = 0
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server-pid", type=int, help="with --backend: the server's process, for its peak RSS")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
-    rss = lambda: read_process_memory().rss_bytes  # noqa: E731 - the peak this process held, or the server's below
+    rss = own_rss
     if args.backend:
         engine = gpt2_engine.RemoteEngine(args.backend)
         server = psutil.Process(args.server_pid) if args.server_pid else None
