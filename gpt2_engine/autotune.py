@@ -2,11 +2,20 @@
 
 Which precision decodes fastest depends on the CPU (AVX2, AVX-512, native bf16, AMX, ARM) more than on
 anything the engine can know in advance. So at a model's first load with `auto`, every precision that
-runs here (capabilities.py) is loaded the way the engine loads it and decodes a short teacher-forced
-text through the engine's own fast forward: the median time of a step is its speed, and its next-token
-distributions against fp32's are its faithfulness (top-1 agreement and KL). The fastest one that stays
-faithful wins. The choice is kept in the weights cache folder under a key of the CPU (model name and
-flags), torch's version and the model's weight files, so later loads read it and measure nothing.
+runs here (capabilities.py) is loaded the way the engine loads it, but with only its first PROBE_LAYERS
+layers (a decode step costs per layer times layers, plus the head, so a few layers rank the precisions as
+the whole model does, at a fraction of the load's time and memory), one candidate at a time, and decodes a
+short teacher-forced text through the engine's own fast forward: the median time of a step is its speed, and
+its next-token distributions against fp32's are its faithfulness (top-1 agreement and KL). A candidate whose
+first steps run far slower than the best so far (fp16 without a native kernel) is given up after two steps.
+The fastest one that stays faithful wins, and only it is loaded whole.
+
+Window resets read the last N tokens through the shadow row (fast.FastContext), a few tokens beside each step,
+so a reset never pauses the stream; how many at a time is measured too (`shadow_chunk`: the fewest extra
+seconds a step on average; on one CPU five rows cost what one does, on another two rows already cost more).
+
+The choice is kept in the weights cache folder under a key of the CPU (model name and flags), torch's
+version and the model's weight files, so later loads read it and measure nothing.
 """
 
 from __future__ import annotations
@@ -26,9 +35,10 @@ from typing import Any
 import torch
 
 from . import capabilities, weights_cache
-from .fast import FastContext
+from .fast import SHADOW_CHUNK, FastContext
+from .threads import POLICY
 
-FORMAT = 1  # bump when what a remembered choice means changes
+FORMAT = 2  # bump when what a remembered choice means changes (2: a few layers measured, the shadow's chunk)
 CHOICES_FILE = "auto-precision.json"
 MIN_TOP1 = 0.75  # a precision must pick fp32's most likely token this often on the check text (random weights'
 # flat distributions make top-1 fragile: KL is the sharper test) ...
@@ -37,8 +47,8 @@ CHECK_TEXT = "The old lighthouse keeper climbed the stairs every evening, lit th
 PRIME_TOKENS = 8  # read as a prompt first, so that the prompt's path (several rows) is checked too
 CHECK_STEPS = 16  # decode steps timed and compared per precision
 GIVE_UP_AFTER = 2  # steps: a precision this many steps slower than 1.5x the best so far is not finished
-SHADOW_AT_MOST = 1.10  # the shadow row is used where steps with it cost at most this much more on average: a
-# re-prime costs about as much (window 50: +5 to +11% on gpt2-xl here) and pauses the stream besides
+PROBE_LAYERS = 4  # layers each candidate is measured on (gpt2-xl has 48: a twelfth of its matrices, and its head)
+SHADOW_CHUNKS = (1, 2, 4)  # tokens the shadow row may read at a time beside a step: the cheapest on average wins
 LOG = logging.getLogger("gpt2_studio")
 
 
@@ -66,19 +76,22 @@ class Choice:
     precision: str
     trials: tuple[Trial, ...]
     measured_now: bool  # False: read from an earlier load's measurement
-    row_step_s: float = math.inf  # the winner's mean step, timed again beside ...
+    row_step_s: float = math.inf  # the winner's mean step (on PROBE_LAYERS layers), timed again beside ...
     shadow_step_s: float = math.inf  # ... its mean step with the window's shadow row, in the same minutes
+    shadow_chunk: int = SHADOW_CHUNK  # tokens the shadow row reads at a time: the cheapest measured
+    layers: str = ""  # what was measured: "4 of 48 layers"
 
     @property
     def window_mode(self) -> str:
-        """The shadow row where it costs (almost) nothing, so window resets cost no prefill and the
-        stream never pauses ("shadow"); else "reprime" (a prefill of the last N tokens at each reset)."""
-        return "shadow" if self.shadow_step_s <= SHADOW_AT_MOST * self.row_step_s else "reprime"
+        """Always the shadow row: a reset never pauses the stream (its chunk keeps what it costs least)."""
+        return "shadow"
 
     @property
     def why(self) -> str:
         """In words: "int8: 3.2x fp32's speed here, measured at first load"."""
         when = "measured at this first load" if self.measured_now else "measured at this model's first load here"
+        if self.layers:
+            when += f" on {self.layers}"
         by_name = {t.precision: t for t in self.trials}
         if self.precision == "fp32" or "fp32" not in by_name:
             others = [t.precision for t in self.trials if t.precision != "fp32"]
@@ -106,15 +119,15 @@ def check_ids(tokenizer: Any, vocab_size: int) -> list[int]:
 
 
 def decode_steps(
-    model: Any, ids: list[int], stop_after_s: float = math.inf, rows: int = 1
+    model: Any, ids: list[int], stop_after_s: float = math.inf, rows: int = 1, shadow_chunk: int = SHADOW_CHUNK
 ) -> tuple[list[float], list[torch.Tensor]]:
     """Reads the first PRIME_TOKENS of `ids` as a prompt, then the rest a token at a time, through the fast
     forward: each step's seconds and the next-token log-probs after the prompt and after each step.
     Stops early once GIVE_UP_AFTER steps each took longer than `stop_after_s`. `rows=2`: with the window's
-    shadow row beside the main one (each step then reads two rows)."""
+    shadow row beside the main one, reading `shadow_chunk` tokens every `shadow_chunk` steps."""
     seconds, log_probs = [], []
-    with torch.inference_mode():
-        context = FastContext(model, window=len(ids) if rows == 2 else None)
+    with torch.inference_mode(), POLICY.hold():
+        context = FastContext(model, window=len(ids) if rows == 2 else None, shadow_chunk=shadow_chunk)
         logits = context.prime(ids[:PRIME_TOKENS])
         for token in ids[PRIME_TOKENS:]:
             log_probs.append(logits.float().log_softmax(-1))
@@ -134,51 +147,62 @@ def step_seconds(seconds: list[float]) -> float:
 
 def choose(
     candidates: list[str],
-    load_at: Callable[[str], Any],
+    load_probe: Callable[[str], Any],
     ids: list[int],
     say: Callable[[str], None] = lambda message: None,
-) -> tuple[Choice, Any]:
-    """Measures the candidates (see `measure`), picks the fastest faithful one, and times its steps with and
-    without the shadow row, in turns (this machine's speed drifts), which says the window mode. Returns the
-    choice and the winner's model."""
-    trials, model = measure(candidates, load_at, ids, say)
-    one, two = [], []
-    for _ in range(3):  # means, not medians: only every SHADOW_CHUNK-th step carries the shadow's tokens
+    layers: str = "",
+) -> Choice:
+    """Measures the candidates (see `measure`) on the models `load_probe(precision)` gives (a few layers each),
+    picks the fastest faithful one, and times its steps without and with the shadow row at each chunk, in turns
+    (this machine's speed drifts), which says how resets read the window."""
+    trials = measure(candidates, load_probe, ids, say)
+    precision = pick(trials)
+    say(f"Timing window resets with {precision}")
+    model = load_probe(precision)
+    one: list[float] = []
+    shadowed: dict[int, list[float]] = {chunk: [] for chunk in SHADOW_CHUNKS}
+    for _ in range(3):  # means, not medians: only every chunk-th step carries the shadow's tokens
         one.append(statistics.mean(decode_steps(model, ids)[0][2:]))
-        two.append(statistics.mean(decode_steps(model, ids, rows=2)[0][2:]))
-    choice = Choice(pick(trials), tuple(trials), True, row_step_s=min(one), shadow_step_s=min(two))
-    return choice, model
+        for chunk, means in shadowed.items():
+            means.append(statistics.mean(decode_steps(model, ids, rows=2, shadow_chunk=chunk)[0][2:]))
+    del model
+    chunk = min(shadowed, key=lambda c: min(shadowed[c]))
+    return Choice(precision, tuple(trials), True, min(one), min(shadowed[chunk]), chunk, layers)
 
 
 def measure(
     candidates: list[str],
-    load_at: Callable[[str], Any],
+    load_probe: Callable[[str], Any],
     ids: list[int],
     say: Callable[[str], None] = lambda message: None,
-) -> tuple[list[Trial], Any]:
-    """Loads each candidate precision with `load_at(precision)`, times its decode steps and compares them
-    with fp32's (measured first). Returns the trials and the winner's model (the others are freed)."""
+) -> list[Trial]:
+    """Loads each candidate precision with `load_probe(precision)`, one at a time (each is freed before the
+    next is loaded), times its decode steps and compares them with fp32's (measured first)."""
     order = ["fp32", *(p for p in candidates if p != "fp32")]
     trials: list[Trial] = []
     reference: list[torch.Tensor] = []
-    best: tuple[float, Any] = (math.inf, None)
+    best = math.inf
+    started = time.perf_counter()
     for number, precision in enumerate(order, 1):
-        say(f"Measuring {precision} on this CPU ({number} of {len(order)}), once for this model")
-        model = load_at(precision)
-        seconds, log_probs = decode_steps(model, ids, stop_after_s=1.5 * best[0])
+        left = ""
+        if number > 1:  # the candidates so far took about this long each
+            left = f", about {(time.perf_counter() - started) / (number - 1) * (len(order) - number + 1):.0f} s left"
+        say(f"Measuring {precision} on this CPU ({number} of {len(order)}), once for this model{left}")
+        model = load_probe(precision)
+        seconds, log_probs = decode_steps(model, ids, stop_after_s=1.5 * best)
+        del model
         step_s = step_seconds(seconds)
         if precision == "fp32":
             reference, trial = log_probs, Trial(precision, step_s)
-        elif len(log_probs) < len(reference) or step_s >= best[0]:
+        elif len(log_probs) < len(reference) or step_s >= best:
             trial = Trial(precision, step_s, note="slower than a faithful precision measured before it")
         else:
             trial = Trial(precision, step_s, *agreement(reference, log_probs))
         trials.append(trial)
         LOG.info("auto precision: %s", trial)
-        if trial.faithful and step_s < best[0]:
-            best = (step_s, model)
-        del model
-    return trials, best[1]
+        if trial.faithful:
+            best = min(best, step_s)
+    return trials
 
 
 def agreement(reference: list[torch.Tensor], other: list[torch.Tensor]) -> tuple[float, float]:
@@ -223,7 +247,15 @@ def remembered(choice_key: str | None) -> Choice | None:
     entry = _read_all(path).get(choice_key)
     try:
         trials = tuple(Trial(**trial) for trial in entry["trials"])
-        choice = Choice(entry["precision"], trials, False, entry["row_step_s"], entry["shadow_step_s"])
+        choice = Choice(
+            entry["precision"],
+            trials,
+            False,
+            entry["row_step_s"],
+            entry["shadow_step_s"],
+            entry["shadow_chunk"],
+            entry.get("layers", ""),
+        )
     except (TypeError, KeyError):
         return None
     usable = capabilities.runnable("cpu")
@@ -240,6 +272,8 @@ def remember(choice_key: str | None, choice: Choice) -> None:
         "trials": [asdict(t) for t in choice.trials],
         "row_step_s": choice.row_step_s,
         "shadow_step_s": choice.shadow_step_s,
+        "shadow_chunk": choice.shadow_chunk,
+        "layers": choice.layers,
         "cpu": capabilities.cpu_name(),
         "torch": torch.__version__,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),

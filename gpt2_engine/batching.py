@@ -39,6 +39,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -58,6 +59,8 @@ MAX_ROWS_ENV = "GPT2_STUDIO_MAX_ROWS"
 KV_SHARE = 0.5  # of the memory available when a batch starts, what its KV caches may take
 LOOKAHEAD = 2  # steps a run may have decoded that its reader has not taken yet
 IDLE_WAIT_S = 0.5  # longest wait for a reader to take a step when no run can advance
+STEP_READ = 8  # a read of at most this many tokens is a step (a token, a shadow row's few); longer ones are a
+# prompt or a re-prime, which a pass takes a budget of beside the others' steps (PromptBudget)
 
 
 _BATCHERS: weakref.WeakSet[Batcher] = weakref.WeakSet()
@@ -117,15 +120,67 @@ class Run:
     rows: int  # cache rows it takes
     cache_bytes: int  # its caches, counted full
     ready: threading.Condition  # its reader waits on this (the batcher's lock): a step wakes its reader only
-    outbox: deque = field(default_factory=deque)  # ("step", Step) | ("prompt", read, total) | ("error", exception)
+    outbox: deque = field(default_factory=deque)  # ("step", Step) | ("prompt", read, total) | ("error", exception);
+    # appended and popped under the batcher's lock only
+    steps_waiting: int = 0  # steps in the outbox: counted under that lock, read by the batcher's thread without it
     decoder: Decoder | None = None
     reads: Reads | None = None  # the passes before its next step, under way
     pending: list[Read] | None = None  # what its next pass reads
     left: bool = False  # its reader closed the stream
     done: bool = False  # finished or failed: nothing more to decode
 
-    def steps_waiting(self) -> int:
-        return sum(1 for item in self.outbox if item[0] == "step")
+
+class PromptBudget:
+    """How many prompt tokens a pass reads beside other runs' steps (as llama.cpp's n_ubatch and vLLM's chunked
+    prefill): enough that a pass costs about STEP_SHARE more than a step alone, so that a 1,000-token phrase
+    does not freeze the room. Alone, a prompt is read a chunk at a time (fast.PROMPT_CHUNK). Measured as it goes:
+    the seconds of a pass of steps alone, and what each prompt token adds."""
+
+    STEP_SHARE = 1.0  # a pass with prompt tokens costs at most about (1 + this) steps: others' gaps stay ~2x
+    FIRST = 16  # tokens a pass takes before anything is measured
+    LEAST = 4  # never fewer: a prompt always moves
+
+    def __init__(self) -> None:
+        self.step_s: float | None = None  # a pass of steps only (recent, smoothed)
+        self.token_s: float | None = None  # what a prompt token adds to a pass
+
+    def tokens(self) -> int:
+        if self.step_s is None or not self.token_s:
+            return self.FIRST
+        return max(self.LEAST, min(fast.PROMPT_CHUNK, int(self.STEP_SHARE * self.step_s / self.token_s)))
+
+    def split(self, batch: list[Run]) -> tuple[list[Run], list[Read], dict[Run, list[Read]]]:
+        """(the runs in this pass, its reads, the rest of each prompt cut short). With no step beside them,
+        prompts take a chunk a pass; with steps, `tokens()` in all, first come first served."""
+        stepping = any(all(len(ids) <= STEP_READ for _, _, ids in run.pending or ()) for run in batch)
+        left = self.tokens() if stepping else fast.PROMPT_CHUNK
+        taken: list[Run] = []
+        reads: list[Read] = []
+        partial: dict[Run, list[Read]] = {}
+        for run in batch:
+            pending = run.pending or []
+            long = [read for read in pending if len(read[2]) > STEP_READ]
+            if not long:
+                taken.append(run)
+                reads.extend(pending)
+                continue
+            if left <= 0 or len(pending) != 1:  # (a prompt or a re-prime is a single read)
+                continue
+            cache, row, ids = pending[0]
+            taken.append(run)
+            reads.append((cache, row, ids[:left]))
+            if len(ids) > left:
+                partial[run] = [(cache, row, ids[left:])]
+            left -= len(ids[:left])
+        return taken, reads, partial
+
+    def timed(self, reads: list[Read], seconds: float) -> None:
+        prompt = sum(len(ids) for _, _, ids in reads if len(ids) > STEP_READ)
+        if not prompt:
+            self.step_s = seconds if self.step_s is None else 0.8 * self.step_s + 0.2 * seconds
+        elif self.step_s is not None and len(reads) > 1:  # a prompt beside steps: what its tokens added
+            per_token = max(0.0, seconds - self.step_s) / prompt
+            self.token_s = per_token if self.token_s is None else 0.7 * self.token_s + 0.3 * per_token
 
 
 class Batcher:
@@ -141,6 +196,7 @@ class Batcher:
         self._active: list[Run] = []
         self._thread: threading.Thread | None = None
         self._last_thread: threading.Thread | None = None
+        self.budget = PromptBudget()
         self.passes = 0  # forward passes done, and how many runs they served: figures for tests and benchmarks
         self.rows_served = 0
         self.largest_batch = 0
@@ -226,6 +282,7 @@ class Batcher:
                 run.ready.wait_for(lambda: bool(run.outbox), timeout_s)
             if run.outbox:
                 item = run.outbox.popleft()
+                run.steps_waiting -= item[0] == "step"
                 self._changed.notify_all()  # the batcher may wait for room in this outbox
                 return item, 0
             return None, len(self._active) + self._waiting.index(run) if run in self._waiting else 0
@@ -276,7 +333,7 @@ class Batcher:
         return (
             self._closed
             or bool(self._waiting)
-            or any(run.left or run.done or run.steps_waiting() < LOOKAHEAD for run in self._active)
+            or any(run.left or run.done or run.steps_waiting < LOOKAHEAD for run in self._active)
         )
 
     def _admit(self) -> list[Run]:
@@ -309,7 +366,7 @@ class Batcher:
         try:
             while True:
                 if run.reads is None:
-                    if run.left or run.steps_waiting() >= LOOKAHEAD:
+                    if run.left or run.steps_waiting >= LOOKAHEAD:
                         return
                     run.reads, logits = decoder.reads(), None
                 try:
@@ -326,8 +383,10 @@ class Batcher:
             self._fail(run, error)
 
     def _pass(self, batch: list[Run]) -> None:
-        """One forward pass over every run's pending reads; each run gets its own rows of logits."""
-        reads = [read for run in batch for read in run.pending or ()]
+        """One forward pass over every run's pending reads, a long read (a prompt) only up to the pass's budget of
+        prompt tokens; each run whose reads are done gets its own rows of logits."""
+        batch, reads, partial = self.budget.split(batch)
+        started = time.perf_counter()
         try:
             with torch.inference_mode():
                 logits = fast.forward_reads(self.model, reads)
@@ -338,19 +397,24 @@ class Batcher:
                 for run in batch:
                     self._pass([run])
             return
+        self.budget.timed(reads, time.perf_counter() - started)
         self.passes += 1
         self.rows_served += len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))
         offset = 0
         for run in batch:
             n = len(run.pending or ())
-            run.pending = None
-            self._advance(run, logits[offset : offset + n])
+            if run in partial:  # the rest of its prompt goes in the next passes; these logits are not its last
+                run.pending = partial[run]
+            else:
+                run.pending = None
+                self._advance(run, logits[offset : offset + n])
             offset += n
 
     def _put(self, run: Run, item: tuple) -> None:
         with self._lock:
             run.outbox.append(item)
+            run.steps_waiting += item[0] == "step"
             run.ready.notify()
 
     def _fail(self, run: Run, error: BaseException) -> None:

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .context import Context, KVCacheContext
 from .detokenize import REPLACEMENT, TextStream, byte_decoder
-from .fast import FastContext, Progress, Read, run_passes
+from .fast import SHADOW_CHUNK, FastContext, Progress, Read, run_passes
 from .memory import available_bytes, read_process_memory, release_freed_memory
 from .sampling import PICKERS, Distribution, distribution, draw, new_generator
 from .settings import GenerationSettings
@@ -118,12 +118,22 @@ class MemoryGuard:
         return "memory" if rss_bytes + 2 * growth > self.limit_bytes else None
 
 
-def new_context(model: Any, settings: GenerationSettings, backend: Backend, window_mode: WindowMode) -> Context:
+def new_context(
+    model: Any,
+    settings: GenerationSettings,
+    backend: Backend,
+    window_mode: WindowMode,
+    prompt_tokens: int = 0,
+    shadow_chunk: int = SHADOW_CHUNK,
+) -> Context:
     """A fresh context for one run. Tutorial mode runs as the tutorial did: autograd on, transformers' own
-    cache, so each step's graph stays reachable from the cache and memory grows with the square of the context."""
+    cache, so each step's graph stays reachable from the cache and memory grows with the square of the context.
+    The fast path's cache is sized to what the run can hold: with window N, max(prompt, N) + N tokens a row."""
     if backend == "reference" or settings.autograd:
         return KVCacheContext(model)
-    return FastContext(model, settings.window if window_mode == "shadow" else None)
+    window = settings.window
+    positions = max(prompt_tokens, window) + window if window is not None else None
+    return FastContext(model, window if window_mode == "shadow" else None, positions, shadow_chunk)
 
 
 def token_text(tokenizer: Any, token_id: int) -> str:
@@ -164,6 +174,7 @@ class Decoder:
         *,
         backend: Backend = "fast",
         window_mode: WindowMode = "reprime",
+        shadow_chunk: int = SHADOW_CHUNK,
         stops: bool = True,
         on_prompt: Progress | None = None,
         read_prompt: bool = True,
@@ -186,7 +197,7 @@ class Decoder:
         release_freed_memory()  # every run starts from what the process really holds (fair comparisons)
         self.start_rss_bytes = read_process_memory().rss_bytes  # what the run's memory is measured from
         self.guard = MemoryGuard(settings.memory_share, self.start_rss_bytes)
-        self.context = new_context(model, settings, backend, window_mode)
+        self.context = new_context(model, settings, backend, window_mode, len(prompt.ids), shadow_chunk)
         self.logits: Tensor = torch.empty(0)  # (vocab,) for the next token, once the prompt is read
         if read_prompt:
             self.read_newest()

@@ -25,21 +25,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .threads import POLICY
+
 PROMPT_CHUNK = 256  # tokens read in one forward pass: a 1024-token prompt reports progress 4 times
-SHADOW_CHUNK = 4  # tokens the shadow row reads at a time, beside a main-row step: 5 rows cost about 1 in q8's
-# integer kernel, and a reset then reads at most 4 tokens
+SHADOW_CHUNK = 4  # tokens the shadow row reads at a time, beside a main-row step, unless `auto` measured a
+# better number here (autotune.Choice.shadow_chunk): 5 rows cost about 1 in q8's integer kernel on AVX-512
 Progress = Callable[[int, int], None]  # (prompt tokens read so far, of how many)
 
 
 class StaticKVCache:
-    """Keys and values of `rows` contexts, allocated once: (layer, row, head, position, head_dim)."""
+    """Keys and values of `rows` contexts, allocated once: (layer, row, head, position, head_dim).
 
-    def __init__(self, model: Any, rows: int):
+    `positions`: the most tokens a row will hold (the model's limit by default; a window's bound is smaller).
+    Pages are touched only as positions are written, but a row's positions are contiguous per head, so a row
+    sized to what it can hold turns every page it touches into keys and values: the process's memory then
+    grows by the KV cache the window allows, not by whole pages of a 1,024-position row per layer and head."""
+
+    def __init__(self, model: Any, rows: int, positions: int | None = None):
         config = model.config
         dtype = model.transformer.wte.weight.dtype
         device = model.transformer.wte.weight.device
         self.head_dim = config.n_embd // config.n_head
-        shape = (config.n_layer, rows, config.n_head, config.n_positions, self.head_dim)
+        self.positions = min(positions or config.n_positions, config.n_positions)
+        shape = (config.n_layer, rows, config.n_head, self.positions, self.head_dim)
         self.keys = torch.empty(shape, dtype=dtype, device=device)
         self.values = torch.empty(shape, dtype=dtype, device=device)
         self.lengths = [0] * rows  # tokens held by each row
@@ -93,7 +101,13 @@ def forward_reads(model: Any, reads: list[Read]) -> Tensor:
     All the reads' tokens go through each matrix together, so the weights are read once for all of them:
     a prompt, a chunk of one, a decode step, a decode step with the shadow row's pending tokens beside it, or
     the decode steps (and a newcomer's prompt) of every run in a batch (batching.py), each in its own cache.
-    Attention is per read, over its own row only: a row never sees another's tokens."""
+    Attention is per read, over its own row only: a row never sees another's tokens. The pass runs with the
+    thread count threads.POLICY gives it (and teaches it what that count cost)."""
+    with POLICY.run_pass(sum(len(ids) for _, _, ids in reads)):
+        return _forward_reads(model, reads)
+
+
+def _forward_reads(model: Any, reads: list[Read]) -> Tensor:
     transformer = model.transformer
     act = activation(model.config.activation_function)
     device = transformer.wte.weight.device
@@ -153,15 +167,21 @@ def _causal_mask(start: int, n: int, device: torch.device) -> Tensor | None:
 class FastContext:
     """The `Context` of generation.py on the fast forward; with `window`, a shadow row spares each reset its prefill.
 
-    The shadow row takes the tokens since the last reset a few at a time (SHADOW_CHUNK), beside the main row's
+    The shadow row takes the tokens since the last reset a few at a time (`shadow_chunk`), beside the main row's
     token in the same forward pass, so that it holds them when the next reset comes: the reset is then one
     ordinary step of the shadow row's last few tokens, and the shadow becomes the main row."""
 
-    def __init__(self, model: Any, window: int | None = None):
+    def __init__(
+        self, model: Any, window: int | None = None, positions: int | None = None, shadow_chunk: int = SHADOW_CHUNK
+    ):
+        """`window`: keep a shadow row for this window; `positions`: the most tokens a row will hold (see
+        StaticKVCache); `shadow_chunk`: tokens the shadow row reads at a time."""
         assert supports(model.config), unsupported_reason(model.config)  # load() refuses such models
+        assert shadow_chunk >= 1
         self.model = model
         self.shadowed = window is not None
-        self.cache = StaticKVCache(model, rows=2 if self.shadowed else 1)
+        self.shadow_chunk = shadow_chunk
+        self.cache = StaticKVCache(model, rows=2 if self.shadowed else 1, positions=positions)
         self.main, self.shadow = 0, 1
         self.shadow_ids: list[int] = []  # every token since the last reset: those the shadow row holds ...
         self.pending: list[int] = []  # ... followed by these, which it has not read yet
@@ -182,6 +202,7 @@ class FastContext:
             self.main, self.shadow = self.shadow, self.main
             self.resets_by_shadow += 1
         else:
+            assert len(ids) <= self.cache.positions, "the window logic keeps a prime within the cache"
             self.cache.lengths[self.main] = 0
             for start in range(0, len(ids), PROMPT_CHUNK):  # a long prompt in chunks, so progress can be told
                 chunk = ids[start : start + PROMPT_CHUNK]
@@ -195,11 +216,11 @@ class FastContext:
 
     def append_passes(self, token_id: int) -> Passes:
         """`append` as a pass (see `Passes`)."""
-        assert self.length < self.model.config.n_positions, "position ids beyond the model's limit"
+        assert self.length < self.cache.positions, "position ids beyond what this cache holds"
         reads: list[Read] = [(self.cache, self.main, [token_id])]
         if self.shadowed:
             self.pending.append(token_id)
-            if len(self.pending) >= SHADOW_CHUNK:  # the shadow catches up, in the same pass as the main row
+            if len(self.pending) >= self.shadow_chunk:  # the shadow catches up, in the same pass as the main row
                 reads.append((self.cache, self.shadow, self.pending))
                 self.shadow_ids, self.pending = self.shadow_ids + self.pending, []
         logits = (yield reads)[0]

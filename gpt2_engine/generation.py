@@ -6,7 +6,7 @@ the engine's `batcher` owns the model while runs are active); each decodes at mo
 its reader, and closing the generator (or breaking out of the loop) takes the run out of the batch at once.
 Each run is a `decoding.Decoder`; the engine itself holds no run's state, so one engine serves every visitor,
 and nothing on it is switched for one run: the backend and the window mode are arguments of the run (`auto`
-chose the window mode at load, autotune.Choice.window_mode). Whatever else runs the model (step mode, scoring)
+measured the shadow row's chunk at load, autotune.Choice.shadow_chunk). Whatever else runs the model (step mode, scoring)
 holds `engine.lock` for each forward pass, as the batcher does.
 """
 
@@ -23,7 +23,7 @@ from .autotune import Choice
 from .batching import Batcher, ModelLock
 from .decoding import Backend, Candidate, Decoder, Prompt, Step, WindowMode, candidates, token_text
 from .errors import SettingsError
-from .fast import Progress
+from .fast import SHADOW_CHUNK, Progress
 from .sampling import Distribution
 from .settings import MAX_SEED, GenerationSettings
 from .shapes import ModelShape, Precision
@@ -50,9 +50,14 @@ class Engine:
 
     @property
     def window_mode(self) -> WindowMode:
-        """How this engine's runs re-prime at a window reset, unless a run asks otherwise: the shadow row where
-        `auto` measured a second row to be almost free, else a re-prime."""
-        return self.choice.window_mode if self.choice else "reprime"
+        """How this engine's runs read the window at a reset, unless a run asks otherwise: through the shadow row,
+        a few tokens beside each step (`shadow_chunk`), so that a reset never pauses the stream."""
+        return "shadow"
+
+    @property
+    def shadow_chunk(self) -> int:
+        """Tokens the shadow row reads at a time beside a step: what `auto` measured cheapest here, else fast's."""
+        return self.choice.shadow_chunk if self.choice else SHADOW_CHUNK
 
     @property
     def device(self) -> torch.device:
@@ -144,6 +149,7 @@ class Engine:
             seed,
             backend=backend,
             window_mode=window_mode or self.window_mode,
+            shadow_chunk=self.shadow_chunk,
             stops=stops,
             on_prompt=on_prompt,
             read_prompt=read_prompt,

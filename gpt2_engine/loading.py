@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -252,19 +253,23 @@ def _load(name_or_path: str, dtype: str, device: str, say: Callable[[str], None]
     def load_at(precision: str):
         return _load_model(source, is_local, config, shape, precision, torch_device, say)
 
-    choice, model = None, None
+    def load_probe(precision: str):
+        return _probe_model(source, config, precision, torch_device)
+
+    choice = None
     if precision == "auto":
         choice_key = autotune.key(source, is_local)
         choice = autotune.remembered(choice_key)
         if choice is None:
             candidates = _fitting(shape, capabilities.runnable(torch_device), str(name_or_path), torch_device)
-            choice, model = autotune.choose(candidates, load_at, autotune.check_ids(tokenizer, shape.vocab_size), say)
+            ids = autotune.check_ids(tokenizer, shape.vocab_size)
+            layers = f"{min(autotune.PROBE_LAYERS, shape.n_layer)} of its {shape.n_layer} layers"
+            choice = autotune.choose(candidates, load_probe, ids, say, layers)
             autotune.remember(choice_key, choice)
         precision = choice.precision
         say(f"auto is {choice.why}")
-    if model is None:
-        check_memory(shape, precision, str(name_or_path), torch_device)
-        model = load_at(precision)
+    check_memory(shape, precision, str(name_or_path), torch_device)
+    model = load_at(precision)
     say("Ready")
     return Engine(model, tokenizer, name=str(name_or_path), shape=shape, precision=precision, choice=choice)
 
@@ -277,6 +282,39 @@ def _fitting(shape: ModelShape, runnable: list[str], name: str, device: torch.de
         check_memory(shape, smallest, name, device)
         return [smallest]
     return fits
+
+
+def _probe_model(source: str, config: object, precision: str, device: torch.device):
+    """The model's first autotune.PROBE_LAYERS layers (with its embeddings and head) at `precision`, converted as
+    a whole load converts them, but never into the weights cache: what `auto` times each candidate on."""
+    import copy
+
+    from transformers import GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    probe_config = copy.deepcopy(config)
+    probe_config.n_layer = min(autotune.PROBE_LAYERS, probe_config.n_layer)  # type: ignore[attr-defined]
+    converts_itself = device.type == "cpu" and precision in ("int8", "q8", "bf16")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the layers left out are "unused weights" to transformers: on purpose here
+    hf_logging.disable_progress_bar()  # and one bar per candidate is noise
+    try:
+        model = GPT2LMHeadModel.from_pretrained(
+            source, config=probe_config, dtype=torch.float32 if converts_itself else DTYPES[precision]
+        )
+    except Exception as error:  # noqa: BLE001 - a damaged or partial download, in whatever form it fails
+        raise _damaged(source, error) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    model.to(device).eval()
+    if precision == "q8":
+        quantize.to_q8(model)
+    elif precision == "int8":
+        quantize.to_int8(model)
+    elif converts_itself:
+        quantize.to_packed(model)
+    return model
 
 
 def _damaged(source: str, error: BaseException) -> ModelLoadError:
@@ -321,13 +359,33 @@ def _load_model(
         saved = weights_cache.load(cache)
         if saved is not None and not quantize.int8_fits(model, saved):
             saved = None  # another model's matrices under this name: convert (and save over them)
-        say("Mapping the int8 weights converted earlier" if saved else "Converting the weights to int8, once")
-        converted = quantize.to_q8(model, saved) if precision == "q8" else quantize.to_int8(model, saved=saved)
+        doing = "Mapping the int8 weights converted earlier" if saved else "Converting the weights to int8, once"
+        say(doing)
+        told = _every_few_seconds(say, doing)
+        if precision == "q8":
+            converted = quantize.to_q8(model, saved, progress=told)
+        else:
+            converted = quantize.to_int8(model, saved=saved, progress=told)
         if saved is None:
             say("Saving the int8 weights for the next load")
             weights_cache.save(cache, converted)
         del saved, converted
     elif converts_itself:
         say("Converting the weights to bf16")
-        quantize.to_packed(model)
+        quantize.to_packed(model, progress=_every_few_seconds(say, "Converting the weights to bf16"))
     return model
+
+
+def _every_few_seconds(say: Callable[[str], None], doing: str, every_s: float = 2.0) -> quantize.Converted:
+    """A conversion's progress for `say`, at most every `every_s`: "...: 96 of 193 matrices, about 12 s left"."""
+    started = last = time.perf_counter()
+
+    def told(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= every_s and done < total:
+            last = now
+            left = (now - started) / done * (total - done)
+            say(f"{doing}: {done} of {total} matrices, about {left:.0f} s left")
+
+    return told

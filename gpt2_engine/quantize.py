@@ -11,7 +11,9 @@ on a CPU is probed by capabilities.py, which is fastest there is measured by aut
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +26,8 @@ from .memory import drop_file_pages, release_freed_memory
 # it took 9 ms for 1-2 rows, 20 for 8, 52 for 20 and 109 for 50, while dequantizing to bf16 and one matmul
 # took ~23 ms at any of those (12 matrices, 2 threads; `python -m bench.kernels --rows 20 --only int8`).
 DEQUANTIZE_FROM_ROWS = 8
+SCRATCH_ROWS = 320  # q8's work buffers hold this many rows: a prompt chunk (fast.PROMPT_CHUNK, 256) and the
+# decode steps of a full batch beside it (8 runs, each its token and a shadow row's few); larger passes slice
 
 
 class Int8Linear(nn.Module):
@@ -104,12 +108,19 @@ def _matrices(model: Any):
     yield model, "lm_head", model.lm_head.weight, model.lm_head.bias  # tied to wte: the embedding keeps its copy
 
 
-def swap_matrices(model: Any, make: Any) -> None:
-    """Replaces each matrix with `make(weight, bias)`, freeing the old one before the next is made."""
+Converted = Callable[[int, int], None]  # (matrices converted so far, of how many): a load's progress
+
+
+def swap_matrices(model: Any, make: Any, progress: Converted | None = None) -> None:
+    """Replaces each matrix with `make(weight, bias)`, freeing the old one before the next is made; tells
+    `progress(done, total)` after each."""
     model.config.tie_word_embeddings = False  # the LM head gets its own copy; wte stays for lookups
+    total = len(model.transformer.h) * len(_LAYER_MATRICES) + 1
     with torch.no_grad():
-        for parent, name, weight, bias in _matrices(model):  # lazily: one old matrix alive at a time
+        for done, (parent, name, weight, bias) in enumerate(_matrices(model), 1):  # lazily: one old matrix at a time
             setattr(parent, name, make(weight, bias))
+            if progress is not None:
+                progress(done, total)
             if parent is not model:  # the LM head's weight is the embedding's, still in use
                 drop_file_pages(weight)
             del weight, bias
@@ -118,7 +129,11 @@ def swap_matrices(model: Any, make: Any) -> None:
 
 
 def to_int8(
-    model: Any, dtype: torch.dtype = torch.bfloat16, saved: dict[str, Tensor] | None = None, linear: type = None
+    model: Any,
+    dtype: torch.dtype = torch.bfloat16,
+    saved: dict[str, Tensor] | None = None,
+    linear: Any = None,
+    progress: Converted | None = None,
 ) -> dict:
     """int8 weights, activations in `dtype` (bf16 for Int8Linear, fp32 for Q8Linear): a quarter of fp32's
     bytes per token. The model may come in fp32 straight from its memory-mapped file: each matrix is read
@@ -142,7 +157,7 @@ def to_int8(
         converted[f"{name}.weight"], converted[f"{name}.scales"] = quantized, scales
         return linear(quantized, scales.to(dtype), None if bias is None else bias.detach().to(dtype))
 
-    swap_matrices(model, make)
+    swap_matrices(model, make, progress)
     blocks.clear()
     model.to(dtype)  # the rest (embeddings, layer norms): the int8 buffers are not floating point
     release_freed_memory()
@@ -163,12 +178,12 @@ class Q8Linear(nn.Module):
     integer products, which read the int8 weights faster than any kernel that keeps x in floating point
     (README, Performance). Like llama.cpp's q8_0, which scales x per 32 values, x is scaled per row here:
     fbgemm quantizes a whole call with one scale, so each row is divided by its own largest value first, and
-    a last row holding 1 and -1 pins the call's range to [-1, 1]. So a row's result does not depend on the
+    a first row holding 1 and -1 pins the call's range to [-1, 1]. So a row's result does not depend on the
     other rows of its call (the shadow row, a prompt's other tokens). On CPUs without VNNI, fbgemm's 8-bit
     products can saturate, so x keeps 7 bits there (`reduce_range`), as torch's dynamic quantization does."""
 
-    def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None):
-        """weight: int8 (out, in); scales and bias: fp32."""
+    def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None, scratch: Scratch | None = None):
+        """weight: int8 (out, in); scales and bias: fp32; scratch: the model's work buffers (one per model)."""
         super().__init__()
         zero = torch.zeros(weight.shape[0], dtype=torch.long)
         with warnings.catch_warnings():  # quantized tensors are deprecated in torch: the probe notices removal
@@ -180,25 +195,51 @@ class Q8Linear(nn.Module):
         self.out_features = weight.shape[0]
         self.packed_bytes = weight.numel() + 4 * self.out_features  # int8 matrix + fbgemm's column offsets
         self.reduce_range = REDUCE_RANGE
-        # rows -> a (rows + 1, in) buffer whose last row is the pin [1, -1, 0 ...]; reused, so one forward at a
-        # time per model (engine.lock: the batch, step mode and scoring take turns)
-        self._units: dict[int, Tensor] = {}
-
-    def _unit_buffer(self, rows: int, width: int) -> Tensor:
-        unit = self._units.get(rows)
-        if unit is None:
-            unit = self._units[rows] = torch.zeros(rows + 1, width)
-            unit[rows, :2] = torch.tensor([1.0, -1.0])
-        return unit
+        self.scratch = scratch or Scratch()
+        self.scratch.unit(weight.shape[1])  # made now, at load: part of what the process holds before any run
 
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.reshape(-1, x.shape[-1])
+        rows = x.reshape(-1, x.shape[-1])  # (R, in)
         # (R, 1); abs().amax() is the inf-norm, at a seventh of vector_norm's cost for 8 rows
         peak = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
-        unit = self._unit_buffer(rows.shape[0], rows.shape[1])  # every row within [-1, 1], the last one spanning it
-        torch.div(rows, peak, out=unit[:-1])
-        y = torch.ops.quantized.linear_dynamic(unit, self.packed, self.reduce_range)[:-1]
-        return torch.addcmul(self.bias, y, peak).view(*x.shape[:-1], self.out_features)  # bias + y * peak
+        unit = self.scratch.unit(rows.shape[1])  # row 0 pins the range to [-1, 1]; the rows go after it
+        capacity = unit.shape[0] - 1
+        if rows.shape[0] <= capacity:
+            return self._rows(rows, peak, unit).view(*x.shape[:-1], self.out_features)
+        out = torch.empty(rows.shape[0], self.out_features)  # a pass larger than the scratch (scoring a long
+        for start in range(0, rows.shape[0], capacity):  # text): in slices, each row's result is its own anyway
+            part = slice(start, start + capacity)
+            out[part] = self._rows(rows[part], peak[part], unit)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def _rows(self, rows: Tensor, peak: Tensor, unit: Tensor) -> Tensor:
+        n = rows.shape[0]
+        torch.div(rows, peak, out=unit[1 : n + 1])  # every row within [-1, 1], the pin spanning it
+        y = torch.ops.quantized.linear_dynamic(unit[: n + 1], self.packed, self.reduce_range)[1:]
+        return torch.addcmul(self.bias, y, peak)  # bias + y * peak
+
+
+class Scratch:
+    """A model's work buffers for Q8Linear, one per input width, made at load and reused by every matrix and
+    every pass (one forward at a time per model: engine.lock), so that what a pass allocates does not depend on
+    its number of rows: a day of phrases of every length adds nothing. A pass of more rows than `rows` is done
+    in slices. Each buffer's row 0 holds the pin [1, -1, 0, ...] that fixes fbgemm's range for the call."""
+
+    def __init__(self, rows: int = SCRATCH_ROWS):
+        self.rows = rows
+        self._units: dict[int, Tensor] = {}
+
+    def unit(self, width: int) -> Tensor:
+        """The (rows + 1, width) buffer for matrices that read `width` values a row."""
+        unit = self._units.get(width)
+        if unit is None:
+            unit = self._units[width] = torch.zeros(self.rows + 1, width)
+            unit[0, :2] = torch.tensor([1.0, -1.0])
+        return unit
+
+    @property
+    def nbytes(self) -> int:
+        return sum(unit.numel() * unit.element_size() for unit in self._units.values())
 
 
 def _has_vnni() -> bool:
@@ -210,12 +251,13 @@ def _has_vnni() -> bool:
 REDUCE_RANGE = not _has_vnni()
 
 
-def to_q8(model: Any, saved: dict[str, Tensor] | None = None) -> dict:
-    """int8 weights packed for fbgemm, activations fp32 between the matrices and 8-bit inside them."""
-    return to_int8(model, torch.float32, saved, Q8Linear)
+def to_q8(model: Any, saved: dict[str, Tensor] | None = None, progress: Converted | None = None) -> dict:
+    """int8 weights packed for fbgemm, activations fp32 between the matrices and 8-bit inside them; the
+    matrices share one Scratch."""
+    return to_int8(model, torch.float32, saved, functools.partial(Q8Linear, scratch=Scratch()), progress)
 
 
-def to_packed(model: Any, dtype: torch.dtype = torch.bfloat16) -> None:
+def to_packed(model: Any, dtype: torch.dtype = torch.bfloat16, progress: Converted | None = None) -> None:
     """bf16 weights prepacked for oneDNN: same bytes, read faster than plain bf16 matmuls on this CPU.
     From fp32, each matrix is converted on its own, so no full second copy is ever made, and it is faster
     than transformers' own fp32 -> bf16 load."""
@@ -229,7 +271,7 @@ def to_packed(model: Any, dtype: torch.dtype = torch.bfloat16) -> None:
         buffer.copy_(weight)  # the reorder copies it into oneDNN's layout, so the buffer is free again
         return PackedLinear(buffer, None if bias is None else bias.to(dtype))
 
-    swap_matrices(model, make)
+    swap_matrices(model, make, progress)
     scratch.clear()
     model.to(dtype)  # the rest; the packed matrices are bf16 already
     release_freed_memory()

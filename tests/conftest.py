@@ -10,6 +10,9 @@ import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tiny models gain nothing from threads and lose a lot when the cores are busy: one thread, pinned (the engine's
+# own thread policy, gpt2_engine.threads, is tested on its own), in this process and the servers it starts
+os.environ.setdefault("GPT2_STUDIO_THREADS", "1")
 # converted weights (gpt2_engine.weights_cache) go to a folder of this test session, never the user's cache
 os.environ["GPT2_STUDIO_CACHE"] = tempfile.mkdtemp(prefix="gpt2-studio-cache-")
 atexit.register(shutil.rmtree, os.environ["GPT2_STUDIO_CACHE"], ignore_errors=True)
@@ -22,7 +25,7 @@ import torch  # noqa: E402
 import gpt2_engine  # noqa: E402
 from gpt2_engine import capabilities  # noqa: E402
 
-torch.set_num_threads(1)  # tiny models gain nothing from threads, and lose a lot when the cores are busy
+torch.set_num_threads(1)
 
 TRAINING_TEXT = [
     "The cat sat on the mat. Hello world! Is it raining? Yes, it is.",

@@ -4,6 +4,7 @@ line's words for it, and the measured choice (fastest faithful, remembered, meas
 from __future__ import annotations
 
 import math
+import weakref
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def fake_steps(table: dict[str, tuple[float, float]], calls: list[str]):
     """decode_steps as if each precision took `table[p][0]` s a step, its logits off fp32's by `table[p][1]`."""
     base = torch.randn(autotune.CHECK_STEPS + 1, 50, generator=torch.Generator().manual_seed(0))
 
-    def steps(model, ids, stop_after_s=math.inf, rows=1):
+    def steps(model, ids, stop_after_s=math.inf, rows=1, shadow_chunk=4):
         precision = model
         if rows == 1:
             calls.append(precision)
@@ -126,16 +127,43 @@ def test_pick_takes_the_fastest_faithful_precision() -> None:
     assert autotune.pick([Trial("fp32", 0.4), Trial("int8", 0.5, note="slower")]) == "fp32"
 
 
-def test_measure_rejects_an_unfaithful_precision_and_keeps_the_winners_model(monkeypatch) -> None:
+def test_measure_rejects_an_unfaithful_precision_and_holds_one_candidate_at_a_time(monkeypatch) -> None:
     calls: list[str] = []
     table = {"fp32": (0.4, 0.0), "bf16": (0.2, 0.01), "int8": (0.1, 5.0), "fp16": (3.0, 0.0), "q8": (0.3, 0.0)}
     monkeypatch.setattr(autotune, "decode_steps", fake_steps(table, calls))
-    trials, model = autotune.measure(["fp32", "bf16", "fp16", "int8"], lambda p: p, list(range(30)))
+    alive: weakref.WeakSet = weakref.WeakSet()
+
+    class Candidate:  # a probe model that knows how many others are alive beside it
+        def __init__(self, precision: str):
+            assert not alive, "two candidates held at once"
+            self.precision = precision
+            alive.add(self)
+
+    def fake_steps_by_name(model, *args, **kwargs):
+        return fake_steps(table, calls)(model.precision, *args, **kwargs)
+
+    monkeypatch.setattr(autotune, "decode_steps", fake_steps_by_name)
+    trials = autotune.measure(["fp32", "bf16", "fp16", "int8"], Candidate, list(range(30)))
     by = {t.precision: t for t in trials}
     assert calls == ["fp32", "bf16", "fp16", "int8"]
     assert by["bf16"].faithful and not by["int8"].faithful and by["int8"].kl > autotune.MAX_KL
     assert not by["fp16"].faithful and "slower" in by["fp16"].note
-    assert model == "bf16" and autotune.pick(trials) == "bf16"
+    assert autotune.pick(trials) == "bf16" and not alive
+
+
+def test_the_shadow_rows_chunk_is_the_cheapest_measured(monkeypatch) -> None:
+    """Steps with the shadow row cost what the table says for each chunk: the cheapest on average is kept."""
+    cost = {1: 0.13, 2: 0.11, 4: 0.12}
+
+    def steps(model, ids, stop_after_s=math.inf, rows=1, shadow_chunk=4):
+        seconds = 0.1 if rows == 1 else cost[shadow_chunk]
+        return [seconds] * autotune.CHECK_STEPS, [torch.zeros(5).log_softmax(-1)] * (autotune.CHECK_STEPS + 1)
+
+    monkeypatch.setattr(autotune, "decode_steps", steps)
+    choice = autotune.choose(["fp32"], lambda p: p, list(range(30)), layers="4 of its 48 layers")
+    assert choice.shadow_chunk == 2 and choice.window_mode == "shadow"
+    assert choice.row_step_s == 0.1 and choice.shadow_step_s == 0.11
+    assert "on 4 of its 48 layers" in choice.why
 
 
 def test_auto_is_measured_once_then_remembered_and_measured_again_on_a_new_cpu(
@@ -152,37 +180,48 @@ def test_auto_is_measured_once_then_remembered_and_measured_again_on_a_new_cpu(
     models: dict[int, str] = {}
 
     timed: list[str] = []
+    probed: list[str] = []
+    real_probe = gpt2_engine.loading._probe_model
 
-    def steps(model, ids, stop_after_s=math.inf, rows=1):
-        return fake_steps(table, timed)(models[id(model)], ids, stop_after_s, rows)
+    def steps(model, ids, stop_after_s=math.inf, rows=1, shadow_chunk=4):
+        return fake_steps(table, timed)(models[id(model)], ids, stop_after_s, rows, shadow_chunk)
 
-    def tracked(*args):  # every load: a measured candidate, or the load of the remembered choice
+    def tracked(*args):  # every whole load: the chosen precision only
         model = load_model(*args)
-        models[id(model)] = args[4]
         calls.append(args[4])
         return model
 
+    def probe(source, config, precision, device):  # the candidates: a few layers each
+        model = real_probe(source, config, precision, device)
+        assert model.config.n_layer == min(autotune.PROBE_LAYERS, config.n_layer)
+        models[id(model)] = precision
+        probed.append(precision)
+        return model
+
     monkeypatch.setattr(gpt2_engine.loading, "_load_model", tracked)
+    monkeypatch.setattr(gpt2_engine.loading, "_probe_model", probe)
     monkeypatch.setattr(autotune, "decode_steps", steps)
     runnable = capabilities.runnable("cpu")
 
     first = gpt2_engine.load(str(tiny_model_dir), dtype="auto", device="cpu")
     expected = "int8" if "int8" in runnable else min(runnable, key=lambda p: table[p][0])
     assert first.precision == expected and first.choice.measured_now
-    assert sorted(calls) == sorted(runnable)
+    assert sorted(set(probed)) == sorted(runnable) and calls == [expected]  # measured on probes, one whole load
     assert f"{expected}: " in first.choice.why and "fp32's speed here" in first.choice.why
 
     calls.clear()
     timed.clear()
+    probed.clear()
     again = gpt2_engine.load(str(tiny_model_dir), dtype="auto", device="cpu")
     assert again.precision == expected and not again.choice.measured_now
-    assert calls == [expected] and timed == []  # loaded once, at the remembered precision; nothing timed
+    assert calls == [expected] and timed == [] and probed == []  # the remembered precision; nothing timed
+    assert again.shadow_chunk == first.shadow_chunk
     assert gpt2_engine.serving.plan_load(str(tiny_model_dir)).precision == expected  # the sidebar knows it too
 
     monkeypatch.setattr(capabilities, "cpu_flags", lambda: frozenset({"avx2"}))  # another CPU: another key
-    calls.clear()
+    probed.clear()
     gpt2_engine.load(str(tiny_model_dir), dtype="auto", device="cpu")
-    assert sorted(calls) == sorted(runnable)
+    assert sorted(set(probed)) == sorted(runnable)
 
 
 def test_a_new_torch_or_changed_weights_is_a_new_key(tiny_model_dir, monkeypatch) -> None:

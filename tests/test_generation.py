@@ -50,7 +50,7 @@ class RecordingContext(KVCacheContext):
 def recording(engine, monkeypatch):
     contexts: list[RecordingContext] = []
 
-    def new_context(model, settings, backend, window_mode):
+    def new_context(model, settings, backend, window_mode, *sizes):
         contexts.append(RecordingContext(model))
         return contexts[-1]
 

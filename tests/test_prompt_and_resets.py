@@ -78,10 +78,16 @@ def test_shadow_and_re_prime_write_the_same_tokens(engine, monkeypatch) -> None:
     assert shadow == [s.token_id for s in engine.stream("The cat", window_mode="reprime", **{**SETTINGS, "window": 5})]
 
 
-def test_auto_takes_the_shadow_row_only_where_a_second_row_is_almost_free() -> None:
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_resets_read_through_the_shadow_row_with_the_chunk_auto_measured(engine, monkeypatch, chunk) -> None:
+    """Every engine resets through the shadow row (no pause); the chunk it reads at a time is the measured one."""
     trials = (Trial("fp32", 0.30), Trial("q8", 0.10, 1.0, 0.0))
-    assert Choice("q8", trials, True, row_step_s=0.1, shadow_step_s=0.102).window_mode == "shadow"
-    assert Choice("q8", trials, True, row_step_s=0.1, shadow_step_s=0.130).window_mode == "reprime"
+    monkeypatch.setattr(engine, "choice", Choice("q8", trials, True, 0.1, 0.13, shadow_chunk=chunk))
+    assert engine.window_mode == "shadow" and engine.shadow_chunk == chunk
+    per_step = forward_sizes(engine, monkeypatch, engine.window_mode, window=8)
+    for calls in per_step[1:]:  # the main row's token, and every chunk-th step the shadow's chunk beside it
+        assert len(calls) == 1 and calls[0] in ([1], [1, chunk], [8 % chunk or chunk]), calls
+    assert max(len(calls[0]) for calls in per_step[1:]) <= 2
 
 
 @pytest.mark.parametrize("precision", runs_here("q8"))

@@ -1,0 +1,253 @@
+"""A room all day, compressed: K visitors write for T minutes, and what piles up, fails or stalls is counted.
+
+Each visitor (a thread, as a page's visitor is a script thread) writes run after run through `engine.stream()`,
+each with a phrase of a random length (1 to --max-phrase tokens), a random window (off, or 8 to 256 where the
+model allows), seed and length, and now and then a Stop part-way (the stream closed). Reported: runs, runs that
+failed (an exception the visitor did not cause), the process's RSS at the start and the end and its slope over the
+last part of the soak (least squares over a sample a second), each visitor's median and longest gap between two
+tokens, and time to first token (median and worst).
+
+    python -m bench.soak --model bench/models/gpt2-xl --visitors 8 --minutes 30
+    python -m bench.soak --model bench/models/gpt2-large --precision q8 --runs 30 --words 4,236   # pile-up check
+    python -m bench.soak --model bench/models/gpt2-large --fairness 1000   # 3 write, a 4th sends 1,000 tokens
+
+`--runs N --words A,B`: one visitor, N runs one after another with phrases of A to B words, RSS after each run
+(what a day of phrases of new lengths leaves behind). `--fairness T`: three visitors stream while a fourth sends a
+T-token phrase: their median and longest gap while it is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+import gpt2_engine
+from gpt2_engine import capabilities
+from gpt2_engine.memory import read_process_memory, release_freed_memory
+from gpt2_engine.threads import POLICY
+
+WORDS = [
+    "the",
+    "old",
+    "keeper",
+    "climbed",
+    "stairs",
+    "every",
+    "evening",
+    "lit",
+    "lamp",
+    "and",
+    "watched",
+    "ships",
+    "pass",
+    "by",
+    "while",
+    "gulls",
+    "cried",
+    "over",
+    "harbour",
+    "town",
+    "where",
+    "children",
+    "played",
+    "on",
+    "cold",
+    "stones",
+    "near",
+    "market",
+    "stalls",
+    "selling",
+    "bread",
+    "fish",
+    "apples",
+]
+
+
+@dataclass
+class Visitor:
+    runs: int = 0
+    failed: list[str] = field(default_factory=list)
+    gaps_s: list[float] = field(default_factory=list)
+    ttfts_s: list[float] = field(default_factory=list)
+
+
+def phrase(chance: random.Random, words: int) -> str:
+    return " ".join(chance.choice(WORDS) for _ in range(words))
+
+
+def one_run(engine: gpt2_engine.Engine, chance: random.Random, visitor: Visitor, words: int | None = None) -> None:
+    """A run with random settings; a Stop part-way one time in five."""
+    limit = engine.n_positions // 2
+    window = chance.choice([None, *(w for w in (8, 16, 20, 32, 50, 64, 128, 256) if w <= limit)])
+    settings = gpt2_engine.GenerationSettings(
+        max_new_tokens=chance.randint(1, 120), window=window, seed=chance.randrange(2**31), stop_at_eos=False
+    )
+    stop_at = chance.randint(1, 60) if chance.random() < 0.2 else None
+    text = phrase(chance, words if words is not None else chance.randint(1, 900 * 3 // 4))  # ~0.75 words a token
+    started, last = time.perf_counter(), None
+    try:
+        steps = engine.stream(text, settings)
+        for n, _step in enumerate(steps, 1):
+            now = time.perf_counter()
+            if last is None:
+                visitor.ttfts_s.append(now - started)
+            else:
+                visitor.gaps_s.append(now - last)
+            last = now
+            if n == stop_at:
+                steps.close()  # a Stop
+                break
+        visitor.runs += 1
+    except Exception as error:  # noqa: BLE001 - counted: no run should fail
+        visitor.failed.append(f"{type(error).__name__}: {error}")
+
+
+def slope_mb_per_min(samples: list[tuple[float, int]]) -> float:
+    """Least-squares slope of RSS over time, MB a minute."""
+    if len(samples) < 2:
+        return 0.0
+    xs, ys = [t / 60 for t, _ in samples], [rss / 1e6 for _, rss in samples]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+
+
+def soak(engine: gpt2_engine.Engine, visitors: int, minutes: float, seed: int, last_minutes: float) -> None:
+    release_freed_memory()
+    start_rss = read_process_memory().rss_bytes
+    t0 = time.perf_counter()
+    end = t0 + 60 * minutes
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(1.0):
+            samples.append((time.perf_counter() - t0, read_process_memory().rss_bytes))
+
+    def visit(k: int, out: Visitor) -> None:
+        chance = random.Random(seed * 1000 + k)
+        while time.perf_counter() < end:
+            one_run(engine, chance, out)
+
+    results = [Visitor() for _ in range(visitors)]
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    threads = [threading.Thread(target=visit, args=(k, results[k])) for k in range(visitors)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    sampler.join()
+    end_rss = read_process_memory().rss_bytes
+    tail = [(t, rss) for t, rss in samples if t >= samples[-1][0] - 60 * last_minutes] if samples else []
+    failed = [f for v in results for f in v.failed]
+    print(
+        f"\n{visitors} visitors for {minutes:g} min: {sum(v.runs for v in results)} runs, {len(failed)} failed; "
+        f"RSS {start_rss / 1e9:.2f} GB at the start, {end_rss / 1e9:.2f} GB at the end, peak "
+        f"{max((r for _, r in samples), default=end_rss) / 1e9:.2f} GB; slope over the last {last_minutes:g} min "
+        f"{slope_mb_per_min(tail):+.2f} MB/min; threads: {POLICY.describe()}"
+    )
+    for error in failed[:5]:
+        print("  failed:", error)
+    print(
+        "\n| visitor | runs | failed | gap median / longest (s) | TTFT median / worst (s) |\n|---:|---:|---:|---|---|"
+    )
+    for k, v in enumerate(results, 1):
+        gaps = f"{statistics.median(v.gaps_s):.3f} / {max(v.gaps_s):.3f}" if v.gaps_s else "-"
+        ttft = f"{statistics.median(v.ttfts_s):.2f} / {max(v.ttfts_s):.2f}" if v.ttfts_s else "-"
+        print(f"| {k} | {v.runs} | {len(v.failed)} | {gaps} | {ttft} |")
+
+
+def pileup(engine: gpt2_engine.Engine, runs: int, words: tuple[int, int], seed: int) -> None:
+    """One visitor, `runs` runs one after another, phrases of `words` words: RSS after each."""
+    chance, visitor = random.Random(seed), Visitor()
+    after: list[int] = []
+    for _ in range(runs):
+        one_run(engine, chance, visitor, chance.randint(*words))
+        release_freed_memory()  # as the next run's start does: what stays is what the engine kept
+        after.append(read_process_memory().rss_bytes)
+    marks = [n for n in (1, 10, 20, 30, runs) if n <= runs]
+    print(f"\n{runs} runs, phrases of {words[0]}-{words[1]} words, {len(visitor.failed)} failed")
+    print("| after run | " + " | ".join(str(n) for n in dict.fromkeys(marks)) + " |")
+    print("|---|" + "---:|" * len(dict.fromkeys(marks)))
+    print("| RSS (GB) | " + " | ".join(f"{after[n - 1] / 1e9:.3f}" for n in dict.fromkeys(marks)) + " |")
+    if runs >= 10:
+        print(f"run {runs} - run 10: {(after[-1] - after[9]) / 1e6:+.0f} MB")
+
+
+def fairness(engine: gpt2_engine.Engine, tokens: int) -> None:
+    """Three visitors stream; once they are writing, a fourth sends a `tokens`-token phrase."""
+    gaps: list[list[tuple[float, float]]] = [[], [], []]  # (when, gap) per streaming visitor
+    stop = threading.Event()
+
+    def stream(k: int) -> None:
+        last = None
+        for _ in engine.stream(phrase(random.Random(k), 6), max_new_tokens=100_000, seed=k, window=50):
+            now = time.perf_counter()
+            if last is not None:
+                gaps[k].append((now, now - last))
+            last = now
+            if stop.is_set():
+                break
+
+    threads = [threading.Thread(target=stream, args=(k,)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    while min(len(g) for g in gaps) < 20:
+        time.sleep(0.05)
+    ids = [i % 1000 + 300 for i in range(tokens)]
+    long_phrase = engine.tokenizer.decode(ids)
+    began = time.perf_counter()
+    first = next(iter(engine.stream(long_phrase, max_new_tokens=1, seed=9, window=None)))
+    read_s = time.perf_counter() - began
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    before = [gap for g in gaps for when, gap in g if when < began]
+    during = [gap for g in gaps for when, gap in g if began <= when <= began + read_s]
+    median = statistics.median(before)
+    print(
+        f"\n3 visitors streaming; a 4th's {first.prompt_tokens:,}-token phrase read in {read_s:.1f} s "
+        f"(prompt budget now {engine.batcher.budget.tokens()} tokens a pass)"
+    )
+    print(
+        f"their gap: median {median:.3f} s before it; while it was read, longest {max(during):.3f} s "
+        f"= {max(during) / median:.1f}x, median {statistics.median(during):.3f} s"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="gpt2-xl", help="a known name, hub id or folder (a stand-in works)")
+    parser.add_argument("--precision", default="auto", help="auto (what the page would pick), fp32, q8, ...")
+    parser.add_argument("--visitors", type=int, default=8)
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--last-minutes", type=float, default=20.0, help="the RSS slope is over this last part")
+    parser.add_argument("--runs", type=int, help="pile-up check: one visitor, this many runs one after another")
+    parser.add_argument("--words", default="4,236", help="with --runs: phrases of A to B words")
+    parser.add_argument("--fairness", type=int, metavar="TOKENS", help="three stream while a fourth sends TOKENS")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    print(
+        f"{capabilities.cpu_name()} ({' '.join(sorted(capabilities.cpu_flags() & {'avx2', 'avx512f', 'avx512_vnni'}))})"
+    )
+    engine = gpt2_engine.load(args.model, dtype=args.precision)
+    print(f"{args.model} at {engine.precision}; resets by {engine.window_mode} ({engine.shadow_chunk} a step)")
+    list(engine.stream("Warm up", max_new_tokens=4, seed=0))
+    if args.runs:
+        low, high = (int(w) for w in args.words.split(","))
+        pileup(engine, args.runs, (low, high), args.seed)
+    elif args.fairness:
+        fairness(engine, args.fairness)
+    else:
+        soak(engine, args.visitors, args.minutes, args.seed, min(args.last_minutes, args.minutes))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""How many threads torch computes with: as many as the machine can give now, measured as it goes.
+
+torch's OpenMP splits each operator over its threads and waits at the end for the slowest one. With a thread per
+core and one busy neighbour (the browser that shows the page, slides, a call), every operator waits for the thread
+the neighbour pushed off its core: decoding ran 4-6x slower beside one busy process on a 2-core machine, where
+giving up that core costs ~20%. No reading of the machine says in advance which is faster (load averages lag,
+a neighbour may be a browser that sleeps between frames), so the policy measures: every forward pass is timed
+under the thread count it ran with, and now and then a few passes try one thread fewer (or one more). A count
+that decodes faster is taken, and kept until a later try says otherwise; a step that suddenly runs long (a
+neighbour has started) triggers a try at once. A try that runs much slower than the current count ends after
+one pass, so a busy machine pays little for looking.
+
+`GPT2_STUDIO_THREADS=N` pins N threads (no tries). One policy serves the process: every thread that runs the
+model (the batch's, step mode's, scoring's) applies its count before a pass; OpenMP keeps a count per thread.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+THREADS_ENV = "GPT2_STUDIO_THREADS"
+RECENT = 5  # passes of one kind remembered per thread count: their median is that count's speed now
+TRY_PASSES = 3  # passes a try runs when it is not clearly worse
+CLEARLY_WORSE = 1.5  # a try pass this much slower than the current count's median ends the try at once
+BETTER = 0.93  # a try is taken when its median is at most this share of the current count's
+SLOWED = 1.6  # the current count's median this much above its best: the machine got busier, try at once
+FIRST_TRY_AFTER = 16  # passes between tries, doubling after each try that changed nothing ...
+LONGEST_WAIT = 128  # ... up to this many
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def pinned_threads() -> int | None:
+    """GPT2_STUDIO_THREADS as a count (at least 1), or None when unset or not a number."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    return max(1, int(value)) if value.isdigit() else None
+
+
+class ThreadPolicy:
+    """The thread count for each forward pass (see the module's note). Thread-safe; one per process."""
+
+    def __init__(self, most: int | None = None, pinned: int | None = None):
+        self.most = max(1, most or cores())
+        self.pinned = pinned
+        self.current = pinned or self.most
+        self._lock = threading.Lock()
+        self._local = threading.local()  # the count this OS thread last gave OpenMP
+        self._recent: dict[tuple[int, int], deque[float]] = {}  # (threads, rows) -> recent pass seconds
+        self._best: dict[tuple[int, int], float] = {}  # (threads, rows) -> best median seen
+        self._trying: int | None = None  # the count under try, if any
+        self._last_try = 0  # the count tried last: tries alternate between fewer and more
+        self._blind = 0  # passes of the try with nothing of the current count's to compare with
+        self._tried: list[float] = []  # its passes' seconds
+        self._passes = 0
+        self._next_try = FIRST_TRY_AFTER
+        self._wait = FIRST_TRY_AFTER
+        self._held = 0  # > 0: no tries (autotune's timings)
+        self.changes = 0  # how often the count changed: for tests and benchmarks
+        self.passes_by_count: dict[int, int] = {}  # passes run with each count: for benchmarks
+
+    # ---- what a pass runs with --------------------------------------------------------------------------------
+
+    def apply(self, threads: int | None = None) -> int:
+        """Gives this OS thread's OpenMP `threads` (default: the current count); returns it."""
+        threads = threads or self.current
+        if getattr(self._local, "threads", None) != threads:
+            torch.set_num_threads(threads)
+            self._local.threads = threads
+        return threads
+
+    @contextmanager
+    def run_pass(self, rows: int) -> Iterator[int]:
+        """Around one forward pass of `rows` tokens: applies the count for it (the current one, or one under try),
+        times the pass, and learns from it. Yields the count."""
+        threads = self.apply(self.threads_for(rows))
+        started = time.perf_counter()
+        yield threads
+        self.learn(threads, rows, time.perf_counter() - started)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """No tries while inside (timings that compare other things, such as autotune's, at a steady count)."""
+        with self._lock:
+            self._held += 1
+            self._trying, self._tried = None, []
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held -= 1
+
+    def pin(self, threads: int | None) -> None:
+        """Pins `threads` (None: measure again, from every core): what GPT2_STUDIO_THREADS does at start."""
+        with self._lock:
+            self.pinned = threads
+            self.current = threads or self.most
+            self._trying, self._tried, self._next_try, self._wait = None, [], FIRST_TRY_AFTER, FIRST_TRY_AFTER
+            self._passes = 0
+            self._recent.clear()
+            self._best.clear()
+
+    def describe(self) -> str:
+        """In words: "2 threads", "1 of 2 threads (the machine is busy)", "1 thread (GPT2_STUDIO_THREADS)"."""
+        count = f"{self.current} thread{'s' if self.current != 1 else ''}"
+        if self.pinned:
+            return f"{count} ({THREADS_ENV})"
+        if self.current < self.most:
+            return f"{self.current} of {self.most} threads (measured faster: the machine is busy)"
+        return count
+
+    # ---- measuring -------------------------------------------------------------------------------------------
+
+    def threads_for(self, rows: int) -> int:
+        """The count the next pass of `rows` tokens runs with: the current one, or one under try."""
+        with self._lock:
+            if self.pinned or self._held:
+                return self.current
+            if self._trying is None and self._passes >= self._next_try:
+                self._start_try()
+            return self._trying or self.current
+
+    def _start_try(self) -> None:
+        """Tries one thread fewer, or, at one thread or after a try of fewer, one more."""
+        down, up = self.current - 1, self.current + 1
+        if down >= 1 and (up > self.most or self._last_try != down):
+            self._trying = down
+        elif up <= self.most:
+            self._trying = up
+        else:
+            self._next_try = self._passes + LONGEST_WAIT  # one core: nothing to try
+            return
+        self._last_try, self._tried, self._blind = self._trying, [], 0
+
+    def learn(self, threads: int, rows: int, seconds: float) -> None:
+        """What a pass of `rows` tokens cost with `threads`: may end a try, or start one (the machine got busier)."""
+        with self._lock:
+            self._passes += 1
+            self.passes_by_count[threads] = self.passes_by_count.get(threads, 0) + 1
+            recent = self._recent.setdefault((threads, rows), deque(maxlen=RECENT))
+            recent.append(seconds)
+            if len(recent) >= 3:
+                median = statistics.median(recent)
+                best = self._best.get((threads, rows), median)
+                self._best[(threads, rows)] = min(best, median)
+                slowed = threads == self.current and median > SLOWED * best
+                if slowed and self._trying is None and not self.pinned and not self._held:
+                    self._best[(threads, rows)] = median  # the busy machine is the one to beat from now on
+                    self._wait = FIRST_TRY_AFTER
+                    self._next_try = self._passes  # the next pass tries
+            if self._trying is None or threads != self._trying:
+                return
+            current = self._recent.get((self.current, rows))
+            if current is None or len(current) < 3:  # nothing to compare this kind of pass with: wait for another
+                self._blind += 1
+                if self._blind > 2 * TRY_PASSES:
+                    self._end_try(taken=False)
+                return
+            reference = statistics.median(current)
+            self._tried.append(seconds)
+            if seconds > CLEARLY_WORSE * reference:
+                self._end_try(taken=False)
+            elif len(self._tried) >= TRY_PASSES:
+                self._end_try(taken=statistics.median(self._tried) < BETTER * reference)
+
+    def _end_try(self, taken: bool) -> None:
+        if taken:
+            self.current = self._trying or self.current
+            self.changes += 1
+            self._wait = FIRST_TRY_AFTER
+        else:
+            self._wait = min(LONGEST_WAIT, 2 * self._wait)
+        self._trying, self._tried = None, []
+        self._next_try = self._passes + self._wait
+
+
+POLICY = ThreadPolicy(pinned=pinned_threads())

@@ -1,0 +1,77 @@
+"""Working memory is bounded and made at load: q8's scratch does not grow with the shapes a day brings, and a
+windowed run's cache is sized to what the window lets it hold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gpt2_engine
+from gpt2_engine import quantize
+from gpt2_engine.fast import FastContext
+from gpt2_engine.quantize import Q8Linear, Scratch, quantize_rows
+
+
+def runs_here(precision: str) -> list:
+    runs = precision in gpt2_engine.capabilities.runnable("cpu")
+    return [pytest.param(precision, marks=pytest.mark.skipif(not runs, reason=f"{precision} does not run here"))]
+
+
+@pytest.mark.parametrize("precision", runs_here("q8"))
+def test_q8_scratch_is_made_at_load_and_never_grows(precision) -> None:
+    torch.manual_seed(0)
+    scratch = Scratch(rows=16)
+    layers = [Q8Linear(*quantize_rows(torch.randn(48, width) * 0.05), torch.randn(48), scratch) for width in (64, 96)]
+    made = scratch.nbytes
+    assert made == 17 * (64 + 96) * 4  # one buffer per width, at construction
+    with torch.inference_mode():
+        for rows in range(1, 60):  # every row count a day of phrases brings, beyond the scratch too
+            for layer, width in zip(layers, (64, 96)):
+                layer(torch.randn(rows, width))
+    assert scratch.nbytes == made
+
+
+@pytest.mark.parametrize("precision", runs_here("q8"))
+def test_q8_rows_beyond_the_scratch_are_read_in_slices_with_the_same_result(precision) -> None:
+    torch.manual_seed(1)
+    weight, bias = torch.randn(40, 32) * 0.05, torch.randn(40)
+    small = Q8Linear(*quantize_rows(weight), bias, Scratch(rows=7))
+    large = Q8Linear(*quantize_rows(weight), bias, Scratch(rows=64))
+    x = torch.randn(2, 25, 32)  # 50 rows: 8 slices of the small scratch
+    with torch.inference_mode():
+        assert torch.equal(small(x), large(x))
+        assert small(x).shape == (2, 25, 40)
+
+
+@pytest.mark.parametrize("precision", runs_here("q8"))
+def test_a_q8_model_shares_one_scratch(tiny_model_dir, precision) -> None:
+    low = gpt2_engine.load(str(tiny_model_dir), dtype=precision, device="cpu")
+    scratches = {id(m.scratch) for m in low.model.modules() if isinstance(m, Q8Linear)}
+    assert len(scratches) == 1
+    scratch = next(m.scratch for m in low.model.modules() if isinstance(m, Q8Linear))
+    made = scratch.nbytes
+    for words in (3, 40, 120):  # phrases of new lengths
+        "".join(step.text for step in low.stream("word " * words, max_new_tokens=4, window=8, seed=1))
+    assert scratch.nbytes == made and scratch.rows == quantize.SCRATCH_ROWS
+
+
+def test_a_windowed_runs_cache_holds_what_the_window_allows(engine) -> None:
+    settings = engine.settings_for(max_new_tokens=40, window=8, seed=3, stop_at_eos=False)
+    decoder = engine.decoder("The cat sat on the mat", settings, window_mode="shadow")
+    prompt = len(decoder.prompt.ids)
+    assert decoder.context.cache.positions == max(prompt, 8) + 8
+    most = 0
+    while not decoder.finished:
+        decoder.step()
+        most = max(most, *decoder.context.cache.lengths)
+    assert most <= max(prompt, 8) + 8 - 1  # the bound the window promises, within the cache
+    off = engine.decoder("The cat", engine.settings_for(window=None, max_new_tokens=2))
+    assert off.context.cache.positions == engine.n_positions
+
+
+def test_a_cache_never_holds_more_than_its_positions(engine) -> None:
+    context = FastContext(engine.model, positions=6)
+    with torch.inference_mode():
+        context.prime([1, 2, 3, 4, 5, 6])
+        with pytest.raises(AssertionError, match="beyond what this cache holds"):
+            context.append(7)
