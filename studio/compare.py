@@ -263,7 +263,7 @@ def run_comparison(
     return comparison
 
 
-def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[], None] | None:
+def render(engine: gpt2_engine.TextEngine | None, stopped: list[Run]) -> Callable[[], None] | None:
     """Draws the tab. A comparison asked for now is returned, to be started last (after every tab is drawn);
     unless the click stopped runs that were writing (`stopped`): then it is a Stop, and it says so."""
     st.markdown(
@@ -272,6 +272,7 @@ def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[]
     )
     if status.needs_this_machine(engine, "Comparing windows compares memory, and a server's is not visible from here."):
         return None
+    assert engine is None or isinstance(engine, gpt2_engine.Engine)  # runs_here: the model is in this process
     prompt, pair, problem, go = _form(engine)
     if problem:
         status.problem(problem)

@@ -151,7 +151,7 @@ class ReplayView:
         self.text.html(text_html(run, writing=not run.finished))
 
 
-def _replay(engine: gpt2_engine.Engine, number: int) -> None:
+def _replay(engine: gpt2_engine.TextEngine, number: int) -> None:
     original = next((run for run in _history() if run.number == number), None)
     if original is None:
         return
@@ -184,7 +184,7 @@ def _replay_note(replay: Run, original: Run) -> None:
         )
 
 
-def render(engine: gpt2_engine.Engine | None) -> None:
+def render(engine: gpt2_engine.TextEngine | None) -> None:
     """Draws the tab; a replay asked for (by its button's callback) runs first, at the top."""
     number = st.session_state.pop(keys.REPLAY, None)
     if number is not None and engine is not None:

@@ -250,7 +250,7 @@ def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView
     return sweep
 
 
-def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[], Sweep] | None:
+def render(engine: gpt2_engine.TextEngine | None, stopped: list[Run]) -> Callable[[], Sweep] | None:
     """Draws the sweep. A sweep asked for now is returned, to be started last (after every tab is drawn);
     unless the click stopped runs that were writing (`stopped`): then it is a Stop, and it says so."""
     st.markdown(
@@ -260,6 +260,7 @@ def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[]
     why = "A sweep measures memory and rereads each text with the model to score it: both need the model here."
     if status.needs_this_machine(engine, why):
         return None
+    assert engine is None or isinstance(engine, gpt2_engine.Engine)  # runs_here: the model is in this process
     settings_column, result_column = st.columns([1, 2.2], gap="large")  # the chart in view beside the form
     with settings_column:
         request = _form(engine)
