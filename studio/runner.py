@@ -91,14 +91,9 @@ class Run:
 
 def remember(run: Run) -> Run:
     """Adds a run to this visitor's history as it starts; the entry is the run itself, so it shows how the
-    run ended (finished, stopped, failed) and its score once it has one."""
-    history = st.session_state.get(keys.HISTORY)
-    if history is None:
-        history = []
-        visits.keep(keys.HISTORY, history)
-    run.number = history[-1].number + 1 if history else 1
-    history.append(run)
-    del history[:-HISTORY_LIMIT]
+    run ended (finished, stopped, failed) and its score once it has one. Under the visit's lock: another tab of
+    this visit may add one at the same moment (visits.add_run)."""
+    visits.add_run(run, HISTORY_LIMIT)
     return run
 
 
