@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -70,7 +70,7 @@ class Choice:
     shadow_step_s: float = math.inf  # ... its mean step with the window's shadow row, in the same minutes
 
     @property
-    def window_mode(self) -> str:
+    def window_mode(self) -> Literal["reprime", "shadow"]:  # decoding.WindowMode
         """The shadow row where it costs (almost) nothing, so window resets cost no prefill and the
         stream never pauses ("shadow"); else "reprime" (a prefill of the last N tokens at each reset)."""
         return "shadow" if self.shadow_step_s <= SHADOW_AT_MOST * self.row_step_s else "reprime"
@@ -220,7 +220,7 @@ def remembered(choice_key: str | None) -> Choice | None:
     path = _choices_path()
     if choice_key is None or path is None:
         return None
-    entry = _read_all(path).get(choice_key)
+    entry = _read_all(path).get(choice_key, {})
     try:
         trials = tuple(Trial(**trial) for trial in entry["trials"])
         choice = Choice(entry["precision"], trials, False, entry["row_step_s"], entry["shadow_step_s"])

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,7 +27,10 @@ from . import autotune, capabilities, fast, hub, quantize, weights_cache
 from .errors import ModelLoadError, NotEnoughMemoryError, PrecisionUnavailableError, StudioError
 from .generation import Engine
 from .memory import available_bytes, format_bytes
-from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, DTYPES, KNOWN_MODELS, ModelShape
+from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, DTYPES, KNOWN_MODELS, ModelShape, is_precision
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig  # imported where it is used: offline, its import only delays an answer
 
 LOG = logging.getLogger("gpt2_studio")
 
@@ -135,7 +139,7 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
-def read_shape(source: str, is_local: bool, name: str | None = None) -> tuple[object, ModelShape]:
+def read_shape(source: str, is_local: bool, name: str | None = None) -> tuple[PreTrainedConfig, ModelShape]:
     """Reads only the model's config (a few kB) and checks it is a GPT-2. A hub model (not in the cache)
     is looked for only when the hub answers at once (require_hub)."""
     from transformers import AutoConfig
@@ -351,6 +355,7 @@ def _load_explained(name_or_path: str, dtype: str, device: str, say: Callable[[s
         check_memory(shape, precision, str(name_or_path), torch_device)
         model = load_at(precision)
     say("Ready")
+    assert is_precision(precision), precision  # auto was measured into one above
     return Engine(model, tokenizer, name=str(name_or_path), shape=shape, precision=precision, choice=choice)
 
 
@@ -374,7 +379,7 @@ def _damaged(source: str, error: BaseException) -> ModelLoadError:
 def _load_model(
     source: str,
     is_local: bool,
-    config: object,
+    config: PreTrainedConfig,
     shape: ModelShape,
     precision: str,
     device: torch.device,
@@ -387,13 +392,18 @@ def _load_model(
 
 
 def _weights(
-    source: str, is_local: bool, config: object, precision: str, device: torch.device, say: Callable[[str], None]
+    source: str,
+    is_local: bool,
+    config: PreTrainedConfig,
+    precision: str,
+    device: torch.device,
+    say: Callable[[str], None],
 ):
     from transformers import GPT2LMHeadModel
 
     # int8 and packed bf16 on a CPU convert from the file's own (mapped) fp32, a matrix at a time
     converts_itself = device.type == "cpu" and precision in ("int8", "q8", "bf16")
-    model = GPT2LMHeadModel.from_pretrained(
+    model: Any = GPT2LMHeadModel.from_pretrained(  # Any: its Linear modules are swapped below (quantize)
         source,
         config=config,
         dtype=torch.float32 if converts_itself else DTYPES[precision],

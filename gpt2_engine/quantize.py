@@ -29,6 +29,10 @@ DEQUANTIZE_FROM_ROWS = 8
 class Int8Linear(nn.Module):
     """y = x W^T + b with W in int8, one scale per output channel (symmetric, absmax / 127)."""
 
+    weight: Tensor  # buffers: typed here, as torch types a module's attributes Tensor | Module
+    scales: Tensor
+    bias: Tensor | None
+
     def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None):
         """weight: int8 (out, in); scales and bias: in the activations' dtype (see `quantize_rows`)."""
         super().__init__()
@@ -118,7 +122,7 @@ def swap_matrices(model: Any, make: Any) -> None:
 
 
 def to_int8(
-    model: Any, dtype: torch.dtype = torch.bfloat16, saved: dict[str, Tensor] | None = None, linear: type = None
+    model: Any, dtype: torch.dtype = torch.bfloat16, saved: dict[str, Tensor] | None = None, linear: type | None = None
 ) -> dict:
     """int8 weights, activations in `dtype` (bf16 for Int8Linear, fp32 for Q8Linear): a quarter of fp32's
     bytes per token. The model may come in fp32 straight from its memory-mapped file: each matrix is read
@@ -166,6 +170,8 @@ class Q8Linear(nn.Module):
     a last row holding 1 and -1 pins the call's range to [-1, 1]. So a row's result does not depend on the
     other rows of its call (the shadow row, a prompt's other tokens). On CPUs without VNNI, fbgemm's 8-bit
     products can saturate, so x keeps 7 bits there (`reduce_range`), as torch's dynamic quantization does."""
+
+    bias: Tensor  # a buffer: typed here, as torch types a module's attributes Tensor | Module
 
     def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None):
         """weight: int8 (out, in); scales and bias: fp32."""

@@ -99,7 +99,7 @@ def _entry(run: Run) -> None:
         )
         json_button.download_button(
             "JSON",
-            data=lambda run=run: record_json(run.record()),
+            data=lambda: record_json(run.record()),
             file_name=f"gpt2-studio-run-{n}.json",
             mime="application/json",
             key=f"history_json_{n}",
@@ -109,7 +109,7 @@ def _entry(run: Run) -> None:
         )
         csv_button.download_button(
             "CSV",
-            data=lambda run=run: memory_csv(run.record()),
+            data=lambda: memory_csv(run.record()),
             file_name=f"gpt2-studio-run-{n}-memory.csv",
             mime="text/csv",
             key=f"history_csv_{n}",

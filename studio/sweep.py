@@ -17,6 +17,7 @@ reruns; each of its runs also goes to the History tab ("window 50 of a sweep").
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,7 +181,7 @@ class SweepView:
                 if rows:
                     st.download_button(
                         "Download the sweep (CSV)",
-                        data=lambda rows=rows: sweep_csv(rows),
+                        data=lambda: sweep_csv(rows),
                         file_name=f"gpt2-studio-sweep-seed-{sweep.seed}.csv",
                         mime="text/csv",
                         key="sweep_csv",
@@ -215,6 +216,7 @@ def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView
     """Writes and scores each window in turn, drawing each point as it is scored: the writing and the scoring
     each in a turn of the model of its own, so that others waiting for one get in between."""
     settings = request.settings or ()
+    assert settings[0].seed is not None  # the form always sets one (controls.seed_or_new)
     sweep = Sweep(request.prompt, settings[0].seed, settings[0].max_new_tokens, tuple(s.window for s in settings))
     visits.keep(keys.SWEEP, sweep)
     turns = runner.turn_queue()
@@ -239,9 +241,7 @@ def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView
                 break
             try:
                 with turns.turn(waiting=view.show_waiting):
-                    coherence_view.score_run(
-                        engine, run, lambda done, total, run=run: view.rereading(sweep, run, done, total)
-                    )
+                    coherence_view.score_run(engine, run, functools.partial(view.rereading, sweep, run))
             except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
                 run.error = status.in_words(error, "Scoring")
                 break
