@@ -7,7 +7,8 @@
     engine.speak("The cat sat")                              # the tutorial's API: the whole text
 
 Knows nothing of Streamlit: the page (app.py, studio/) and the command line (python -m gpt2_engine) use it,
-through the names below and nothing else.
+through the names below and nothing else; an engine, local (`Engine`) or on a server (`RemoteEngine`), through
+what `TextEngine` says.
 """
 
 from .capabilities import runnable, supported
@@ -34,6 +35,7 @@ from .settings import SAMPLERS, TUTORIAL_PHRASE, GenerationSettings, max_window,
 from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS, ModelShape, Precision
 from .stats import RunStats, generated_text, memory_rows, reset_points
 from .stepping import StepMode
+from .text_engine import TextEngine
 
 __all__ = [
     # loading a model, and what it will take
@@ -55,7 +57,8 @@ __all__ = [
     "SMALLEST_MODEL",
     "runnable",
     "supported",
-    # generating
+    # generating: what the page needs of any engine (TextEngine), and the local one
+    "TextEngine",
     "Engine",
     "GenerationSettings",
     "SAMPLERS",

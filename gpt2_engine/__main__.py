@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .decoding import Step
 from .errors import StudioError
@@ -20,6 +21,10 @@ from .fast import PROMPT_CHUNK
 from .memory import format_bytes
 from .settings import MAX_CANDIDATES, SAMPLERS, TUTORIAL_PHRASE, GenerationSettings
 from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS
+
+if TYPE_CHECKING:
+    from .generation import Engine
+    from .text_engine import TextEngine
 
 
 def window_value(text: str) -> int | None:
@@ -164,13 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = settings_from(args)
+        local: Engine | None = None  # the model in this process: its precision, device and auto's choice are said
+        engine: TextEngine
         if args.backend:
             from .remote import RemoteEngine
 
             engine = RemoteEngine(args.backend)
             print(f"[{engine.name}]", file=sys.stderr)
         else:
-            engine = load(
+            engine = local = load(
                 args.model,
                 dtype=args.precision,
                 device=args.device,
@@ -197,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"[{tokens} tokens in {last.elapsed_s:.1f} s: {tokens / last.elapsed_s:.1f} tokens/s, "
             + (f"peak memory {format_bytes(peak_rss)}, " if peak_rss else "")
             + f"stopped by {last.stop_reason}, seed {last.seed}, "
-            + (engine.name if args.backend else f"{engine.name} {engine.precision} on {engine.device}")
-            + (f"; auto is {engine.choice.why}" if engine.choice else "")
+            + (engine.name if local is None else f"{local.name} {local.precision} on {local.device}")
+            + (f"; auto is {local.choice.why}" if local is not None and local.choice else "")
             + "]",
             file=sys.stderr,
         )

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -82,7 +82,7 @@ class Choice:
     layers: str = ""  # what was measured: "4 of 48 layers"
 
     @property
-    def window_mode(self) -> str:
+    def window_mode(self) -> Literal["reprime", "shadow"]:  # decoding.WindowMode
         """Always the shadow row: a reset never pauses the stream (its chunk keeps what it costs least)."""
         return "shadow"
 
@@ -244,7 +244,7 @@ def remembered(choice_key: str | None) -> Choice | None:
     path = _choices_path()
     if choice_key is None or path is None:
         return None
-    entry = _read_all(path).get(choice_key)
+    entry = _read_all(path).get(choice_key, {})
     try:
         trials = tuple(Trial(**trial) for trial in entry["trials"])
         choice = Choice(

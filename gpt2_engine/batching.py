@@ -42,7 +42,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,7 +213,7 @@ class Batcher:
         on_prompt: Progress | None = None,
         on_wait: Callable[[int], None] | None = None,
         poll_s: float = 0.2,
-    ) -> Iterator[Step]:
+    ) -> Generator[Step, None, None]:
         """A run's Steps as the batch decodes them. Joins at the first step asked for; while the bound keeps it
         waiting, calls `on_wait(runs ahead)` every `poll_s` (where a caller can give up by raising);
         `on_prompt(read, total)` as its prompt is read. Closing the generator takes the run out of the batch."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,7 @@ Segment = tuple[int, list[int]]  # (a cache row, token ids to read into it after
 Read = tuple["StaticKVCache", int, list[int]]  # the same, naming its cache: one pass can read many runs' caches
 Passes = Generator[list[Read], Tensor, Tensor]  # the forward passes an operation needs: it yields each pass's
 # reads, is sent their logits ((reads, vocab)), and returns the next-token logits it was after
+Done = TypeVar("Done")  # what an operation's passes return (Passes: the logits; a decoder's reads: None)
 
 
 def forward(model: Any, cache: StaticKVCache, segments: list[Segment]) -> Tensor:
@@ -146,8 +147,9 @@ def _forward_reads(model: Any, reads: list[Read]) -> Tensor:
     return model.lm_head(transformer.ln_f(x[last]))  # (reads, vocab)
 
 
-def run_passes(model: Any, passes: Passes) -> Tensor:
-    """Does an operation's passes one by one, alone (no other run beside it); returns its logits."""
+def run_passes(model: Any, passes: Generator[list[Read], Tensor, Done]) -> Done:
+    """Does an operation's passes one by one, alone (no other run beside it); returns what they return (the
+    logits of fast.Passes)."""
     try:
         reads = next(passes)
         while True:

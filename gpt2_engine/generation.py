@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import torch
@@ -30,7 +30,10 @@ from .shapes import ModelShape, Precision
 
 
 class Engine:
-    """A loaded GPT-2 and its tokenizer, ready to stream text. Made by `gpt2_engine.load()`."""
+    """A loaded GPT-2 and its tokenizer, ready to stream text (a `TextEngine`). Made by `gpt2_engine.load()`."""
+
+    runs_here = True  # the model is in this process: step mode, the comparisons and scoring can read it
+    memory_note = ""  # the memory chart is this process's own
 
     def __init__(
         self,
@@ -93,7 +96,7 @@ class Engine:
         window_mode: WindowMode | None = None,
         on_wait: Callable[[int], None] | None = None,
         **changes: Any,
-    ) -> Iterator[Step]:
+    ) -> Generator[Step, None, None]:
         """Yields one Step per generated token. `changes` override fields of `settings`.
         `on_prompt(read, total)` is told how many prompt tokens the model has read, chunk by chunk, before
         the first Step (a long phrase takes seconds to read). While the batch is full, `on_wait(runs ahead)` is
@@ -114,7 +117,7 @@ class Engine:
 
     def _alone(
         self, prompt: str, settings: GenerationSettings, backend: Backend, window_mode: WindowMode, on_prompt
-    ) -> Iterator[Step]:
+    ) -> Generator[Step, None, None]:
         """A run outside the batch (tutorial mode, the reference backend), in the caller's thread: its forward
         passes hold `self.lock`, between the batch's; the next one is done only when the next step is asked for."""
         run = self.decoder(prompt, settings, backend=backend, window_mode=window_mode, on_prompt=on_prompt)

@@ -40,7 +40,8 @@ class _Probe:
 
     def __init__(self, url: str, timeout_s: float):
         self.started, self.timeout_s = time.monotonic(), timeout_s
-        self.done, self.why = threading.Event(), None
+        self.done = threading.Event()
+        self.why: str | None = None
         threading.Thread(target=self._run, args=(url,), name="hub probe", daemon=True).start()
 
     def _run(self, url: str) -> None:

@@ -33,6 +33,10 @@ SCRATCH_ROWS = 320  # q8's work buffers hold this many rows: a prompt chunk (fas
 class Int8Linear(nn.Module):
     """y = x W^T + b with W in int8, one scale per output channel (symmetric, absmax / 127)."""
 
+    weight: Tensor  # buffers: typed here, as torch types a module's attributes Tensor | Module
+    scales: Tensor
+    bias: Tensor | None
+
     def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None):
         """weight: int8 (out, in); scales and bias: in the activations' dtype (see `quantize_rows`)."""
         super().__init__()
@@ -181,6 +185,8 @@ class Q8Linear(nn.Module):
     a first row holding 1 and -1 pins the call's range to [-1, 1]. So a row's result does not depend on the
     other rows of its call (the shadow row, a prompt's other tokens). On CPUs without VNNI, fbgemm's 8-bit
     products can saturate, so x keeps 7 bits there (`reduce_range`), as torch's dynamic quantization does."""
+
+    bias: Tensor  # a buffer: typed here, as torch types a module's attributes Tensor | Module
 
     def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None, scratch: Scratch | None = None):
         """weight: int8 (out, in); scales and bias: fp32; scratch: the model's work buffers (one per model)."""

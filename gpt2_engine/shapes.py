@@ -7,11 +7,17 @@ As nanoGPT's `GPTConfig`: plain data every other module may import, importing no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeGuard, get_args
 
 import torch
 
 Precision = Literal["fp32", "bf16", "fp16", "int8", "q8"]
+
+
+def is_precision(name: str) -> TypeGuard[Precision]:
+    """A precision a model is held in (not "auto", which is measured into one)."""
+    return name in get_args(Precision)
+
 
 DEFAULT_MODEL = "gpt2-xl"
 DTYPES = {
@@ -61,14 +67,9 @@ class ModelShape:
         return self.weight_bytes(precision) + full_cache + RUNTIME_OVERHEAD_BYTES
 
     @classmethod
-    def from_config(cls, config: object) -> ModelShape:
-        return cls(
-            config.n_layer,
-            config.n_embd,
-            config.n_head,
-            config.vocab_size,
-            config.n_positions,  # type: ignore[attr-defined]
-        )
+    def from_config(cls, config: Any) -> ModelShape:
+        """From a transformers GPT2Config (or anything with its five fields)."""
+        return cls(config.n_layer, config.n_embd, config.n_head, config.vocab_size, config.n_positions)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .decoding import Candidate, Decoder, Step
 from .errors import SettingsError
+from .fast import FastContext
 from .generation import Engine
 from .sampling import Distribution
 from .settings import GenerationSettings
@@ -92,8 +93,14 @@ class StepMode:
             overrides["top_k"] = top_k or None
         return self.decoder.distribution(**overrides)
 
-    def candidates(self, k: int = SHOWN_CANDIDATES, **overrides: float | int | None) -> tuple[Candidate, ...]:
-        return self.engine.candidates(self.distribution(**overrides), k)
+    def candidates(
+        self,
+        k: int = SHOWN_CANDIDATES,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> tuple[Candidate, ...]:
+        return self.engine.candidates(self.distribution(temperature, top_k, top_p), k)
 
     def retune(self, **changes: object) -> None:
         """Changes the sampler's settings (top-p, temperature, ...) for the steps to come."""
@@ -136,6 +143,7 @@ class StepMode:
         if run.reset:  # that token made the window re-prime: read the context it had again
             run.reprime(len(run.ids) - before.held_from)
         else:
+            assert isinstance(run.context, FastContext)  # step mode's: the fast backend, never autograd's cache
             run.context.truncate(1)
         run.logits, run.held_from, run.reset = before.logits, before.held_from, before.reset
         return True

@@ -246,7 +246,8 @@ def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], x_max: int) -> dic
 
 SWEEP_COLOR, SWEEP_REFERENCE_COLOR = "#1f6feb", "#495057"  # the windows; the reference (off, or the largest)
 SWEEP_HEIGHT_PX = 400
-SWEEP_LABEL_PLACES = {  # where a point's label can go (comparison.place_labels picks one): its anchor, offset in px
+# where a point's label can go (comparison.place_labels picks one): its anchor, offset in px
+SWEEP_LABEL_PLACES: dict[str, dict[str, object]] = {
     "right": {"align": "left", "baseline": "middle", "dx": 11, "dy": 0},
     "left": {"align": "right", "baseline": "middle", "dx": -11, "dy": 0},
     "above": {"align": "center", "baseline": "bottom", "dx": 0, "dy": -10},
@@ -312,7 +313,7 @@ def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, An
             "data": {"name": "points"},
             "name": f"sweep_labels_{side}",
             "transform": [{"filter": f"datum.side == '{side}' && datum.label != ''"}],
-            "mark": {"type": "text", "fontSize": 14, "fontWeight": 600, "color": "#1f2330", **offsets},
+            "mark": {"type": "text", "fontSize": 14, "fontWeight": 600, "color": "#1f2330"} | offsets,
             "encoding": {"x": x, "y": y, "text": {"field": "label"}},
         }
         for side, offsets in SWEEP_LABEL_PLACES.items()

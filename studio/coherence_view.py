@@ -78,7 +78,7 @@ def show_score(score: gpt2_engine.Coherence) -> None:
     )
 
 
-def panel(engine: gpt2_engine.Engine | None, run: Run | None) -> None:
+def panel(engine: gpt2_engine.TextEngine | None, run: Run | None) -> None:
     """Under a Write run: tutorial mode said plainly, and its coherence (a button until it is scored)."""
     if run is None:
         return
@@ -91,8 +91,9 @@ def panel(engine: gpt2_engine.Engine | None, run: Run | None) -> None:
             )
         elif run.steps:
             st.markdown(TUTORIAL_MODE_NOTE)
-    if not run.finished or not run.steps or engine is None or getattr(engine, "remote", False):
+    if not run.finished or not run.steps or engine is None or not engine.runs_here:
         return  # scoring rereads the text with the model's full context: the model must be on this machine
+    assert isinstance(engine, gpt2_engine.Engine)  # runs_here: the local engine, the model in this process
     if run.coherence is None and run.model != engine.name:
         st.caption(f"To score this text, load the model that wrote it ({run.model}) again.")
     elif run.coherence is None:

@@ -43,7 +43,7 @@ def _form(
     max_window = gpt2_engine.max_window(engine.n_positions if engine else 1024)
     with st.form("compare", border=False, enter_to_submit=False):
         prompt = controls.phrase("compare_prompt", "Both runs continue this same text.", height=90)
-        window_a, window_b, length, top_p, seed_box = st.columns([1.2, 1.2, 1, 1, 1], gap="medium")
+        window_a, window_b, length_box, top_p_box, seed_box = st.columns([1.2, 1.2, 1, 1, 1], gap="medium")
         windows = [
             controls.window_slider(
                 max_window,
@@ -55,10 +55,10 @@ def _form(
             )
             for column, name, default in ((window_a, "A", DEFAULT_WINDOWS[0]), (window_b, "B", DEFAULT_WINDOWS[1]))
         ]
-        length = length.slider(
+        length = length_box.slider(
             "Length (tokens)", 1, MAX_LENGTH, DEFAULT_LENGTH, key="compare_length", help="How much each run writes."
         )
-        top_p = controls.top_p_slider("compare_top_p", "How adventurous each pick is; the same for both.", top_p)
+        top_p = controls.top_p_slider("compare_top_p", "How adventurous each pick is; the same for both.", top_p_box)
         seed_text = seed_box.text_input(
             "Seed",
             key=keys.COMPARE_SEED,
@@ -241,7 +241,8 @@ def run_comparison(
         )
         for settings, label in zip(pair, labels)
     )
-    comparison = Comparison(prompt, pair[0].seed, runs)
+    assert pair[0].seed is not None  # the form always sets one (controls.seed_or_new)
+    comparison = Comparison(prompt, pair[0].seed, (runs[0], runs[1]))
     visits.keep(keys.COMPARISON, comparison)
     try:
         view.note.empty()
@@ -263,7 +264,7 @@ def run_comparison(
     return comparison
 
 
-def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[], None] | None:
+def render(engine: gpt2_engine.TextEngine | None, stopped: list[Run]) -> Callable[[], Comparison] | None:
     """Draws the tab. A comparison asked for now is returned, to be started last (after every tab is drawn);
     unless the click stopped runs that were writing (`stopped`): then it is a Stop, and it says so."""
     st.markdown(
@@ -272,6 +273,7 @@ def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[]
     )
     if status.needs_this_machine(engine, "Comparing windows compares memory, and a server's is not visible from here."):
         return None
+    assert engine is None or isinstance(engine, gpt2_engine.Engine)  # runs_here: the model is in this process
     prompt, pair, problem, go = _form(engine)
     if problem:
         status.problem(problem)

@@ -99,7 +99,7 @@ def _entry(run: Run) -> None:
         )
         json_button.download_button(
             "JSON",
-            data=lambda run=run: record_json(run.record()),
+            data=lambda: record_json(run.record()),
             file_name=f"gpt2-studio-run-{n}.json",
             mime="application/json",
             key=f"history_json_{n}",
@@ -109,7 +109,7 @@ def _entry(run: Run) -> None:
         )
         csv_button.download_button(
             "CSV",
-            data=lambda run=run: memory_csv(run.record()),
+            data=lambda: memory_csv(run.record()),
             file_name=f"gpt2-studio-run-{n}-memory.csv",
             mime="text/csv",
             key=f"history_csv_{n}",
@@ -151,7 +151,7 @@ class ReplayView:
         self.text.html(text_html(run, writing=not run.finished))
 
 
-def _replay(engine: gpt2_engine.Engine, number: int) -> None:
+def _replay(engine: gpt2_engine.TextEngine, number: int) -> None:
     original = next((run for run in _history() if run.number == number), None)
     if original is None:
         return
@@ -184,7 +184,7 @@ def _replay_note(replay: Run, original: Run) -> None:
         )
 
 
-def render(engine: gpt2_engine.Engine | None) -> None:
+def render(engine: gpt2_engine.TextEngine | None) -> None:
     """Draws the tab; a replay asked for (by its button's callback) runs first, at the top."""
     number = st.session_state.pop(keys.REPLAY, None)
     if number is not None and engine is not None:

@@ -91,14 +91,9 @@ class Run:
 
 def remember(run: Run) -> Run:
     """Adds a run to this visitor's history as it starts; the entry is the run itself, so it shows how the
-    run ended (finished, stopped, failed) and its score once it has one."""
-    history = st.session_state.get(keys.HISTORY)
-    if history is None:
-        history = []
-        visits.keep(keys.HISTORY, history)
-    run.number = history[-1].number + 1 if history else 1
-    history.append(run)
-    del history[:-HISTORY_LIMIT]
+    run ended (finished, stopped, failed) and its score once it has one. Under the visit's lock: another tab of
+    this visit may add one at the same moment (visits.add_run)."""
+    visits.add_run(run, HISTORY_LIMIT)
     return run
 
 
@@ -125,7 +120,9 @@ def latest_run(settle_s: float = SETTLE_S) -> Run | None:
     return latest(keys.RUN, settle_s)
 
 
-def write(engine: gpt2_engine.Engine, run: Run, on_step: Callable[[Run], None], on_prompt=None, on_wait=None) -> None:
+def write(
+    engine: gpt2_engine.TextEngine, run: Run, on_step: Callable[[Run], None], on_prompt=None, on_wait=None
+) -> None:
     """Streams `run` (its prompt and settings) into `run.steps`, calling `on_step(run)` after each token, in the
     engine's batch beside other visitors' runs (`on_wait(runs ahead)` while the batch is full). However it ends,
     the run says so: finished; failed (`run.error`, in words); or interrupted by Streamlit (`run.stopped`, the
@@ -160,13 +157,11 @@ def explain_stop(runs: list[Run], button: str) -> None:
 
 
 def generate(
-    engine: gpt2_engine.Engine, prompt: str, settings: gpt2_engine.GenerationSettings, view, label: str = ""
+    engine: gpt2_engine.TextEngine, prompt: str, settings: gpt2_engine.GenerationSettings, view, label: str = ""
 ) -> Run:
     """Runs one generation for this visitor, drawing it on `view` as it streams."""
     run = remember(Run(prompt, settings, engine.name, engine.weight_bytes, label=label, precision=engine.precision))
-    remote = getattr(engine, "remote", False)
-    if remote:
-        run.memory_note = engine.memory_note
+    run.memory_note = engine.memory_note  # "" when the chart is this process's memory (engine.runs_here)
     visits.keep(keys.RUN, run)
     try:
         view.show(run)

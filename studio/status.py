@@ -117,10 +117,10 @@ def in_words(error: Exception, what: str) -> str:
     return f"{what} failed: {type(error).__name__}: {error}"
 
 
-def needs_this_machine(engine: object, why: str) -> bool:
+def needs_this_machine(engine: gpt2_engine.TextEngine | None, why: str) -> bool:
     """True, with a note saying `why` and how to run the model here, when `engine` is served elsewhere (the
     Backend field): the tab's work needs the model on this machine."""
-    if not getattr(engine, "remote", False):
+    if engine is None or engine.runs_here:
         return False
     st.info(
         f"{why} Empty the **Backend** field in the sidebar to load a GPT-2 on this machine.", icon=":material/cloud:"

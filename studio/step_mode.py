@@ -239,13 +239,14 @@ def _draw_candidates(stepping: Stepping, choice: Choice) -> None:
     st.caption(f"All the other {dist.size - len(candidates):,} tokens together: {percent(max(0.0, 1 - shown))}.")
 
 
-def render(engine: gpt2_engine.Engine | None) -> None:
+def render(engine: gpt2_engine.TextEngine | None) -> None:
     """The Step by step tab, for this visitor."""
     if engine is None:
         st.info("Load a model in the sidebar first.", icon=":material/hourglass_top:")
         return
     if status.needs_this_machine(engine, "Step by step needs the model on this machine: a server streams whole runs."):
         return
+    assert isinstance(engine, gpt2_engine.Engine)  # runs_here: the model is in this process
     st.html(CSS)
     stepping: Stepping | None = st.session_state.get(keys.STEPPING)
     settings_column, main_column = st.columns([1, 2], gap="large")

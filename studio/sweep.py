@@ -1,6 +1,8 @@
 """The Compare windows tab's sweep: one phrase, one seed and one length, written under several windows one after
-the other in one turn of the model, each run scored as soon as it is written, and drawn as one point of a
-chart: the most its KV cache held (across) against its perplexity when reread with the whole text (up).
+the other, each run scored as soon as it is written, and drawn as one point of a chart: the most its KV cache
+held (across) against its perplexity when reread with the whole text (up). Each window's writing and its scoring
+take a turn of the model of their own (runner.turn_queue), so another visitor's step gets in between, not only
+after the whole sweep.
 
 The reference, written first, is window off (or, without it, the largest window picked); the others follow,
 largest first, and each point's "coherence kept" is the reference's perplexity over its own. Stop, or any other
@@ -15,6 +17,7 @@ reruns; each of its runs also goes to the History tab ("window 50 of a sweep").
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,7 +181,7 @@ class SweepView:
                 if rows:
                     st.download_button(
                         "Download the sweep (CSV)",
-                        data=lambda rows=rows: sweep_csv(rows),
+                        data=lambda: sweep_csv(rows),
                         file_name=f"gpt2-studio-sweep-seed-{sweep.seed}.csv",
                         mime="text/csv",
                         key="sweep_csv",
@@ -210,37 +213,39 @@ class SweepView:
 
 
 def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView) -> Sweep:
-    """Writes and scores each window in turn, in one turn of the model, drawing each point as it is scored."""
+    """Writes and scores each window in turn, drawing each point as it is scored: the writing and the scoring
+    each in a turn of the model of its own, so that others waiting for one get in between."""
     settings = request.settings or ()
+    assert settings[0].seed is not None  # the form always sets one (controls.seed_or_new)
     sweep = Sweep(request.prompt, settings[0].seed, settings[0].max_new_tokens, tuple(s.window for s in settings))
     visits.keep(keys.SWEEP, sweep)
+    turns = runner.turn_queue()
     try:
-        with runner.turn_queue().turn(waiting=view.show_waiting):
-            for each in settings:
-                label = f"{window_label(each.window)} of a sweep"
-                run = runner.remember(
-                    Run(
-                        request.prompt,
-                        each,
-                        engine.name,
-                        engine.weight_bytes,
-                        kind="sweep",
-                        label=label,
-                        precision=engine.precision,
-                    )
+        for each in settings:
+            label = f"{window_label(each.window)} of a sweep"
+            run = runner.remember(
+                Run(
+                    request.prompt,
+                    each,
+                    engine.name,
+                    engine.weight_bytes,
+                    kind="sweep",
+                    label=label,
+                    precision=engine.precision,
                 )
-                sweep.runs.append(run)
+            )
+            sweep.runs.append(run)
+            with turns.turn(waiting=view.show_waiting):
                 runner.write(engine, run, lambda run: view.writing(sweep, run))
-                if run.error is not None:
-                    break
-                try:
-                    coherence_view.score_run(
-                        engine, run, lambda done, total, run=run: view.rereading(sweep, run, done, total)
-                    )
-                except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
-                    run.error = status.in_words(error, "Scoring")
-                    break
-                view.show(sweep, final=False)  # the new point
+            if run.error is not None:
+                break
+            try:
+                with turns.turn(waiting=view.show_waiting):
+                    coherence_view.score_run(engine, run, functools.partial(view.rereading, sweep, run))
+            except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
+                run.error = status.in_words(error, "Scoring")
+                break
+            view.show(sweep, final=False)  # the new point
     finally:
         for run in sweep.runs:
             if not run.finished:  # interrupted: Stop, another widget, a closed tab
@@ -250,7 +255,7 @@ def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView
     return sweep
 
 
-def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[], Sweep] | None:
+def render(engine: gpt2_engine.TextEngine | None, stopped: list[Run]) -> Callable[[], Sweep] | None:
     """Draws the sweep. A sweep asked for now is returned, to be started last (after every tab is drawn);
     unless the click stopped runs that were writing (`stopped`): then it is a Stop, and it says so."""
     st.markdown(
@@ -260,6 +265,7 @@ def render(engine: gpt2_engine.Engine | None, stopped: list[Run]) -> Callable[[]
     why = "A sweep measures memory and rereads each text with the model to score it: both need the model here."
     if status.needs_this_machine(engine, why):
         return None
+    assert engine is None or isinstance(engine, gpt2_engine.Engine)  # runs_here: the model is in this process
     settings_column, result_column = st.columns([1, 2.2], gap="large")  # the chart in view beside the form
     with settings_column:
         request = _form(engine)

@@ -10,6 +10,9 @@ Why this and not the browser's storage: the runs (every token's numbers) live on
 URL needs no component or cookie, and the key is 96 random bits, so a visit is found only by its URL. The
 same URL shares the visit: whoever has it sees its runs, as anyone at the same screen would.
 Step mode's run is not kept: it holds a whole KV cache, and it starts again from the phrase with one click.
+
+Two tabs of one visit run their scripts on two threads at once, over the same Visit: every change to it (a run
+added to History, a record or the widgets kept, a new tab's copy of them) holds the visit's lock.
 """
 
 from __future__ import annotations
@@ -36,6 +39,33 @@ _KEY_SHAPE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 class Visit:
     records: dict[str, Any] = field(default_factory=dict)  # RECORDS' values, the very objects the page holds
     widgets: dict[str, Any] = field(default_factory=dict)  # keys.WIDGETS' values, as last drawn
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add_run(self, run: Any, limit: int, history: list | None = None) -> list:
+        """Appends `run` to the visit's History (or to `history`, a tab's own, where the visit has none yet),
+        numbered one after the last, keeping the latest `limit`; returns that History. Under the lock: two tabs
+        starting runs at once lose none and number none twice."""
+        with self.lock:
+            kept = self.records.get(keys.HISTORY)
+            if kept is None:
+                kept = self.records[keys.HISTORY] = history if history is not None else []
+            run.number = kept[-1].number + 1 if kept else 1
+            kept.append(run)
+            del kept[:-limit]
+            return kept
+
+    def keep(self, name: str, value: Any) -> None:
+        with self.lock:
+            self.records[name] = value
+
+    def keep_widgets(self, values: dict[str, Any]) -> None:
+        with self.lock:
+            self.widgets.update(values)
+
+    def copy(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(records, widgets) as they are now, for a new tab to take: never half of another tab's change."""
+        with self.lock:
+            return dict(self.records), dict(self.widgets)
 
 
 class VisitStore:
@@ -79,31 +109,32 @@ def restore() -> None:
     if key_before == key:
         return
     st.session_state[keys.VISIT] = key
-    for name, value in visit.records.items():
+    records, widgets = visit.copy()
+    for name, value in (*records.items(), *widgets.items()):
         st.session_state[name] = value
-    for name, value in visit.widgets.items():
-        st.session_state[name] = value
-    _settle(visit)
+    _settle(records)
 
 
 def keep(name: str, value: Any) -> None:
     """Puts a record (one of RECORDS) in session state and in the visit, so that a reload finds it."""
     st.session_state[name] = value
-    current().records[name] = value
+    current().keep(name, value)
+
+
+def add_run(run: Any, limit: int) -> None:
+    """Adds a run to this visit's History (Visit.add_run), which this tab's session state then holds too."""
+    st.session_state[keys.HISTORY] = current().add_run(run, limit, st.session_state.get(keys.HISTORY))
 
 
 def keep_widgets() -> None:
     """Remembers the widgets' values as they are now: called once every form is drawn, before a run starts."""
-    visit = current()
-    for name in keys.WIDGETS:
-        if name in st.session_state:
-            visit.widgets[name] = st.session_state[name]
+    current().keep_widgets({name: st.session_state[name] for name in keys.WIDGETS if name in st.session_state})
 
 
-def _settle(visit: Visit, settle_s: float = 10.0) -> None:
+def _settle(records: dict[str, Any], settle_s: float = 10.0) -> None:
     """A run the reload interrupted (in the session before it) says so within a token: wait for it, and say why."""
     deadline = time.monotonic() + settle_s
-    for run in visit.records.get(keys.HISTORY, []):
+    for run in list(records.get(keys.HISTORY, [])):
         while not run.finished and time.monotonic() < deadline:
             time.sleep(0.02)
         if run.interrupted:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import re
+import threading
+import time
 
 import pytest
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
@@ -14,7 +16,8 @@ from streamlit.testing.v1 import AppTest
 from test_page_compare import chart_data, press, set_widgets
 
 import gpt2_engine
-from gpt2_engine import SWEEP_CSV_COLUMNS, sweep_rows
+from gpt2_engine import SWEEP_CSV_COLUMNS, TurnQueue, sweep_rows
+from studio import runner
 from studio.charts import SWEEP_LABEL_PLACES
 from studio.comparison import place_labels
 from studio.sweep import window_options, writing_order
@@ -200,3 +203,47 @@ def test_labels_take_the_free_side() -> None:
     # a point at the right edge: its label stays inside the plot, clear of its neighbour's
     right = place_labels([(80.0, 50.0, "window 100"), (100.0, 50.0, "window 200 = off")], (0.0, 100.0), (0.0, 100.0))
     assert right[0] == "right" and right[1] not in ("right", "left", "above", "below")
+
+
+def test_a_sweep_takes_a_turn_per_run_and_per_scoring_so_others_get_in_between(
+    page: AppTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another visitor (step mode) who asks for a turn while the sweep writes its first window gets it as that
+    window's turn ends, not after the whole sweep."""
+    events: list[str] = []  # the sweep's "join" and "leave", and the other visitor's "step", in order
+    others: list[threading.Thread] = []
+
+    class Recorded(TurnQueue):
+        def join(self) -> object:
+            ticket = super().join()
+            if threading.current_thread() in others:
+                return ticket
+            events.append("join")
+            if not others:  # the sweep's first turn: another visitor asks now, and is in line before it ends
+                other = threading.Thread(target=step_mode_visitor, daemon=True)
+                others.append(other)
+                other.start()
+                deadline = time.monotonic() + 60
+                while len(self) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert len(self) == 2, "the other visitor never got in line"
+            return ticket
+
+        def leave(self, ticket: object) -> None:
+            if threading.current_thread() not in others and ticket in self._line:
+                events.append("leave")
+            super().leave(ticket)
+
+    turns = Recorded()
+
+    def step_mode_visitor() -> None:
+        with turns.turn():
+            events.append("step")
+
+    monkeypatch.setattr(runner, "turn_queue", lambda: turns)
+    at = sweep(page, sweep_windows=[5, 10, "off"])
+    assert not at.exception and at.session_state["sweep"].finished
+    others[0].join(60)
+    assert [e for e in events if e != "step"] == ["join", "leave"] * 6  # 3 windows, each written and scored
+    second_turn_ends = [i for i, e in enumerate(events) if e == "leave"][1]
+    assert events.index("leave") < events.index("step") < second_turn_ends  # between the sweep's first two turns

@@ -3,6 +3,8 @@ what made it, whatever the widgets show now. The real app.py through AppTest wit
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -102,3 +104,53 @@ def test_a_run_says_its_own_settings_after_the_sliders_moved(page) -> None:
     assert "top-p 0.50" not in shown and "top-p 0.90" in captions(history_tab)  # and in History
     record = history(at)[-1].record()
     assert record["precision"] and record["settings"]["top_p"] == 0.9
+
+
+class Numbered:
+    """A run as History numbers it. Setting its number hands the interpreter to another thread (sleep(0) is a
+    yield, not a wait), so that an add that is not under one lock, from several threads, interleaves here."""
+
+    def __init__(self, who: int) -> None:
+        self.who, self._number = who, 0
+
+    @property
+    def number(self) -> int:
+        return self._number
+
+    @number.setter
+    def number(self, value: int) -> None:
+        time.sleep(0)
+        self._number = value
+
+
+def test_runs_added_from_several_tabs_at_once_are_all_kept_once() -> None:
+    visit = visits.Visit()
+    threads, per_tab = 8, 50
+    start = threading.Barrier(threads, timeout=60)
+
+    def tab(who: int) -> None:
+        start.wait()
+        for _ in range(per_tab):
+            visit.add_run(Numbered(who), limit=threads * per_tab)
+
+    workers = [threading.Thread(target=tab, args=(who,)) for who in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    kept = visit.records[keys.HISTORY]
+    assert len(kept) == threads * per_tab and len({id(run) for run in kept}) == threads * per_tab  # none lost
+    assert [run.number for run in kept] == list(range(1, threads * per_tab + 1))  # none numbered twice, in order
+    assert all(sum(run.who == who for run in kept) == per_tab for who in range(threads))
+
+
+def test_history_keeps_the_latest_runs_and_a_new_tab_takes_a_whole_copy() -> None:
+    visit = visits.Visit()
+    for who in range(5):
+        visit.add_run(Numbered(who), limit=3)
+    assert [run.number for run in visit.records[keys.HISTORY]] == [3, 4, 5]
+    visit.keep_widgets({"prompt": "kept"})
+    records, widgets = visit.copy()
+    assert records[keys.HISTORY] is visit.records[keys.HISTORY] and widgets == {"prompt": "kept"}
+    widgets["prompt"] = "changed in one tab's copy"
+    assert visit.widgets == {"prompt": "kept"}

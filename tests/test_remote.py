@@ -67,10 +67,10 @@ def test_streams_with_candidates_and_repeats_with_a_seed(remote: RemoteEngine) -
 
 
 def test_window_resets_at_the_right_tokens(remote: RemoteEngine) -> None:
-    before = len(remote.requests)
-    steps = list(remote.stream("Once upon a time", max_new_tokens=23, window=8, seed=2))
+    run = remote.run("Once upon a time", max_new_tokens=23, window=8, seed=2)
+    steps = list(run.steps())
     assert [s.index for s in steps if s.reset] == [8, 16]
-    requests = remote.requests[before:]
+    requests = run.requests  # this run's own requests (tests/test_remote_threads.py: runs at once)
     assert [(r.first_index, r.max_tokens) for r in requests] == [(0, 8), (8, 8), (16, 7)]
     assert requests[0].prompt_ids == tuple(remote.tokenize("Once upon a time"))
     for request in requests[1:]:  # each reset's request starts from the last 8 tokens of prompt + generated
@@ -81,11 +81,11 @@ def test_window_resets_at_the_right_tokens(remote: RemoteEngine) -> None:
 
 
 def test_closing_the_generator_closes_the_request(remote: RemoteEngine) -> None:
-    before = len(remote.requests)
-    steps = remote.stream("The cat", max_new_tokens=60, window=None, seed=1)
+    run = remote.run("The cat", max_new_tokens=60, window=None, seed=1)
+    steps = run.steps()
     first = [next(steps) for _ in range(3)]
     steps.close()  # Stop
-    assert len(first) == 3 and len(remote.requests) == before + 1  # no request after the close
+    assert len(first) == 3 and len(run.requests) == 1  # no request after the close
     # the server is free at once for the next run, which streams whole
     assert len(list(remote.stream("The cat", max_new_tokens=5, seed=1))) == 5
 
