@@ -19,10 +19,11 @@ import streamlit as st
 import gpt2_engine
 
 from . import charts, coherence_view, controls, keys, runner, status, visits
-from .comparison import TABLE_COLUMNS, Comparison, first_difference, summary, table, window_label
+from .comparison import TABLE_COLUMNS, Comparison, first_difference, summary, table
 from .controls import MAX_LENGTH, OFF
+from .run import Run
 from .run_view import CHARTS_EVERY_S, RESET_MARK, TEXT_EVERY_S
-from .runner import Run
+from .words import tokens, window_label
 
 DEFAULT_WINDOWS = (20, OFF)  # a small window against the whole context
 DEFAULT_LENGTH = 100  # five resets of a window of 20: enough to see the cache's saw-tooth
@@ -168,7 +169,7 @@ class CompareView:
                 (label for run, label in zip((a, b), comparison.labels()) if parted in run.stats.resets), None
             )
             when = f", right at a reset of {at_reset}" if at_reset else ""
-            where = f"They wrote the same first {status.tokens(parted)}, then parted{when} (tinted below)."
+            where = f"They wrote the same first {tokens(parted)}, then parted{when} (tinted below)."
         self.note.markdown(
             f"Both runs used **seed {comparison.seed}**. The sampler draws one random number per token from the "
             "seed, so wherever both windows give the model the same view, they pick the same token; they part "

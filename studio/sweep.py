@@ -25,10 +25,11 @@ import gpt2_engine
 from gpt2_engine import sweep_csv
 
 from . import charts, coherence_view, controls, keys, runner, status, visits
-from .comparison import Sweep, kv_unit, ordinal, sweep_points, sweep_reading, window_label
+from .comparison import Sweep, kv_unit, sweep_points, sweep_reading
 from .controls import MAX_LENGTH, OFF
+from .run import Run
 from .run_view import TEXT_EVERY_S
-from .runner import Run
+from .words import ordinal, window_label
 
 WINDOW_CHOICES = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 500)  # and the model's largest, and off
 DEFAULT_WINDOWS = (10, 20, 50, 100, 200, OFF)
@@ -142,11 +143,11 @@ class SweepView:
             self._drawn_at = now
             length = run.settings.max_new_tokens
             share = WRITE_SHARE * len(run.steps) / length
-            self._progress(sweep, run, share, f"{len(run.steps)} of {length} tokens")
+            self._progress(sweep, run, share, f"{len(run.steps):,} of {length:,} tokens")
 
     def rereading(self, sweep: Sweep, run: Run, done: int, total: int) -> None:
         share = WRITE_SHARE + (1 - WRITE_SHARE) * (done / total if total else 1.0)
-        self._progress(sweep, run, share, f"rereading to score it, {done} of {total} tokens")
+        self._progress(sweep, run, share, f"rereading to score it, {done:,} of {total:,} tokens")
 
     def show(self, sweep: Sweep | None, final: bool = True) -> None:
         """The chart and its sentence as they stand. With `final`, also the status line and the download: once
@@ -198,7 +199,7 @@ class SweepView:
             self.line.info("Stopping the sweep…", icon=":material/stop_circle:")
         elif drawn == len(sweep.windows):
             self.line.success(
-                f"Swept {drawn} windows with seed {sweep.seed}, {sweep.length} tokens each.",
+                f"Swept {drawn} windows with seed {sweep.seed}, {sweep.length:,} tokens each.",
                 icon=":material/check_circle:",
             )
         else:
