@@ -89,9 +89,11 @@ def _preview_html(run: Run) -> str:
 def _entry(run: Run) -> None:
     n = run.number
     with st.container(border=True):
-        head, replay, json_button, csv_button = st.columns([6, 1.1, 1, 1], vertical_alignment="center")
+        head, buttons = st.columns([3, 2], vertical_alignment="center")
         head.markdown(_title(run))
-        replay.button(
+        # the buttons as wide as their words, wrapping rather than cut short where the column is narrow
+        buttons = buttons.container(horizontal=True, horizontal_alignment="right", gap="small")
+        buttons.button(
             "Replay",
             key=f"history_replay_{n}",
             icon=":material/replay:",
@@ -99,7 +101,7 @@ def _entry(run: Run) -> None:
             args=(n,),
             help="Write it again with the same phrase, settings and seed: the same text comes out.",
         )
-        json_button.download_button(
+        buttons.download_button(
             "JSON",
             data=lambda run=run: record_json(run.record()),
             file_name=f"gpt2-studio-run-{n}.json",
@@ -109,7 +111,7 @@ def _entry(run: Run) -> None:
             icon=":material/download:",
             help="Everything about this run: phrase, settings, seed, text, numbers, and every token's memory.",
         )
-        csv_button.download_button(
+        buttons.download_button(
             "CSV",
             data=lambda run=run: memory_csv(run.record()),
             file_name=f"gpt2-studio-run-{n}-memory.csv",
@@ -143,6 +145,9 @@ class ReplayView:
     def update(self, run: Run) -> None:
         if time.monotonic() - self._drawn_at >= 0.1:  # ~10 draws a second, as the Write tab
             self.show(run)
+
+    def start(self, run: Run) -> None:
+        self.show(run)  # at the top of the History tab
 
     def show(self, run: Run) -> None:
         self._drawn_at = time.monotonic()

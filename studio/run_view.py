@@ -22,7 +22,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from gpt2_engine import GenerationSettings, Step, format_bytes
 
-from . import charts, keys, status
+from . import charts, keys, screen, status
 from .run import Run
 from .words import count, ordinal, percent, quoted, window_label
 
@@ -112,23 +112,43 @@ class RunView:
     """The placeholders a run is drawn in, made where the page calls this. `update` is throttled for
     streaming; `show` always draws everything (the final state of a run, or a rerun).
 
-    Top to bottom: the status (made by the page, beside Stop), the text in a compact box that scrolls, the
-    memory chart right under it (so that at 1280x720 the status, the text and the chart are in view together
-    while GPT-2 writes), then the chart's caption, the text's legends and the colour switch, and the numbers."""
+    Top to bottom: the status beside Stop (shown while it writes), the text in a compact box that scrolls, the
+    memory chart right under it (beside it in presenter mode), so that at 1280x720 the status, the text and the
+    chart are in view together while GPT-2 writes (screen.py scrolls them there as a run starts), then the chart's
+    caption, the text's legends and the colour switch, and the numbers."""
 
-    def __init__(self, status_area, ready: bool = True, side_by_side: bool = False) -> None:
+    def __init__(self, ready: bool = True, side_by_side: bool = False) -> None:
         self.ready = ready  # a model is loaded: Generate can be pressed
-        self.status = status_area.container(key="run_status").empty()  # the key: style.css makes it slimmer
-        text_side, chart_side = st.columns([1.15, 1], gap="large") if side_by_side else (st, st)  # presenter mode
-        self.text = text_side.empty()
-        self.notes = text_side.empty()
-        self.charts = chart_side.empty()
-        switch, legends = st.columns([1, 2.6], vertical_alignment="center")
-        with switch:
-            _colour_switch()
-        self.legends = legends.empty()
-        self.numbers = st.empty()
+        with st.container(key=screen.WRITE):
+            status_row, stop_row = st.columns([5, 1], vertical_alignment="center")
+            self.status = status_row.container(key="run_status").empty()  # the key: style.css makes it slimmer
+            self.stop = stop_row.empty()
+            text_side, chart_side = st.columns([1.15, 1], gap="large") if side_by_side else (st, st)  # presenter
+            self.text = text_side.empty()
+            self.notes = text_side.empty()
+            self.charts = chart_side.empty()
+            switch, legends = st.columns([1, 2.6], vertical_alignment="center")
+            with switch:
+                _colour_switch()
+            self.legends = legends.empty()
+            self.numbers = st.empty()
+            self.scroll = st.empty()
         self._text_at = self._charts_at = float("-inf")
+        self._stop_drawn = False
+
+    def start(self, run: Run) -> None:
+        """A run begins: everything drawn for it, Stop beside its status, and the page scrolled to show it."""
+        self.show(run)
+        screen.keep_in_view(self.scroll, screen.WRITE)
+
+    def _draw_stop(self, writing: bool) -> None:
+        """Stop while a run writes (once per script run: a widget's key is drawn once); after it, nothing."""
+        if not writing:
+            self.stop.empty()
+        elif not self._stop_drawn:
+            self._stop_drawn = True
+            # Clicking Stop reruns the page, which interrupts a run within one token (see studio/runner.py).
+            self.stop.button("Stop", key="stop", icon=":material/stop:", help="Stop writing; the text so far is kept.")
 
     def show_waiting(self, ahead: int) -> None:
         status.waiting(self.status, ahead)
@@ -153,6 +173,7 @@ class RunView:
         self._draw_charts(run)
         self._draw_numbers(run)
         self._draw_status(run)  # last: once it says Done or Stopped, everything above is drawn
+        self._draw_stop(run is not None and not run.finished)
 
     def _draw_status(self, run: Run | None) -> None:
         if run is None and not self.ready:
@@ -209,7 +230,8 @@ class RunView:
             return
         stats = run.stats
         with self.numbers.container():
-            speed, tokens, words, peak, seed = st.columns(5)
+            # peak memory carries two figures ("2.50 GB", "+148 MB this run"): the widest column
+            speed, tokens, words, peak, seed = st.columns([1, 1, 1, 1.7, 1.1])
             speed.metric(
                 "Tokens/s",
                 f"{stats.tokens_per_s:.1f}",

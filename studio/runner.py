@@ -123,7 +123,7 @@ def generate(
         run.memory_note = engine.memory_note
     visits.keep(keys.RUN, run)
     try:
-        view.show(run)
+        view.start(run)
         write(engine, run, view.update, on_prompt=getattr(view, "show_reading", None), on_wait=view.show_waiting)
     finally:
         if not run.finished:  # stopped while it waited for a place in the batch

@@ -24,7 +24,7 @@ import streamlit as st
 import gpt2_engine
 from gpt2_engine import sweep_csv
 
-from . import charts, coherence_view, controls, keys, runner, status, visits
+from . import charts, coherence_view, controls, keys, runner, screen, status, visits
 from .comparison import Sweep, kv_unit, sweep_points, sweep_reading
 from .controls import MAX_LENGTH, OFF
 from .run import Run
@@ -116,16 +116,22 @@ class SweepView:
     that reads it, and the download with what the chart means."""
 
     def __init__(self) -> None:
-        line, stop = st.columns([4, 1], vertical_alignment="center")
-        self.line = line.empty()
+        with st.container(key=screen.SWEEP):
+            line, stop = st.columns([4, 1], vertical_alignment="center")
+            self.line, self.stop = line.empty(), stop.empty()
+            self.chart = st.empty()
+            self.reading = st.empty()
+            self.below = st.empty()
+            self.scroll = st.empty()
+        self._drawn_at = float("-inf")
+
+    def start(self) -> None:
+        """A sweep begins: Stop beside its progress line, and the page scrolled to show the line and the chart."""
         # Clicking Stop reruns the page, which interrupts the sweep within one token (see studio/runner.py).
-        stop.button(
+        self.stop.button(
             "Stop", key="sweep_stop", icon=":material/stop:", help="Stop the sweep; the windows done so far stay."
         )
-        self.chart = st.empty()
-        self.reading = st.empty()
-        self.below = st.empty()
-        self._drawn_at = float("-inf")
+        screen.keep_in_view(self.scroll, screen.SWEEP)
 
     def show_waiting(self, ahead: int) -> None:
         status.waiting(self.line, ahead)
@@ -174,6 +180,7 @@ class SweepView:
         else:
             self.reading.empty()
         if final:
+            self.stop.empty()  # the sweep is over (or another tab's is still going: its own Stop stops it)
             self._status(sweep, rows)
             with self.below.container():
                 if rows:
@@ -215,6 +222,7 @@ def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView
     settings = request.settings or ()
     sweep = Sweep(request.prompt, settings[0].seed, settings[0].max_new_tokens, tuple(s.window for s in settings))
     visits.keep(keys.SWEEP, sweep)
+    view.start()
     try:
         with runner.turn_queue().turn(waiting=view.show_waiting):
             for each in settings:
