@@ -71,7 +71,9 @@ tabs_area = cover[0].container() if cover else body.container()
 write_tab, step_tab, compare_tab, history_tab = tabs_area.tabs(["Write", "Step by step", "Compare windows", "History"])
 with write_tab:
     if presenting:  # the settings folded away, the whole width for the text and its charts side by side
-        folded = runner.latest_run(settle_s=0) is not None  # open until the first run
+        # open until the first run, folded as it starts (not after it: the run would jump up, out of view); once
+        # unfolded by hand it stays open, and studio/screen.py scrolls each run into view instead
+        folded = runner.latest_run(settle_s=0) is not None or bool(st.session_state.get("generate"))
         settings_column = st.expander("Your phrase and the settings", expanded=not folded)
         run_column = st.container()
     else:

@@ -2,8 +2,8 @@
 
 Each view (Write, Compare, the Sweep) draws its run inside a container with a key (`WRITE`, `COMPARE`, `SWEEP`):
 its top is the status line with Stop beside it, its chart below. When a run starts, `keep_in_view` sends a small
-script that scrolls the page the least it can so that the run's top is under Streamlit's header and its chart's
-bottom above the window's edge; where both cannot be, the top wins. Pressing Generate with the settings unfolded,
+script that scrolls the page the least it can so that the run's top is under Streamlit's header and the bottom of
+its chart and its text boxes above the window's edge; where both cannot be, the top wins. Pressing Generate with the settings unfolded,
 or Compare under its long form, then shows the run, not the form. It scrolls until the chart is drawn (the first
 token) and then leaves the page alone, so a presenter who scrolls away is not pulled back.
 """
@@ -33,7 +33,8 @@ SCRIPT = """
     const chart = area.querySelector('[data-testid="stVegaLiteChart"]');
     const headerBottom = header ? Math.max(0, header.getBoundingClientRect().bottom) : 0;
     const top = area.getBoundingClientRect().top - headerBottom - 8;
-    const bottom = (chart || area).getBoundingClientRect().bottom;
+    const lows = [...area.querySelectorAll('[data-testid="stVegaLiteChart"], .studio-text')];  // chart and texts
+    const bottom = Math.max(...lows.map((el) => el.getBoundingClientRect().bottom));
     const over = chart ? bottom - window.innerHeight + 12 : 0;
     const by = over > 0 ? Math.min(over, top) : Math.min(0, top);
     if (Math.abs(by) >= 1) scroller(area).scrollBy({top: by, behavior: "instant"});
