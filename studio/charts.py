@@ -161,7 +161,7 @@ def memory_caption(steps: Sequence[Step], weight_bytes: int) -> str:
 COMPARE_COLORS = ("#0ca678", "#1f6feb")  # window A, window B
 COMPARE_DASHES = ([1, 0], [7, 4])  # window A solid, window B dashed: where the two lines meet, both show
 COMPARE_WIDTHS = (3.4, 2.2)  # ... and A wider, under B's dashes
-COMPARE_HEIGHT_PX = 300  # the chart element: title, legend, both panels; with the runs' texts above it in 1280x720
+COMPARE_HEIGHT_PX = 280  # the chart element: title, legend, both panels; with the runs' texts above it in 1280x720
 MEMORY_BAND = [{"expr": "height * 0.58"}, 0]  # what each run added: the top 58% of the plot (pixels, down)
 KV_BAND = [{"expr": "height"}, {"expr": "height * 0.70"}]  # the KV cache: the bottom 30%
 BANDS_GAP = {  # a white strip over the x axis's gridlines between the two bands: two panels, not one
