@@ -7,6 +7,7 @@
 Layout and wiring only, top to bottom: the parts live in studio/, the work in gpt2_engine/.
 """
 
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -47,19 +48,22 @@ if not presenting:
         "while the charts show how much memory it takes and what a smaller context window saves."
     )
 
-with st.sidebar:
-    st.header("Model")
-    backend = model_picker.pick_backend()
-    choice = None if backend else model_picker.pick_model()
+with st.sidebar:  # the model first, then what it needs and how auto chose; a server elsewhere folded under them,
+    st.header("Model")  # so that all of it is in view at 1280x720
+    model_area = st.container()
+    with st.expander("A model served elsewhere", expanded=bool(os.environ.get(model_picker.ENV_BACKEND, "").strip())):
+        backend = model_picker.pick_backend()
+    with model_area:
+        choice = None if backend else model_picker.pick_model()
 loading_box = st.empty()
 body = st.container()  # the tabs' place
 # While a model loads, an empty placeholder takes the old tabs' place (its progress shows alone, not over a faded
 # copy of the page), and the new tabs then take the placeholder's: the same place either way, so no stale copy.
 cover = []
 if choice is None:  # a model served elsewhere (vLLM, llama.cpp's server): see gpt2_engine/remote.py
-    engine = model_picker.load_remote(backend, st.sidebar)
+    engine = model_picker.load_remote(backend, model_area)
 else:
-    engine = model_picker.load_model(choice, st.sidebar, loading_box, on_wait=lambda: cover.append(body.empty()))
+    engine = model_picker.load_model(choice, model_area, loading_box, on_wait=lambda: cover.append(body.empty()))
 # A start button pressed while a run writes stops that run (as Stop does) and starts nothing: no run is lost.
 stopped = runner.stopped_by_this_click()
 
@@ -67,7 +71,9 @@ tabs_area = cover[0].container() if cover else body.container()
 write_tab, step_tab, compare_tab, history_tab = tabs_area.tabs(["Write", "Step by step", "Compare windows", "History"])
 with write_tab:
     if presenting:  # the settings folded away, the whole width for the text and its charts side by side
-        folded = runner.latest_run(settle_s=0) is not None  # open until the first run
+        # open until the first run, folded as it starts (not after it: the run would jump up, out of view); once
+        # unfolded by hand it stays open, and studio/screen.py scrolls each run into view instead
+        folded = runner.latest_run(settle_s=0) is not None or bool(st.session_state.get("generate"))
         settings_column = st.expander("Your phrase and the settings", expanded=not folded)
         run_column = st.container()
     else:
@@ -80,10 +86,7 @@ with write_tab:
         if request.problem:
             status.problem(request.problem)
     with run_column:
-        status_row, stop_row = st.columns([5, 1], vertical_alignment="center")
-        # Clicking Stop reruns the page, which interrupts a run within one token (see studio/runner.py).
-        stop_row.button("Stop", key="stop", icon=":material/stop:", help="Stop writing; the text so far is kept.")
-        view = RunView(status_row, ready=engine is not None, side_by_side=presenting)
+        view = RunView(ready=engine is not None, side_by_side=presenting)
 with step_tab:
     step_mode.render(engine)
 with compare_tab:

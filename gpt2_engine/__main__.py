@@ -16,15 +16,28 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .decoding import Step
-from .errors import StudioError
+from .errors import SettingsError, StudioError
 from .fast import PROMPT_CHUNK
 from .memory import format_bytes
+from .serving import plan_load
 from .settings import MAX_CANDIDATES, SAMPLERS, TUTORIAL_PHRASE, GenerationSettings
 from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS
+from .threads import POLICY
 
 if TYPE_CHECKING:
     from .generation import Engine
     from .text_engine import TextEngine
+
+FLAGS = {  # a setting's name in GenerationSettings -> the flag that sets it, as an error names it
+    "max_new_tokens": "--length",
+    "top_p": "--top-p",
+    "window": "--window",
+    "sampler": "--sampler",
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "seed": "--seed",
+    "candidates": "--show-candidates",
+}
 
 
 def window_value(text: str) -> int | None:
@@ -34,7 +47,23 @@ def window_value(text: str) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"window = {text!r}: use 'off' or a whole number of tokens") from None
+        raise argparse.ArgumentTypeError(f"{text} is not a window: use off or a whole number of tokens") from None
+
+
+def in_words(error: StudioError) -> str:
+    """An error as the command line says it: a setting by its flag and its value as typed (off, not None)."""
+    if isinstance(error, SettingsError):
+        value = "off" if error.value is None else error.value
+        return f"{FLAGS.get(error.field, error.field)} {value} is not allowed: use {error.allowed}."
+    return str(error)
+
+
+def check_before_loading(args: argparse.Namespace, settings: GenerationSettings) -> None:
+    """Everything that can be checked without the weights: the model can be found, the precision runs here, and
+    the window fits the model's positions (from its name, or its folder's config.json: a few kB). A bad value is
+    refused in a second or two, not after a load of half a minute."""
+    plan = plan_load(args.model, args.precision, args.device)
+    settings.check_for(plan.shape.n_positions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,12 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args)
         local: Engine | None = None  # the model in this process: its precision, device and auto's choice are said
         engine: TextEngine
+        if not args.prompt.strip():
+            print("[an empty phrase: GPT-2 starts from a fresh document, as after <|endoftext|>]", file=sys.stderr)
         if args.backend:
             from .remote import RemoteEngine
 
             engine = RemoteEngine(args.backend)
             print(f"[{engine.name}]", file=sys.stderr)
         else:
+            check_before_loading(args, settings)
             engine = local = load(
                 args.model,
                 dtype=args.precision,
@@ -192,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(candidates_line(step, engine.token_text(step.token_id)), file=sys.stderr, flush=True)
             last, peak_rss = step, max(peak_rss, step.rss_bytes)
     except StudioError as error:
-        print(f"\nerror: {error}", file=sys.stderr)
+        print(f"\nerror: {in_words(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\n[stopped]", file=sys.stderr)
@@ -201,10 +233,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if last is not None:
         tokens = last.index + 1
         print(
-            f"[{tokens} tokens in {last.elapsed_s:.1f} s: {tokens / last.elapsed_s:.1f} tokens/s, "
+            f"[{tokens:,} token{'s' if tokens != 1 else ''} in {last.elapsed_s:.1f} s: {tokens / last.elapsed_s:.1f} tokens/s, "
             + (f"peak memory {format_bytes(peak_rss)}, " if peak_rss else "")
             + f"stopped by {last.stop_reason}, seed {last.seed}, "
-            + (engine.name if local is None else f"{local.name} {local.precision} on {local.device}")
+            + (
+                engine.name
+                if local is None
+                else f"{local.name} {local.precision} on {local.device}, {POLICY.describe()}"
+            )
             + (f"; auto is {local.choice.why}" if local is not None and local.choice else "")
             + "]",
             file=sys.stderr,

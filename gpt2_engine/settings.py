@@ -43,14 +43,14 @@ class GenerationSettings:
         if not 0.0 < self.top_p <= 1.0:
             raise SettingsError("top_p", self.top_p, "a number greater than 0 and at most 1")
         if self.window is not None:
-            _check_int("window", self.window, 1, None, "off (None) or a whole number of tokens >= 1")
+            _check_int("window", self.window, 1, None, "off, or a whole number of tokens from 1")
         if self.sampler not in SAMPLERS:
             raise SettingsError("sampler", self.sampler, "one of " + ", ".join(SAMPLERS))
         _check_float("temperature", self.temperature, "a number greater than 0 (1 = unchanged)")
         if not 0.0 < self.temperature <= 100.0:
             raise SettingsError("temperature", self.temperature, "a number greater than 0 and at most 100")
         if self.top_k is not None:
-            _check_int("top_k", self.top_k, 1, None, "off (None) or a whole number >= 1")
+            _check_int("top_k", self.top_k, 1, None, "off, or a whole number from 1")
         if self.seed is not None:
             _check_int("seed", self.seed, 0, MAX_SEED)
         for flag in ("stop_at_eos", "stop_at_sentence_end", "autograd"):

@@ -161,9 +161,19 @@ def memory_caption(steps: Sequence[Step], weight_bytes: int) -> str:
 COMPARE_COLORS = ("#0ca678", "#1f6feb")  # window A, window B
 COMPARE_DASHES = ([1, 0], [7, 4])  # window A solid, window B dashed: where the two lines meet, both show
 COMPARE_WIDTHS = (3.4, 2.2)  # ... and A wider, under B's dashes
-COMPARE_HEIGHT_PX = 440  # the chart element: title, legend, what each run added above and the KV cache below
+COMPARE_HEIGHT_PX = 280  # the chart element: title, legend, both panels; with the runs' texts above it in 1280x720
 MEMORY_BAND = [{"expr": "height * 0.58"}, 0]  # what each run added: the top 58% of the plot (pixels, down)
 KV_BAND = [{"expr": "height"}, {"expr": "height * 0.70"}]  # the KV cache: the bottom 30%
+BANDS_GAP = {  # a white strip over the x axis's gridlines between the two bands: two panels, not one
+    "data": {"values": [{}]},
+    "mark": {"type": "rect", "color": "white", "opacity": 1},
+    "encoding": {
+        "x": {"value": -1},
+        "x2": {"value": {"expr": "width + 1"}},
+        "y": {"value": {"expr": "height * 0.58 + 1"}},
+        "y2": {"value": {"expr": "height * 0.70 - 1"}},
+    },
+}
 
 
 def compare_frame(runs: Sequence[tuple[str, Sequence[Step]]]) -> pd.DataFrame:
@@ -198,7 +208,7 @@ def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], x_max: int) -> dic
     ).astype({"reset_at": "int64"})
     tooltip = [{"field": "run", "type": "nominal"}, *TOOLTIP]
 
-    def lines(field: str, title: str, band: list[Any]) -> dict[str, Any]:
+    def lines(field: str, title: str | None, band: list[Any]) -> dict[str, Any]:
         y = {
             "field": field,
             "type": "quantitative",
@@ -232,12 +242,17 @@ def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], x_max: int) -> dic
         },
     }
     return {
-        "title": {"text": "Memory, token by token", "subtitle": "the same phrase and seed, two windows", **TITLE},
+        "title": {
+            "text": "Memory, token by token",
+            "subtitle": "the same phrase and seed, two windows · above: MB each run added · below: its KV cache, MB",
+            **TITLE,
+        },
         "config": COMPACT,
         "datasets": {"memory": compare_frame(runs), "resets": resets},
         "layer": [
-            lines("added_mb", "added by the run, MB", MEMORY_BAND),
-            lines("kv_mb", "KV cache, MB", KV_BAND),
+            lines("added_mb", None, MEMORY_BAND),  # the bands' names in the subtitle: a short band has no room for
+            lines("kv_mb", None, KV_BAND),  # a title on its axis (the two would run into each other)
+            BANDS_GAP,  # over the gridlines (drawn under every mark), under the resets, which mark both bands
             reset_rules,
         ],
         "resolve": {"scale": {"y": "independent"}, "axis": {"y": "independent"}},
@@ -245,7 +260,7 @@ def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], x_max: int) -> dic
 
 
 SWEEP_COLOR, SWEEP_REFERENCE_COLOR = "#1f6feb", "#495057"  # the windows; the reference (off, or the largest)
-SWEEP_HEIGHT_PX = 400
+SWEEP_HEIGHT_PX = 380  # with its line above it, in view at 1280x720
 # where a point's label can go (comparison.place_labels picks one): its anchor, offset in px
 SWEEP_LABEL_PLACES: dict[str, dict[str, object]] = {
     "right": {"align": "left", "baseline": "middle", "dx": 11, "dy": 0},

@@ -14,7 +14,7 @@ import streamlit as st
 import gpt2_engine
 
 from . import runner
-from .runner import Run
+from .run import Run
 
 EXPLANATION = (
     "**Coherence** is how likely the model finds the text when it rereads all of it, your phrase included: "
@@ -41,7 +41,7 @@ def score_runs(engine: gpt2_engine.Engine, runs: Sequence[Run], progress_area) -
     bar = progress_area.progress(0.0, text="Waiting for the model to reread the text…")
 
     def waiting(ahead: int) -> None:
-        bar.progress(0.0, text=f"Waiting for the model: {ahead} run{'s are' if ahead != 1 else ' is'} ahead.")
+        bar.progress(0.0, text=f"Waiting for the model: {ahead:,} run{'s are' if ahead != 1 else ' is'} ahead.")
 
     with runner.turn_queue().turn(waiting=waiting):
         for done_runs, run in enumerate(todo):
@@ -49,7 +49,7 @@ def score_runs(engine: gpt2_engine.Engine, runs: Sequence[Run], progress_area) -
 
             def report(done: int, total: int, done_runs: int = done_runs, name: str = name) -> None:
                 share = (done_runs + (done / total if total else 1.0)) / len(todo)
-                bar.progress(min(1.0, share), text=f"Rereading{name}: {done} of {total} tokens scored")
+                bar.progress(min(1.0, share), text=f"Rereading{name}: {done:,} of {total:,} tokens scored")
 
             score_run(engine, run, report)
     progress_area.empty()

@@ -18,11 +18,12 @@ import streamlit as st
 
 import gpt2_engine
 
-from . import charts, coherence_view, controls, keys, runner, status, visits
-from .comparison import TABLE_COLUMNS, Comparison, first_difference, summary, table, window_label
+from . import charts, coherence_view, controls, keys, runner, screen, status, visits
+from .comparison import TABLE_COLUMNS, Comparison, first_difference, summary, table
 from .controls import MAX_LENGTH, OFF
+from .run import Run
 from .run_view import CHARTS_EVERY_S, RESET_MARK, TEXT_EVERY_S
-from .runner import Run
+from .words import tokens, window_label
 
 DEFAULT_WINDOWS = (20, OFF)  # a small window against the whole context
 DEFAULT_LENGTH = 100  # five resets of a window of 20: enough to see the cache's saw-tooth
@@ -112,22 +113,43 @@ def _texts_html(comparison: Comparison, which: int, writing: bool) -> str:
 
 
 class CompareView:
-    """The placeholders a comparison is drawn in: a note on the seed, two columns (heading, status, text),
-    the chart, a progress bar for scoring, the table and what it says."""
+    """The placeholders a comparison is drawn in: a note (what to do, or a wait) with Stop while it writes, two
+    columns (heading, status, text), the chart, then what the seed did, a progress bar for scoring, the table and
+    what it says. The top row keeps one height from the first token to the table, so the run stays where
+    screen.py scrolled it."""
 
     def __init__(self) -> None:
-        note, keep_seed, stop = st.columns([6, 1.3, 0.9], vertical_alignment="center")
-        self.note, self.keep_seed = note.empty(), keep_seed.empty()
-        # Clicking Stop reruns the page, which interrupts a comparison within one token (see studio/runner.py).
-        stop.button("Stop", key="compare_stop", icon=":material/stop:", help="Stop comparing; the text so far is kept.")
-        self.columns = []
-        for column in st.columns(2, gap="large"):
-            with column:
-                self.columns.append((st.empty(), st.empty(), st.empty()))
-        self.chart = st.empty()
-        self.progress = st.empty()
-        self.table = st.empty()
+        with st.container(key=screen.COMPARE):
+            note, keep_seed, stop = st.columns([6, 1.3, 0.9], vertical_alignment="center")
+            self.note, self.keep_seed, self.stop = note.empty(), keep_seed.empty(), stop.empty()
+            self.columns = []
+            for column in st.columns(2, gap="large"):
+                with column:
+                    self.columns.append((st.empty(), st.empty(), st.empty()))
+            self.chart = st.empty()
+            self.seed_note = st.empty()
+            self.progress = st.empty()
+            self.table = st.empty()
+            self.scroll = st.empty()
         self._text_at = self._chart_at = float("-inf")
+        self._stop_drawn = False
+
+    def start(self, comparison: Comparison) -> None:
+        """A comparison begins: Stop in the top row, and the page scrolled to show the runs."""
+        self.note.empty()
+        self._draw_stop(True)
+        screen.keep_in_view(self.scroll, screen.COMPARE)
+
+    def _draw_stop(self, writing: bool) -> None:
+        """Stop while the runs write or are scored (once per script run: a widget's key is drawn once)."""
+        if not writing:
+            self.stop.empty()
+        elif not self._stop_drawn:
+            self._stop_drawn = True
+            # Clicking Stop reruns the page, which interrupts a comparison within one token (see studio/runner.py).
+            self.stop.button(
+                "Stop", key="compare_stop", icon=":material/stop:", help="Stop comparing; the text so far is kept."
+            )
 
     def show_waiting(self, ahead: int) -> None:
         status.waiting(self.note, ahead)
@@ -153,6 +175,7 @@ class CompareView:
         self._draw_columns(comparison)
         self._draw_chart(comparison)
         self._draw_table(comparison)
+        self._draw_stop(not (comparison.finished and scored))
         if scored:
             self._draw_note(comparison)
 
@@ -168,8 +191,8 @@ class CompareView:
                 (label for run, label in zip((a, b), comparison.labels()) if parted in run.stats.resets), None
             )
             when = f", right at a reset of {at_reset}" if at_reset else ""
-            where = f"They wrote the same first {status.tokens(parted)}, then parted{when} (tinted below)."
-        self.note.markdown(
+            where = f"They wrote the same first {tokens(parted)}, then parted{when} (tinted below)."
+        self.seed_note.markdown(
             f"Both runs used **seed {comparison.seed}**. The sampler draws one random number per token from the "
             "seed, so wherever both windows give the model the same view, they pick the same token; they part "
             f"where the smaller window has forgotten something. {where}"
@@ -189,7 +212,7 @@ class CompareView:
         ):
             color = charts.COMPARE_COLORS[which]
             tutorial = " · :orange-badge[tutorial mode]" if run.settings.autograd else ""
-            with heading.container():
+            with heading.container(gap=None):  # the heading and what made the run, close together
                 st.markdown(
                     f"#### <span style='color:{color}'>●</span> {label.capitalize()}{tutorial}", unsafe_allow_html=True
                 )
@@ -245,7 +268,7 @@ def run_comparison(
     comparison = Comparison(prompt, pair[0].seed, (runs[0], runs[1]))
     visits.keep(keys.COMPARISON, comparison)
     try:
-        view.note.empty()
+        view.start(comparison)
         for run in runs:
             runner.write(engine, run, lambda _run: view.update(comparison), on_wait=view.show_waiting)
             if run.error is not None:

@@ -15,7 +15,8 @@ import streamlit as st
 from gpt2_engine import MB, format_bytes, sweep_rows
 
 from .charts import SWEEP_LABEL_PLACES, kv_domain, perplexity_domain, plus_bytes
-from .runner import Run
+from .run import Run
+from .words import window_label
 
 SAME_PERPLEXITY = 0.02  # perplexities closer than 2% are "about equally coherent": no winner is named
 TABLE_COLUMNS = {  # the table's columns, and how each is shown
@@ -61,10 +62,6 @@ class Comparison:
     def labels(self) -> tuple[str, str]:
         a, b = (window_label(run.settings.window) for run in self.runs)
         return (f"{a} (A)", f"{b} (B)") if a == b else (a, b)
-
-
-def window_label(window: int | None) -> str:
-    return f"window {window}" if window else "window off"
 
 
 def first_difference(a: Run, b: Run) -> int | None:
@@ -152,12 +149,6 @@ class Sweep:
     def rows(self) -> list[dict[str, Any]]:
         """One row per window begun (gpt2_engine.sweep_rows): what the CSV holds."""
         return sweep_rows([run.record() for run in self.runs])
-
-
-def ordinal(n: int) -> str:
-    """1st, 2nd, 3rd, 4th ... 11th, 12th, 13th ... 21st."""
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def kv_unit(peak_bytes: float) -> tuple[str, float]:
@@ -302,7 +293,7 @@ def sweep_reading(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> str
         for row in others:
             name = window_label(row["window"]).capitalize()
             if row["peak_kv_bytes"] == ref_kv and row["resets"] == 0 and row["perplexity"] == reference["perplexity"]:
-                sentences.append(f"{name} never reset in {row['tokens']} tokens: it wrote what {ref_name} wrote.")
+                sentences.append(f"{name} never reset in {row['tokens']:,} tokens: it wrote what {ref_name} wrote.")
             elif row["peak_kv_bytes"] == ref_kv:
                 sentences.append(f"{name} needs as much cache as {ref_name}.")
             elif row["peak_kv_bytes"] > ref_kv:
@@ -329,9 +320,9 @@ def _sweep_ending(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
         if run.error is not None:
             said.append(f"{name} failed")
         elif run.stats.stop_reason == "memory":
-            said.append(f"the memory guard ended {name} after {tokens} of {length} tokens")
+            said.append(f"the memory guard ended {name} after {tokens:,} of {length:,} tokens")
         elif tokens < length:
-            said.append(f"stopped during {name}, after {tokens} of {length} tokens")
+            said.append(f"stopped during {name}, after {tokens:,} of {length:,} tokens")
         else:
             said.append(f"stopped while {name} was being reread")
     sentences = []

@@ -18,8 +18,9 @@ import gpt2_engine
 from gpt2_engine import format_bytes, memory_csv, record_json, settings_from_record
 
 from . import charts, keys, runner, status
+from .run import Run
 from .run_view import text_html
-from .runner import Run
+from .words import count, tokens
 
 PREVIEW_CHARS = 220  # of the text shown in the list
 PROMPT_CHARS = 60  # of the phrase's end before it
@@ -30,7 +31,8 @@ def _ask_replay(number: int) -> None:
 
 
 def _history() -> list[Run]:
-    return [run for run in st.session_state.get(keys.HISTORY, []) if run.steps]
+    """The runs that wrote something, by number (1..n: a run that wrote nothing has none, runner.remember)."""
+    return sorted((run for run in st.session_state.get(keys.HISTORY, []) if run.steps), key=lambda run: run.number)
 
 
 def _title(run: Run) -> str:
@@ -58,10 +60,10 @@ def _ending(run: Run) -> str:
 def _numbers_line(run: Run) -> str:
     stats = run.stats
     parts = [
-        f"{status.tokens(stats.tokens)} ({_ending(run)})",
+        f"{tokens(stats.tokens)} ({_ending(run)})",
         f"peak {format_bytes(stats.peak_rss_bytes)}",
         f"KV cache at most {format_bytes(stats.peak_kv_bytes)}",
-        f"{len(stats.resets)} reset{'s' if len(stats.resets) != 1 else ''}",
+        count(len(stats.resets), "reset"),
     ]
     if stats.tokens > 1:  # a speed needs two tokens at least
         parts.insert(1, f"{stats.tokens_per_s:.1f} tokens/s")
@@ -87,9 +89,11 @@ def _preview_html(run: Run) -> str:
 def _entry(run: Run) -> None:
     n = run.number
     with st.container(border=True):
-        head, replay, json_button, csv_button = st.columns([6, 1.1, 1, 1], vertical_alignment="center")
+        head, buttons = st.columns([3, 2], vertical_alignment="center")
         head.markdown(_title(run))
-        replay.button(
+        # the buttons as wide as their words, wrapping rather than cut short where the column is narrow
+        buttons = buttons.container(horizontal=True, horizontal_alignment="right", gap="small")
+        buttons.button(
             "Replay",
             key=f"history_replay_{n}",
             icon=":material/replay:",
@@ -97,7 +101,7 @@ def _entry(run: Run) -> None:
             args=(n,),
             help="Write it again with the same phrase, settings and seed: the same text comes out.",
         )
-        json_button.download_button(
+        buttons.download_button(
             "JSON",
             data=lambda: record_json(run.record()),
             file_name=f"gpt2-studio-run-{n}.json",
@@ -107,7 +111,7 @@ def _entry(run: Run) -> None:
             icon=":material/download:",
             help="Everything about this run: phrase, settings, seed, text, numbers, and every token's memory.",
         )
-        csv_button.download_button(
+        buttons.download_button(
             "CSV",
             data=lambda: memory_csv(run.record()),
             file_name=f"gpt2-studio-run-{n}-memory.csv",
@@ -142,6 +146,9 @@ class ReplayView:
         if time.monotonic() - self._drawn_at >= 0.1:  # ~10 draws a second, as the Write tab
             self.show(run)
 
+    def start(self, run: Run) -> None:
+        self.show(run)  # at the top of the History tab
+
     def show(self, run: Run) -> None:
         self._drawn_at = time.monotonic()
         if run.finished:
@@ -163,6 +170,8 @@ def _replay(engine: gpt2_engine.TextEngine, number: int) -> None:
 
 
 def _replay_note(replay: Run, original: Run) -> None:
+    if replay.error is None and not replay.steps:  # stopped before its first token: no run to compare
+        return
     if replay.error is not None:
         st.error(replay.error, icon=status.ERROR_ICON)
     elif replay.generated == original.generated:
@@ -198,7 +207,7 @@ def render(engine: gpt2_engine.TextEngine | None) -> None:
         )
         return
     st.caption(
-        f"{len(runs)} run{'s' if len(runs) != 1 else ''} this visit, newest first (the last {runner.HISTORY_LIMIT} "
+        f"{count(len(runs), 'run')} this visit, newest first (the last {runner.HISTORY_LIMIT} "
         "are kept). Downloads are made when you click them."
     )
     for run in reversed(runs):

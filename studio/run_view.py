@@ -16,15 +16,15 @@ from __future__ import annotations
 import html
 import math
 import time
-from pathlib import Path
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from gpt2_engine import GenerationSettings, Step, format_bytes
 
-from . import charts, keys, status
-from .runner import Run
+from . import charts, keys, screen, status
+from .run import Run
+from .words import count, ordinal, percent, quoted, window_label
 
 TEXT_EVERY_S = 0.1  # at most ~10 text updates a second: a tiny model writes faster than a browser draws
 CHARTS_EVERY_S = 0.5  # charts and numbers take milliseconds to build and more to draw, from the model's time
@@ -44,24 +44,6 @@ def confidence_class(probability: float) -> str:
     return next(css for lowest, css, _ in CONFIDENCE if probability >= lowest)
 
 
-def visible(text: str) -> str:
-    """A token's characters made visible: line breaks ⏎, tabs ⇥, other control characters as their byte <0x1B>."""
-    text = text.replace("\n", "⏎").replace("\t", "⇥")
-    return "".join(ch if ch.isprintable() else f"<0x{ord(ch):02X}>" for ch in text)
-
-
-def quoted(text: str) -> str:
-    """A token in quotes, its spaces kept: “ little”."""
-    return "“" + visible(text) + "”"
-
-
-def percent(p: float) -> str:
-    """23% / 4.2% / 0.3% / <0.1% / 99.8%: as precise as a bar or a tooltip needs, and never 100% short of it."""
-    if 0.995 <= p < 1.0:
-        return f"{min(100 * p, 99.9):.1f}%"
-    return f"{100 * p:.0f}%" if p >= 0.1 else (f"{100 * p:.1f}%" if p >= 0.001 else "<0.1%")
-
-
 def token_tip(step: Step, settings: GenerationSettings) -> str:
     """A token's tooltip, as plain text: its probability, its rank, the top-p set it came from, the candidates."""
     p = math.exp(step.logprob)  # the model's own probability (temperature 1, before top-k and top-p)
@@ -70,8 +52,9 @@ def token_tip(step: Step, settings: GenerationSettings) -> str:
     place = f", its {ordinal(rank + 1)} choice" if rank is not None else ""
     lines = [f"{quoted(taken)}: GPT-2 gave it {percent(p)}{place}"]
     if step.nucleus_size:
-        tokens = f"{step.nucleus_size} token{'s' if step.nucleus_size != 1 else ''}"
-        lines.append(f"drawn from the top-p set: {tokens}, {percent(step.nucleus_mass)} together")
+        lines.append(
+            f"drawn from the top-p set: {count(step.nucleus_size, 'token')}, {percent(step.nucleus_mass)} together"
+        )
     if step.candidates:
         tuned = settings.temperature != 1.0 or settings.top_k is not None
         lines.append("The candidates" + (" (after temperature and top-k):" if tuned else ":"))
@@ -79,10 +62,6 @@ def token_tip(step: Step, settings: GenerationSettings) -> str:
             marker = "  ← written" if c.token_id == step.token_id else ""
             lines.append(f"{percent(c.probability):>6}  {quoted(c.text)}{marker}")
     return "\n".join(lines)
-
-
-def ordinal(n: int) -> str:
-    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _token_html(step: Step, settings: GenerationSettings, colour: bool, inspect: bool) -> str:
@@ -133,23 +112,43 @@ class RunView:
     """The placeholders a run is drawn in, made where the page calls this. `update` is throttled for
     streaming; `show` always draws everything (the final state of a run, or a rerun).
 
-    Top to bottom: the status (made by the page, beside Stop), the text in a compact box that scrolls, the
-    memory chart right under it (so that at 1280x720 the status, the text and the chart are in view together
-    while GPT-2 writes), then the chart's caption, the text's legends and the colour switch, and the numbers."""
+    Top to bottom: the status beside Stop (shown while it writes), the text in a compact box that scrolls, the
+    memory chart right under it (beside it in presenter mode), so that at 1280x720 the status, the text and the
+    chart are in view together while GPT-2 writes (screen.py scrolls them there as a run starts), then the chart's
+    caption, the text's legends and the colour switch, and the numbers."""
 
-    def __init__(self, status_area, ready: bool = True, side_by_side: bool = False) -> None:
+    def __init__(self, ready: bool = True, side_by_side: bool = False) -> None:
         self.ready = ready  # a model is loaded: Generate can be pressed
-        self.status = status_area.container(key="run_status").empty()  # the key: style.css makes it slimmer
-        text_side, chart_side = st.columns([1.15, 1], gap="large") if side_by_side else (st, st)  # presenter mode
-        self.text = text_side.empty()
-        self.notes = text_side.empty()
-        self.charts = chart_side.empty()
-        switch, legends = st.columns([1, 2.6], vertical_alignment="center")
-        with switch:
-            _colour_switch()
-        self.legends = legends.empty()
-        self.numbers = st.empty()
+        with st.container(key=screen.WRITE):
+            status_row, stop_row = st.columns([5, 1], vertical_alignment="center")
+            self.status = status_row.container(key="run_status").empty()  # the key: style.css makes it slimmer
+            self.stop = stop_row.empty()
+            text_side, chart_side = st.columns([1.15, 1], gap="large") if side_by_side else (st, st)  # presenter
+            self.text = text_side.empty()
+            self.notes = text_side.empty()
+            self.charts = chart_side.empty()
+            switch, legends = st.columns([1, 2.6], vertical_alignment="center")
+            with switch:
+                _colour_switch()
+            self.legends = legends.empty()
+            self.numbers = st.empty()
+            self.scroll = st.empty()
         self._text_at = self._charts_at = float("-inf")
+        self._stop_drawn = False
+
+    def start(self, run: Run) -> None:
+        """A run begins: everything drawn for it, Stop beside its status, and the page scrolled to show it."""
+        self.show(run)
+        screen.keep_in_view(self.scroll, screen.WRITE)
+
+    def _draw_stop(self, writing: bool) -> None:
+        """Stop while a run writes (once per script run: a widget's key is drawn once); after it, nothing."""
+        if not writing:
+            self.stop.empty()
+        elif not self._stop_drawn:
+            self._stop_drawn = True
+            # Clicking Stop reruns the page, which interrupts a run within one token (see studio/runner.py).
+            self.stop.button("Stop", key="stop", icon=":material/stop:", help="Stop writing; the text so far is kept.")
 
     def show_waiting(self, ahead: int) -> None:
         status.waiting(self.status, ahead)
@@ -174,6 +173,7 @@ class RunView:
         self._draw_charts(run)
         self._draw_numbers(run)
         self._draw_status(run)  # last: once it says Done or Stopped, everything above is drawn
+        self._draw_stop(run is not None and not run.finished)
 
     def _draw_status(self, run: Run | None) -> None:
         if run is None and not self.ready:
@@ -201,8 +201,8 @@ class RunView:
             if run.stats.prompt_tokens_dropped:
                 st.warning(
                     "Your phrase was longer than the model can read at once: its first "
-                    f"{run.stats.prompt_tokens_dropped} tokens were left out, and the model saw the last "
-                    f"{run.stats.prompt_tokens}.",
+                    f"{run.stats.prompt_tokens_dropped:,} tokens were left out, and the model saw the last "
+                    f"{run.stats.prompt_tokens:,}.",
                     icon=":material/content_cut:",
                 )
 
@@ -230,14 +230,15 @@ class RunView:
             return
         stats = run.stats
         with self.numbers.container():
-            speed, tokens, words, peak, seed = st.columns(5)
+            # peak memory carries two figures ("2.50 GB", "+148 MB this run"): the widest column
+            speed, tokens, words, peak, seed = st.columns([1, 1, 1, 1.7, 1.1])
             speed.metric(
                 "Tokens/s",
                 f"{stats.tokens_per_s:.1f}",
                 help="Tokens written per second, after the phrase was read.",
             )
-            tokens.metric("Tokens", stats.tokens, help="Word pieces written so far.")
-            words.metric("Words", stats.words)
+            tokens.metric("Tokens", f"{stats.tokens:,}", help="Word pieces written so far.")
+            words.metric("Words", f"{stats.words:,}")
             if run.remote:
                 usage = [s.server_kv_usage for s in run.steps if s.server_kv_usage is not None]
                 peak.metric(
@@ -261,18 +262,16 @@ class RunView:
                 str(stats.seed),
                 help="Type this seed under Advanced, with the same settings, to get the same text again.",
             )
-            window = f"window {run.settings.window}" if run.settings.window else "window off"
-            model = Path(run.model).name if run.model.startswith(("/", ".", "~")) else run.model  # a folder
+            window, model = window_label(run.settings.window), status.model_name(run)
             if run.remote:
                 st.caption(
-                    f"{model} · {window}, kept here · {len(stats.resets)} window "
-                    f"reset{'s' if len(stats.resets) != 1 else ''} · seed {stats.seed}"
+                    f"{model} · {window}, kept here · {count(len(stats.resets), 'window reset')} · seed {stats.seed}"
                 )
                 return
             st.caption(
                 f"{model} · weights {format_bytes(run.weight_bytes)} · KV cache now "
                 f"{format_bytes(run.steps[-1].kv_bytes)}, at most {format_bytes(stats.peak_kv_bytes)} ({window}) · "
-                f"{len(stats.resets)} window reset{'s' if len(stats.resets) != 1 else ''} · seed {stats.seed}"
+                f"{count(len(stats.resets), 'window reset')} · seed {stats.seed}"
             )
 
 

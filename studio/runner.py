@@ -21,78 +21,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass, field
 
 import streamlit as st
 
 import gpt2_engine
-from gpt2_engine import RunStats, TurnQueue, generated_text, run_record
+from gpt2_engine import TurnQueue
 
 from . import keys, visits
+from .run import Run
 from .status import in_words
 
 HISTORY_LIMIT = 40  # runs kept per visitor: a long demo stays within a few MB
 SETTLE_S = 10.0  # longest wait for a stopped run to notice: one token, or a long prompt's first read
 
 
-@dataclass
-class Run:
-    """A run as the page keeps it: what was asked, and the steps so far."""
-
-    prompt: str
-    settings: gpt2_engine.GenerationSettings
-    model: str
-    weight_bytes: int
-    steps: list[gpt2_engine.Step] = field(default_factory=list)
-    stopped: bool = False  # ended before the engine finished it (Stop, a page change, a closed tab)
-    error: str | None = None  # why it failed, in words
-    kind: str = "write"  # "write" (the Write tab, a replay), "compare" (one of a comparison's two runs), "sweep"
-    label: str = ""  # what the History tab calls it besides its number, e.g. "window 20 of a comparison"
-    precision: str = ""  # the model's precision when it wrote this run
-    interrupted: bool = False  # Streamlit stopped it (a click, a reload), and no script run has said so yet
-    stopped_why: str = ""  # said after "Stopped after n of m tokens", when there is more to say
-    number: int = 0  # its place in this visitor's history (1 = the first), set by `remember`
-    coherence: gpt2_engine.Coherence | None = None  # once scored
-    started_at: float = field(default_factory=time.time)
-    memory_note: str = ""  # a remote backend's: what its memory chart can show, in words ("" for a local model)
-
-    @property
-    def remote(self) -> bool:
-        return bool(self.memory_note)
-
-    @property
-    def finished(self) -> bool:
-        return self.stopped or self.error is not None or bool(self.steps and self.steps[-1].stop_reason)
-
-    @property
-    def generated(self) -> str:
-        return generated_text(self.steps)
-
-    @property
-    def stats(self) -> RunStats:
-        return RunStats.from_steps(self.steps)
-
-    def record(self) -> dict:
-        """Everything about this run as plain data (gpt2_engine.records): the History tab's downloads."""
-        return run_record(
-            self.prompt,
-            self.settings,
-            self.steps,
-            model=self.model,
-            precision=self.precision,
-            kind=self.kind,
-            label=self.label,
-            coherence=self.coherence,
-            stopped=self.stopped,
-            error=self.error,
-            started_at=self.started_at,
-        )
-
-
 def remember(run: Run) -> Run:
     """Adds a run to this visitor's history as it starts; the entry is the run itself, so it shows how the
-    run ended (finished, stopped, failed) and its score once it has one. Under the visit's lock: another tab of
-    this visit may add one at the same moment (visits.add_run)."""
+    run ended (finished, stopped, failed) and its score once it has one. Its number comes with its first token
+    (`write`): History lists the runs that wrote something, numbered 1..n in the order they began writing. Under
+    the visit's lock: another tab of this visit may add one at the same moment (visits.add_run)."""
     visits.add_run(run, HISTORY_LIMIT)
     return run
 
@@ -132,6 +79,8 @@ def write(
         with closing(engine.stream(run.prompt, run.settings, on_prompt=on_prompt, on_wait=on_wait)) as steps:
             for step in steps:
                 st.session_state.get(keys.RUN)  # reading session state is where Streamlit stops a script run
+                if not run.steps:
+                    visits.number(run)
                 run.steps.append(step)
                 on_step(run)
     except Exception as error:  # noqa: BLE001 - never a traceback on the page (Streamlit's stop is no Exception)
@@ -164,7 +113,7 @@ def generate(
     run.memory_note = engine.memory_note  # "" when the chart is this process's memory (engine.runs_here)
     visits.keep(keys.RUN, run)
     try:
-        view.show(run)
+        view.start(run)
         write(engine, run, view.update, on_prompt=getattr(view, "show_reading", None), on_wait=view.show_waiting)
     finally:
         if not run.finished:  # stopped while it waited for a place in the batch

@@ -9,28 +9,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import streamlit as st
 
 import gpt2_engine
 from gpt2_engine import STOP_REASONS
 
-if TYPE_CHECKING:  # runner uses in_words: the type only, to keep the import one way
-    from .runner import Run
+from .run import Run
+from .words import count, tokens, window_label
 
 LOG = logging.getLogger("gpt2_studio")
 ERROR_ICON = ":material/error:"
 
 
-def tokens(n: int) -> str:
-    """1 token, 2 tokens."""
-    return f"{n:,} token{'' if n == 1 else 's'}"
-
-
 def waiting(area, ahead: int, then: str = "It starts by itself.") -> None:
     """The model is busy with other runs (this visitor's other tab, or other visitors)."""
-    others = "1 run is" if ahead == 1 else f"{ahead} runs are"
+    others = count(ahead, "run is", "runs are")
     area.info(f"Waiting for the model: {others} ahead. {then}", icon=":material/hourglass_top:")
 
 
@@ -42,9 +36,11 @@ def run_status(area, run: Run, after_other: bool = False) -> None:
     elif after_other and not run.finished:
         area.info("Waits for the other run to finish.", icon=":material/hourglass_top:")
     elif not run.finished:
-        area.info(f"Writing… {stats.tokens} of {length} tokens", icon=":material/edit:")
+        area.info(f"Writing… {stats.tokens:,} of {tokens(length)}", icon=":material/edit:")
     elif run.stopped:
-        when = f"after {stats.tokens} of {length} tokens: the text so far is kept" if run.steps else "before it started"
+        when = (
+            f"after {stats.tokens:,} of {tokens(length)}: the text so far is kept" if run.steps else "before it started"
+        )
         area.warning(f"Stopped {when}. {run.stopped_why}".strip(), icon=":material/stop_circle:")
     elif stats.stop_reason == "memory":
         area.warning(f"Stopped after {tokens(stats.tokens)}: {STOP_REASONS['memory']}.", icon=":material/memory:")
@@ -65,7 +61,7 @@ def settings_line(run: Run) -> str:
         model_name(run) + (f" ({run.precision})" if run.precision else ""),
         f"top-p {settings.top_p:.2f}",
         f"temperature {settings.temperature:g}",
-        f"window {settings.window}" if settings.window else "window off",
+        window_label(settings.window),
         f"seed {run.stats.seed if run.steps else settings.seed}",
         f"{tokens(settings.max_new_tokens)} asked",
     ]

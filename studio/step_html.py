@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import gpt2_engine
 from gpt2_engine import StepMode, TextStream
 
-from .run_view import RESET_MARK, ordinal, percent, quoted, visible
+from .run_view import RESET_MARK
+from .words import count, ordinal, percent, quoted, visible
 
 IN_SET_COLOR, OUT_OF_SET_COLOR = "#e8590c", "#c3c7d1"  # the page's orange; a grey that still reads as a bar
 
@@ -72,7 +73,7 @@ def window_caption(stepper: StepMode) -> str:
     """How many tokens the model holds now, and when the window resets next."""
     window, written = stepper.settings.window, len(stepper.steps)
     held = len(stepper.ids) - stepper.held_from
-    words = f"{written} token{'s' if written != 1 else ''} written · GPT-2 reads the last **{held}**"
+    words = f"{count(written, 'token')} written · GPT-2 reads the last **{held:,}**"
     if stepper.held_from:
         words += " (the faded text is forgotten)"
     if window is None:
@@ -96,7 +97,7 @@ def bar_html(rank: int, candidate: gpt2_engine.Candidate) -> str:
 
 
 def cut_html(top_p: float, size: int, mass: float) -> str:
-    tokens = f"1 token, {percent(mass)}" if size == 1 else f"{size} tokens, {percent(mass)} together"
+    tokens = f"1 token, {percent(mass)}" if size == 1 else f"{size:,} tokens, {percent(mass)} together"
     return (
         f'<div class="cut" data-nucleus-size="{size}"><span>top-p cut · the sampler picks only above this line: '
         f"{tokens} (p = {top_p:.2f})</span></div>"
@@ -107,7 +108,7 @@ def cut_beyond_html(size: int, mass: float, shown: int) -> str:
     """Where the top-p set is larger than the bars shown: the cut is further down."""
     return (
         f'<div class="cut beyond" data-nucleus-size="{size}"><span>▼ the top-p cut is further down: the sampler may '
-        f"draw any of {size} tokens, {percent(mass)} together (the {shown} above and {size - shown} more)</span></div>"
+        f"draw any of {size:,} tokens, {percent(mass)} together (the {shown} above and {size - shown:,} more)</span></div>"
     )
 
 
@@ -125,5 +126,5 @@ def action_note(stepping: Stepping) -> str:
         place = f"GPT-2's {ordinal(rank + 1)} choice, {percent(step.candidates[rank].probability)}"
     if how == "picked":
         return f"You picked {token}: {place}."
-    set_size = f"{step.nucleus_size} token{'s' if step.nucleus_size != 1 else ''}"
+    set_size = count(step.nucleus_size, "token")
     return f"The sampler drew {token} ({place}) from the {set_size} in the top-p set."

@@ -33,7 +33,7 @@ import gpt2_engine
 from gpt2_engine import StepMode
 
 from . import controls, keys, runner, status
-from .run_view import TEXT_EVERY_S, ordinal, percent, quoted
+from .run_view import TEXT_EVERY_S
 from .step_html import (
     Stepping,
     action_note,
@@ -44,6 +44,7 @@ from .step_html import (
     token_label,
     window_caption,
 )
+from .words import ordinal, percent, quoted
 
 CANDIDATES = 10  # bars shown: the view people remember
 DEFAULT_PROMPT = "Once upon a time, there was a"
@@ -171,7 +172,7 @@ def _auto(stepping: Stepping, length: int, status_area, text_box, buttons) -> No
         if time.monotonic() - drawn_at >= TEXT_EVERY_S:
             drawn_at = time.monotonic()
             text_box.html(text_html(stepper))
-            status_area.info(f"Auto: {len(stepper.steps)} of {length} tokens…", icon=":material/fast_forward:")
+            status_area.info(f"Auto: {len(stepper.steps):,} of {length:,} tokens…", icon=":material/fast_forward:")
 
 
 def _draw_controls(stepping: Stepping, choice: Choice) -> None:

@@ -27,11 +27,12 @@ import streamlit as st
 import gpt2_engine
 from gpt2_engine import sweep_csv
 
-from . import charts, coherence_view, controls, keys, runner, status, visits
-from .comparison import Sweep, kv_unit, ordinal, sweep_points, sweep_reading, window_label
+from . import charts, coherence_view, controls, keys, runner, screen, status, visits
+from .comparison import Sweep, kv_unit, sweep_points, sweep_reading
 from .controls import MAX_LENGTH, OFF
+from .run import Run
 from .run_view import TEXT_EVERY_S
-from .runner import Run
+from .words import ordinal, window_label
 
 WINDOW_CHOICES = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 500)  # and the model's largest, and off
 DEFAULT_WINDOWS = (10, 20, 50, 100, 200, OFF)
@@ -118,16 +119,22 @@ class SweepView:
     that reads it, and the download with what the chart means."""
 
     def __init__(self) -> None:
-        line, stop = st.columns([4, 1], vertical_alignment="center")
-        self.line = line.empty()
+        with st.container(key=screen.SWEEP):
+            line, stop = st.columns([4, 1], vertical_alignment="center")
+            self.line, self.stop = line.empty(), stop.empty()
+            self.chart = st.empty()
+            self.reading = st.empty()
+            self.below = st.empty()
+            self.scroll = st.empty()
+        self._drawn_at = float("-inf")
+
+    def start(self) -> None:
+        """A sweep begins: Stop beside its progress line, and the page scrolled to show the line and the chart."""
         # Clicking Stop reruns the page, which interrupts the sweep within one token (see studio/runner.py).
-        stop.button(
+        self.stop.button(
             "Stop", key="sweep_stop", icon=":material/stop:", help="Stop the sweep; the windows done so far stay."
         )
-        self.chart = st.empty()
-        self.reading = st.empty()
-        self.below = st.empty()
-        self._drawn_at = float("-inf")
+        screen.keep_in_view(self.scroll, screen.SWEEP)
 
     def show_waiting(self, ahead: int) -> None:
         status.waiting(self.line, ahead)
@@ -145,11 +152,11 @@ class SweepView:
             self._drawn_at = now
             length = run.settings.max_new_tokens
             share = WRITE_SHARE * len(run.steps) / length
-            self._progress(sweep, run, share, f"{len(run.steps)} of {length} tokens")
+            self._progress(sweep, run, share, f"{len(run.steps):,} of {length:,} tokens")
 
     def rereading(self, sweep: Sweep, run: Run, done: int, total: int) -> None:
         share = WRITE_SHARE + (1 - WRITE_SHARE) * (done / total if total else 1.0)
-        self._progress(sweep, run, share, f"rereading to score it, {done} of {total} tokens")
+        self._progress(sweep, run, share, f"rereading to score it, {done:,} of {total:,} tokens")
 
     def show(self, sweep: Sweep | None, final: bool = True) -> None:
         """The chart and its sentence as they stand. With `final`, also the status line and the download: once
@@ -176,6 +183,7 @@ class SweepView:
         else:
             self.reading.empty()
         if final:
+            self.stop.empty()  # the sweep is over (or another tab's is still going: its own Stop stops it)
             self._status(sweep, rows)
             with self.below.container():
                 if rows:
@@ -201,7 +209,7 @@ class SweepView:
             self.line.info("Stopping the sweep…", icon=":material/stop_circle:")
         elif drawn == len(sweep.windows):
             self.line.success(
-                f"Swept {drawn} windows with seed {sweep.seed}, {sweep.length} tokens each.",
+                f"Swept {drawn} windows with seed {sweep.seed}, {sweep.length:,} tokens each.",
                 icon=":material/check_circle:",
             )
         else:
@@ -220,6 +228,7 @@ def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView
     sweep = Sweep(request.prompt, settings[0].seed, settings[0].max_new_tokens, tuple(s.window for s in settings))
     visits.keep(keys.SWEEP, sweep)
     turns = runner.turn_queue()
+    view.start()
     try:
         for each in settings:
             label = f"{window_label(each.window)} of a sweep"

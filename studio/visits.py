@@ -43,16 +43,20 @@ class Visit:
 
     def add_run(self, run: Any, limit: int, history: list | None = None) -> list:
         """Appends `run` to the visit's History (or to `history`, a tab's own, where the visit has none yet),
-        numbered one after the last, keeping the latest `limit`; returns that History. Under the lock: two tabs
-        starting runs at once lose none and number none twice."""
+        keeping the latest `limit`; returns that History. Under the lock: two tabs starting runs at once lose none."""
         with self.lock:
             kept = self.records.get(keys.HISTORY)
             if kept is None:
                 kept = self.records[keys.HISTORY] = history if history is not None else []
-            run.number = kept[-1].number + 1 if kept else 1
             kept.append(run)
             del kept[:-limit]
             return kept
+
+    def number(self, run: Any) -> None:
+        """Gives `run` the next number of the visit's History, at its first token: History lists the runs that
+        wrote something, 1..n in the order they began writing. Under the lock: no number given twice."""
+        with self.lock:
+            run.number = 1 + max((other.number for other in self.records.get(keys.HISTORY, [])), default=0)
 
     def keep(self, name: str, value: Any) -> None:
         with self.lock:
@@ -124,6 +128,11 @@ def keep(name: str, value: Any) -> None:
 def add_run(run: Any, limit: int) -> None:
     """Adds a run to this visit's History (Visit.add_run), which this tab's session state then holds too."""
     st.session_state[keys.HISTORY] = current().add_run(run, limit, st.session_state.get(keys.HISTORY))
+
+
+def number(run: Any) -> None:
+    """Numbers a run of this visit at its first token (Visit.number)."""
+    current().number(run)
 
 
 def keep_widgets() -> None:

@@ -193,6 +193,7 @@ def test_type_generate_and_watch_it_stream(page, engine, shots: Path) -> None:
     page.get_by_text("Done:").wait_for()
     assert write_tab(page).locator(".studio-text .prompt").inner_text() == "The cat sat on the mat."
     assert generated_text(page).strip()
+    write_tab(page).locator('[data-testid="stVegaLiteChart"]').first.wait_for()  # its code loads on first use
     assert write_tab(page).locator('[data-testid="stVegaLiteChart"]').count() == 1  # what the run added, KV cache in it
     write_tab(page).locator(
         '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg'

@@ -70,7 +70,7 @@ def test_compare_writes_both_windows_side_by_side_with_one_seed(page: AppTest, p
         assert run.settings.seed == 5 and run.settings.top_p == pytest.approx(0.9)
         expected = page_engine.speak(PROMPT, max_new_tokens=40, top_p=0.9, window=run.settings.window, seed=5)
         assert PROMPT + run.generated == expected
-    texts = [h for h in at.html if "compare-text" in h.value]
+    texts = [h for h in at.html if 'class="studio-text compare-text"' in h.value]  # not style.css, which names it
     assert len(texts) == 2
     columns = [c for c in at.columns if any("compare-text" in h.value for h in c.get("html"))]
     assert len(columns) == 2  # side by side, one text in each column

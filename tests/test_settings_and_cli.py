@@ -27,9 +27,9 @@ BAD = [
     ("top_p", math.nan, "greater than 0"),
     ("temperature", 0.0, "greater than 0"),
     ("temperature", -1.0, "greater than 0"),
-    ("window", 0, "whole number of tokens >= 1"),
+    ("window", 0, "off, or a whole number of tokens from 1"),
     ("sampler", "beam", "nucleus, tutorial, greedy"),
-    ("top_k", 0, ">= 1"),
+    ("top_k", 0, "off, or a whole number from 1"),
     ("seed", -1, "from 0"),
     ("stop_at_eos", "yes", "True or False"),
 ]
@@ -112,9 +112,10 @@ def test_cli_long_mode_is_the_tutorials_long_paragraph(tiny_model_dir) -> None:
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--top-p", "1.5"], "top_p = 1.5"),
-        (["--window", "abc"], "window = 'abc'"),
-        (["--length", "0"], "max_new_tokens = 0"),
+        (["--top-p", "1.5"], "--top-p 1.5 is not allowed: use a number greater than 0 and at most 1."),
+        (["--window", "abc"], "abc is not a window: use off or a whole number of tokens"),
+        (["--length", "0"], "--length 0 is not allowed: use a whole number from 1 to 100000."),
+        (["--top-k", "0"], "--top-k 0 is not allowed: use off, or a whole number from 1."),
         (["--sampler", "beam"], "invalid choice"),
         (["--model", "no-such-org/none"], "Could not find a model"),
     ],
@@ -123,6 +124,26 @@ def test_cli_bad_flags_exit_non_zero_with_the_message(args, message) -> None:
     out = run_cli("Hi", *args)
     assert out.returncode != 0
     assert message in out.stderr and "Traceback" not in out.stderr
+    assert "None" not in out.stderr and "max_new_tokens" not in out.stderr and "top_p" not in out.stderr  # its words
+
+
+def test_cli_refuses_a_window_too_large_for_the_model_before_loading_it(tiny_model_dir) -> None:
+    """gpt2-xl's 1,024 positions are known from its name, a folder's from its config.json: no weights read, no
+    download (gpt2-xl is not on this machine: a load would fail otherwise)."""
+    for model, allowed in (
+        ("gpt2-xl", "1 to 512 tokens for a model of 1024 positions"),
+        (str(tiny_model_dir), "1 to 64"),
+    ):
+        out = run_cli("Hi", "--model", model, "--window", "600")
+        assert out.returncode == 2, out.stderr
+        assert f"--window 600 is not allowed: use off, or {allowed}" in out.stderr, out.stderr
+        assert "Loading" not in out.stderr and "Could not" not in out.stderr
+
+
+def test_cli_says_an_empty_phrase_starts_a_fresh_document(tiny_model_dir) -> None:
+    out = run_cli("", "--model", str(tiny_model_dir), "--precision", "fp32", "--length", "3", "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    assert "an empty phrase: GPT-2 starts from a fresh document" in out.stderr
 
 
 def test_cli_every_flag_has_help() -> None:

@@ -1,0 +1,66 @@
+"""A run as the page keeps it (`Run`): what was asked, the steps so far, how it ended, and its place in History.
+
+Plain data over the engine's Steps: no Streamlit, no runner. runner.py writes it, every view and status.py read it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import gpt2_engine
+from gpt2_engine import RunStats, generated_text, run_record
+
+
+@dataclass
+class Run:
+    """A run as the page keeps it: what was asked, and the steps so far."""
+
+    prompt: str
+    settings: gpt2_engine.GenerationSettings
+    model: str
+    weight_bytes: int
+    steps: list[gpt2_engine.Step] = field(default_factory=list)
+    stopped: bool = False  # ended before the engine finished it (Stop, a page change, a closed tab)
+    error: str | None = None  # why it failed, in words
+    kind: str = "write"  # "write" (the Write tab, a replay), "compare" (one of a comparison's two runs), "sweep"
+    label: str = ""  # what the History tab calls it besides its number, e.g. "window 20 of a comparison"
+    precision: str = ""  # the model's precision when it wrote this run
+    interrupted: bool = False  # Streamlit stopped it (a click, a reload), and no script run has said so yet
+    stopped_why: str = ""  # said after "Stopped after n of m tokens", when there is more to say
+    number: int = 0  # its place in History (1 = the first), given at its first token: a run that wrote nothing has none
+    coherence: gpt2_engine.Coherence | None = None  # once scored
+    started_at: float = field(default_factory=time.time)
+    memory_note: str = ""  # a remote backend's: what its memory chart can show, in words ("" for a local model)
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.memory_note)
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped or self.error is not None or bool(self.steps and self.steps[-1].stop_reason)
+
+    @property
+    def generated(self) -> str:
+        return generated_text(self.steps)
+
+    @property
+    def stats(self) -> RunStats:
+        return RunStats.from_steps(self.steps)
+
+    def record(self) -> dict:
+        """Everything about this run as plain data (gpt2_engine.records): the History tab's downloads."""
+        return run_record(
+            self.prompt,
+            self.settings,
+            self.steps,
+            model=self.model,
+            precision=self.precision,
+            kind=self.kind,
+            label=self.label,
+            coherence=self.coherence,
+            stopped=self.stopped,
+            error=self.error,
+            started_at=self.started_at,
+        )
