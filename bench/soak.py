@@ -30,6 +30,8 @@ from gpt2_engine import capabilities
 from gpt2_engine.memory import read_process_memory, release_freed_memory
 from gpt2_engine.threads import POLICY
 
+from .busy import busy
+
 WORDS = [
     "the",
     "old",
@@ -116,7 +118,9 @@ def slope_mb_per_min(samples: list[tuple[float, int]]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
 
 
-def soak(engine: gpt2_engine.Engine, visitors: int, minutes: float, seed: int, last_minutes: float) -> None:
+def soak(
+    engine: gpt2_engine.Engine, visitors: int, minutes: float, seed: int, last_minutes: float, runs_each: int = 0
+) -> None:
     release_freed_memory()
     start_rss = read_process_memory().rss_bytes
     t0 = time.perf_counter()
@@ -130,7 +134,7 @@ def soak(engine: gpt2_engine.Engine, visitors: int, minutes: float, seed: int, l
 
     def visit(k: int, out: Visitor) -> None:
         chance = random.Random(seed * 1000 + k)
-        while time.perf_counter() < end:
+        while (out.runs + len(out.failed) < runs_each) if runs_each else time.perf_counter() < end:
             one_run(engine, chance, out)
 
     results = [Visitor() for _ in range(visitors)]
@@ -146,8 +150,11 @@ def soak(engine: gpt2_engine.Engine, visitors: int, minutes: float, seed: int, l
     end_rss = read_process_memory().rss_bytes
     tail = [(t, rss) for t, rss in samples if t >= samples[-1][0] - 60 * last_minutes] if samples else []
     failed = [f for v in results for f in v.failed]
+    took = (
+        f"{runs_each} runs each in {(time.perf_counter() - t0) / 60:.1f} min" if runs_each else f"for {minutes:g} min"
+    )
     print(
-        f"\n{visitors} visitors for {minutes:g} min: {sum(v.runs for v in results)} runs, {len(failed)} failed; "
+        f"\n{visitors} visitors, {took}: {sum(v.runs for v in results)} runs, {len(failed)} failed; "
         f"RSS {start_rss / 1e9:.2f} GB at the start, {end_rss / 1e9:.2f} GB at the end, peak "
         f"{max((r for _, r in samples), default=end_rss) / 1e9:.2f} GB; slope over the last {last_minutes:g} min "
         f"{slope_mb_per_min(tail):+.2f} MB/min; threads: {POLICY.describe()}"
@@ -232,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, help="pile-up check: one visitor, this many runs one after another")
     parser.add_argument("--words", default="4,236", help="with --runs: phrases of A to B words")
     parser.add_argument("--fairness", type=int, metavar="TOKENS", help="three stream while a fourth sends TOKENS")
+    parser.add_argument("--runs-each", type=int, default=0, help="each visitor writes this many runs (not --minutes)")
+    parser.add_argument("--busy", type=int, default=0, help="busy processes beside it (pure-Python loops)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     print(
@@ -240,13 +249,15 @@ def main(argv: list[str] | None = None) -> None:
     engine = gpt2_engine.load(args.model, dtype=args.precision)
     print(f"{args.model} at {engine.precision}; resets by {engine.window_mode} ({engine.shadow_chunk} a step)")
     list(engine.stream("Warm up", max_new_tokens=4, seed=0))
-    if args.runs:
-        low, high = (int(w) for w in args.words.split(","))
-        pileup(engine, args.runs, (low, high), args.seed)
-    elif args.fairness:
-        fairness(engine, args.fairness)
-    else:
-        soak(engine, args.visitors, args.minutes, args.seed, min(args.last_minutes, args.minutes))
+    with busy(args.busy):
+        if args.runs:
+            low, high = (int(w) for w in args.words.split(","))
+            pileup(engine, args.runs, (low, high), args.seed)
+        elif args.fairness:
+            fairness(engine, args.fairness)
+        else:
+            last = min(args.last_minutes, args.minutes)
+            soak(engine, args.visitors, args.minutes, args.seed, last, args.runs_each)
 
 
 if __name__ == "__main__":

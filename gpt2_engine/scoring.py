@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .generation import Engine
+from .threads import POLICY
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ def coherence(
             if len(targets):
                 chunk = torch.tensor([ids[begin:end]], device=engine.device)
                 with engine.lock:  # one forward pass at a time on the model: the batch's streams go on between
+                    POLICY.apply()  # this thread computes with the count the engine measured fastest now
                     logits = engine.model(input_ids=chunk).logits[0].float()  # (T, vocab)
                 rows = torch.tensor([t - begin - 1 for t in targets], device=logits.device)  # logits at t-1 predict t
                 logprobs = torch.log_softmax(logits[rows], dim=-1)

@@ -71,6 +71,9 @@ def settings_line(run: Run) -> str:
         parts.append(f"top-k {settings.top_k}")
     if settings.autograd:
         parts.append("tutorial mode")
+    threads = run.steps[-1].threads if run.steps else 0
+    if threads:  # what the engine measured fastest on this machine now (gpt2_engine.threads)
+        parts.append(f"{threads} thread{'s' if threads != 1 else ''}")
     return " · ".join(parts)
 
 

@@ -98,3 +98,35 @@ def test_load_figures_run_k_visitors_at_once_on_the_tiny_model(tmp_path, tiny_mo
         assert r["aggregate_tok_s"] > 0 and r["per_visitor_tok_s_slowest"] > 0 and r["peak_rss_bytes"] > 0
         assert 0 < r["ttft_median_s"] <= r["ttft_worst_s"] and r["joiner_ttft_s"] > 0
     assert rounds[1]["largest_batch"] >= 2  # the three visitors (and the joiner) were decoded together
+
+
+def test_a_ci_sized_soak_ends_every_run_well_and_reports_its_memory(tiny_model_dir) -> None:
+    """bench.soak for half a minute on the tiny model: visitors with phrases of every length, windows, Stops."""
+    out = run_module(
+        "bench.soak",
+        "--model",
+        str(tiny_model_dir),
+        "--precision",
+        "fp32",
+        "--visitors",
+        "3",
+        "--minutes",
+        "0.5",
+        "--last-minutes",
+        "0.3",
+    )
+    summary = next(line for line in out.stdout.splitlines() if line.startswith("3 visitors"))
+    runs, failed = (int(word) for word in summary.split(": ")[1].replace(",", "").split()[0:3:2])
+    assert runs >= 3 and failed == 0, out.stdout
+    assert "MB/min" in summary and out.stdout.count("\n| ") >= 3  # the slope, and a row per visitor
+
+
+def test_the_pile_up_check_and_the_gaps_and_the_busy_phases_run(tiny_model_dir) -> None:
+    model = ("--model", str(tiny_model_dir), "--precision", "fp32")
+    pileup = run_module("bench.soak", *model, "--runs", "12", "--words", "2,30")
+    assert "run 12 - run 10" in pileup.stdout and "0 failed" in pileup.stdout
+    gaps = run_module("bench.gaps", *model, "--window", "8", "--tokens", "40")
+    assert "| shadow |" in gaps.stdout and "| reprime |" in gaps.stdout
+    busy = run_module("bench.busy", *model, "--tokens", "12", "--policies", "adaptive,one thread")
+    rows = [line for line in busy.stdout.splitlines() if line.startswith("| adaptive") or line.startswith("| one")]
+    assert len(rows) == 8  # four phases under each policy
