@@ -135,7 +135,7 @@ def new_context(
         return KVCacheContext(model)
     window = settings.window
     positions = max(prompt_tokens, window) + window if window is not None else None
-    return FastContext(model, window if window_mode == "shadow" else None, positions, shadow_chunk)
+    return FastContext(model, window if window_mode == "shadow" else None, positions, shadow_chunk, keep=window)
 
 
 def token_text(tokenizer: Any, token_id: int) -> str:
@@ -196,7 +196,11 @@ class Decoder:
         self.finished = False
         self.on_prompt = on_prompt
         self.lock = lock
-        release_freed_memory()  # every run starts from what the process really holds (fair comparisons)
+        if settings.autograd:  # tutorial mode: start from what the process really holds, so the climb shows whole
+            release_freed_memory()
+        # otherwise the small heap earlier runs grew (sampling, a prompt's activations) is kept for this one: it is
+        # part of what the process held before the run, and large blocks are the system's again as soon as freed
+        # (memory.MMAP_FROM_BYTES): what the run adds is its KV cache and little else
         self.start_rss_bytes = read_process_memory().rss_bytes  # what the run's memory is measured from
         self.guard = MemoryGuard(settings.memory_share, self.start_rss_bytes)
         self.context = new_context(model, settings, backend, window_mode, len(prompt.ids), shadow_chunk)

@@ -34,27 +34,46 @@ Progress = Callable[[int, int], None]  # (prompt tokens read so far, of how many
 
 
 class StaticKVCache:
-    """Keys and values of `rows` contexts, allocated once: (layer, row, head, position, head_dim).
+    """Keys and values of `rows` contexts, each row allocated once as its own block: (layer, head, position, head_dim).
 
-    `positions`: the most tokens a row will hold (the model's limit by default; a window's bound is smaller).
-    Pages are touched only as positions are written, but a row's positions are contiguous per head, so a row
-    sized to what it can hold turns every page it touches into keys and values: the process's memory then
-    grows by the KV cache the window allows, not by whole pages of a 1,024-position row per layer and head."""
+    `positions`: the most tokens a row will hold (the model's limit by default; a window's bound is smaller), for
+    every row or one per row. Pages are touched only as positions are written, but a row's positions are contiguous
+    per head, so a row sized to what it can hold turns every page it touches into keys and values; and a row can be
+    made again smaller (`resize`) once it holds less, which hands its pages back (a block of 1 MB or more is mapped
+    on its own: memory.MMAP_FROM_BYTES). So the process's memory follows the KV cache the window allows."""
 
-    def __init__(self, model: Any, rows: int, positions: int | None = None):
+    def __init__(self, model: Any, rows: int, positions: int | list[int] | None = None):
         config = model.config
-        dtype = model.transformer.wte.weight.dtype
-        device = model.transformer.wte.weight.device
+        self.dtype = model.transformer.wte.weight.dtype
+        self.device = model.transformer.wte.weight.device
+        self.n_positions = config.n_positions
         self.head_dim = config.n_embd // config.n_head
-        self.positions = min(positions or config.n_positions, config.n_positions)
-        shape = (config.n_layer, rows, config.n_head, self.positions, self.head_dim)
-        self.keys = torch.empty(shape, dtype=dtype, device=device)
-        self.values = torch.empty(shape, dtype=dtype, device=device)
+        self.layout = (config.n_layer, config.n_head)
+        sizes = positions if isinstance(positions, list) else [positions or config.n_positions] * rows
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+        for size in sizes:
+            self.keys.append(self._block(size))
+            self.values.append(self._block(size))
         self.lengths = [0] * rows  # tokens held by each row
 
+    def _block(self, positions: int) -> Tensor:
+        layers, heads = self.layout
+        shape = (layers, heads, min(positions, self.n_positions), self.head_dim)
+        return torch.empty(shape, dtype=self.dtype, device=self.device)
+
+    def capacity(self, row: int) -> int:
+        return self.keys[row].shape[2]
+
+    def resize(self, row: int, positions: int) -> None:
+        """Makes an empty row's block anew for `positions` tokens (the old block is freed first)."""
+        assert self.lengths[row] == 0, "only an empty row is made anew"
+        self.keys[row] = self.values[row] = torch.empty(0)
+        self.keys[row], self.values[row] = self._block(positions), self._block(positions)
+
     def bytes_per_token(self) -> int:
-        layers, _, heads, _, head_dim = self.keys.shape
-        return 2 * layers * heads * head_dim * self.keys.element_size()
+        layers, heads = self.layout
+        return 2 * layers * heads * self.head_dim * self.keys[0].element_size()
 
 
 def unsupported_reason(config: Any) -> str | None:
@@ -125,14 +144,14 @@ def _forward_reads(model: Any, reads: list[Read]) -> Tensor:
         ys, offset = [], 0
         for (cache, row, _), start, n, mask in zip(reads, starts, sizes, masks):
             end = start + n
-            cache.keys[layer, row, :, start:end] = k[:, offset : offset + n]
-            cache.values[layer, row, :, start:end] = v[:, offset : offset + n]
+            cache.keys[row][layer, :, start:end] = k[:, offset : offset + n]
+            cache.values[row][layer, :, start:end] = v[:, offset : offset + n]
             # attention per read, over exactly the positions its row holds: never a read of unwritten cache
             ys.append(
                 F.scaled_dot_product_attention(
                     q[None, :, offset : offset + n],
-                    cache.keys[layer, row, None, :, :end],
-                    cache.values[layer, row, None, :, :end],
+                    cache.keys[row][layer, None, :, :end],
+                    cache.values[row][layer, None, :, :end],
                     attn_mask=mask,
                     is_causal=mask is None and n > 1,
                 )[0]
@@ -174,16 +193,28 @@ class FastContext:
     ordinary step of the shadow row's last few tokens, and the shadow becomes the main row."""
 
     def __init__(
-        self, model: Any, window: int | None = None, positions: int | None = None, shadow_chunk: int = SHADOW_CHUNK
+        self,
+        model: Any,
+        window: int | None = None,
+        positions: int | None = None,
+        shadow_chunk: int = SHADOW_CHUNK,
+        keep: int | None = None,
     ):
         """`window`: keep a shadow row for this window; `positions`: the most tokens a row will hold (see
-        StaticKVCache); `shadow_chunk`: tokens the shadow row reads at a time."""
+        StaticKVCache); `shadow_chunk`: tokens the shadow row reads at a time; `keep`: the run's window (default
+        `window`), so that after a re-prime a row that held a long prompt is made again at the window's size."""
         assert supports(model.config), unsupported_reason(model.config)  # load() refuses such models
         assert shadow_chunk >= 1
         self.model = model
+        self.window = window
+        self.keep = keep if keep is not None else window
+        self.primed = False  # the first prime is the prompt's: its row is sized for it already
         self.shadowed = window is not None
         self.shadow_chunk = shadow_chunk
-        self.cache = StaticKVCache(model, rows=2 if self.shadowed else 1, positions=positions)
+        main = min(positions or model.config.n_positions, model.config.n_positions)
+        # the shadow row holds at most the window; once it is the main row, the window and what follows it
+        sizes = [main, min(main, 2 * window)] if window is not None else [main]
+        self.cache = StaticKVCache(model, rows=len(sizes), positions=sizes)
         self.main, self.shadow = 0, 1
         self.shadow_ids: list[int] = []  # every token since the last reset: those the shadow row holds ...
         self.pending: list[int] = []  # ... followed by these, which it has not read yet
@@ -204,21 +235,28 @@ class FastContext:
             self.main, self.shadow = self.shadow, self.main
             self.resets_by_shadow += 1
         else:
-            assert len(ids) <= self.cache.positions, "the window logic keeps a prime within the cache"
             self.cache.lengths[self.main] = 0
+            if self.primed and self.keep is not None:  # a window's re-prime: what the row holds until the next one
+                bound = max(len(ids), self.keep) + self.keep
+                if self.cache.capacity(self.main) > bound:  # it held a long prompt: hand the rest back
+                    self.cache.resize(self.main, bound)
+            assert len(ids) <= self.cache.capacity(self.main), "the window logic keeps a prime within the cache"
             for start in range(0, len(ids), PROMPT_CHUNK):  # a long prompt in chunks, so progress can be told
                 chunk = ids[start : start + PROMPT_CHUNK]
                 logits = (yield [(self.cache, self.main, chunk)])[0]
                 if progress is not None:
                     progress(start + len(chunk), len(ids))
-        if self.shadowed:
+        if self.window is not None:
             self.cache.lengths[self.shadow], self.shadow_ids, self.pending = 0, [], []
+            if self.cache.capacity(self.shadow) > 2 * self.window:  # the row that held the prompt: hand it back
+                self.cache.resize(self.shadow, 2 * self.window)
+        self.primed = True
         self.length = self.cache.lengths[self.main]
         return logits
 
     def append_passes(self, token_id: int) -> Passes:
         """`append` as a pass (see `Passes`)."""
-        assert self.length < self.cache.positions, "position ids beyond what this cache holds"
+        assert self.length < self.cache.capacity(self.main), "position ids beyond what this cache holds"
         reads: list[Read] = [(self.cache, self.main, [token_id])]
         if self.shadowed:
             self.pending.append(token_id)

@@ -90,6 +90,22 @@ def _load_libc() -> ctypes.CDLL | None:
 
 _LIBC = _load_libc()
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_FROM_BYTES = 1 << 20
+
+
+def _map_large_allocations() -> None:
+    """Every allocation of 1 MB or more gets pages of its own, handed back to the system when freed (glibc's
+    M_MMAP_THRESHOLD, fixed: by default it rises to the size of the last large block freed, up to 32 MB, so that a
+    run's KV cache could come out of memory an earlier run freed, or stay in the heap after it). So a run's KV
+    cache and a prompt's large activations are counted while they live and gone when freed: what the chart draws
+    as "added by this run" is the cache its window allows, plus a small heap of small objects."""
+    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_FROM_BYTES)
+
+
+_map_large_allocations()
+
 
 def format_bytes(n: float) -> str:
     """1.23 GB / 456 MB / 12 kB: decimal units, as memory is sold."""

@@ -47,7 +47,7 @@ def fresh_keys(engine, ids: list[int]) -> torch.Tensor:
     with torch.inference_mode():
         context = FastContext(engine.model)
         context.prime(ids)
-        return context.cache.keys[:, 0, :, : len(ids)].clone()
+        return context.cache.keys[0][:, :, : len(ids)].clone()
 
 
 def test_undo_and_retune_continue_from_the_cache_a_fresh_read_would_make(engine) -> None:
@@ -63,7 +63,7 @@ def test_undo_and_retune_continue_from_the_cache_a_fresh_read_would_make(engine)
     held = stepper.ids[stepper.held_from :]
     context = stepper.context
     assert context.length == len(held)
-    torch.testing.assert_close(context.cache.keys[:, 0, :, : len(held)], fresh_keys(engine, held), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(context.cache.keys[0][:, :, : len(held)], fresh_keys(engine, held), rtol=1e-4, atol=1e-4)
     with torch.inference_mode():
         full = engine.model(input_ids=torch.tensor([held])).logits[0, -1].float()
     torch.testing.assert_close(stepper.logits.float(), full, rtol=1e-4, atol=1e-4)

@@ -59,18 +59,31 @@ def test_a_windowed_runs_cache_holds_what_the_window_allows(engine) -> None:
     settings = engine.settings_for(max_new_tokens=40, window=8, seed=3, stop_at_eos=False)
     decoder = engine.decoder("The cat sat on the mat", settings, window_mode="shadow")
     prompt = len(decoder.prompt.ids)
-    assert decoder.context.cache.positions == max(prompt, 8) + 8
+    cache = decoder.context.cache
+    assert prompt > 8 and cache.capacity(0) == prompt + 8 and cache.capacity(1) == 16  # main, shadow
     most = 0
     while not decoder.finished:
         decoder.step()
-        most = max(most, *decoder.context.cache.lengths)
-    assert most <= max(prompt, 8) + 8 - 1  # the bound the window promises, within the cache
+        assert all(n <= cache.capacity(row) for row, n in enumerate(cache.lengths))
+        most = max(most, *cache.lengths)
+    assert most <= prompt + 8 - 1  # the bound the window promises, within the cache
+    assert cache.capacity(0) == cache.capacity(1) == 16  # the row that held the prompt was made again smaller
     off = engine.decoder("The cat", engine.settings_for(window=None, max_new_tokens=2))
-    assert off.context.cache.positions == engine.n_positions
+    assert off.context.cache.capacity(0) == engine.n_positions
+
+
+@pytest.mark.parametrize("mode", ["reprime", "shadow"])
+@pytest.mark.parametrize("prompt", ["Hi", "The cat sat on the mat and looked at the door for a long while"])
+def test_resized_rows_write_what_a_full_cache_would(engine, mode, prompt) -> None:
+    settings = engine.settings_for(max_new_tokens=40, window=6, seed=5, stop_at_eos=False, sampler="greedy")
+    small = [s.token_id for s in engine.stream(prompt, settings, window_mode=mode)]
+    full = [s.token_id for s in engine.stream(prompt, settings, window_mode=mode, backend="reference")]
+    assert small == full
 
 
 def test_a_cache_never_holds_more_than_its_positions(engine) -> None:
     context = FastContext(engine.model, positions=6)
+    assert context.cache.capacity(0) == 6
     with torch.inference_mode():
         context.prime([1, 2, 3, 4, 5, 6])
         with pytest.raises(AssertionError, match="beyond what this cache holds"):
