@@ -59,8 +59,7 @@ MAX_ROWS_ENV = "GPT2_STUDIO_MAX_ROWS"
 KV_SHARE = 0.5  # of the memory available when a batch starts, what its KV caches may take
 LOOKAHEAD = 2  # steps a run may have decoded that its reader has not taken yet
 IDLE_WAIT_S = 0.5  # longest wait for a reader to take a step when no run can advance
-STEP_READ = 8  # a read of at most this many tokens is a step (a token, a shadow row's few); longer ones are a
-# prompt or a re-prime, which a pass takes a budget of beside the others' steps (PromptBudget)
+STEP_READ = fast.STEPS_READ  # a read of at most this many tokens is a step; a longer one a prompt or a re-prime
 
 
 _BATCHERS: weakref.WeakSet[Batcher] = weakref.WeakSet()
@@ -136,8 +135,8 @@ class PromptBudget:
     does not freeze the room. Alone, a prompt is read a chunk at a time (fast.PROMPT_CHUNK). Measured as it goes:
     the seconds of a pass of steps alone, and what each prompt token adds."""
 
-    STEP_SHARE = 1.0  # a pass with prompt tokens costs at most about (1 + this) steps: others' gaps stay ~2x
-    FIRST = 16  # tokens a pass takes before anything is measured
+    STEP_SHARE = 0.6  # a pass with prompt tokens costs at most about (1 + this) steps: others' gaps stay under 2x
+    FIRST = 8  # tokens a pass takes before anything is measured
     LEAST = 4  # never fewer: a prompt always moves
 
     def __init__(self) -> None:

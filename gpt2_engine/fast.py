@@ -30,6 +30,8 @@ from .threads import POLICY
 PROMPT_CHUNK = 256  # tokens read in one forward pass: a 1024-token prompt reports progress 4 times
 SHADOW_CHUNK = 4  # tokens the shadow row reads at a time, beside a main-row step, unless `auto` measured a
 # better number here (autotune.Choice.shadow_chunk): 5 rows cost about 1 in q8's integer kernel on AVX-512
+STEPS_READ = 8  # a read of at most this many tokens is a step (a token, the shadow row's few); a longer one reads a
+# prompt or a window, which the batch takes a budget of a pass (batching.PromptBudget)
 Progress = Callable[[int, int], None]  # (prompt tokens read so far, of how many)
 
 
@@ -123,7 +125,8 @@ def forward_reads(model: Any, reads: list[Read]) -> Tensor:
     the decode steps (and a newcomer's prompt) of every run in a batch (batching.py), each in its own cache.
     Attention is per read, over its own row only: a row never sees another's tokens. The pass runs with the
     thread count threads.POLICY gives it (and teaches it what that count cost)."""
-    with POLICY.run_pass(sum(len(ids) for _, _, ids in reads)):
+    steps_only = all(len(ids) <= STEPS_READ for _, _, ids in reads)
+    with POLICY.run_pass(sum(len(ids) for _, _, ids in reads), may_try=steps_only):
         return _forward_reads(model, reads)
 
 
