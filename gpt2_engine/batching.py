@@ -148,10 +148,11 @@ class PromptBudget:
             return self.FIRST
         return max(self.LEAST, min(fast.PROMPT_CHUNK, int(self.STEP_SHARE * self.step_s / self.token_s)))
 
-    def split(self, batch: list[Run]) -> tuple[list[Run], list[Read], dict[Run, list[Read]]]:
-        """(the runs in this pass, its reads, the rest of each prompt cut short). With no step beside them,
-        prompts take a chunk a pass; with steps, `tokens()` in all, first come first served."""
-        stepping = any(all(len(ids) <= STEP_READ for _, _, ids in run.pending or ()) for run in batch)
+    def split(self, batch: list[Run], others: bool = False) -> tuple[list[Run], list[Read], dict[Run, list[Read]]]:
+        """(the runs in this pass, its reads, the rest of each prompt cut short). With no step beside them (nor
+        `others`: runs writing that wait for their readers, whose next step must not wait behind a whole chunk),
+        prompts take a chunk a pass; otherwise `tokens()` in all, first come first served."""
+        stepping = others or any(all(len(ids) <= STEP_READ for _, _, ids in run.pending or ()) for run in batch)
         left = self.tokens() if stepping else fast.PROMPT_CHUNK
         taken: list[Run] = []
         reads: list[Read] = []
@@ -384,7 +385,8 @@ class Batcher:
     def _pass(self, batch: list[Run]) -> None:
         """One forward pass over every run's pending reads, a long read (a prompt) only up to the pass's budget of
         prompt tokens; each run whose reads are done gets its own rows of logits."""
-        batch, reads, partial = self.budget.split(batch)
+        reading = sum(1 for run in batch if any(len(ids) > STEP_READ for _, _, ids in run.pending or ()))
+        batch, reads, partial = self.budget.split(batch, others=len(self._active) > reading)
         started = time.perf_counter()
         try:
             with torch.inference_mode():

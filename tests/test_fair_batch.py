@@ -101,3 +101,15 @@ def test_many_short_runs_from_several_readers_all_end_well(engine) -> None:
         thread.join(240)
     assert not failures, failures
     assert engine.batcher.join(30)
+
+
+def test_a_prompt_waits_its_budget_while_others_write_even_when_they_wait_for_their_readers() -> None:
+    """Runs whose readers have not taken their steps yet are not in the pass, but their next step must not wait
+    behind a whole chunk of someone's prompt."""
+    budget = PromptBudget()
+    prompt = run_with(("b", 100))
+    _, reads, _ = budget.split([prompt])
+    assert len(reads[0][2]) == min(100, fast.PROMPT_CHUNK)  # alone: a chunk
+    prompt = run_with(("b", 100))
+    _, reads, partial = budget.split([prompt], others=True)
+    assert len(reads[0][2]) == PromptBudget.FIRST and prompt in partial
