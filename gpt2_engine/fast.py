@@ -10,8 +10,8 @@ Rows: a cache can hold two rows. With a window N, the second row is a *shadow* c
 empty at each reset and takes the new tokens, a few at a time, in the same forward passes as the main
 row; at the next reset it holds the last N tokens at positions 0..N-1 but a few, reads those, and becomes
 the main row, so a reset costs one ordinary step instead of an N-token prefill. What the extra rows cost
-depends on the kernel (almost nothing with q8's integer one), so `auto` measures it and the engine uses
-the shadow only where it is cheap (autotune.Choice.window_mode); else a reset re-primes.
+depends on the kernel (almost nothing with q8's integer one on AVX-512), so `auto` measures how many tokens
+the shadow reads a step (autotune.Choice.shadow_chunk).
 """
 
 from __future__ import annotations
