@@ -227,8 +227,17 @@ def test_stop_ends_a_long_run_and_keeps_its_text(page, engine, shots: Path) -> N
 
 
 def test_a_bad_model_path_shows_what_to_do(page, shots: Path, tmp_path: Path) -> None:
-    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
-    page.get_by_role("option", name="other: a folder or hub id").click()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    option = page.get_by_role("option", name="other: a folder or hub id")
+    for _ in range(5):  # a click that lands while the page redraws (a busy machine) opens nothing: click again
+        page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+        try:
+            option.wait_for(timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            continue
+    option.click()
     folder = page.get_by_role("textbox", name="Folder or hub id")
     folder.fill(str(tmp_path / "no-such-model"))
     folder.press("Enter")
