@@ -11,29 +11,31 @@ really missing or damaged; anything else by its type and message, its traceback 
 
 from __future__ import annotations
 
-import json
-import logging
-import pickle
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import autotune, capabilities, fast, hub, quantize, weights_cache
-from .errors import ModelLoadError, NotEnoughMemoryError, PrecisionUnavailableError, StudioError
+from .errors import ModelLoadError, NotEnoughMemoryError, PrecisionUnavailableError
 from .generation import Engine
+from .load_failures import (
+    LoadCancelled,
+    damaged,
+    damaged_files,
+    explained,
+    first_line,
+    what_fits,
+)
 from .memory import available_bytes, format_bytes
 from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, DTYPES, KNOWN_MODELS, ModelShape, is_precision
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig  # imported where it is used: offline, its import only delays an answer
-
-LOG = logging.getLogger("gpt2_studio")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -135,11 +137,6 @@ def _what_to_do(source: str) -> str:
     )
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
-
-
 def read_shape(source: str, is_local: bool, name: str | None = None) -> tuple[PreTrainedConfig, ModelShape]:
     """Reads only the model's config (a few kB) and checks it is a GPT-2. A hub model (not in the cache)
     is looked for only when the hub answers at once (require_hub)."""
@@ -151,9 +148,9 @@ def read_shape(source: str, is_local: bool, name: str | None = None) -> tuple[Pr
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except Exception as error:  # noqa: BLE001 - every failure here means "cannot find this model"
         if damaged(error):  # found, but its config.json does not parse
-            raise _damaged(source, error) from None
+            raise damaged_files(source, error) from None
         where = f"the folder {source!r}" if is_local else f"the hub id {source!r}"
-        reason = _first_line(error).rstrip(".")
+        reason = first_line(error).rstrip(".")
         raise ModelLoadError(
             f"Could not find a model at {where} ({reason}). " + ("" if is_local else _what_to_do(source))
         ) from None
@@ -176,84 +173,6 @@ def check_memory(shape: ModelShape, precision: str, source: str, device: torch.d
         f"{source!r} in {precision} needs about {format_bytes(needed)} of memory, but this machine has "
         f"{format_bytes(free)} available. {what_fits(free)}"
     )
-
-
-def what_fits(free: int) -> str:
-    """The largest GPT-2s (and precisions) that `free` bytes hold, as a sentence."""
-    fits = [
-        f"{name} in {p} ({format_bytes(k.shape.memory_needed(p))})"
-        for name, k in KNOWN_MODELS.items()
-        for p in ("fp32", "bf16", "q8", "int8")
-        if k.shape.memory_needed(p) <= free
-    ]
-    return f"What fits now: {', '.join(fits[-3:])}." if fits else "No GPT-2 fits: close other programs."
-
-
-# torch's words for an allocation that failed (CPU: c10's DefaultCPUAllocator, on Linux and on Windows)
-OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
-# what the libraries say of a file that is missing, cut short or corrupt (OSError and RuntimeError say much else)
-DAMAGED = (
-    "no file named",  # transformers: a weights file missing from the folder
-    "does not appear to have a file named",  # ... its older words
-    "Consistency check failed",  # the hub client: a download whose size is not the file's
-    "PytorchStreamReader failed",  # torch: a .bin (a zip) cut short
-    "is not a valid JSON file",  # transformers: a config or tokenizer file that does not parse
-)
-
-
-def out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    return isinstance(error, RuntimeError) and any(words in str(error) for words in OUT_OF_MEMORY)
-
-
-def damaged(error: BaseException) -> bool:
-    """The files are missing, cut short or corrupt: safetensors' and JSON's parse errors, a truncated pickle or
-    zip, a download of the wrong size (a hash mismatch)."""
-    from huggingface_hub.errors import EntryNotFoundError
-    from safetensors import SafetensorError
-
-    if isinstance(error, (SafetensorError, json.JSONDecodeError, pickle.UnpicklingError, EntryNotFoundError)):
-        return True
-    return isinstance(error, (OSError, RuntimeError)) and any(words in str(error) for words in DAMAGED)
-
-
-def load_failure(
-    source: str, error: Exception, precision: str | None = None, shape: ModelShape | None = None
-) -> ModelLoadError:
-    """What a failed load says, by what failed: out of memory (with what fits), damaged files (download again),
-    or anything else by its type and message, with its traceback in the log."""
-    if out_of_memory(error):
-        free, at = available_bytes(), f" in {precision}" if precision else ""
-        needed = f"it needs about {format_bytes(shape.memory_needed(precision))}, and " if shape and precision else ""
-        return NotEnoughMemoryError(
-            f"{source!r}{at} ran out of memory while loading ({_first_line(error)}): {needed}this machine has "
-            f"{format_bytes(free)} available now. {what_fits(free)}"
-        )
-    if damaged(error):
-        return _damaged(source, error)
-    LOG.error("loading %r failed", source, exc_info=error)
-    return ModelLoadError(
-        f"Loading {source!r} failed: {_first_line(error)}. The log has its traceback (torch {torch.__version__}, "
-        f"transformers {_transformers_version()})."
-    )
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
-
-
-@contextmanager
-def _explained(source: str, precision: str | None = None, shape: ModelShape | None = None) -> Iterator[None]:
-    """Turns a failure of the `with` block into a ModelLoadError that says what failed (load_failure)."""
-    try:
-        yield
-    except (StudioError, _Cancelled):
-        raise  # already a sentence; or the caller stopped waiting
-    except Exception as error:  # noqa: BLE001 - every failure is said, none as a traceback
-        raise load_failure(source, error, precision, shape) from None
 
 
 def load(
@@ -288,7 +207,7 @@ def _in_own_thread(work: Callable[..., Engine], progress: Callable[[str], None] 
 
     def say(message: str) -> None:
         if cancelled.is_set():
-            raise _Cancelled
+            raise LoadCancelled
         messages.put(("say", message))
 
     def run() -> None:
@@ -316,12 +235,8 @@ def _in_own_thread(work: Callable[..., Engine], progress: Callable[[str], None] 
         raise
 
 
-class _Cancelled(Exception):
-    """The caller stopped waiting for a load."""
-
-
 def _load(name_or_path: str, dtype: str, device: str, say: Callable[[str], None]) -> Engine:
-    with _explained(str(name_or_path)):
+    with explained(str(name_or_path)):
         return _load_explained(name_or_path, dtype, device, say)
 
 
@@ -336,7 +251,7 @@ def _load_explained(name_or_path: str, dtype: str, device: str, say: Callable[[s
     config, shape = read_shape(source, is_local, str(name_or_path).strip())
     from transformers import AutoTokenizer  # after the hub check: offline, its import would only delay the answer
 
-    with _explained(source):
+    with explained(source):
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
 
     def load_at(precision: str):
@@ -389,7 +304,7 @@ def _probe_model(source: str, config: PreTrainedConfig, precision: str, device: 
     hf_logging.set_verbosity_error()  # the layers left out are "unused weights" to transformers: on purpose here
     hf_logging.disable_progress_bar()  # and one bar per candidate is noise
     try:
-        with _explained(source, precision):
+        with explained(source, precision):
             model: Any = GPT2LMHeadModel.from_pretrained(
                 source, config=probe_config, dtype=torch.float32 if converts_itself else DTYPES[precision]
             )
@@ -406,13 +321,6 @@ def _probe_model(source: str, config: PreTrainedConfig, precision: str, device: 
     return model
 
 
-def _damaged(source: str, error: BaseException) -> ModelLoadError:
-    return ModelLoadError(
-        f"Found {source!r} but could not load it ({_first_line(error)}): its weights or tokenizer files are "
-        "missing or damaged. Download the model again, or save it again with `save_pretrained()`."
-    )
-
-
 def _load_model(
     source: str,
     is_local: bool,
@@ -424,7 +332,7 @@ def _load_model(
 ):
     """The model's weights at one precision, on `device`, in the layout its kernels read fastest."""
     say(f"Loading {format_bytes(shape.weight_bytes(precision))} of weights ({precision})")
-    with _explained(source, precision, shape):  # the weights read and converted: where memory runs out
+    with explained(source, precision, shape):  # the weights read and converted: where memory runs out
         return _weights(source, is_local, config, precision, device, say)
 
 

@@ -12,7 +12,7 @@ import pytest
 import transformers
 
 import gpt2_engine
-from gpt2_engine import loading
+from gpt2_engine import load_failures, loading
 
 GB = 1024**3
 
@@ -75,13 +75,14 @@ def test_memory_that_runs_out_at_load_says_so_and_what_fits(
     copy: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
 ) -> None:
     failing_weights(monkeypatch, error)
-    monkeypatch.setattr(loading, "available_bytes", lambda: 2 * GB)
+    monkeypatch.setattr(loading, "available_bytes", lambda: 2 * GB)  # what the load checks first
+    monkeypatch.setattr(load_failures, "available_bytes", lambda: 2 * GB)  # ... and what the failure says
     with pytest.raises(gpt2_engine.NotEnoughMemoryError) as caught:
         gpt2_engine.load(str(copy), dtype="fp32")
     message = str(caught.value)
     assert "ran out of memory while loading" in message and type(error).__name__ in message
     assert f"{gpt2_engine.format_bytes(2 * GB)} available now" in message
-    assert loading.what_fits(2 * GB) in message and "gpt2" in loading.what_fits(2 * GB)
+    assert load_failures.what_fits(2 * GB) in message and "gpt2" in load_failures.what_fits(2 * GB)
     assert "damaged" not in message and "again" not in message
 
 
@@ -103,9 +104,11 @@ def test_anything_else_names_its_type_and_message_and_logs_the_traceback(
 def test_the_failure_is_said_by_what_failed() -> None:
     from safetensors import SafetensorError
 
-    assert loading.damaged(SafetensorError("Error while deserializing header: incomplete metadata"))
-    assert loading.damaged(RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central"))
-    assert loading.damaged(OSError("Error no file named model.safetensors, or pytorch_model.bin, found in directory"))
-    assert not loading.damaged(OSError("[Errno 13] Permission denied: 'model.safetensors'"))
-    assert not loading.damaged(RuntimeError("expected scalar type Float but found BFloat16"))
-    assert loading.out_of_memory(MemoryError()) and not loading.out_of_memory(RuntimeError("size mismatch"))
+    assert load_failures.damaged(SafetensorError("Error while deserializing header: incomplete metadata"))
+    assert load_failures.damaged(RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central"))
+    assert load_failures.damaged(
+        OSError("Error no file named model.safetensors, or pytorch_model.bin, found in directory")
+    )
+    assert not load_failures.damaged(OSError("[Errno 13] Permission denied: 'model.safetensors'"))
+    assert not load_failures.damaged(RuntimeError("expected scalar type Float but found BFloat16"))
+    assert load_failures.out_of_memory(MemoryError()) and not load_failures.out_of_memory(RuntimeError("size mismatch"))
