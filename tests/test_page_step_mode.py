@@ -164,7 +164,7 @@ def test_auto_runs_to_the_length_and_the_window_resets_show(page: AppTest) -> No
     assert text.count("⟲") == len(resets)
     assert ('class="prompt forgotten"' in text) == (held.held_from > 0)
     assert held.held_from > 0 or len(held.steps) < 4
-    caption = next(c.value for c in at.caption if "tokens written" in c.value)
+    caption = next(c.value for c in at.caption if " written · GPT-2 reads" in c.value)  # 1 token, or n tokens
     assert f"GPT-2 reads the last **{len(held.ids) - held.held_from}**" in caption and "window 4" in caption
     if len(held.steps) == 11:
         assert at.button(key="step_auto").disabled  # at the length
