@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         engine = gpt2_engine.load(args.model, dtype=args.precision)
         engine.batcher.max_rows = args.max_rows or max(args.visitors) + 1
         print(f"{args.model} at {engine.precision}; batch bound {engine.batcher.max_rows} rows; {args.tokens} each")
-    for phrase in PHRASES[:2]:  # warm-up: first-pass allocations, q8's buffers per row count
+    for phrase in PHRASES[:2]:  # warm-up: first-pass allocations (the small heap each kind of pass grows once)
         list(engine.stream(phrase, max_new_tokens=4, seed=0))
     rounds: list[Round] = []
     for k in args.visitors:

@@ -53,7 +53,7 @@ from . import fast
 from .decoding import Decoder, Reads, Step
 from .fast import Progress, Read
 from .memory import available_bytes
-from .prompt_budget import STEP_READ, PromptBudget
+from .prompt_budget import PromptBudget
 
 MAX_ROWS = 8  # beyond 8 rows a CPU's pass costs about as much more as the rows it adds
 MAX_ROWS_ENV = "GPT2_STUDIO_MAX_ROWS"
@@ -331,8 +331,7 @@ class Batcher:
     def _pass(self, batch: list[Run]) -> None:
         """One forward pass over every run's pending reads, a long read (a prompt) only up to the pass's budget of
         prompt tokens; each run whose reads are done gets its own rows of logits."""
-        reading = sum(1 for run in batch if any(len(ids) > STEP_READ for _, _, ids in run.pending or ()))
-        batch, reads, partial = self.budget.split(batch, others=len(self._active) > reading)
+        batch, reads, partial = self.budget.split(batch, active=len(self._active))
         started = time.perf_counter()
         try:
             with torch.inference_mode():

@@ -10,8 +10,6 @@ from .fast import Read
 
 Run = Any  # batching.Run (its `pending` reads are all this reads of it): named here without importing batching
 
-STEP_READ = fast.STEPS_READ  # a read of at most this many tokens is a step; a longer one a prompt or a re-prime
-
 
 class PromptBudget:
     """How many prompt tokens a pass reads beside other runs' steps (as llama.cpp's n_ubatch and vLLM's chunked
@@ -32,18 +30,19 @@ class PromptBudget:
             return self.FIRST
         return max(self.LEAST, min(fast.PROMPT_CHUNK, int(self.STEP_SHARE * self.step_s / self.token_s)))
 
-    def split(self, batch: list[Run], others: bool = False) -> tuple[list[Run], list[Read], dict[Run, list[Read]]]:
-        """(the runs in this pass, its reads, the rest of each prompt cut short). With no step beside them (nor
-        `others`: runs writing that wait for their readers, whose next step must not wait behind a whole chunk),
-        prompts take a chunk a pass; otherwise `tokens()` in all, first come first served."""
-        stepping = others or any(all(len(ids) <= STEP_READ for _, _, ids in run.pending or ()) for run in batch)
+    def split(self, batch: list[Run], active: int = 0) -> tuple[list[Run], list[Read], dict[Run, list[Read]]]:
+        """(the runs in this pass, its reads, the rest of each prompt cut short). `active`: runs in the batch, this
+        pass's and those waiting for their readers (whose next step must not wait behind a whole chunk either).
+        With no step beside them, prompts take a chunk a pass; otherwise `tokens()` in all, first come first served."""
+        reading = [run for run in batch if any(len(ids) > fast.STEPS_READ for _, _, ids in run.pending or ())]
+        stepping = len(batch) > len(reading) or active > len(reading)
         left = self.tokens() if stepping else fast.PROMPT_CHUNK
         taken: list[Run] = []
         reads: list[Read] = []
         partial: dict[Run, list[Read]] = {}
         for run in batch:
             pending = run.pending or []
-            long = [read for read in pending if len(read[2]) > STEP_READ]
+            long = [read for read in pending if len(read[2]) > fast.STEPS_READ]
             if not long:
                 taken.append(run)
                 reads.extend(pending)
@@ -59,7 +58,7 @@ class PromptBudget:
         return taken, reads, partial
 
     def timed(self, reads: list[Read], seconds: float) -> None:
-        prompt = sum(len(ids) for _, _, ids in reads if len(ids) > STEP_READ)
+        prompt = sum(len(ids) for _, _, ids in reads if len(ids) > fast.STEPS_READ)
         if not prompt:
             self.step_s = seconds if self.step_s is None else 0.8 * self.step_s + 0.2 * seconds
         elif self.step_s is not None and len(reads) > 1:  # a prompt beside steps: what its tokens added

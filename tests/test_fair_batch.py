@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import gpt2_engine
-from gpt2_engine import batching, fast
+from gpt2_engine import fast
 from gpt2_engine.batching import PromptBudget, Run
 
 LONG = "The cat sat on the mat. Hello world! Is it raining? Yes, it is. Once upon a time there was a model. " * 3
@@ -70,9 +70,9 @@ def test_no_pass_reads_more_prompt_than_the_budget_beside_steps(engine, monkeypa
     reader.join(30)
     running.close()
     assert len(steps) == 2
-    beside = [p for p in passes if len(p) > 1 and max(p) > batching.STEP_READ]
+    beside = [p for p in passes if len(p) > 1 and max(p) > fast.STEPS_READ]
     assert beside, "the newcomer's prompt was read beside the other run's steps"
-    assert all(sum(n for n in p if n > batching.STEP_READ) <= 12 for p in beside)
+    assert all(sum(n for n in p if n > fast.STEPS_READ) <= 12 for p in beside)
 
 
 @pytest.mark.timeout(300)
@@ -111,5 +111,5 @@ def test_a_prompt_waits_its_budget_while_others_write_even_when_they_wait_for_th
     _, reads, _ = budget.split([prompt])
     assert len(reads[0][2]) == min(100, fast.PROMPT_CHUNK)  # alone: a chunk
     prompt = run_with(("b", 100))
-    _, reads, partial = budget.split([prompt], others=True)
+    _, reads, partial = budget.split([prompt], active=2)
     assert len(reads[0][2]) == PromptBudget.FIRST and prompt in partial
