@@ -32,7 +32,7 @@ from .remote import (
 from .scoring import Coherence, coherence
 from .serving import LoadPlan, SharedModel, TurnQueue, plan_load
 from .settings import SAMPLERS, TUTORIAL_PHRASE, GenerationSettings, max_window, parse_seed
-from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS, ModelShape, Precision
+from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS, SHIPPED_MODEL, ModelShape, Precision
 from .stats import RunStats, generated_text, memory_rows, reset_points
 from .stepping import StepMode
 from .text_engine import TextEngine
@@ -54,6 +54,7 @@ __all__ = [
     "RemoteEngine",
     "cached_models",
     "look_ahead",
+    "SHIPPED_MODEL",
     "SMALLEST_MODEL",
     "runnable",
     "supported",

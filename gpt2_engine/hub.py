@@ -28,7 +28,7 @@ def _probe_timeout(default: float = 1.5) -> float:
 
 PROBE_TIMEOUT_S = _probe_timeout()  # one HEAD request to the hub
 PROBE_MEMORY_S = 10.0
-SMALLEST = next(iter(KNOWN_MODELS))  # KNOWN_MODELS is smallest first: distilgpt2
+SMALLEST = next(n for n, k in KNOWN_MODELS.items() if not k.ships)  # smallest download (smallest first): distilgpt2
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _probes: dict[str, _Probe] = {}  # the latest look at each endpoint
@@ -80,7 +80,7 @@ def repo_ids(name: str) -> list[str]:
     """The hub ids a name may be cached under: a known name's current id, then the bare name it had before
     the hub moved GPT-2 under openai-community/ (older caches hold `models--gpt2`)."""
     if name in KNOWN_MODELS:
-        return [KNOWN_MODELS[name].hub_id, name]
+        return [KNOWN_MODELS[name].hub_id, name] if not KNOWN_MODELS[name].ships else []
     return [name]
 
 
@@ -147,10 +147,15 @@ def _is_gpt2(snapshot: Path) -> bool:
         return False
 
 
+def shipped_models() -> list[str]:
+    """The models that ship with the app (their folder is in the package): every machine has them."""
+    return [name for name, k in KNOWN_MODELS.items() if k.folder is not None and (k.folder / "config.json").is_file()]
+
+
 def cached_models() -> list[str]:
-    """The GPT-2 models this machine can load with no network: the known names in the Hugging Face cache
-    (smallest first), then any other GPT-2 hub id there."""
-    names = [name for name in KNOWN_MODELS if cached_snapshot(name) is not None]
+    """The GPT-2 models this machine can load with no network: those that ship with the app, the known names in
+    the Hugging Face cache (smallest first), then any other GPT-2 hub id there."""
+    names = shipped_models() + [name for name in KNOWN_MODELS if cached_snapshot(name) is not None]
     taken = {repo_id for name in names for repo_id in repo_ids(name)}
     try:
         folders = sorted(p.name for p in cache_dir().iterdir() if p.name.startswith("models--"))
@@ -190,7 +195,7 @@ def look_ahead(name: str) -> None:
     """Starts the look at the hub that loading `name` will need, without waiting for it: the page calls this
     while its other parts import, so that offline the load's answer is there sooner. Nothing for a model in the
     cache, a folder, or with HF_HUB_OFFLINE set."""
-    if offline_mode() or not name or cached_snapshot(name) is not None:
+    if offline_mode() or not name or name in shipped_models() or cached_snapshot(name) is not None:
         return
     if name not in KNOWN_MODELS and (name.count("/") != 1 or name.startswith((".", "/", "~")) or Path(name).exists()):
         return  # a folder, not a hub id

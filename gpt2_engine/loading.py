@@ -89,6 +89,9 @@ def resolve_name(name_or_path: str) -> tuple[str, bool]:
                     "`save_pretrained()` writes (config.json, model.safetensors and the tokenizer files)."
                 )
             return str(path.resolve()), True
+    folder = KNOWN_MODELS[name].folder if name in KNOWN_MODELS else None
+    if folder is not None:  # ships with the app
+        return str(folder), True
     snapshot = hub.cached_snapshot(name)
     if snapshot is not None:
         return str(snapshot), True
@@ -98,10 +101,18 @@ def resolve_name(name_or_path: str) -> tuple[str, bool]:
 def on_this_machine() -> str:
     """A sentence naming the GPT-2 models this machine can load without a network (and the folder option)."""
     have, smallest = hub.cached_models(), KNOWN_MODELS[hub.SMALLEST].shape
-    if have:
+    shipped = [f"{name} (ships with the app)" for name in hub.shipped_models()]
+    cached = [name for name in have if name not in hub.shipped_models()]
+    if cached:
         return (
-            f"On this machine already: {', '.join(have)} (in the Hugging Face cache, {hub.cache_dir()}), "
+            f"On this machine already: {', '.join(shipped + cached)} (in the Hugging Face cache, {hub.cache_dir()}), "
             "or any folder written by `save_pretrained()`."
+        )
+    if shipped:
+        return (
+            f"On this machine already: {', '.join(shipped)}, or any folder written by `save_pretrained()`. No other "
+            f"GPT-2 is in the Hugging Face cache ({hub.cache_dir()}) yet: download one while connected "
+            f"({hub.SMALLEST} is the smallest, {format_bytes(smallest.weight_bytes('fp32'))})."
         )
     return (
         f"No GPT-2 is in this machine's Hugging Face cache ({hub.cache_dir()}) yet: give a folder written by "

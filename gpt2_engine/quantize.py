@@ -12,8 +12,11 @@ on a CPU is probed by capabilities.py, which is fastest there is measured by aut
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .memory import drop_file_pages, release_freed_memory
+from .threads import cores
 
 # `_weight_int8pack_mm` reads the weights again for every few rows: over gpt2-xl's 1600x6400 matrices here
 # it took 9 ms for 1-2 rows, 20 for 8, 52 for 20 and 109 for 50, while dequantizing to bf16 and one matmul
@@ -115,19 +119,49 @@ def _matrices(model: Any):
 Converted = Callable[[int, int], None]  # (matrices converted so far, of how many): a load's progress
 
 
-def swap_matrices(model: Any, make: Any, progress: Converted | None = None) -> None:
-    """Replaces each matrix with `make(weight, bias)`, freeing the old one before the next is made; tells
-    `progress(done, total)` after each."""
+def swap_matrices(model: Any, make: Any, progress: Converted | None = None, workers: int | None = None) -> None:
+    """Replaces each matrix with `make(name, weight, bias)`; tells `progress(done, total)` after each. `workers`
+    matrices are made at once (default: two, on a machine of two cores or more), each on a thread of its own
+    with its share of the cores: reading a matrix from its file, scaling it and fbgemm's packing (one thread) of
+    one overlap the next one's, where one after the other left a core idle. At most `workers` old matrices are
+    held at a time: each is freed once its new module is in place."""
     model.config.tie_word_embeddings = False  # the LM head gets its own copy; wte stays for lookups
     total = len(model.transformer.h) * len(_LAYER_MATRICES) + 1
-    with torch.no_grad():
-        for done, (parent, name, weight, bias) in enumerate(_matrices(model), 1):  # lazily: one old matrix at a time
-            setattr(parent, name, make(weight, bias))
-            if progress is not None:
-                progress(done, total)
-            if parent is not model:  # the LM head's weight is the embedding's, still in use
-                drop_file_pages(weight)
-            del weight, bias
+    workers = max(1, workers or min(2, cores()))
+    share = max(1, cores() // workers)
+
+    def made(name: str, weight: Tensor, bias: Tensor | None) -> nn.Module:
+        if workers > 1:
+            torch.set_num_threads(share)  # this worker's own OpenMP count
+        with torch.no_grad():
+            return make(name, weight, bias)
+
+    def place(item: tuple, module: nn.Module, done: int) -> None:
+        parent, attribute, weight, _ = item
+        setattr(parent, attribute, module)
+        if progress is not None:
+            progress(done, total)
+        if parent is not model:  # the LM head's weight is the embedding's, still in use
+            drop_file_pages(weight)
+
+    items = zip(_matrix_names(model), _matrices(model))  # lazily: the old matrices are read as they are made
+    if workers == 1:
+        for done, (name, item) in enumerate(items, 1):
+            place(item, made(name, item[2], item[3]), done)
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="convert") as pool:
+            pending: deque = deque()
+            done = 0
+            for name, item in items:
+                pending.append((item, pool.submit(made, name, item[2], item[3])))
+                if len(pending) >= workers:
+                    first, future = pending.popleft()
+                    done += 1
+                    place(first, future.result(), done)
+            while pending:
+                first, future = pending.popleft()
+                done += 1
+                place(first, future.result(), done)
     model.requires_grad_(False)
     release_freed_memory()  # the old matrices' pages: glibc would keep them for reuse that never comes
 
@@ -145,15 +179,14 @@ def to_int8(
     see `int8_fits`), used as they are, so the fp32 matrices are never read. Returns the int8 matrices and
     their fp32 scales by name, for the cache (Int8Linear and Q8Linear share one file)."""
     linear = linear or Int8Linear
-    blocks: dict[int, Tensor] = {}  # one fp32 work buffer per input width, reused by every matrix
-    names = iter(_matrix_names(model))
+    work = threading.local()  # each converting thread's fp32 work buffers, one per input width, reused
     converted: dict[str, Tensor] = {}
 
-    def make(weight: Tensor, bias: Tensor | None) -> nn.Module:
-        name = next(names)
+    def make(name: str, weight: Tensor, bias: Tensor | None) -> nn.Module:
         if saved is not None:
             quantized, scales = saved[f"{name}.weight"], saved[f"{name}.scales"]
         else:
+            blocks = work.__dict__.setdefault("blocks", {})
             width = weight.shape[1]
             if width not in blocks:
                 blocks[width] = torch.empty(1024, width)
@@ -162,7 +195,6 @@ def to_int8(
         return linear(quantized, scales.to(dtype), None if bias is None else bias.detach().to(dtype))
 
     swap_matrices(model, make, progress)
-    blocks.clear()
     model.to(dtype)  # the rest (embeddings, layer norms): the int8 buffers are not floating point
     release_freed_memory()
     return converted
@@ -239,8 +271,9 @@ class Scratch:
         """The (rows + 1, width) buffer for matrices that read `width` values a row."""
         unit = self._units.get(width)
         if unit is None:
-            unit = self._units[width] = torch.zeros(self.rows + 1, width)
-            unit[0, :2] = torch.tensor([1.0, -1.0])
+            made = torch.zeros(self.rows + 1, width)
+            made[0, :2] = torch.tensor([1.0, -1.0])
+            unit = self._units.setdefault(width, made)  # two matrices converted at once: one buffer still
         return unit
 
     @property
@@ -267,10 +300,11 @@ def to_packed(model: Any, dtype: torch.dtype = torch.bfloat16, progress: Convert
     """bf16 weights prepacked for oneDNN: same bytes, read faster than plain bf16 matmuls on this CPU.
     From fp32, each matrix is converted on its own, so no full second copy is ever made, and it is faster
     than transformers' own fp32 -> bf16 load."""
-    scratch: dict[torch.Size, Tensor] = {}  # one bf16 buffer per shape, reused: a fresh temporary per matrix
-    # would pile up in the C heap between the packed copies and raise the load's peak memory
+    work = threading.local()  # each converting thread's bf16 buffers, one per shape, reused: a fresh temporary
+    # per matrix would pile up in the C heap between the packed copies and raise the load's peak memory
 
-    def make(weight: Tensor, bias: Tensor | None) -> PackedLinear:
+    def make(name: str, weight: Tensor, bias: Tensor | None) -> PackedLinear:
+        scratch = work.__dict__.setdefault("scratch", {})
         buffer = scratch.get(weight.shape)
         if buffer is None:
             buffer = scratch[weight.shape] = torch.empty(weight.shape, dtype=dtype)
@@ -278,6 +312,5 @@ def to_packed(model: Any, dtype: torch.dtype = torch.bfloat16, progress: Convert
         return PackedLinear(buffer, None if bias is None else bias.to(dtype))
 
     swap_matrices(model, make, progress)
-    scratch.clear()
     model.to(dtype)  # the rest; the packed matrices are bf16 already
     release_freed_memory()

