@@ -27,6 +27,7 @@ class Run:
     label: str = ""  # what the History tab calls it besides its number, e.g. "window 20 of a comparison"
     precision: str = ""  # the model's precision when it wrote this run
     interrupted: bool = False  # Streamlit stopped it (a click, a reload), and no script run has said so yet
+    cancelled: bool = False  # a reload of its visit asked it to stop (its page is gone): it ends at its next token
     stopped_why: str = ""  # said after "Stopped after n of m tokens", when there is more to say
     number: int = 0  # its place in History (1 = the first), given at its first token: a run that wrote nothing has none
     coherence: gpt2_engine.Coherence | None = None  # once scored

@@ -79,6 +79,8 @@ def write(
         with closing(engine.stream(run.prompt, run.settings, on_prompt=on_prompt, on_wait=on_wait)) as steps:
             for step in steps:
                 st.session_state.get(keys.RUN)  # reading session state is where Streamlit stops a script run
+                if run.cancelled:  # the visit was reloaded: its old page's run ends here, not when Streamlit
+                    break  # gets round to stopping the old page's script (on a busy machine, seconds later or never)
                 if not run.steps:
                     visits.number(run)
                 run.steps.append(step)

@@ -144,6 +144,8 @@ def _settle(records: dict[str, Any], settle_s: float = 10.0) -> None:
     """A run the reload interrupted (in the session before it) says so within a token: wait for it, and say why."""
     deadline = time.monotonic() + settle_s
     for run in list(records.get(keys.HISTORY, [])):
+        if not run.finished:
+            run.cancelled = True  # the page that wrote it is gone: it stops at its next token
         while not run.finished and time.monotonic() < deadline:
             time.sleep(0.02)
         if run.interrupted:
