@@ -4,8 +4,9 @@ Each view (Write, Compare, the Sweep) draws its run inside a container with a ke
 its top is the status line with Stop beside it, its chart below. When a run starts, `keep_in_view` sends a small
 script that scrolls the page the least it can so that the run's top is under Streamlit's header and the bottom of
 its chart and its text boxes above the window's edge; where both cannot be, the top wins. Pressing Generate with the settings unfolded,
-or Compare under its long form, then shows the run, not the form. It scrolls until the chart is drawn (the first
-token) and then leaves the page alone, so a presenter who scrolls away is not pulled back.
+or Compare under its long form, then shows the run, not the form. It keeps doing so while the page settles (on a
+busy machine what is above the run can be drawn after its chart) until the visitor scrolls, touches or presses a
+key, so a presenter who scrolls away is not pulled back, or WATCH_S has passed.
 """
 
 from __future__ import annotations
@@ -40,10 +41,17 @@ SCRIPT = """
     if (Math.abs(by) >= 1) scroller(area).scrollBy({top: by, behavior: "instant"});
     return chart !== null;
   };
+  // Until the visitor scrolls (or presses a key), the run is kept in view as the page around it settles: on a busy
+  // machine the parts above it can still be drawn after its chart, and push it down.
+  let touched = false;
+  const stop = () => { touched = true; };
+  for (const kind of ["wheel", "touchstart", "keydown", "mousedown"]) window.addEventListener(kind, stop, {once: true, passive: true});
   const until = Date.now() + %(watch_ms)d;
-  if (!fit()) {
-    const timer = setInterval(() => { if (fit() || Date.now() > until) clearInterval(timer); }, 100);
-  }
+  fit();
+  const timer = setInterval(() => {
+    if (touched || Date.now() > until || !area.isConnected) { clearInterval(timer); return; }
+    fit();
+  }, 100);
 })();
 """
 
