@@ -166,7 +166,9 @@ def write_tab(page):
 
 
 def generated_text(page) -> str:
-    return write_tab(page).locator(".studio-text .generated").inner_text()
+    """The text written, its white space as one space: the text drawn while a run writes and the one drawn once
+    it has ended (each token its own element) lay out the same text with other white space."""
+    return " ".join(write_tab(page).locator(".studio-text .generated").inner_text().split())
 
 
 def set_length_to_max(page) -> None:
