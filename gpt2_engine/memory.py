@@ -90,9 +90,8 @@ def _load_libc() -> ctypes.CDLL | None:
 
 _LIBC = _load_libc()
 
-M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_FROM_BYTES = 1 << 20
-ARENAS = 2  # glibc's default is 8 per core: one heap per thread that allocates, each keeping what it freed
 
 
 def _map_large_allocations() -> None:
@@ -103,10 +102,6 @@ def _map_large_allocations() -> None:
     as "added by this run" is the cache its window allows, plus a small heap of small objects."""
     if _LIBC is not None and hasattr(_LIBC, "mallopt"):
         _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_FROM_BYTES)
-        # A page's visitors, the batch and the server are threads: each would get a heap of its own and keep its
-        # freed small blocks there, growing RSS over a day of visits (a suspect for the soak's slope, not yet
-        # soaked again). Two heaps, shared by all.
-        _LIBC.mallopt(M_ARENA_MAX, ARENAS)
 
 
 _map_large_allocations()

@@ -63,7 +63,7 @@ def _form(
         seed_text = seed_box.text_input(
             "Seed",
             key=keys.COMPARE_SEED,
-            placeholder="empty: a new one",
+            placeholder="random",
             help="Both runs use this seed. The same seed with the same settings gives the same comparison again.",
         )
         tutorial_mode = controls.tutorial_toggle("compare_tutorial_mode")

@@ -90,7 +90,7 @@ def _form(engine: gpt2_engine.Engine | None) -> SweepRequest:
         seed_text = seed_box.text_input(
             "Seed",
             key="sweep_seed",
-            placeholder="empty: a new one",
+            placeholder="random",
             help="Every run uses this seed: they part only where a window has forgotten something.",
         )
         go = button_box.form_submit_button(
