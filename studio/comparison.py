@@ -14,8 +14,9 @@ import streamlit as st
 
 from gpt2_engine import MB, format_bytes, sweep_rows
 
-from .charts import SWEEP_LABEL_PLACES, kv_domain, perplexity_domain, plus_bytes
+from .charts import plus_bytes
 from .run import Run
+from .sweep_chart import SWEEP_LABEL_PLACES, kv_domain, perplexity_domain
 from .words import window_label
 
 SAME_PERPLEXITY = 0.02  # perplexities closer than 2% are "about equally coherent": no winner is named

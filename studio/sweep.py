@@ -27,7 +27,7 @@ import streamlit as st
 import gpt2_engine
 from gpt2_engine import sweep_csv
 
-from . import charts, coherence_view, controls, keys, runner, screen, status, visits
+from . import coherence_view, controls, keys, runner, screen, status, sweep_chart, visits
 from .comparison import Sweep, kv_unit, sweep_points, sweep_reading
 from .controls import MAX_LENGTH, OFF
 from .run import Run
@@ -175,8 +175,8 @@ class SweepView:
         else:
             unit, _ = kv_unit(float(points["kv_bytes"].max()))
             reference = "off" if sweep.reference is None else str(sweep.reference)
-            spec = charts.sweep_chart(points, unit, reference)
-            self.chart.vega_lite_chart(spec=spec, width="stretch", height=charts.SWEEP_HEIGHT_PX)
+            spec = sweep_chart.sweep_chart(points, unit, reference)
+            self.chart.vega_lite_chart(spec=spec, width="stretch", height=sweep_chart.SWEEP_HEIGHT_PX)
         reading = sweep_reading(sweep, rows)
         if reading:
             self.reading.markdown(reading)
@@ -198,7 +198,7 @@ class SweepView:
                         help="One row per window: tokens, peak KV cache and program memory (bytes), log-likelihood, "
                         "perplexity, coherence kept, seconds, and whether it was stopped.",
                     )
-                st.caption(charts.SWEEP_EXPLANATION)
+                st.caption(sweep_chart.SWEEP_EXPLANATION)
 
     def _status(self, sweep: Sweep, rows: list[dict]) -> None:
         failed = next((run for run in sweep.runs if run.error is not None), None)

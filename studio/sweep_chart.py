@@ -1,0 +1,112 @@
+"""The Sweep's chart: one point per window, x = the most KV cache the run held, y = its perplexity reread with the
+whole context. A plain Vega-Lite spec, as in charts.py (the memory charts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from .charts import TITLE
+
+SWEEP_COLOR, SWEEP_REFERENCE_COLOR = "#1f6feb", "#495057"  # the windows; the reference (off, or the largest)
+SWEEP_HEIGHT_PX = 380  # with its line above it, in view at 1280x720
+# where a point's label can go (comparison.place_labels picks one): its anchor, offset in px
+SWEEP_LABEL_PLACES: dict[str, dict[str, object]] = {
+    "right": {"align": "left", "baseline": "middle", "dx": 11, "dy": 0},
+    "left": {"align": "right", "baseline": "middle", "dx": -11, "dy": 0},
+    "above": {"align": "center", "baseline": "bottom", "dx": 0, "dy": -10},
+    "below": {"align": "center", "baseline": "top", "dx": 0, "dy": 10},
+    "above_left": {"align": "right", "baseline": "bottom", "dx": 4, "dy": -8},
+    "above_right": {"align": "left", "baseline": "bottom", "dx": -4, "dy": -8},
+    "below_left": {"align": "right", "baseline": "top", "dx": 4, "dy": 8},
+    "below_right": {"align": "left", "baseline": "top", "dx": -4, "dy": 8},
+}
+SWEEP_EXPLANATION = (
+    "Each point is one run: the same phrase, seed and length, written with one window. **Across**: the most the "
+    "KV cache held, the memory the window limits (the weights and everything else the program holds do not change "
+    "with it: the CSV has the whole program's peak too). **Up**: perplexity when the model rereads the whole text "
+    "with its full context; lower is more coherent. **Coherence kept** = the reference's perplexity ÷ this "
+    "window's (100%: as coherent; 50%: twice as unsure per token). Best: down and to the left."
+)
+
+
+def perplexity_domain(low: float, high: float) -> list[float]:
+    """The sweep's y range: its perplexities with a tenth of their spread either side (labels above and below
+    the extremes fit), never below 0."""
+    pad = (high - low) * 0.1 or max(abs(high) * 0.05, 0.5)
+    return [max(0.0, low - pad), high + pad]
+
+
+def kv_domain(high: float) -> list[float]:
+    """The sweep's x range: from 0 (shares of the cache read true) to a little past its largest cache."""
+    return [0.0, (high or 1.0) * 1.06]
+
+
+def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, Any]:
+    """A sweep, one point per window (comparison.sweep_points: dataset `points`), x = peak KV cache in `unit`,
+    y = perplexity, each point labelled by its window on the side its `side` column says. The reference window
+    (its label, e.g. "off") is drawn in grey; every other point in blue."""
+    x = {
+        "field": "kv",
+        "type": "quantitative",
+        "title": f"peak KV cache, {unit} (the memory the window limits)",
+        "scale": {"domain": kv_domain(float(points["kv"].max())) if not points.empty else [0, 1], "nice": False},
+        "axis": {"titleFontSize": 14, "labelFontSize": 12, "titleFontWeight": 600, "tickCount": 6},
+    }
+    y_scale: dict[str, Any] = {"zero": False}
+    if not points.empty:
+        domain = perplexity_domain(float(points["perplexity"].min()), float(points["perplexity"].max()))
+        y_scale = {"zero": False, "domain": domain, "nice": False}
+    y = {
+        "field": "perplexity",
+        "type": "quantitative",
+        "title": "perplexity (lower is more coherent)",
+        "scale": y_scale,
+        "axis": {"titleFontSize": 14, "labelFontSize": 12, "titleFontWeight": 600, "tickCount": 5},
+    }
+    is_reference = f"datum.window == '{reference}'"
+    tooltip = [
+        {"field": "window", "type": "nominal", "title": "window"},
+        {"field": "kv", "type": "quantitative", "title": f"peak KV cache, {unit}", "format": ",.3~f"},
+        {"field": "perplexity", "type": "quantitative", "format": ",.2f"},
+        {"field": "kept", "type": "quantitative", "title": "coherence kept", "format": ".0%"},
+        {"field": "tokens", "type": "quantitative", "title": "tokens written"},
+    ]
+    labels = [
+        {
+            "data": {"name": "points"},
+            "name": f"sweep_labels_{side}",
+            "transform": [{"filter": f"datum.side == '{side}' && datum.label != ''"}],
+            "mark": {"type": "text", "fontSize": 14, "fontWeight": 600, "color": "#1f2330"} | offsets,
+            "encoding": {"x": x, "y": y, "text": {"field": "label"}},
+        }
+        for side, offsets in SWEEP_LABEL_PLACES.items()
+    ]
+    return {
+        "title": {
+            "text": "Memory against coherence, one point per window",
+            "subtitle": f"one run per window · grey: window {reference}, the reference · better: down and left",
+            **TITLE,
+            "fontSize": 16,
+            "subtitleFontSize": 13,
+        },
+        "datasets": {"points": points},
+        "layer": [
+            {
+                "data": {"name": "points"},
+                "name": "sweep_points",
+                "mark": {"type": "point", "filled": True, "size": 170, "opacity": 1, "strokeWidth": 0},
+                "encoding": {
+                    "x": x,
+                    "y": y,
+                    "color": {
+                        "condition": {"test": is_reference, "value": SWEEP_REFERENCE_COLOR},
+                        "value": SWEEP_COLOR,
+                    },
+                    "tooltip": tooltip,
+                },
+            },
+            *labels,
+        ],
+    }
