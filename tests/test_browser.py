@@ -361,11 +361,19 @@ def test_generate_while_writing_stops_and_a_reload_keeps_the_visit(page, engine,
     slider = write_tab(page).get_by_role("slider", name="Length (tokens)")
     assert slider.get_attribute("aria-valuetext") == str(MAX_LENGTH)
 
-    page.get_by_role("button", name="Generate").click()
-    page.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
-    page.reload()  # mid-run: the run stops, its text so far is kept
-    page.get_by_text("The page was reloaded while it wrote").wait_for()
+    runs = 1
+    while runs < 4:  # mid-run: the run stops, its text so far is kept
+        runs += 1
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
+        page.reload()
+        said = page.get_by_text("The page was reloaded while it wrote").or_(page.get_by_text("Done:"))
+        said.first.wait_for()
+        if "reloaded" in status_text(page):
+            break
+        # on a loaded machine the new page can come after the tiny model wrote all its tokens: nothing to stop
+    assert "The page was reloaded while it wrote" in status_text(page)
     # the status line comes before the text in the page's order: under load the text's delta can come a moment later
     page.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.trim().length > 0")
-    assert history_titles(page) == ["Run 2", "Run 1"]
+    assert history_titles(page) == [f"Run {n}" for n in range(runs, 0, -1)]
     screenshot(page, shots / "8-after-a-reload.png")
