@@ -4,8 +4,9 @@ Each visitor (a thread, as a page's visitor is a script thread) writes run after
 each with a phrase of a random length (1 to --max-phrase tokens), a random window (off, or 8 to 256 where the
 model allows), seed and length, and now and then a Stop part-way (the stream closed). Reported: runs, runs that
 failed (an exception the visitor did not cause), the process's RSS at the start and the end and its slope over the
-last part of the soak (least squares over a sample a second), each visitor's median and longest gap between two
-tokens, and time to first token (median and worst).
+last part of the soak (least squares over a sample a second; also with the KV caches of the runs being written at
+each sample taken out, which swing RSS by a GB), each visitor's median and longest gap between two tokens, and time
+to first token (median and worst).
 
     python -m bench.soak --model bench/models/gpt2-xl --visitors 8 --minutes 30
     python -m bench.soak --model bench/models/gpt2-large --precision q8 --runs 30 --words 4,236   # pile-up check
@@ -75,6 +76,7 @@ class Visitor:
     failed: list[str] = field(default_factory=list)
     gaps_s: list[float] = field(default_factory=list)
     ttfts_s: list[float] = field(default_factory=list)
+    kv_bytes: int = 0  # the KV cache of the run it is writing now (0 between runs)
 
 
 def phrase(chance: random.Random, words: int) -> str:
@@ -93,19 +95,22 @@ def one_run(engine: gpt2_engine.Engine, chance: random.Random, visitor: Visitor,
     started, last = time.perf_counter(), None
     try:
         steps = engine.stream(text, settings)
-        for n, _step in enumerate(steps, 1):
+        for n, step in enumerate(steps, 1):
             now = time.perf_counter()
             if last is None:
                 visitor.ttfts_s.append(now - started)
             else:
                 visitor.gaps_s.append(now - last)
             last = now
+            visitor.kv_bytes = step.kv_bytes
             if n == stop_at:
                 steps.close()  # a Stop
                 break
         visitor.runs += 1
     except Exception as error:  # noqa: BLE001 - counted: no run should fail
         visitor.failed.append(f"{type(error).__name__}: {error}")
+    finally:
+        visitor.kv_bytes = 0
 
 
 def slope_mb_per_min(samples: list[tuple[float, int]]) -> float:
@@ -126,18 +131,21 @@ def soak(
     t0 = time.perf_counter()
     end = t0 + 60 * minutes
     samples: list[tuple[float, int]] = []
+    beside_kv: list[tuple[float, int]] = []  # RSS less the KV caches of the runs being written at that moment
     done = threading.Event()
+    results = [Visitor() for _ in range(visitors)]
 
     def sample() -> None:
         while not done.wait(1.0):
-            samples.append((time.perf_counter() - t0, read_process_memory().rss_bytes))
+            now, rss = time.perf_counter() - t0, read_process_memory().rss_bytes
+            samples.append((now, rss))
+            beside_kv.append((now, rss - sum(v.kv_bytes for v in results)))
 
     def visit(k: int, out: Visitor) -> None:
         chance = random.Random(seed * 1000 + k)
         while (out.runs + len(out.failed) < runs_each) if runs_each else time.perf_counter() < end:
             one_run(engine, chance, out)
 
-    results = [Visitor() for _ in range(visitors)]
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     threads = [threading.Thread(target=visit, args=(k, results[k])) for k in range(visitors)]
@@ -148,16 +156,22 @@ def soak(
     done.set()
     sampler.join()
     end_rss = read_process_memory().rss_bytes
-    tail = [(t, rss) for t, rss in samples if t >= samples[-1][0] - 60 * last_minutes] if samples else []
+    release_freed_memory()  # as a run's start does on the page: what stays is what the engine kept
+    trimmed_rss = read_process_memory().rss_bytes
+    since = samples[-1][0] - 60 * last_minutes if samples else 0.0
+    tail = [(t, rss) for t, rss in samples if t >= since]
+    tail_beside_kv = [(t, rss) for t, rss in beside_kv if t >= since]
     failed = [f for v in results for f in v.failed]
     took = (
         f"{runs_each} runs each in {(time.perf_counter() - t0) / 60:.1f} min" if runs_each else f"for {minutes:g} min"
     )
     print(
         f"\n{visitors} visitors, {took}: {sum(v.runs for v in results)} runs, {len(failed)} failed; "
-        f"RSS {start_rss / 1e9:.2f} GB at the start, {end_rss / 1e9:.2f} GB at the end, peak "
+        f"RSS {start_rss / 1e9:.2f} GB at the start, {end_rss / 1e9:.2f} GB at the end ({trimmed_rss / 1e9:.2f} GB once "
+        f"freed memory is handed back), peak "
         f"{max((r for _, r in samples), default=end_rss) / 1e9:.2f} GB; slope over the last {last_minutes:g} min "
-        f"{slope_mb_per_min(tail):+.2f} MB/min; threads: {POLICY.describe()}"
+        f"{slope_mb_per_min(tail):+.2f} MB/min (less the live runs' KV caches: "
+        f"{slope_mb_per_min(tail_beside_kv):+.2f} MB/min); threads: {POLICY.describe()}"
     )
     for error in failed[:5]:
         print("  failed:", error)

@@ -31,7 +31,7 @@ from .load_failures import (
     first_line,
     what_fits,
 )
-from .memory import available_bytes, format_bytes
+from .memory import available_bytes, format_bytes, page_in
 from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, DTYPES, KNOWN_MODELS, ModelShape, is_precision
 
 if TYPE_CHECKING:
@@ -390,6 +390,8 @@ def _weights(
     elif converts_itself:
         say("Converting the weights to bf16")
         quantize.to_packed(model, progress=_every_few_seconds(say, "Converting the weights to bf16"))
+    for embedding in (model.transformer.wte.weight, model.transformer.wpe.weight):
+        page_in(embedding)  # read a row a token otherwise: resident from the start, not paged in run by run
     return model
 
 
