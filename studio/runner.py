@@ -80,7 +80,8 @@ def write(
             for step in steps:
                 st.session_state.get(keys.RUN)  # reading session state is where Streamlit stops a script run
                 if run.cancelled:  # the visit was reloaded: its old page's run ends here, not when Streamlit
-                    break  # gets round to stopping the old page's script (on a busy machine, seconds later or never)
+                    run.stopped = True  # gets round to stopping the old page's script (on a busy machine, seconds
+                    break  # later or never); the new page says why (visits.RELOADED), not as a click of its own
                 if not run.steps:
                     visits.number(run)
                 run.steps.append(step)

@@ -140,14 +140,20 @@ def keep_widgets() -> None:
     current().keep_widgets({name: st.session_state[name] for name in keys.WIDGETS if name in st.session_state})
 
 
-def _settle(records: dict[str, Any], settle_s: float = 10.0) -> None:
-    """A run the reload interrupted (in the session before it) says so within a token: wait for it, and say why."""
+RELOADED = "The page was reloaded while it wrote."
+
+
+def _settle(records: dict[str, Any], settle_s: float = 30.0) -> None:
+    """A run the reload interrupted (in the session before it) stops at its next token: wait for it (on a busy
+    machine the old page's script can take seconds to get there), and say why. The reason is set before the wait,
+    so it holds even if the run stops later; a run that wrote its last token first is simply done."""
     deadline = time.monotonic() + settle_s
     for run in list(records.get(keys.HISTORY, [])):
         if not run.finished:
+            run.stopped_why = RELOADED  # shown only if it ends stopped
             run.cancelled = True  # the page that wrote it is gone: it stops at its next token
         while not run.finished and time.monotonic() < deadline:
             time.sleep(0.02)
         if run.interrupted:
             run.interrupted = False
-            run.stopped_why = "The page was reloaded while it wrote."
+            run.stopped_why = RELOADED

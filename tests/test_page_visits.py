@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from test_page import generate, generated_shown
 
 from studio import keys, visits
+from studio.run import Run
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
@@ -158,3 +159,38 @@ def test_history_keeps_the_latest_runs_and_a_new_tab_takes_a_whole_copy() -> Non
     assert records[keys.HISTORY] is visit.records[keys.HISTORY] and widgets == {"prompt": "kept"}
     widgets["prompt"] = "changed in one tab's copy"
     assert visit.widgets == {"prompt": "kept"}
+
+
+def unfinished_run(engine) -> Run:
+    run = Run("The cat", engine.settings_for(max_new_tokens=50), "tiny", 0)
+    run.steps = list(engine.stream("The cat", max_new_tokens=3, seed=1, stop_at_eos=False))[:2]  # mid-run
+    return run
+
+
+def test_a_run_a_reload_cancels_says_so_however_late_its_old_page_stops(engine) -> None:
+    """The old page's script stops the run at its next token (runner.write); on a busy machine that can take
+    seconds, and the new page waits for it rather than show it still writing."""
+    run = unfinished_run(engine)
+
+    def old_page() -> None:
+        while not run.cancelled:
+            time.sleep(0.01)
+        time.sleep(0.5)  # a slow next token
+        run.stopped = True  # what runner.write does on seeing `cancelled`
+
+    threading.Thread(target=old_page).start()
+    visits._settle({keys.HISTORY: [run]})
+    assert run.finished and run.stopped and run.stopped_why == visits.RELOADED and not run.interrupted
+
+
+def test_a_run_that_wrote_its_last_token_before_the_reload_reached_it_is_done(engine) -> None:
+    run = unfinished_run(engine)
+    last = list(engine.stream("The cat", max_new_tokens=3, seed=1, stop_at_eos=False))[2]
+
+    def old_page() -> None:
+        run.steps.append(last)  # its last token, before it saw `cancelled`
+
+    timer = threading.Timer(0.2, old_page)
+    timer.start()
+    visits._settle({keys.HISTORY: [run]})
+    assert run.finished and not run.stopped  # "Done", with nothing to explain
