@@ -282,6 +282,23 @@ def test_two_visitors_write_at_once_and_a_third_beyond_the_bound_waits(browser, 
         stopped.or_(visitor.get_by_text("Done:")).first.wait_for()
 
 
+def colour_by_probability(page) -> None:
+    """Turns the toggle on and waits for the legend; a click that lands while the page redraws (a busy machine)
+    is lost: click again then, only while the toggle still reads off."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    toggle = write_tab(page).get_by_role("switch", name="Colour by probability", exact=True)
+    for attempt in range(3):
+        if not toggle.is_checked():
+            write_tab(page).get_by_text("Colour by probability").click()
+        try:
+            page.get_by_text("How sure GPT-2 was").wait_for(timeout=20_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+
+
 def test_step_mode_take_a_candidate_then_look_inside_a_written_text(page, engine, shots: Path) -> None:
     page.get_by_role("tab", name="Step by step").click()
     page.get_by_role("button", name="Show what GPT-2 would write next").click()
@@ -323,8 +340,7 @@ def test_step_mode_take_a_candidate_then_look_inside_a_written_text(page, engine
     type_seed(page, full_length_seed(engine, "The cat sat on the mat.", 40))
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("Done:").wait_for()
-    page.get_by_text("Colour by probability").click()
-    page.get_by_text("How sure GPT-2 was").wait_for()
+    colour_by_probability(page)
     tokens = page.get_by_role("tabpanel", name="Write").locator(".studio-text .inspectable .tok")
     texts = tokens.evaluate_all("spans => spans.map(span => span.innerText)")
     token = tokens.nth(next((i for i, t in enumerate(texts) if len(t.strip()) > 1 and t.strip().isalpha()), 0))
