@@ -9,6 +9,7 @@ python -m gpt2_engine "The cat sat on the" --length 5 --show-candidates 5   # th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -248,5 +249,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Ends the process with `code` once its output is flushed, skipping the interpreter's teardown. The batch's
+    thread (batching.py) ends as the run does; on a slow machine its last C++ clean-up can overlap the teardown,
+    where a thread that asks for the GIL is ended by force, and torch's clean-up code cannot be: the process then
+    aborted ("terminate called without an active exception", exit status -6) after printing all it had to, twice
+    in one CI run (pytorch/pytorch#38228 is that crash). Nothing is left for a teardown to do: the text and
+    the summary are written, and converted weights were renamed into place at load."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`): nothing more can reach it
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    except BrokenPipeError:  # what reads the text went away (`| head`): stop quietly, as `yes | head` does
+        status = 1
+    exit_now(status)

@@ -10,6 +10,8 @@ import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# a process the tests start (the CLI, the server) that crashes prints every Python thread's stack
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 # tiny models gain nothing from threads and lose a lot when the cores are busy: one thread, pinned (the engine's
 # own thread policy, gpt2_engine.threads, is tested on its own), in this process and the servers it starts
 os.environ.setdefault("GPT2_STUDIO_THREADS", "1")

@@ -79,11 +79,16 @@ def test_any_values_either_validate_or_raise_a_settings_error(max_new_tokens, to
     assert settings.max_new_tokens >= 1 and 0 < settings.top_p <= 1 and settings.temperature > 0
 
 
+CLI = [  # python -m gpt2_engine, offline
+    sys.executable,
+    "-c",
+    "import os; os.environ['HF_HUB_OFFLINE']='1'; import runpy, sys; sys.argv[0]='gpt2_engine'; "
+    "runpy.run_module('gpt2_engine', run_name='__main__')",
+]
+
+
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env_code = "import os; os.environ['HF_HUB_OFFLINE']='1'; import runpy, sys; sys.argv[0]='gpt2_engine'; runpy.run_module('gpt2_engine', run_name='__main__')"
-    return subprocess.run(
-        [sys.executable, "-c", env_code, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_streams_from_a_local_folder(tiny_model_dir) -> None:
@@ -100,6 +105,18 @@ def test_cli_streams_from_a_local_folder(tiny_model_dir) -> None:
         and "peak memory" in out.stderr
         and "seed 3" in out.stderr
     )
+
+
+def test_cli_piped_into_a_reader_that_stops_early_ends_quietly(tiny_model_dir) -> None:
+    """`python -m gpt2_engine ... | head -c 5`: the reader goes away mid-run; no traceback, exit status 1."""
+    command = [*CLI, "The cat", "--model", str(tiny_model_dir), "--length", "1000", "--no-eos-stop"]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.read(5) == b"The c"
+        process.stdout.close()  # as `head -c 5` does: every later write of the text fails
+        errors = process.stderr.read().decode()
+        assert process.wait(120) == 1, errors
+    assert "Traceback" not in errors and "Error" not in errors, errors
 
 
 def test_cli_long_mode_is_the_tutorials_long_paragraph(tiny_model_dir) -> None:
