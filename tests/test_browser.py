@@ -254,11 +254,29 @@ def text_length(page) -> int:
 
 
 def test_two_visitors_write_at_once_and_a_third_beyond_the_bound_waits(browser, server, engine, shots: Path) -> None:
-    first, second, third = (open_page(browser, server) for _ in range(3))
-    seed = full_length_seed(engine, first.get_by_role("textbox", name="Your phrase").input_value())
-    for visitor in (first, second, third):
-        set_length_to_max(visitor)
-        type_seed(visitor, seed)
+    """The tiny model writes its 1,000 tokens in seconds, so each step checks at once what it needs while the runs
+    ahead still write; when one of them ended first (a slow click on a busy machine), it starts again in new tabs."""
+    seed = None
+    for attempt in range(3):
+        first, second, third = (open_page(browser, server) for _ in range(3))
+        if seed is None:
+            seed = full_length_seed(engine, first.get_by_role("textbox", name="Your phrase").input_value())
+        for visitor in (first, second, third):
+            set_length_to_max(visitor)
+            type_seed(visitor, seed)
+        if two_write_and_a_third_waits(first, second, third, shots):
+            break
+        for visitor in (first, second, third):
+            visitor.close()
+        assert attempt < 2, "three times, a run ahead ended before the third visitor's turn came"
+    for visitor in (second, third):  # Stop is drawn anew at each token: a click event, not a wait for it to hold still
+        visitor.get_by_role("button", name="Stop").dispatch_event("click")
+        stopped = visitor.get_by_text("Stopped after").or_(visitor.get_by_text("Stopped before it started"))
+        stopped.or_(visitor.get_by_text("Done:")).first.wait_for()
+
+
+def two_write_and_a_third_waits(first, second, third, shots: Path) -> bool:
+    """Runs the scenario; False when a run ahead ended on its own before its check (nothing was shown then)."""
     first.get_by_role("button", name="Generate").click()
     first.get_by_text("Writing…").wait_for()
     second.get_by_role("button", name="Generate").click()
@@ -266,20 +284,21 @@ def test_two_visitors_write_at_once_and_a_third_beyond_the_bound_waits(browser, 
     second.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
     grown = text_length(first)
     first.wait_for_function(f"document.querySelector('.studio-text .generated')?.innerText.length > {grown}")
-    assert "Writing…" in status_text(first) and "Writing…" in status_text(second)  # both stream, side by side
-    screenshot(second, shots / "6-two-visitors-at-once.png")
+    if not ("Writing…" in status_text(first) and "Writing…" in status_text(second)):  # both stream, side by side
+        return False
 
-    third.get_by_role("button", name="Generate").click()  # the batch holds MAX_ROWS runs: this one waits
-    third.get_by_text("Waiting for the model").wait_for()
-    assert "2 runs are ahead" in status_text(third)
-    screenshot(third, shots / "6-waiting-for-the-model.png")
-    assert "Writing…" in status_text(first)  # the first run still holds its row ...
-    first.close()  # ... when its tab closes: its row must come free
+    third.get_by_role("button", name="Generate").click()  # the batch holds MAX_ROWS rows: this one waits
+    third.get_by_text("Waiting for the model").or_(third.get_by_text("Writing…")).first.wait_for()
+    waiting = status_text(third)
+    if "Waiting for the model" not in waiting:
+        return False
+    assert "2 runs are ahead" in waiting, waiting
+    if "Writing…" not in status_text(first):
+        return False
+    first.close()  # the first run still held its row: when its tab closes, the row must come free
     third.get_by_text("Writing…").wait_for()
-    for visitor in (second, third):  # Stop is drawn anew at each token: a click event, not a wait for it to hold still
-        visitor.get_by_role("button", name="Stop").dispatch_event("click")
-        stopped = visitor.get_by_text("Stopped after").or_(visitor.get_by_text("Stopped before it started"))
-        stopped.or_(visitor.get_by_text("Done:")).first.wait_for()
+    screenshot(third, shots / "6-a-third-visitor-writes-once-a-tab-closed.png")
+    return True
 
 
 def colour_by_probability(page) -> None:
