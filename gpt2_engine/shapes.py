@@ -87,7 +87,7 @@ class KnownModel:
 SHIPPED_MODEL = "gpt2-shakespeare"  # trained by bench/train_shakespeare.py; its model card is in its folder
 KNOWN_MODELS = {  # smallest first; the names people know, mapped to their current hub ids
     SHIPPED_MODEL: KnownModel(
-        "", ModelShape(4, 256, 8, vocab_size=4096, n_positions=512), Path(__file__).parent / "shipped" / SHIPPED_MODEL
+        "", ModelShape(4, 128, 4, vocab_size=512, n_positions=512), Path(__file__).parent / "shipped" / SHIPPED_MODEL
     ),
     "distilgpt2": KnownModel("distilbert/distilgpt2", ModelShape(6, 768, 12)),
     "gpt2": KnownModel("openai-community/gpt2", ModelShape(12, 768, 12)),

@@ -80,11 +80,6 @@ def test_a_window_as_long_as_the_text_reads_it_as_the_whole_context_does(shipped
     assert read_with_window(shipped, ids, 256).mean_logprob == pytest.approx(whole.mean_logprob, abs=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,  # a model that shows the trade-off makes this pass, and then the mark must go
-    reason="the shipped model (21 min of training) uses hardly more than 8 tokens of context: on held-out plays "
-    "window 8 reads 1.5% better than the whole context (bench.window_coherence, its model card)",
-)
 def test_a_smaller_window_costs_coherence_on_held_out_text(shipped, held_out) -> None:
     """The page's claim, measured: perplexity does not fall as the window shrinks, and window 8 is clearly worse."""
     windows = [8, 16, 32, 64, 128, 256, None]
@@ -100,7 +95,8 @@ SAID = re.compile(r"[Ww]indow (\d+|off)\W+keeps [^%]*?(\d+(?:\.\d)?)%[^%]*? for 
 
 def test_the_sweeps_sentence_says_what_its_points_show(monkeypatch: pytest.MonkeyPatch) -> None:
     """The page's Sweep on the shipped model: every share the sentence reads aloud is the one its points show,
-    and the window it names first is the smallest that keeps 90% of off's coherence."""
+    and the window it names first is the smallest that keeps 90% of off's coherence (or, when none does, the one
+    that keeps the most), among the windows that hold less cache than off."""
     from streamlit.testing.v1 import AppTest
     from test_page_sweep import sweep, sweep_points
 
@@ -120,12 +116,13 @@ def test_the_sweeps_sentence_says_what_its_points_show(monkeypatch: pytest.Monke
     for window, kept, share in said:
         assert float(kept) == pytest.approx(100 * points.loc[window, "kept"], abs=0.51), (window, reading)
         assert float(share) == pytest.approx(100 * points.loc[window, "kv_bytes"] / off_kv, abs=0.51), reading
-    good = points[(points["kept"] >= KEEPS_MOST) & (points["kv_bytes"] < off_kv)]
+    saving = points[points["kv_bytes"] < off_kv]  # a window that saves no memory (a text this short) is not offered
+    good = saving[saving["kept"] >= KEEPS_MOST]
     first = said[0][0]
     if len(good):
         assert first == good["kv_bytes"].idxmin(), reading
     else:
-        assert "No smaller window keeps" in reading and first == points.drop("off")["kept"].idxmax(), reading
+        assert "No smaller window keeps" in reading and first == saving["kept"].idxmax(), reading
 
 
 def test_offline_with_an_empty_cache_the_page_offers_it_and_writes_with_it(
