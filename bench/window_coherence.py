@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import gpt2_engine
-from gpt2_engine.loading import resolve_name
+from gpt2_engine.finding import resolve_name
 from gpt2_engine.scoring import coherence, read_with_window
 
 WINDOWS: tuple[int | None, ...] = (8, 16, 32, 64, 128, 256, None)

@@ -1,4 +1,4 @@
-"""Finding a model, checking it fits, choosing device and precision, and `load()`.
+"""Checking a model fits, choosing device and precision, and `load()` (finding it by name: finding.py).
 
 A user names a model the way they know it (`gpt2-xl`), by any hub id, or by a local folder. Before
 any weights are read, the model's config says how much memory it needs at the chosen precision,
@@ -15,24 +15,21 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import autotune, capabilities, fast, hub, quantize, weights_cache
+from . import autotune, capabilities, fast, quantize, weights_cache
 from .errors import ModelLoadError, NotEnoughMemoryError, PrecisionUnavailableError
+from .finding import read_shape, require_hub, resolve_name
 from .generation import Engine
 from .load_failures import (
     LoadCancelled,
-    damaged,
-    damaged_files,
     explained,
-    first_line,
     what_fits,
 )
 from .memory import available_bytes, format_bytes, page_in
-from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, DTYPES, KNOWN_MODELS, ModelShape, is_precision
+from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, DTYPES, ModelShape, is_precision
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig  # imported where it is used: offline, its import only delays an answer
@@ -68,109 +65,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             f"precision = {precision!r} does not run here: {support[precision].why}. Use auto or one of: {runs}."
         )
     return precision
-
-
-def resolve_name(name_or_path: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, whether it is a local folder). A known name or hub id that the
-    Hugging Face cache holds whole is its snapshot folder there: it loads with no network call at all."""
-    name = str(name_or_path).strip()
-    if not name:
-        raise ModelLoadError(
-            f"model = {name_or_path!r} is empty: give one of {', '.join(KNOWN_MODELS)}, a hub id or a folder."
-        )
-    if name not in KNOWN_MODELS:
-        path = Path(name).expanduser()
-        if path.exists() or name.startswith((".", "/", "~")):  # a hub id is never absolute or relative
-            if not path.is_dir():
-                raise ModelLoadError(f"model folder {str(path)!r} does not exist or is not a folder.")
-            if not (path / "config.json").is_file():
-                raise ModelLoadError(
-                    f"{str(path)!r} is not a model folder: it has no config.json. A model folder is what "
-                    "`save_pretrained()` writes (config.json, model.safetensors and the tokenizer files)."
-                )
-            return str(path.resolve()), True
-    folder = KNOWN_MODELS[name].folder if name in KNOWN_MODELS else None
-    if folder is not None:  # ships with the app
-        return str(folder), True
-    snapshot = hub.cached_snapshot(name)
-    if snapshot is not None:
-        return str(snapshot), True
-    return (KNOWN_MODELS[name].hub_id if name in KNOWN_MODELS else name), False
-
-
-def on_this_machine() -> str:
-    """A sentence naming the GPT-2 models this machine can load without a network (and the folder option)."""
-    have, smallest = hub.cached_models(), KNOWN_MODELS[hub.SMALLEST].shape
-    shipped = [f"{name} (ships with the app)" for name in hub.shipped_models()]
-    cached = [name for name in have if name not in hub.shipped_models()]
-    if cached:
-        return (
-            f"On this machine already: {', '.join(shipped + cached)} (in the Hugging Face cache, {hub.cache_dir()}), "
-            "or any folder written by `save_pretrained()`."
-        )
-    if shipped:
-        return (
-            f"On this machine already: {', '.join(shipped)}, or any folder written by `save_pretrained()`. No other "
-            f"GPT-2 is in the Hugging Face cache ({hub.cache_dir()}) yet: download one while connected "
-            f"({hub.SMALLEST} is the smallest, {format_bytes(smallest.weight_bytes('fp32'))})."
-        )
-    return (
-        f"No GPT-2 is in this machine's Hugging Face cache ({hub.cache_dir()}) yet: give a folder written by "
-        f"`save_pretrained()`, or download one while connected ({hub.SMALLEST} is the smallest, "
-        f"{format_bytes(smallest.weight_bytes('fp32'))})."
-    )
-
-
-def require_hub(source: str, name: str | None = None) -> None:
-    """For a model the cache does not hold: raises ModelLoadError at once when it cannot be downloaded
-    (HF_HUB_OFFLINE is set, or the hub does not answer within hub.PROBE_TIMEOUT_S), saying what this
-    machine has; transformers' own client would otherwise retry for half a minute before failing."""
-    shown = repr(name or source)
-    if hub.offline_mode():
-        raise ModelLoadError(
-            f"Could not find a model {shown} in this machine's Hugging Face cache, and HF_HUB_OFFLINE is set, so "
-            f"nothing is downloaded. {on_this_machine()} Unset HF_HUB_OFFLINE to download a known name "
-            f"({', '.join(KNOWN_MODELS)}) or a GPT-2 hub id."
-        )
-    why = hub.unreachable(source)
-    if why is not None:
-        raise ModelLoadError(
-            f"{shown} is not on this machine yet, and the Hugging Face hub could not be reached ({why.rstrip('.')}): "
-            f"a model's first download needs a network connection. {on_this_machine()}"
-        )
-
-
-def _what_to_do(source: str) -> str:
-    offline = hub.offline_mode()
-    net = "HF_HUB_OFFLINE is set, so nothing is downloaded" if offline else "It may be a typo, or the network is down"
-    return f"{net}. Known names: {', '.join(KNOWN_MODELS)}, or any GPT-2 hub id. {on_this_machine()}" + (
-        "" if offline else " A model's first download needs a network connection."
-    )
-
-
-def read_shape(source: str, is_local: bool, name: str | None = None) -> tuple[PreTrainedConfig, ModelShape]:
-    """Reads only the model's config (a few kB) and checks it is a GPT-2. A hub model (not in the cache)
-    is looked for only when the hub answers at once (require_hub)."""
-    from transformers import AutoConfig
-
-    if not is_local:
-        require_hub(source, name)
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
-    except Exception as error:  # noqa: BLE001 - every failure here means "cannot find this model"
-        if damaged(error):  # found, but its config.json does not parse
-            raise damaged_files(source, error) from None
-        where = f"the folder {source!r}" if is_local else f"the hub id {source!r}"
-        reason = first_line(error).rstrip(".")
-        raise ModelLoadError(
-            f"Could not find a model at {where} ({reason}). " + ("" if is_local else _what_to_do(source))
-        ) from None
-    if getattr(config, "model_type", None) != "gpt2":
-        raise ModelLoadError(
-            f"{source!r} is a {getattr(config, 'model_type', 'unknown')!r} model; GPT-2 Studio runs GPT-2 models only "
-            f"({', '.join(KNOWN_MODELS)}, or a GPT-2 folder)."
-        )
-    return config, ModelShape.from_config(config)
 
 
 def check_memory(shape: ModelShape, precision: str, source: str, device: torch.device) -> None:

@@ -23,8 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import autotune, capabilities
+from .finding import read_shape, resolve_name
 from .generation import Engine
-from .loading import load, read_shape, resolve_device, resolve_name, resolve_precision
+from .loading import load, resolve_device, resolve_precision
 from .shapes import KNOWN_MODELS, ModelShape
 
 

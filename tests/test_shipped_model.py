@@ -56,7 +56,7 @@ def test_it_is_offered_first_and_loads_with_no_network(monkeypatch: pytest.Monke
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty Hugging Face cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.cached_models() == [SHIPPED_MODEL]
-    assert f"{SHIPPED_MODEL} (ships with the app)" in gpt2_engine.loading.on_this_machine()
+    assert f"{SHIPPED_MODEL} (ships with the app)" in gpt2_engine.finding.on_this_machine()
     assert gpt2_engine.SMALLEST_MODEL == "distilgpt2"  # the smallest *download* is still named as such
     engine = gpt2_engine.load(SHIPPED_MODEL)  # auto, as the page loads it
     text = "".join(s.text for s in engine.stream("ROMEO.\n", max_new_tokens=20, seed=1, stop_at_eos=False))
