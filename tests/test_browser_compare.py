@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_browser import CHROMIUM, browser, open_page, server, shots  # noqa: F401 - fixtures used by name
+from browser_page import CHROMIUM, browser, open_page, server, shots  # noqa: F401 - fixtures used by name
 
 from gpt2_engine.records import load_record, settings_from_record
 from gpt2_engine.stats import generated_text

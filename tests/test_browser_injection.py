@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from test_browser import (  # noqa: F401 - fixtures used by name
+from browser_page import (  # noqa: F401 - fixtures used by name
     CHROMIUM,
     browser,
     full_length_seed,

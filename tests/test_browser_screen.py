@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from browser_page import CHROMIUM, browser, full_length_seed, server, shots  # noqa: F401 - fixtures used by name
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
-from test_browser import CHROMIUM, browser, full_length_seed, server, shots  # noqa: F401 - fixtures used by name
 
 from studio import screen
 from studio.controls import MAX_LENGTH

@@ -1,0 +1,207 @@
+"""The browser tests' shared pieces: a real `streamlit run app.py` on the tiny model (a module's fixture), a headless
+Chromium (Playwright, Debian's /usr/bin/chromium), and what a visitor does and reads on the page. The tests are in
+test_browser*.py; they import the fixtures from here by name."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from studio.controls import MAX_LENGTH
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+MAX_ROWS = 4  # the batch's bound on this server: two visitors write at once (a windowed run takes two rows: its
+# shadow row reads the next window on the way), a third waits
+START_TIMEOUT_S = 90  # the server imports torch and transformers before it answers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `streamlit run app.py` on a free port, killed at the end whatever happens."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("server") / "streamlit.log").open("w")
+    # fp32, as the tests' own `engine`: a seed then writes the same tokens on the server as in `full_length_seed`
+    # (auto would be int8 on a CPU with native bf16, which samples other tokens)
+    env = {
+        **{name: value for name, value in os.environ.items() if name != "GPT2_STUDIO_THREADS"},  # the real policy
+        "GPT2_STUDIO_MODEL": str(tiny_model_dir),
+        "GPT2_STUDIO_PRECISION": "fp32",
+        "GPT2_STUDIO_MAX_ROWS": str(MAX_ROWS),
+        "HF_HUB_OFFLINE": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, f"the server exited early; see {log.name}"
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                    if answer.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"the server did not answer within {START_TIMEOUT_S} s; see {log.name}"
+            time.sleep(0.25)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("GPT2_STUDIO_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_page(browser, url: str):
+    """A new tab on the page: a visitor of its own (its own Streamlit session)."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.set_default_timeout(60_000)  # generous: the machine may be busy
+    page.goto(url)
+    page.get_by_text("Type a phrase, then press").wait_for()  # the model is loaded and the form is drawn
+    return page
+
+
+@pytest.fixture
+def page(browser, server: str):
+    return open_page(browser, server)
+
+
+def full_length_seed(engine, prompt: str, length: int = MAX_LENGTH) -> int:
+    """A seed with which the tiny random model writes all `length` tokens at the page's default settings
+    (it often writes <|endoftext|> and stops early); the server runs the same model at the same precision."""
+    for seed in range(100):
+        for step in engine.stream(prompt, max_new_tokens=length, seed=seed, top_p=0.7, window=50):
+            if step.stop_reason == "eos":
+                break
+        else:
+            return seed
+    raise AssertionError("no seed in 0..99 runs to the full length")
+
+
+def type_seed(page, seed: int) -> None:
+    page.get_by_text("Advanced").click()
+    page.get_by_role("textbox", name="Seed").fill(str(seed))
+    page.get_by_text("Advanced").click()  # folded again: it keeps the seed
+
+
+def screenshot(page, path: Path) -> None:
+    page.locator('[data-testid="stAlert"]').first.scroll_into_view_if_needed()  # the status, text and charts
+    page.screenshot(path=path)
+
+
+def status_text(page) -> str:
+    return page.locator('[data-testid="stAlert"]').first.inner_text()
+
+
+def write_tab(page):
+    """The Write tab: other tabs (History) show texts and charts of their own."""
+    return page.get_by_role("tabpanel", name="Write")
+
+
+def generated_text(page) -> str:
+    """The text written, its white space as one space: the text drawn while a run writes and the one drawn once
+    it has ended (each token its own element) lay out the same text with other white space."""
+    return " ".join(write_tab(page).locator(".studio-text .generated").inner_text().split())
+
+
+def set_length_to_max(page) -> None:
+    """Length to its end with the keyboard, and waits until the slider shows it (a key pressed while the page
+    is still redrawing can be lost; press again then)."""
+    from playwright.sync_api import expect
+
+    slider = write_tab(page).get_by_role("slider", name="Length (tokens)")
+    for attempt in range(3):
+        slider.press("End")
+        try:
+            expect(slider).to_have_attribute("aria-valuetext", str(MAX_LENGTH), timeout=5_000)
+            return
+        except AssertionError:
+            if attempt == 2:
+                raise
+
+
+def text_length(page) -> int:
+    return page.evaluate("document.querySelector('.studio-text .generated')?.innerText.length ?? 0")
+
+
+def colour_by_probability(page) -> None:
+    """Turns the toggle on and waits for the legend; a click that lands while the page redraws (a busy machine)
+    is lost: click again then, only while the toggle still reads off."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    toggle = write_tab(page).get_by_role("switch", name="Colour by probability", exact=True)
+    for attempt in range(3):
+        if not toggle.is_checked():
+            write_tab(page).get_by_text("Colour by probability").click()
+        try:
+            page.get_by_text("How sure GPT-2 was").wait_for(timeout=20_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+
+
+def history_titles(page) -> list[str]:
+    page.get_by_role("tab", name="History").click()
+    panel = page.get_by_role("tabpanel", name="History")
+    panel.get_by_text("Run 1").first.wait_for()
+    titles = panel.locator("strong", has_text="Run ").all_inner_texts()
+    page.get_by_role("tab", name="Write").click()
+    return titles
