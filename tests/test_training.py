@@ -1,14 +1,17 @@
 """The training script of the shipped model (bench/train_shakespeare.py): the loss with a window that it logs as it
-trains is the engine's own reading with that window. No training runs here."""
+trains is the engine's own reading with that window, and the precision it trains in is the one it measured.
+No training runs here."""
 
 from __future__ import annotations
 
 import math
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from bench.train_shakespeare import context_loss
+from bench.train_shakespeare import context_loss, pick_precision
 from gpt2_engine.scoring import window_logprobs
 
 
@@ -20,3 +23,30 @@ def test_the_logged_loss_with_a_window_is_the_engines_reading_with_it(engine, wi
     assert len(read) == window * 12
     assert logged == pytest.approx(-sum(read) / len(read), abs=1e-4)
     assert math.isfinite(logged)
+
+
+class Probe(torch.nn.Module):
+    """A stand-in model whose step under bf16 autocast fails (no bf16 kernel on this CPU), or is slower or faster
+    than in fp32: what `pick_precision` measures, made to answer each way on any CPU."""
+
+    def __init__(self, bf16: str):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.bf16 = bf16
+
+    def forward(self, input_ids, labels):
+        if torch.is_autocast_enabled("cpu"):
+            if self.bf16 == "fails":
+                raise RuntimeError("no bf16 kernel for this operator here")
+            time.sleep(0.1 if self.bf16 == "slower" else 0.0)
+        else:
+            time.sleep(0.0 if self.bf16 == "slower" else 0.1)
+        return SimpleNamespace(loss=(self.weight * input_ids.float()).sum())
+
+
+@pytest.mark.parametrize(("bf16", "trains_in_bf16"), [("faster", True), ("slower", False), ("fails", False)])
+def test_training_takes_bf16_only_where_it_runs_and_is_clearly_faster(bf16: str, trains_in_bf16: bool) -> None:
+    model, said = Probe(bf16), []
+    pick_precision(model, torch.ones(1, 4), said.append)
+    assert model.train_bf16 is trains_in_bf16
+    assert said and ("bf16" if trains_in_bf16 else "fp32") in said[-1].split(": ")[-1], said
