@@ -105,7 +105,7 @@ visits.keep_widgets()  # before a run starts: a reload while it writes finds the
 if request.generate and stopped:
     runner.explain_stop(stopped, "Generate")
 if request.generate and not stopped and engine is not None and request.settings is not None:
-    latest = runner.generate(engine, request.prompt, request.settings, view)
+    latest = runner.generate(engine, request.prompt, request.settings, view, pace=request.pace)
 else:
     latest = runner.latest_run()
     view.show(latest)

@@ -67,7 +67,7 @@ class Step:
     logprob: float  # the model's own log-probability of this token (temperature 1, before top-k/top-p)
     reset: bool  # the window dropped the cache and re-primed just before this token
     context_tokens: int  # tokens the model held when it predicted this token
-    kv_bytes: int  # KV-cache size at that moment
+    kv_bytes: int  # KV-cache size at that moment: the window's context, and the next window read ahead
     rss_bytes: int  # process resident memory after this token
     anon_bytes: int  # ... of which not file-backed
     elapsed_s: float  # since the run started, prefill included
@@ -82,6 +82,7 @@ class Step:
     start_rss_bytes: int = 0  # the process's resident memory just before this run (before its prompt was read)
     server_kv_usage: float | None = None  # a remote backend's KV cache in use, as a share, where it says (remote.py)
     threads: int = 0  # the thread count this process decoded with at this token (threads.POLICY); 0: not here
+    read_ahead_bytes: int = 0  # of kv_bytes: the next window, read ahead of a reset near (fast.FastContext's shadow)
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,7 @@ class Decoder:
             reset=self.reset,
             context_tokens=self.context.length,
             kv_bytes=self.context.kv_bytes(),
+            read_ahead_bytes=self.context.read_ahead_bytes() if isinstance(self.context, FastContext) else 0,
             rss_bytes=memory.rss_bytes,
             anon_bytes=memory.anon_bytes,
             elapsed_s=time.perf_counter() - self.start,
@@ -283,8 +285,18 @@ class Decoder:
         elif self.context.length + 1 > self.n_positions:  # window off and the context is full
             yield from self._reprime_reads(self.n_positions // 2)
         else:
-            self.logits = yield from self._read("append", self.ids[-1])
+            self.logits = yield from self._read("append", self.ids[-1], reset_in=self._reset_in())
             self.reset = False
+
+    def _reset_in(self) -> int | None:
+        """How many tokens are read after the newest before the window's next reset; None when the run ends first
+        (it reads nothing ahead for a reset it will not reach)."""
+        window, settings = self.settings.window, self.settings
+        if window is None or not self.stops:
+            return None if window is None else 0
+        reset_at = (self.generated // window + 1) * window  # the reset is read once this many tokens are written
+        last = settings.max_new_tokens + (settings.sentence_end_max_extra if settings.stop_at_sentence_end else 0)
+        return reset_at - self.generated - 1 if reset_at < last else None
 
     def reprime(self, keep: int) -> None:
         """The window's reset: drops the cache and reads the last `keep` ids again."""
@@ -297,13 +309,14 @@ class Decoder:
         if self.settings.autograd:
             release_freed_memory()  # the dropped cache's graph is gone: let the chart show the drop
 
-    def _read(self, operation: str, *args: Any) -> Generator[list[Read], Tensor, Tensor]:
-        """The context's `prime` or `append`, as passes where it has them (fast.FastContext), else done here."""
+    def _read(self, operation: str, *args: Any, **fast: Any) -> Generator[list[Read], Tensor, Tensor]:
+        """The context's `prime` or `append`, as passes where it has them (fast.FastContext, which is also told
+        `fast`), else done here."""
         passes = getattr(self.context, f"{operation}_passes", None)
         if passes is None:
             with self._grad_mode():
                 return getattr(self.context, operation)(*args)
-        return (yield from passes(*args))
+        return (yield from passes(*args, **fast))
 
     def _grad_mode(self) -> AbstractContextManager:
         return torch.enable_grad() if self.settings.autograd else torch.inference_mode()

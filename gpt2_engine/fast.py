@@ -6,10 +6,12 @@ generate() rows show it). Here keys and values are written in place into a cache
 once, and each layer is a handful of torch calls. The modules are the model's own (so int8 or
 prepacked weights, swapped in by `quantize.py`, work here and in the reference path alike).
 
-Rows: a cache can hold two rows. With a window N, the second row is a *shadow* context that starts
-empty at each reset and takes the new tokens, a few at a time, in the same forward passes as the main
-row; at the next reset it holds the last N tokens at positions 0..N-1 but a few, reads those, and becomes
-the main row, so a reset costs one ordinary step instead of an N-token prefill. What the extra rows cost
+Rows: a cache can hold two rows. With a window N, the second row is a *shadow* context: near a reset that the
+run will reach, it reads the tokens since the last reset, a few at a time, in the same forward passes as the
+main row; at the reset it holds the last N tokens at positions 0..N-1 but a few, reads those, and becomes the
+main row, so a reset costs one ordinary step instead of an N-token prefill. It starts as late as its pace allows
+(at 3/4 of the window when it reads 4 tokens a step) and not at all when the run ends before the next reset, so
+the cache holds what the run needs: a window as long as the run holds what off holds. What the extra rows cost
 depends on the kernel (almost nothing with q8's integer one on AVX-512), so `auto` measures how many tokens
 the shadow reads a step (autotune.Choice.shadow_chunk).
 """
@@ -191,9 +193,10 @@ def _causal_mask(start: int, n: int, device: torch.device) -> Tensor | None:
 class FastContext:
     """The `Context` of generation.py on the fast forward; with `window`, a shadow row spares each reset its prefill.
 
-    The shadow row takes the tokens since the last reset a few at a time (`shadow_chunk`), beside the main row's
-    token in the same forward pass, so that it holds them when the next reset comes: the reset is then one
-    ordinary step of the shadow row's last few tokens, and the shadow becomes the main row."""
+    Near a reset (`append_passes`' `reset_in`), the shadow row takes the tokens since the last reset a few at a
+    time (`shadow_chunk`), beside the main row's token in the same forward pass, so that it holds them when the
+    reset comes: the reset is then one ordinary step of the shadow row's last few tokens, and the shadow becomes
+    the main row. Until then the shadow row holds nothing, and its block is not allocated."""
 
     def __init__(
         self,
@@ -215,8 +218,8 @@ class FastContext:
         self.shadowed = window is not None
         self.shadow_chunk = shadow_chunk
         main = min(positions or model.config.n_positions, model.config.n_positions)
-        # the shadow row holds at most the window; once it is the main row, the window and what follows it
-        sizes = [main, min(main, 2 * window)] if window is not None else [main]
+        # the shadow row's block is made when it starts reading (`_shadow_reads`), and freed when a reset hands it on
+        sizes = [main, 0] if window is not None else [main]
         self.cache = StaticKVCache(model, rows=len(sizes), positions=sizes)
         self.main, self.shadow = 0, 1
         self.shadow_ids: list[int] = []  # every token since the last reset: those the shadow row holds ...
@@ -234,6 +237,7 @@ class FastContext:
         """`prime` as passes (see `Passes`), so that a batch can do them beside other runs' steps."""
         if self.shadowed and self.shadow_ids + self.pending == ids[:-1]:
             # the shadow holds (or is owed) all but the newest token: read those, then swap roles
+            self._make_shadow_row()  # if a reset comes that the run did not expect to reach
             logits = (yield [(self.cache, self.shadow, [*self.pending, ids[-1]])])[0]
             self.main, self.shadow = self.shadow, self.main
             self.resets_by_shadow += 1
@@ -249,26 +253,43 @@ class FastContext:
                 logits = (yield [(self.cache, self.main, chunk)])[0]
                 if progress is not None:
                     progress(start + len(chunk), len(ids))
-        if self.window is not None:
+        if self.window is not None:  # the other row (the old main one) holds nothing until the next reset is near
             self.cache.lengths[self.shadow], self.shadow_ids, self.pending = 0, [], []
-            if self.cache.capacity(self.shadow) > 2 * self.window:  # the row that held the prompt: hand it back
-                self.cache.resize(self.shadow, 2 * self.window)
+            if self.cache.capacity(self.shadow):
+                self.cache.resize(self.shadow, 0)
         self.primed = True
         self.length = self.cache.lengths[self.main]
         return logits
 
-    def append_passes(self, token_id: int) -> Passes:
-        """`append` as a pass (see `Passes`)."""
+    def append_passes(self, token_id: int, reset_in: int | None = 0) -> Passes:
+        """`append` as a pass (see `Passes`). `reset_in`: how many appends follow this one before the window's
+        next reset (a `prime` of the last `window` ids); None when the run ends before it, so no shadow is read."""
         assert self.length < self.cache.capacity(self.main), "position ids beyond what this cache holds"
         reads: list[Read] = [(self.cache, self.main, [token_id])]
         if self.shadowed:
             self.pending.append(token_id)
-            if len(self.pending) >= self.shadow_chunk:  # the shadow catches up, in the same pass as the main row
-                reads.append((self.cache, self.shadow, self.pending))
-                self.shadow_ids, self.pending = self.shadow_ids + self.pending, []
+            reads += self._shadow_reads(reset_in)
         logits = (yield reads)[0]
         self.length = self.cache.lengths[self.main]
         return logits
+
+    def _shadow_reads(self, reset_in: int | None) -> list[Read]:
+        """The shadow row's read beside this step, if any: a chunk of its pending tokens, once the reset is near
+        enough that reading a chunk a step from now on leaves at most a chunk for the reset's own pass."""
+        chunk, pending = self.shadow_chunk, self.pending
+        if reset_in is None or len(pending) < chunk or (chunk - 1) * reset_in > len(pending):
+            return []  # no reset to come, or not yet near: the row stays empty (and unallocated)
+        self._make_shadow_row()
+        self.shadow_ids, self.pending = self.shadow_ids + pending[:chunk], pending[chunk:]
+        return [(self.cache, self.shadow, pending[:chunk])]
+
+    def _make_shadow_row(self) -> None:
+        """Allocates the (empty) shadow row's block if it has none: once it is the main row, it holds the window
+        and what follows it."""
+        assert self.window is not None
+        size = min(2 * self.window, self.cache.n_positions)
+        if self.cache.capacity(self.shadow) < size:
+            self.cache.resize(self.shadow, size)
 
     def truncate(self, tokens: int) -> None:
         """Forgets the last `tokens` tokens of the main row (step mode's undo); the cache keeps no shadow then."""
@@ -278,5 +299,8 @@ class FastContext:
 
     def kv_bytes(self) -> int:
         """Bytes of keys and values held: the main row and, with a window, the shadow row."""
-        held = self.length + (self.cache.lengths[self.shadow] if self.shadowed else 0)
-        return held * self.cache.bytes_per_token()
+        return self.length * self.cache.bytes_per_token() + self.read_ahead_bytes()
+
+    def read_ahead_bytes(self) -> int:
+        """Bytes of keys and values the shadow row holds: the next window, read ahead of its reset."""
+        return self.cache.lengths[self.shadow] * self.cache.bytes_per_token() if self.shadowed else 0

@@ -3,7 +3,7 @@
 The widgets sit in an `st.form`, so moving a slider during a run does not interrupt it: nothing is
 sent until Generate. Widget keys are the settings' names in the user's words, and the tests' handles:
 prompt, length, top_p, window, sampler, temperature, top_k, seed, sentence_end, tutorial_mode,
-memory_share, generate.
+memory_share, generate; and in presenter mode, beside Generate, pace (studio/presenter.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import streamlit as st
 
 import gpt2_engine
 
-from . import status
+from . import presenter, status
 from .run_view import INSPECT_CANDIDATES
 
 OFF = "off"  # the window slider's last stop: keep the whole context
@@ -45,6 +45,7 @@ class Request:
     settings: gpt2_engine.GenerationSettings | None  # None when a value is not allowed
     problem: str | None  # that value, said in words
     generate: bool  # Generate was pressed in this rerun
+    pace: float | None = None  # tokens/s to show the text at (presenter mode's Pace), None: full speed
 
 
 def window_option_label(value: int | str) -> str:
@@ -172,9 +173,12 @@ def generation_form(max_window: int, enabled: bool) -> Request:
                 help="Stops a run before the program takes more than this share of the memory that was free "
                 "when the run started. The text written so far is kept, and the page says why it stopped.",
             )
-        generate = st.form_submit_button(
+        presenting = presenter.on()  # then the pace the text is shown at, beside Generate
+        button_at, pace_at, _ = st.columns([1, 1.6, 2], vertical_alignment="center") if presenting else (st, st, st)
+        generate = button_at.form_submit_button(
             "Generate", key="generate", type="primary", icon=":material/play_arrow:", disabled=not enabled
         )
+        pace = presenter.pace_select(pace_at) if presenting else None
     try:
         settings = gpt2_engine.GenerationSettings(
             max_new_tokens=int(length),
@@ -190,5 +194,5 @@ def generation_form(max_window: int, enabled: bool) -> Request:
             candidates=INSPECT_CANDIDATES,  # each token's tooltip: always, its cost is negligible (run_view)
         )
     except gpt2_engine.SettingsError as error:
-        return Request(prompt, None, status.setting_problem(error), generate)
-    return Request(prompt, settings, None, generate)
+        return Request(prompt, None, status.setting_problem(error), generate, pace)
+    return Request(prompt, settings, None, generate, pace)

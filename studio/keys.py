@@ -17,7 +17,7 @@ VISIT = "_visit"  # the visit key this session was restored from (studio/visits.
 
 # The widgets a reload brings back as they were (studio/visits.py); buttons cannot be set, so they are not here.
 WIDGETS = (
-    *("model", "model_folder", "precision", "presenter"),
+    *("model", "model_folder", "precision", "presenter", "pace"),
     *("prompt", "length", "top_p", "window", "sampler", "temperature", "top_k", "seed", "sentence_end"),
     *("tutorial_mode", "memory_share", "colour_tokens"),
     *("compare_prompt", "compare_window_a", "compare_window_b", "compare_length", "compare_top_p", "compare_seed"),

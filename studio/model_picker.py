@@ -3,12 +3,20 @@
 The start-up model comes from GPT2_STUDIO_MODEL (a known name, a hub id or a folder), else gpt2-xl, and
 its precision from GPT2_STUDIO_PRECISION (auto, fp32, bf16, fp16, int8 or q8: those that run here), else auto.
 Every failure ends as a message on the page that says what to do; the page stays usable.
+
+A start-up model this machine cannot have (not in the cache, and no network to download it) is not an error: the
+page starts on the shipped model instead, says so in one line with the command that downloads the one asked for,
+and the server remembers it, so that every later visitor lands on the model it holds. A model picked by hand in
+the sidebar that fails says why, as any failure does.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
@@ -30,6 +38,7 @@ from gpt2_engine import (
 
 from . import status
 
+LOG = logging.getLogger("gpt2_studio")
 ENV_MODEL = "GPT2_STUDIO_MODEL"
 ENV_BACKEND = "GPT2_STUDIO_BACKEND"
 ENV_PRECISION = "GPT2_STUDIO_PRECISION"
@@ -42,6 +51,9 @@ PRECISION_LABELS = {
     "int8": "int8 (a quarter, CPU)",
     "q8": "q8 (a quarter, CPU; 8-bit math, as llama.cpp)",
 }
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # either set: nothing is downloaded
+ON_START = "_model_on_start"  # session: the model box holds the start-up model, not one picked by hand
+FELL_BACK = "_model_fell_back"  # session: the start-up model could not be had; the next script run takes the shipped
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,57 @@ class ModelChoice:
 
 
 def start_model() -> str:
+    """The model asked for at start-up: GPT2_STUDIO_MODEL, else the default (gpt2-xl)."""
     return os.environ.get(ENV_MODEL, "").strip() or gpt2_engine.DEFAULT_MODEL
+
+
+@st.cache_resource(show_spinner=False)
+def unavailable_starts() -> dict[str, str]:
+    """One per server: each start-up model this server could not have (not on this machine, no network to
+    download it) and why, from its first visitor on; a load of it that works (picked by hand) takes it out."""
+    return {}
+
+
+def first_model() -> str:
+    """The model a new visitor starts on: the start-up model, or the shipped one where this server could not have
+    it (the model the server holds, so the new visitor does not wait on a failure again)."""
+    asked = start_model()
+    return gpt2_engine.SHIPPED_MODEL if asked in unavailable_starts() else asked
+
+
+def _is_folder(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+
+
+def _falls_back(choice: ModelChoice, error: Exception) -> bool:
+    """The start-up model, not picked by hand, failed because this machine does not have it and could not download
+    it (a folder, or a model the cache holds, that fails is an error: something is wrong with it)."""
+    return (
+        bool(st.session_state.get(ON_START))
+        and choice.name == start_model() != gpt2_engine.SHIPPED_MODEL
+        and not isinstance(error, (gpt2_engine.NotEnoughMemoryError, gpt2_engine.PrecisionUnavailableError))
+        and not _is_folder(choice.name)
+        and gpt2_engine.SHIPPED_MODEL in (have := cached_models())
+        and choice.name not in have
+    )
+
+
+def download_command(name: str) -> str:
+    """The command that downloads `name` into the Hugging Face cache once (and writes one token with it)."""
+    return f"python -m gpt2_engine --model {shlex.quote(name)} --length 1 Hello"
+
+
+def fallback_note(asked: str) -> str:
+    """The one line a page started on the shipped model says: why, and how to get the model asked for."""
+    known = gpt2_engine.KNOWN_MODELS.get(asked)
+    size = f" ({format_bytes(known.shape.weight_bytes('fp32'))})" if known else ""
+    offline = [v for v in OFFLINE_VARIABLES if os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")]
+    return (
+        f"Writing with **{gpt2_engine.SHIPPED_MODEL}**, a small GPT-2 trained on Shakespeare that ships with the app: "
+        f"**{asked}** is not on this machine and could not be downloaded now. To get it{size}, run "
+        f"`{download_command(asked)}` once while online{f' ({offline[0]} unset)' if offline else ''}, then pick it "
+        "under **Which GPT-2** in the sidebar."
+    )
 
 
 def offered_precisions() -> list[str]:
@@ -89,7 +151,11 @@ def _model_label(name: str) -> str:
 
 def pick_model() -> ModelChoice:
     """The model and precision widgets (keys `model`, `model_folder`, `precision`)."""
-    start = start_model()
+    start = first_model()
+    if st.session_state.pop(FELL_BACK, False):  # the start-up model failed in the script run before this one
+        st.session_state["model"] = start
+    if "model" not in st.session_state:  # a new visitor (or the box was not drawn): the box takes the start-up model
+        st.session_state[ON_START] = True
     options = [*gpt2_engine.KNOWN_MODELS, OTHER]
     picked = st.selectbox(
         "Which GPT-2",
@@ -97,6 +163,7 @@ def pick_model() -> ModelChoice:
         index=options.index(start) if start in gpt2_engine.KNOWN_MODELS else len(options) - 1,
         format_func=_model_label,
         key="model",
+        on_change=_picked_by_hand,
         help="Bigger models write better text but need more memory and run slower. "
         "gpt2-xl is the largest GPT-2; distilgpt2 is the smallest download. "
         f"{gpt2_engine.SHIPPED_MODEL} is a small GPT-2 trained on Shakespeare's plays that comes with the app: "
@@ -108,6 +175,7 @@ def pick_model() -> ModelChoice:
             "Folder or hub id",
             value="" if start in gpt2_engine.KNOWN_MODELS else start,
             key="model_folder",
+            on_change=_picked_by_hand,
             placeholder="/path/to/a/gpt2-folder",
             help="A folder written by save_pretrained() (config.json, weights and tokenizer files), "
             "or a Hugging Face hub id such as openai-community/gpt2.",
@@ -128,6 +196,11 @@ def pick_model() -> ModelChoice:
     if refused:
         st.caption("Not on this machine: " + " ".join(f"{s.why}." for s in refused))
     return ModelChoice(name.strip(), precision)
+
+
+def _picked_by_hand() -> None:
+    """The visitor chose a model: from now on its failure is said, never replaced by the shipped model."""
+    st.session_state.pop(ON_START, None)
 
 
 def pick_backend() -> str:
@@ -209,12 +282,23 @@ def load_model(choice: ModelChoice, sidebar, loading_box, on_wait=None) -> gpt2_
         engine = _wait_for(shared, plan, loading_box, on_wait)
         with shown.container():
             show_plan(plan, engine)
-        return engine
     except gpt2_engine.PrecisionUnavailableError as error:
         loading_box.error(f"**This precision does not run here.** {error}", icon=status.ERROR_ICON)
     except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
-        with loading_box.container():
-            _cannot_load(choice, status.in_words(error, "Loading"))
+        if not _falls_back(choice, error):
+            with loading_box.container():
+                _cannot_load(choice, status.in_words(error, "Loading"))
+            return None
+        LOG.info("Starting on %s: %s", gpt2_engine.SHIPPED_MODEL, status.in_words(error, "Loading"))
+        unavailable_starts()[choice.name] = str(error)  # every later visitor starts on the shipped model
+        st.session_state[FELL_BACK] = True  # the model box can only be set before it is drawn: in the next run
+        st.rerun()
+    else:
+        unavailable_starts().pop(choice.name, None)  # it can be had now: new visitors start on it again
+        asked = start_model()
+        if choice.name == gpt2_engine.SHIPPED_MODEL and asked in unavailable_starts():
+            loading_box.info(fallback_note(asked), icon=":material/info:")
+        return engine
     return None
 
 

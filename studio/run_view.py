@@ -117,6 +117,8 @@ class RunView:
     chart are in view together while GPT-2 writes (screen.py scrolls them there as a run starts), then the chart's
     caption, the text's legends and the colour switch, and the numbers."""
 
+    pace: float | None = None  # tokens/s the run is shown at (presenter mode, runner.generate), None: as written
+
     def __init__(self, ready: bool = True, side_by_side: bool = False) -> None:
         self.ready = ready  # a model is loaded: Generate can be pressed
         with st.container(key=screen.WRITE):
@@ -229,13 +231,20 @@ class RunView:
             self.numbers.empty()
             return
         stats = run.stats
+        # shown at a reading pace (presenter mode) while the model wrote faster: the figure stays the model's own
+        # speed, from the times its steps were made (runner.paced), and the words under it say so
+        paced = self.pace is not None and stats.tokens_per_s > self.pace
         with self.numbers.container():
             # peak memory carries two figures ("2.50 GB", "+148 MB this run"): the widest column
             speed, tokens, words, peak, seed = st.columns([1, 1, 1, 1.7, 1.1])
             speed.metric(
                 "Tokens/s",
                 f"{stats.tokens_per_s:.1f}",
-                help="Tokens written per second, after the phrase was read.",
+                delta=f"shown at {self.pace:g}/s" if paced else None,
+                delta_color="off",
+                delta_arrow="off",
+                help="Tokens the model wrote per second, after the phrase was read: its own speed, from the time it "
+                "spent computing, however fast the page shows them (presenter mode's Pace).",
             )
             tokens.metric("Tokens", f"{stats.tokens:,}", help="Word pieces written so far.")
             words.metric("Words", f"{stats.words:,}")
@@ -263,6 +272,11 @@ class RunView:
                 help="Type this seed under Advanced, with the same settings, to get the same text again.",
             )
             window, model = window_label(run.settings.window), status.model_name(run)
+            if paced:
+                st.caption(
+                    f"The text is shown at a reading pace, {self.pace:g} tokens/s, for the room to read; the model "
+                    f"wrote it at {stats.tokens_per_s:,.0f} tokens/s."
+                )
             if run.remote:
                 st.caption(
                     f"{model} · {window}, kept here · {count(len(stats.resets), 'window reset')} · seed {stats.seed}"

@@ -14,12 +14,18 @@ On the way out, `finally` closes the engine's generator (the run leaves the batc
 marks the run stopped; the new script run then shows the text kept so far. A closed tab ends a run the same way.
 .streamlit/config.toml turns runner.fastReruns off, so the new script run starts only after that;
 with it on, Streamlit starts the new run at once, beside the old, and `latest_run` waits for the old.
+
+A pace a room can watch (presenter mode's Write tab, `generate(pace=...)`): the steps are taken from the engine as
+fast as it makes them and only their showing waits (`paced`), so the run leaves the batch as soon as the model is
+done, and each Step's `elapsed_s`, stamped as the model made it, still tells the machine's own speed. A run
+stopped while paced keeps the text shown so far: what the room saw.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
 from contextlib import closing
 
 import streamlit as st
@@ -33,6 +39,7 @@ from .status import in_words
 
 HISTORY_LIMIT = 40  # runs kept per visitor: a long demo stays within a few MB
 SETTLE_S = 10.0  # longest wait for a stopped run to notice: one token, or a long prompt's first read
+PACE_CHECK_S = 0.05  # while a paced run waits to show its next token, it looks this often for Stop
 
 
 def remember(run: Run) -> Run:
@@ -67,18 +74,61 @@ def latest_run(settle_s: float = SETTLE_S) -> Run | None:
     return latest(keys.RUN, settle_s)
 
 
+def _interrupt_point() -> None:
+    st.session_state.get(keys.RUN)  # reading session state is where Streamlit stops a script run
+
+
+def paced(
+    steps: Iterable[gpt2_engine.Step], per_s: float, check: Callable[[], object] = _interrupt_point
+) -> Generator[gpt2_engine.Step, None, None]:
+    """`steps`, handed on no faster than `per_s` a second (presenter mode's pace), but taken from the engine as fast
+    as it makes them: those made and not yet due wait here. So the pace holds back neither the model nor the batch
+    it shares with other visitors (gpt2_engine.batching decodes only a couple of steps ahead of a run's reader),
+    and each Step's `elapsed_s` is the model's own time, not the showing's. `check()` is called after each step
+    taken and at least every PACE_CHECK_S while waiting: Streamlit stops the script there, so Stop ends a paced
+    run at once. A model slower than the pace is shown as it writes; one that fails is shown up to where it failed,
+    then its error raised, as at full speed."""
+    made = iter(steps)
+    waiting: deque[gpt2_engine.Step] = deque()
+    more, due, failed = True, time.monotonic(), None  # `due`: when the next step may be shown
+    while more or waiting:
+        if waiting and time.monotonic() >= due:
+            shown = time.monotonic()
+            yield waiting.popleft()
+            due = shown + 1.0 / per_s
+        elif more:  # the next step, while the one before waits for its time: one token's work at most
+            try:
+                waiting.append(next(made))
+            except StopIteration:
+                more = False
+            except Exception as error:  # noqa: BLE001 - raised once the steps made before it are shown
+                more, failed = False, error
+        else:
+            time.sleep(max(0.0, min(PACE_CHECK_S, due - time.monotonic())))
+        check()
+    if failed is not None:
+        raise failed
+
+
 def write(
-    engine: gpt2_engine.TextEngine, run: Run, on_step: Callable[[Run], None], on_prompt=None, on_wait=None
+    engine: gpt2_engine.TextEngine,
+    run: Run,
+    on_step: Callable[[Run], None],
+    on_prompt=None,
+    on_wait=None,
+    pace: float | None = None,
 ) -> None:
     """Streams `run` (its prompt and settings) into `run.steps`, calling `on_step(run)` after each token, in the
     engine's batch beside other visitors' runs (`on_wait(runs ahead)` while the batch is full). However it ends,
     the run says so: finished; failed (`run.error`, in words); or interrupted by Streamlit (`run.stopped`, the
-    text so far kept: see the module's note). Every Write, Compare, sweep and replay run
+    text so far kept: see the module's note). With `pace`, a step joins `run.steps` no faster than `pace` a
+    second, though the model writes at full speed (`paced`). Every Write, Compare, sweep and replay run
     goes through here."""
     try:
-        with closing(engine.stream(run.prompt, run.settings, on_prompt=on_prompt, on_wait=on_wait)) as steps:
+        with closing(engine.stream(run.prompt, run.settings, on_prompt=on_prompt, on_wait=on_wait)) as made:
+            steps = paced(made, pace) if pace else made
             for step in steps:
-                st.session_state.get(keys.RUN)  # reading session state is where Streamlit stops a script run
+                _interrupt_point()
                 if run.cancelled:  # the visit was reloaded: its old page's run ends here, not when Streamlit
                     run.stopped = True  # gets round to stopping the old page's script (on a busy machine, seconds
                     break  # later or never); the new page says why (visits.RELOADED), not as a click of its own
@@ -109,15 +159,30 @@ def explain_stop(runs: list[Run], button: str) -> None:
 
 
 def generate(
-    engine: gpt2_engine.TextEngine, prompt: str, settings: gpt2_engine.GenerationSettings, view, label: str = ""
+    engine: gpt2_engine.TextEngine,
+    prompt: str,
+    settings: gpt2_engine.GenerationSettings,
+    view,
+    label: str = "",
+    pace: float | None = None,
 ) -> Run:
-    """Runs one generation for this visitor, drawing it on `view` as it streams."""
+    """Runs one generation for this visitor, drawing it on `view` as it streams; with `pace`, shown no faster than
+    `pace` tokens a second (presenter mode's Write tab: see `paced`), which the view is told, to say so."""
     run = remember(Run(prompt, settings, engine.name, engine.weight_bytes, label=label, precision=engine.precision))
     run.memory_note = engine.memory_note  # "" when the chart is this process's memory (engine.runs_here)
     visits.keep(keys.RUN, run)
+    if pace:
+        view.pace = pace
     try:
         view.start(run)
-        write(engine, run, view.update, on_prompt=getattr(view, "show_reading", None), on_wait=view.show_waiting)
+        write(
+            engine,
+            run,
+            view.update,
+            on_prompt=getattr(view, "show_reading", None),
+            on_wait=view.show_waiting,
+            pace=pace,
+        )
     finally:
         if not run.finished:  # stopped while it waited for a place in the batch
             run.stopped = run.interrupted = True

@@ -160,7 +160,9 @@ def test_stops_at_end_of_text_and_says_why(engine, monkeypatch) -> None:
     forced = torch.full((engine.model.config.vocab_size,), -1e9)
     forced[eos] = 0.0
 
-    def forced_passes(self, token):  # FastContext's append as passes (a batch does them): none, and these logits
+    def forced_passes(
+        self, token, reset_in=0
+    ):  # FastContext's append as passes (a batch does them): none, and these logits
         return forced.clone()
         yield
 

@@ -135,12 +135,13 @@ start = time.perf_counter()
 at.run()
 print(json.dumps({"seconds": time.perf_counter() - start, "errors": [e.value for e in at.error],
                   "infos": [i.value for i in at.info], "exceptions": [str(e.value) for e in at.exception],
-                  "buttons": [b.label for b in at.button]}))
+                  "model": at.selectbox(key="model").value, "generate": not at.button(key="generate").disabled}))
 """
 
 
-def test_the_page_says_at_once_what_this_machine_has(home: Path, proxy: str) -> None:
-    """The page with its default model, gpt2-xl, not downloaded: its first message comes within seconds."""
+def test_the_page_starts_at_once_on_what_this_machine_has(home: Path, proxy: str) -> None:
+    """The page with its default model, gpt2-xl, not downloaded: within seconds it is ready to write, on the model
+    that ships with the app, and says in one line how to get gpt2-xl."""
     out = subprocess.run(
         [sys.executable, "-c", PAGE, str(ROOT / "app.py")],
         cwd=ROOT,
@@ -151,14 +152,13 @@ def test_the_page_says_at_once_what_this_machine_has(home: Path, proxy: str) -> 
     )
     assert out.returncode == 0, out.stderr[-3000:]
     page = json.loads(out.stdout.splitlines()[-1])
-    assert not page["exceptions"], page
-    assert page["seconds"] < FIRST_ANSWER_S + 3, page  # the page's own first run (its imports) included
-    (error,) = page["errors"]
-    assert "Could not load this model" in error and "'gpt2-xl' is not on this machine yet" in error
-    assert "On this machine already: gpt2-shakespeare (ships with the app), distilgpt2" in error
-    assert "needs a network connection" in error
-    assert "gpt2-shakespeare, distilgpt2: already on this machine" in page["infos"][0]
-    assert "Use gpt2-shakespeare: ships with the app, loads in seconds" in page["buttons"]  # offered first
+    assert not page["exceptions"] and not page["errors"], page
+    # the page's own first run (its imports), the look at the hub and the shipped model's first load included
+    assert page["seconds"] < FIRST_ANSWER_S + 20, page  # ~9 s here
+    assert page["model"] == "gpt2-shakespeare" and page["generate"], page
+    note = page["infos"][0]
+    assert "**gpt2-xl** is not on this machine and could not be downloaded now" in note
+    assert "`python -m gpt2_engine --model gpt2-xl --length 1 Hello` once while online," in note  # no HF_HUB_OFFLINE
 
 
 def test_what_counts_as_in_the_cache(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

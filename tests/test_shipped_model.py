@@ -123,25 +123,3 @@ def test_the_sweeps_sentence_says_what_its_points_show(monkeypatch: pytest.Monke
         assert first == good["kv_bytes"].idxmin(), reading
     else:
         assert "No smaller window keeps" in reading and first == saving["kept"].idxmax(), reading
-
-
-def test_offline_with_an_empty_cache_the_page_offers_it_and_writes_with_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """The default model (gpt2-xl) is not on this machine and there is no network: the page's first offer is the
-    shipped model, one click loads it (auto, as a visitor gets it), and Generate writes words."""
-    from huggingface_hub import constants
-    from streamlit.testing.v1 import AppTest
-    from test_page_compare import press, shown_text
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("GPT2_STUDIO_MODEL", raising=False)
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120).run()
-    assert not at.exception, at.exception
-    assert any("Could not load this model" in e.value for e in at.error)
-    at = press(at, "use_shipped")
-    assert at.selectbox(key="model").value == SHIPPED_MODEL and not at.error
-    at.text_area(key="prompt").set_value("KING.\nWhat news")
-    at = press(at, "generate")
-    assert len(shown_text(at).split()) > 5
