@@ -51,6 +51,8 @@ SWEEP_CSV_COLUMNS = (  # one row per window of a sweep (sweep_rows)
     "peak_rss_bytes",
     "mean_log_likelihood",
     "perplexity",
+    "reading_log_likelihood",
+    "reading_perplexity",
     "coherence_kept",
     "seconds",
     "stopped",
@@ -67,6 +69,8 @@ def run_record(
     kind: str = "write",
     label: str = "",
     coherence: Coherence | None = None,
+    reading: Coherence | None = None,
+    reading_of: str = "",
     stopped: bool = False,
     error: str | None = None,
     started_at: float | None = None,
@@ -89,7 +93,9 @@ def run_record(
         "stopped": stopped,
         "error": error,
         "stats": {**asdict(stats), "resets": list(stats.resets)},
-        "coherence": _finite(asdict(coherence)) if coherence is not None else None,
+        "coherence": _finite(asdict(coherence)) if coherence is not None else None,  # its text reread
+        "reading": _finite(asdict(reading)) if reading is not None else None,  # a passage read with its window
+        "reading_of": reading_of,  # which passage (gpt2_engine.passages)
         "steps": [{name: getattr(step, name) for name in STEP_FIELDS} for step in steps],
     }
 
@@ -133,21 +139,25 @@ def sweep_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """A sweep's runs (their records, one per window, in the order written) as one row each: the columns of
     SWEEP_CSV_COLUMNS, plus `complete` and `resets` (how often the window reset).
 
-    A run is complete when it wrote every token it was asked for and was scored. Only complete runs are
-    comparable: a run cut short by Stop (or a click, the memory guard, an error) holds a shorter text, so a
-    smaller cache and another perplexity; its row says `stopped` and has no coherence kept.
-    `coherence_kept` is the reference's perplexity divided by this run's (1.0: as coherent as the reference;
-    0.5: twice as unsure per token; above 1: it read as more coherent, by the luck of the draw). The
-    reference is the complete run with the largest window, "off" counting as the largest."""
+    Two coherences: `perplexity`, the run's own text reread with the whole context (one sampled text: another
+    seed reads otherwise), and `reading_perplexity`, a real passage read with the run's window and length
+    (gpt2_engine.passages: the same at every press). A run is complete when it wrote every token it was asked
+    for and both were measured. Only complete runs are comparable: a run cut short by Stop (or a click, the
+    memory guard, an error) holds a shorter text, so a smaller cache and another perplexity; its row says
+    `stopped` and has no coherence kept. `coherence_kept` is the reference's reading perplexity divided by this
+    run's (1.0: reads the passage as well as the reference; 0.5: twice as unsure per token). The reference is
+    the complete run with the largest window, "off" counting as the largest."""
     rows = []
     for record in records:
         stats, score, settings = record["stats"], record.get("coherence"), record["settings"]
+        reading = record.get("reading")
         perplexity = score.get("perplexity") if score else None
         complete = (
             not record.get("stopped")
             and record.get("error") is None
             and stats["tokens"] == settings["max_new_tokens"]
             and perplexity is not None
+            and reading is not None
         )
         rows.append(
             {
@@ -157,6 +167,8 @@ def sweep_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "peak_rss_bytes": stats["peak_rss_bytes"],
                 "mean_log_likelihood": score.get("mean_logprob") if score else None,
                 "perplexity": perplexity,
+                "reading_log_likelihood": reading.get("mean_logprob") if reading else None,
+                "reading_perplexity": reading.get("perplexity") if reading else None,
                 "coherence_kept": None,
                 "seconds": stats["elapsed_s"],
                 "stopped": not complete,
@@ -168,13 +180,13 @@ def sweep_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     if done:
         reference = max(done, key=lambda row: math.inf if row["window"] is None else row["window"])
         for row in done:
-            row["coherence_kept"] = reference["perplexity"] / row["perplexity"]
+            row["coherence_kept"] = reference["reading_perplexity"] / row["reading_perplexity"]
     return rows
 
 
 def sweep_csv(rows: Sequence[dict[str, Any]]) -> str:
     """`sweep_rows` as CSV: window ("off" for none), tokens, the peaks in bytes, the mean log-likelihood per token
-    and perplexity (empty when not scored), coherence kept (a fraction, empty unless complete), the seconds the
+    and perplexity of its text reread, and of the passage read with its window (empty when not scored), coherence kept (a fraction, empty unless complete), the seconds the
     run took to write (its prompt's reading included), and stopped (true: not written in full and scored)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -183,7 +195,13 @@ def sweep_csv(rows: Sequence[dict[str, Any]]) -> str:
         values = {**row, "window": "off" if row["window"] is None else row["window"]}
         values["stopped"] = "true" if row["stopped"] else "false"
         values["seconds"] = f"{row['seconds']:.3f}"
-        for name in ("mean_log_likelihood", "perplexity", "coherence_kept"):
+        for name in (
+            "mean_log_likelihood",
+            "perplexity",
+            "reading_log_likelihood",
+            "reading_perplexity",
+            "coherence_kept",
+        ):
             values[name] = "" if row[name] is None else f"{row[name]:.6g}"
         writer.writerow([values[name] for name in SWEEP_CSV_COLUMNS])
     return out.getvalue()

@@ -1,9 +1,12 @@
-"""The memory charts, x = tokens generated: what a run added to the process's memory, and its KV cache.
+"""The memory charts, x = tokens generated: the KV cache a run holds, and (tutorial mode) what it added to the process.
 
-The process holds gigabytes before a run starts (the weights, the libraries), and a run adds megabytes: on
-an axis from zero the run's own growth is a flat line under a tall bar. So the charts plot memory above what
-the process held just before the run (`Step.start_rss_bytes`, read before the prompt), with the KV cache, the
-part the window controls, as an area on the same axis, and say the total in the tooltip and the caption.
+The KV cache is the memory the window controls, and the one figure that compares two windows: it is the headline
+of every chart here, on an axis of its own (kB on the shipped model, MB on gpt2-xl). The rest of the process's
+memory moves with the heap (a first run grows it, a freed block comes back late), by more than a small model's
+whole cache, so it is said beside the chart, never drawn against the cache. Where a model's cache is small (the
+shipped model's 1 kB a token against gpt2-xl's 614 kB), a second axis says what the same tokens would hold on
+gpt2-xl, computed from its shape. Tutorial mode draws the process's memory above what it held before the run, as
+the tutorial's climb is the autograd graph, not the cache.
 
 Each chart is a Vega-Lite spec (a dict) with named datasets: `memory` (one row per generated token) and
 `resets` (one row per window reset), which tests read back from the page. Plain specs, not Altair objects:
@@ -18,11 +21,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
+import streamlit as st
 
-from gpt2_engine import GB, MB, RunStats, Step, format_bytes, memory_rows, reset_points
+from gpt2_engine import GB, KNOWN_MODELS, MB, RunStats, Step, format_bytes, memory_rows, reset_points
 
-ADDED_LABEL, KV_LABEL = "added by this run", "KV cache"
-ADDED_COLOR, KV_COLOR, RESET_COLOR = "#1f6feb", "#e8590c", "#d97706"
+ADDED_LABEL, KV_LABEL, AHEAD_LABEL = "added by this run", "KV cache", "next window, read ahead"
+ADDED_COLOR, KV_COLOR, AHEAD_COLOR, RESET_COLOR = "#1f6feb", "#e8590c", "#f4b183", "#d97706"
+XL_KV_PER_TOKEN = KNOWN_MODELS["gpt2-xl"].shape.kv_bytes_per_token("fp32")  # 614,400 bytes: its keys and values
+XL_SCALE_FROM = 4.0  # a model whose token holds at most 1/4 of gpt2-xl's gets the second axis
 HEIGHT_PX = 230  # of the chart element, title and legend included (a spec's own height is not kept)
 MACHINE_GB = (8, 16, 24)  # common laptops' memory: "would this fit on mine?", said in words under the charts
 TITLE = {"anchor": "start", "subtitleColor": "#6b7080", "subtitleFontSize": 12}
@@ -47,6 +53,18 @@ def machine_words(total_bytes: float) -> str:
     return f"more than a {MACHINE_GB[-1]} GB computer has"
 
 
+def kv_unit(peak_bytes: float) -> tuple[str, float]:
+    """The unit a chart counts the cache in: MB, or kB for a small model's few hundred thousand bytes."""
+    return ("MB", MB) if peak_bytes >= MB else ("kB", 1e3)
+
+
+def xl_scale(kv_per_token: int) -> float | None:
+    """gpt2-xl's bytes per token over this model's, where the second axis is worth drawing (else None)."""
+    if kv_per_token <= 0 or XL_KV_PER_TOKEN / kv_per_token < XL_SCALE_FROM:
+        return None
+    return XL_KV_PER_TOKEN / kv_per_token
+
+
 def memory_frame(steps: Sequence[Step]) -> pd.DataFrame:
     """One row per generated token: tokens (x), added_mb (memory above what the process held just before the
     run), rss_mb (all of it), anon_mb, kv_mb, reset; and the tooltip's words for them: added, total, kv."""
@@ -58,6 +76,8 @@ def memory_frame(steps: Sequence[Step]) -> pd.DataFrame:
             "rss_mb": [row["rss_bytes"] / MB for row in rows],
             "anon_mb": [row["anon_bytes"] / MB for row in rows],
             "kv_mb": [row["kv_bytes"] / MB for row in rows],
+            "held_bytes": [step.kv_bytes - step.read_ahead_bytes for step in steps],  # the window's own context
+            "kv_bytes": [step.kv_bytes for step in steps],  # ... and the next window read ahead, on top
             "reset": [row["reset"] for row in rows],
             "added": [plus_bytes(row["added_bytes"]) for row in rows],
             "total": [format_bytes(row["rss_bytes"]) for row in rows],
@@ -144,6 +164,123 @@ def process_memory_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:
     }
 
 
+def _kv_axes(peak_bytes: float, kv_per_token: int) -> tuple[str, float, dict[str, Any], list[dict[str, Any]]]:
+    """The cache's y axis (its unit, the divisor, the encoding's scale) and, for a small model, the layers that
+    draw gpt2-xl's axis on the right: the same line, scaled by gpt2-xl's bytes per token (drawn invisible: only
+    its axis shows). Both scales are fixed, from 0 to a little past the peak, so the two axes read one line."""
+    unit, divisor = kv_unit(peak_bytes)
+    top = max(peak_bytes, 1.0) * 1.08
+    scale = {"domain": [0, top / divisor], "nice": False, "zero": True}
+    ratio = xl_scale(kv_per_token)
+    if ratio is None:
+        return unit, divisor, scale, []
+    xl = {
+        "data": {"name": "memory"},
+        "transform": [{"calculate": f"datum.kv_bytes * {ratio} / {MB}", "as": "xl_mb"}],
+        "mark": {"type": "line", "opacity": 0},
+        "encoding": {
+            "x": {"field": "tokens", "type": "quantitative"},
+            "y": {
+                "field": "xl_mb",
+                "type": "quantitative",
+                "title": "the same tokens on gpt2-xl, MB",
+                "scale": {"domain": [0, top * ratio / MB], "nice": False, "zero": True},
+                "axis": {"orient": "right", "tickCount": 5, "titleColor": "#6b7080"},
+            },
+        },
+    }
+    return unit, divisor, scale, [xl]
+
+
+def kv_chart(steps: Sequence[Step], x_max: int, kv_per_token: int = 0) -> dict[str, Any]:
+    """The run's KV cache, token by token: the window's context (an orange area) and, near a reset, the next window
+    read ahead (a light band on top); resets as dotted rules; for a small model, gpt2-xl's equivalent on the right."""
+    peak = max((step.kv_bytes for step in steps), default=0)
+    unit, divisor, scale, xl_layers = _kv_axes(peak, kv_per_token)
+    frame = memory_frame(steps).assign(  # in the axis's unit: the window's context, and with the read-ahead
+        held_kv=lambda f: f["held_bytes"] / divisor, all_kv=lambda f: f["kv_bytes"] / divisor
+    )
+    series = {
+        "type": "nominal",
+        "scale": {"domain": [KV_LABEL, AHEAD_LABEL], "range": [KV_COLOR, AHEAD_COLOR]},
+        "legend": {"orient": "top", "title": None, "labelFontSize": 12, "symbolType": "square"},
+    }
+    tooltip = [
+        {"field": "tokens", "type": "quantitative", "title": "tokens generated"},
+        {"field": "kv", "type": "nominal", "title": KV_LABEL},
+        {"field": "total", "type": "nominal", "title": "the whole program"},
+    ]
+    y = {"type": "quantitative", "title": f"KV cache, {unit}", "scale": scale, "axis": {"tickCount": 5}}
+    area = {"type": "area", "interpolate": "step-after", "line": {"strokeWidth": 1.5}}
+    layers = [
+        {
+            "data": {"name": "memory"},
+            "mark": {**area, "opacity": 0.55},
+            "encoding": {
+                "x": _x(x_max),
+                "y": {**y, "field": "all_kv"},
+                "color": {"datum": AHEAD_LABEL, **series},
+                "tooltip": tooltip,
+            },
+        },
+        {
+            "data": {"name": "memory"},
+            "mark": {**area, "opacity": 0.45},
+            "encoding": {
+                "x": _x(x_max),
+                "y": {**y, "field": "held_kv"},
+                "color": {"datum": KV_LABEL, **series},
+                "tooltip": tooltip,
+            },
+        },
+        _reset_rules(x_max),
+    ]
+    spec: dict[str, Any] = {
+        "title": {"text": "The KV cache: the memory the window controls", **TITLE},
+        "config": COMPACT,
+        "padding": {"top": 0, "bottom": 0, "left": 0, "right": 4},
+        "datasets": {"memory": frame, "resets": _resets_frame(steps)},
+        "layer": [{"layer": layers}, *xl_layers],
+    }
+    if xl_layers:
+        spec["resolve"] = {"scale": {"y": "independent"}, "axis": {"y": "independent"}}
+    return spec
+
+
+def kv_caption(steps: Sequence[Step], weight_bytes: int, kv_per_token: int = 0) -> str:
+    """The KV chart in words: the cache at most (and on gpt2-xl), then the whole program as context."""
+    stats = RunStats.from_steps(steps)
+    peak, total = stats.peak_kv_bytes, steps[-1].rss_bytes
+    ratio = xl_scale(kv_per_token)
+    on_xl = f" (the same tokens would hold {format_bytes(peak * ratio)} on gpt2-xl)" if ratio else ""
+    ahead = max(step.read_ahead_bytes for step in steps)
+    read_ahead = (
+        f" The light band is the next window, read a few tokens a step just before a reset so that it does not "
+        f"pause ({format_bytes(ahead)} at most)."
+        if ahead
+        else ""
+    )
+    return (
+        f"The KV cache keeps the keys and values of every token the model has in mind: **{format_bytes(peak)}** at "
+        f"most{on_xl}. It grows by one token a step and drops at each ⟲ window reset (dotted lines).{read_ahead} "
+        f"The whole program holds {format_bytes(total)}, the weights' {format_bytes(weight_bytes)} included "
+        f"({machine_words(total)}); the rest of it moves with the heap, not with the window."
+    )
+
+
+def draw_memory(steps: Sequence[Step], x_max: int, weight_bytes: int, kv_per_token: int, autograd: bool) -> None:
+    """A run's memory chart and its words: the KV cache, or in tutorial mode what the run added to the process
+    (there the climb is autograd's graph, not the cache)."""
+    if not steps:
+        return
+    if autograd:
+        spec, words = process_memory_chart(steps, x_max), memory_caption(steps, weight_bytes)
+    else:
+        spec, words = kv_chart(steps, x_max, kv_per_token), kv_caption(steps, weight_bytes, kv_per_token)
+    st.vega_lite_chart(spec=spec, width="stretch", height=HEIGHT_PX)
+    st.caption(words)
+
+
 def memory_caption(steps: Sequence[Step], weight_bytes: int) -> str:
     """The chart in words: the run's growth, and the whole program's memory it sits on (with the weights, and
     against common computers), then how to read the area and the dotted lines."""
@@ -161,36 +298,29 @@ def memory_caption(steps: Sequence[Step], weight_bytes: int) -> str:
 COMPARE_COLORS = ("#0ca678", "#1f6feb")  # window A, window B
 COMPARE_DASHES = ([1, 0], [7, 4])  # window A solid, window B dashed: where the two lines meet, both show
 COMPARE_WIDTHS = (3.4, 2.2)  # ... and A wider, under B's dashes
-COMPARE_HEIGHT_PX = 280  # the chart element: title, legend, both panels; with the runs' texts above it in 1280x720
-MEMORY_BAND = [{"expr": "height * 0.58"}, 0]  # what each run added: the top 58% of the plot (pixels, down)
-KV_BAND = [{"expr": "height"}, {"expr": "height * 0.70"}]  # the KV cache: the bottom 30%
-BANDS_GAP = {  # a white strip over the x axis's gridlines between the two bands: two panels, not one
-    "data": {"values": [{}]},
-    "mark": {"type": "rect", "color": "white", "opacity": 1},
-    "encoding": {
-        "x": {"value": -1},
-        "x2": {"value": {"expr": "width + 1"}},
-        "y": {"value": {"expr": "height * 0.58 + 1"}},
-        "y2": {"value": {"expr": "height * 0.70 - 1"}},
-    },
-}
+COMPARE_HEIGHT_PX = 250  # the chart element, title and legend included; with the runs' texts above it in 1280x720
 
 
-def compare_frame(runs: Sequence[tuple[str, Sequence[Step]]]) -> pd.DataFrame:
-    """One row per run and generated token: run (its label), then memory_frame's columns (added_mb is above
-    what the process held just before that run)."""
+def compare_frame(runs: Sequence[tuple[str, Sequence[Step]]], divisor: float = MB) -> pd.DataFrame:
+    """One row per run and generated token: run (its label), then memory_frame's columns, and kv_value: its KV
+    cache in the chart's unit (`divisor` bytes)."""
     frames = [memory_frame(steps).assign(run=label) for label, steps in runs]
-    columns = ["run", "tokens", "added_mb", "rss_mb", "kv_mb", "reset", "added", "total", "kv"]
-    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    columns = ["run", "tokens", "kv_bytes", "kv_value", "rss_mb", "kv_mb", "reset", "total", "kv"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.assign(kv_value=frame["kv_bytes"] / divisor)[columns]
 
 
-def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], x_max: int) -> dict[str, Any]:
-    """Two runs (label, steps) on one chart, x = tokens generated: what each added to the memory the process
-    held just before it in the upper band, their KV caches in the lower band (one y scale each, one x for both),
-    resets as rules in each run's colour. Run A is a wide solid line, run B a dashed one drawn over it, so that
-    both show where they coincide. A single layered view, so that it fits its column as the Write tab's chart
-    does. Datasets: `memory` (compare_frame), `resets` (run, reset_at)."""
+def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], x_max: int, kv_per_token: int = 0) -> dict[str, Any]:
+    """Two runs (label, steps) on one chart, x = tokens generated, y = each run's KV cache, the memory the window
+    controls (the rest of the process is said in the table, not drawn: it moves with the heap by more than a small
+    model's cache); resets as rules in each run's colour; for a small model, gpt2-xl's equivalent on the right.
+    Run A is a wide solid line, run B a dashed one drawn over it, so that both show where they coincide.
+    Datasets: `memory` (compare_frame), `resets` (run, reset_at)."""
     labels = [label for label, _ in runs]
+    peak = max((step.kv_bytes for _, steps in runs for step in steps), default=0)
+    unit, divisor, scale, xl_layers = _kv_axes(peak, kv_per_token)
     legend = {"orient": "top", "labelFontSize": 13, "symbolStrokeWidth": 3, "symbolSize": 400}
     color = {
         "field": "run",
@@ -207,28 +337,22 @@ def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], x_max: int) -> dic
         }
     ).astype({"reset_at": "int64"})
     tooltip = [{"field": "run", "type": "nominal"}, *TOOLTIP]
-
-    def lines(field: str, title: str | None, band: list[Any]) -> dict[str, Any]:
-        y = {
-            "field": field,
-            "type": "quantitative",
-            "title": title,
-            "scale": {"zero": True, "range": band, "nice": True},
-            "axis": {"orient": "left", "tickCount": 4, "titleFontWeight": 600},
+    y = {
+        "field": "kv_value",
+        "type": "quantitative",
+        "title": f"KV cache, {unit}",
+        "scale": scale,
+        "axis": {"orient": "left", "tickCount": 5, "titleFontWeight": 600},
+    }
+    lines = [  # one layer per run, in order: B's dashes over A's solid line
+        {
+            "data": {"name": "memory"},
+            "transform": [{"filter": f"datum.run === {json.dumps(label)}"}],
+            "mark": {"type": "line", "strokeWidth": width, "interpolate": "step-after"},
+            "encoding": {"x": _x(x_max), "y": y, "color": color, "strokeDash": dash, "tooltip": tooltip},
         }
-        interpolate = "step-after" if field == "kv_mb" else "linear"
-        return {
-            "layer": [  # one layer per run, in order: B's dashes over A's solid line
-                {
-                    "data": {"name": "memory"},
-                    "transform": [{"filter": f"datum.run === {json.dumps(label)}"}],
-                    "mark": {"type": "line", "strokeWidth": width, "interpolate": interpolate},
-                    "encoding": {"x": _x(x_max), "y": y, "color": color, "strokeDash": dash, "tooltip": tooltip},
-                }
-                for label, width in zip(labels, COMPARE_WIDTHS)
-            ]
-        }
-
+        for label, width in zip(labels, COMPARE_WIDTHS)
+    ]
     reset_rules = {
         "data": {"name": "resets"},
         "mark": {"type": "rule", "strokeDash": [2, 3], "strokeWidth": 1.5, "opacity": 0.8},
@@ -241,42 +365,37 @@ def compare_chart(runs: Sequence[tuple[str, Sequence[Step]]], x_max: int) -> dic
             ],
         },
     }
-    return {
+    spec: dict[str, Any] = {
         "title": {
-            "text": "Memory, token by token",
-            "subtitle": "the same phrase and seed, two windows · above: MB each run added · below: its KV cache, MB",
+            "text": "KV cache, token by token: the memory the window controls",
+            "subtitle": "the same phrase and seed, two windows"
+            + (" · right: what the same tokens would hold on gpt2-xl" if xl_layers else ""),
             **TITLE,
         },
         "config": COMPACT,
-        "datasets": {"memory": compare_frame(runs), "resets": resets},
-        "layer": [
-            lines("added_mb", None, MEMORY_BAND),  # the bands' names in the subtitle: a short band has no room for
-            lines("kv_mb", None, KV_BAND),  # a title on its axis (the two would run into each other)
-            BANDS_GAP,  # over the gridlines (drawn under every mark), under the resets, which mark both bands
-            reset_rules,
-        ],
-        "resolve": {"scale": {"y": "independent"}, "axis": {"y": "independent"}},
+        "datasets": {"memory": compare_frame(runs, divisor), "resets": resets},
+        "layer": [{"layer": [*lines, reset_rules]}, *xl_layers],
     }
+    if xl_layers:
+        spec["resolve"] = {"scale": {"y": "independent"}, "axis": {"y": "independent"}}
+    return spec
 
 
 def compare_caption(runs: Sequence[tuple[str, Sequence[Step]]]) -> str:
-    """The comparison chart in words: how to read it, what the program held before the runs, and its peak."""
+    """The comparison chart in words: how to read it, and the whole program beside it."""
     ran = [(label, RunStats.from_steps(steps)) for label, steps in runs if steps]
     dashed = f" ({runs[1][0]} dashed)" if len(runs) > 1 else ""
     said = (
-        f"Above: what each run added to the memory the program held just before it{dashed}; below: the KV cache, "
-        "the keys and values of every token the model keeps in mind. Dotted coloured lines: a ⟲ window reset of "
-        "the run of that colour."
+        f"Each line is one run's KV cache{dashed}: the keys and values of every token the model keeps in mind, "
+        "the memory the window controls. Dotted coloured lines: a ⟲ window reset of the run of that colour."
     )
     if not ran:
         return said
-    starts = [format_bytes(stats.start_rss_bytes) for _, stats in ran]
-    if len(set(starts)) == 1:
-        before = f"The program held {starts[0]} before {'each run' if len(ran) > 1 else 'the run'}"
-    else:
-        before = "The program held " + " and ".join(f"{s} before {label}" for s, (label, _) in zip(starts, ran))
     peak = max(stats.peak_rss_bytes for _, stats in ran)
-    return f"{said} {before}, and {format_bytes(peak)} at most in all: {machine_words(peak)}."
+    return (
+        f"{said} The whole program peaked at {format_bytes(peak)} ({machine_words(peak)}); the rest of it moves "
+        "with the heap, by more than a small model's cache, so it is not what compares the windows."
+    )
 
 
 def server_kv_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Scored on request under a Write run (the `score` button), by itself after a comparison and after each window
 of a sweep, in the model's turn, with a progress bar: on gpt2-xl on a CPU the reread takes seconds. The number
-is gpt2_engine's `coherence()`; this part only asks for it, shows progress and says what it means.
+is gpt2_engine's `coherence()`; this part only asks for it, shows progress and says what it means. Comparisons
+and sweeps also measure each window on a real passage (`read_passage`, gpt2_engine.passages): one sampled text
+is one draw, the passage reads the same at every press.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable, Sequence
 import streamlit as st
 
 import gpt2_engine
+from gpt2_engine import passages
 
 from . import runner
 from .run import Run
@@ -32,10 +35,11 @@ def _prompt_ids(engine: gpt2_engine.Engine, run: Run) -> list[int]:
     return engine.prepare_prompt(run.prompt, None).ids
 
 
-def score_runs(engine: gpt2_engine.Engine, runs: Sequence[Run], progress_area) -> None:
+def score_runs(engine: gpt2_engine.Engine, runs: Sequence[Run], progress_area, read: bool = False) -> None:
     """Scores each run that has text and no score yet, in the model's turn, drawing progress in `progress_area`
-    (an st.empty()), which is emptied at the end. The score is kept on the run (`run.coherence`)."""
-    todo = [run for run in runs if run.steps and run.coherence is None]
+    (an st.empty()), which is emptied at the end. The score is kept on the run (`run.coherence`); with `read`,
+    the passage read with the run's window too (`read_passage`)."""
+    todo = [run for run in runs if run.steps and (run.coherence is None or (read and run.reading is None))]
     if not todo:
         return
     bar = progress_area.progress(0.0, text="Waiting for the model to reread the text…")
@@ -51,7 +55,15 @@ def score_runs(engine: gpt2_engine.Engine, runs: Sequence[Run], progress_area) -
                 share = (done_runs + (done / total if total else 1.0)) / len(todo)
                 bar.progress(min(1.0, share), text=f"Rereading{name}: {done:,} of {total:,} tokens scored")
 
-            score_run(engine, run, report)
+            if run.coherence is None:
+                score_run(engine, run, report)
+            if read and run.reading is None:
+
+                def reading(done: int, total: int, done_runs: int = done_runs, name: str = name) -> None:
+                    share = (done_runs + (done / total if total else 1.0)) / len(todo)
+                    bar.progress(min(1.0, share), text=f"Reading the passage{name}: {done:,} of {total:,} pieces")
+
+                read_passage(engine, run, reading)
     progress_area.empty()
 
 
@@ -61,6 +73,21 @@ def score_run(engine: gpt2_engine.Engine, run: Run, report: Callable[[int, int],
     report(0, len(run.steps))
     generated = [step.token_id for step in run.steps]
     run.coherence = gpt2_engine.coherence(engine, _prompt_ids(engine, run), generated, progress=report)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _passage(_engine: gpt2_engine.Engine, name: str) -> passages.Passage:
+    """The passage a model is measured on, tokenized once per server and model (`name` keys the cache)."""
+    return passages.for_model(_engine)
+
+
+def read_passage(engine: gpt2_engine.Engine, run: Run, report: Callable[[int, int], None]) -> None:
+    """Measures how well the model reads a real passage with this run's window and length, and keeps it on the
+    run (`run.reading`, `run.reading_of`); `report(done, total)` as its pieces are read. The caller holds the
+    model's turn."""
+    passage = _passage(engine, engine.name)
+    run.reading = passages.reading(engine, passage, run.settings.window, run.settings.max_new_tokens, report)
+    run.reading_of = passage.name
 
 
 def show_score(score: gpt2_engine.Coherence) -> None:

@@ -227,7 +227,7 @@ class CompareView:
             return
         length = max(run.settings.max_new_tokens for run in comparison.runs)
         x_max = max(len(run.steps) for run in comparison.runs) if comparison.finished else length
-        spec = charts.compare_chart(runs, x_max)
+        spec = charts.compare_chart(runs, x_max, comparison.runs[0].kv_per_token)
         with self.chart.container():
             st.vega_lite_chart(spec=spec, width="stretch", height=charts.COMPARE_HEIGHT_PX)
             st.caption(charts.compare_caption(runs))
@@ -260,6 +260,7 @@ def run_comparison(
                 kind="compare",
                 label=f"{label} of a comparison",
                 precision=engine.precision,
+                kv_per_token=engine.kv_bytes_per_token,
             )
         )
         for settings, label in zip(pair, labels)
@@ -276,7 +277,7 @@ def run_comparison(
         if all(run.error is None for run in runs):
             view.show(comparison, scored=False)
             try:
-                coherence_view.score_runs(engine, runs, view.progress)
+                coherence_view.score_runs(engine, runs, view.progress, read=True)
             except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
                 runs[-1].error = status.in_words(error, "Scoring")
     finally:

@@ -14,7 +14,7 @@ import streamlit as st
 
 from gpt2_engine import MB, format_bytes, sweep_rows
 
-from .charts import plus_bytes
+from .charts import xl_scale
 from .run import Run
 from .sweep_chart import SWEEP_LABEL_PLACES, kv_domain, perplexity_domain
 from .words import window_label
@@ -37,13 +37,22 @@ TABLE_COLUMNS = {  # the table's columns, and how each is shown
         "Peak KV cache", help="The most the cache of keys and values grew to.", alignment="right"
     ),
     "resets": st.column_config.NumberColumn("Resets", help="How often the window forgot all but its last N tokens."),
-    "log_likelihood": st.column_config.NumberColumn(
-        "Log-likelihood",
-        help="Per token, when the model rereads the whole text: closer to 0 is more coherent.",
-        format="%.3f",
+    "on_xl": st.column_config.TextColumn(
+        "On gpt2-xl",
+        help="What the same tokens' keys and values would hold on gpt2-xl (from its shape).",
+        alignment="right",
+    ),
+    "reading": st.column_config.NumberColumn(
+        "Reading a passage",
+        help="Perplexity of a real passage the model did not write, read with this window and length: the same at "
+        "every press. Lower is more coherent.",
+        format="%.2f",
     ),
     "perplexity": st.column_config.NumberColumn(
-        "Perplexity", help="As unsure as choosing among this many words: lower is more coherent.", format="%.1f"
+        "Its text reread",
+        help="Perplexity of this run's own text, reread with the whole text in view: one sample (another seed "
+        "reads otherwise). Lower is more coherent.",
+        format="%.1f",
     ),
 }
 
@@ -78,48 +87,62 @@ def table(comparison: Comparison) -> pd.DataFrame:
     rows = []
     for run in comparison.runs:
         stats, score = run.stats, run.coherence
+        ratio = xl_scale(run.kv_per_token)
         rows.append(
-            {
+            {  # the cache first: the memory the window controls; the whole program after it, as context
+                "peak_kv_cache": format_bytes(stats.peak_kv_bytes),  # sizes as the page writes them everywhere
+                "on_xl": format_bytes(stats.peak_kv_bytes * ratio) if ratio else None,
+                "reading": run.reading.perplexity if run.reading else None,
+                "perplexity": score.perplexity if score else None,
+                "resets": len(stats.resets),
                 "tokens": stats.tokens,
                 "tokens_per_s": stats.tokens_per_s,
-                "added": plus_bytes(stats.peak_added_bytes),  # sizes as the page writes them everywhere
                 "peak_memory": format_bytes(stats.peak_rss_bytes),
-                "peak_kv_cache": format_bytes(stats.peak_kv_bytes),
-                "resets": len(stats.resets),
-                "log_likelihood": score.mean_logprob if score else None,
-                "perplexity": score.perplexity if score else None,
             }
         )
-    return pd.DataFrame(rows, index=pd.Index(comparison.labels(), name="run"))
+    frame = pd.DataFrame(rows, index=pd.Index(comparison.labels(), name="run"))
+    return frame.drop(columns=["on_xl"]) if frame["on_xl"].isna().all() else frame
 
 
 def summary(comparison: Comparison) -> str:
-    """What window A saved and cost next to window B, in one or two sentences."""
+    """What window A saved and cost next to window B, in one or two sentences: the cache (and on gpt2-xl), then
+    coherence as the passage read with each window says it (the same at every press), then their own texts."""
     (a, b), (label_a, label_b) = comparison.runs, comparison.labels()
     if not (a.steps and b.steps):
         return ""
     kv_a, kv_b = a.stats.peak_kv_bytes, b.stats.peak_kv_bytes
+    ratio = xl_scale(a.kv_per_token)
     if kv_a and kv_b and kv_a != kv_b:
         small, big = sorted((kv_a, kv_b))
         fewer = label_a if kv_a < kv_b else label_b
-        saved = f"**{fewer.capitalize()}** kept the KV cache {big / small:.1f}× smaller ({format_bytes(small)} against {format_bytes(big)} at most)"
+        on_xl = f"; on gpt2-xl, {format_bytes(small * ratio)} against {format_bytes(big * ratio)}" if ratio else ""
+        saved = (
+            f"**{fewer.capitalize()}** kept the KV cache {big / small:.1f}× smaller ({format_bytes(small)} against "
+            f"{format_bytes(big)} at most{on_xl})."
+        )
     else:
-        saved = f"Both kept the KV cache within {format_bytes(max(kv_a, kv_b))}"
-    added_a, added_b = plus_bytes(a.stats.peak_added_bytes), plus_bytes(b.stats.peak_added_bytes)
-    peak = format_bytes(max(a.stats.peak_rss_bytes, b.stats.peak_rss_bytes))
-    saved += (
-        f"; the runs added at most {added_a} ({label_a}) and {added_b} ({label_b}) to what the program held before "
-        f"each, and the whole program peaked at {peak}."
-    )
-    if a.coherence is None or b.coherence is None:
-        return saved
-    pa, pb = a.coherence.perplexity, b.coherence.perplexity
-    if abs(pa - pb) <= SAME_PERPLEXITY * min(pa, pb):
-        cost = "Reread with the whole text in view, both read as about equally coherent"
-        return f"{saved} {cost} (perplexity {pa:,.1f} with {label_a}, {pb:,.1f} with {label_b})."
-    (better, p_better), (worse, p_worse) = sorted(((label_a, pa), (label_b, pb)), key=lambda run: run[1])
-    cost = f"Reread with the whole text in view, **{better}** reads as more coherent"
-    return f"{saved} {cost} (perplexity {p_better:,.1f} against {p_worse:,.1f} with {worse})."
+        saved = f"Both kept the KV cache within {format_bytes(max(kv_a, kv_b))}: neither window reset less."
+    sentences = [saved]
+    if a.reading is not None and b.reading is not None:
+        ra, rb = a.reading.perplexity, b.reading.perplexity
+        passage = a.reading_of or "a real passage"
+        if abs(ra - rb) <= SAME_PERPLEXITY * min(ra, rb):
+            sentences.append(
+                f"Reading {passage}, both windows read it about as well (perplexity {ra:,.2f} and {rb:,.2f})."
+            )
+        else:
+            (better, low), (worse, high) = sorted(((label_a, ra), (label_b, rb)), key=lambda run: run[1])
+            sentences.append(
+                f"Reading {passage} with each window, **{worse} reads it {high / low - 1:.0%} worse** (perplexity "
+                f"{high:,.2f} against {low:,.2f} with {better}): the same at every press."
+            )
+    if a.coherence is not None and b.coherence is not None:
+        pa, pb = a.coherence.perplexity, b.coherence.perplexity
+        sentences.append(
+            f"Their own texts, reread: perplexity {pa:,.1f} ({label_a}) and {pb:,.1f} ({label_b}), one sample each: "
+            "another seed reads otherwise."
+        )
+    return " ".join(sentences)
 
 
 # ---- a sweep: one phrase and seed under many windows ------------------------------------------------------
@@ -210,12 +233,14 @@ def place_labels(
 
 def sweep_points(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> pd.DataFrame:
     """The chart's points: one row per window written in full and scored, in order of their cache. Columns:
-    window ("off" or N), kv_bytes, kv (in `kv_unit`), rss_bytes, perplexity, log_likelihood, kept (coherence
-    kept, a fraction), tokens, label (empty when another point stands at the same place and carries both
+    window ("off" or N), kv_bytes, kv (in `kv_unit`), rss_bytes, perplexity (the passage read with the window),
+    log_likelihood (the same), text_perplexity (its own text reread), kept (coherence kept, a fraction), tokens,
+    label (empty when another point stands at the same place and carries both
     names), side (where the label goes: place_labels)."""
     rows = [row for row in (rows if rows is not None else sweep.rows()) if row["complete"]]
     rows.sort(key=lambda row: (row["peak_kv_bytes"], math.inf if row["window"] is None else row["window"]))
-    columns = ["window", "kv_bytes", "kv", "rss_bytes", "perplexity", "log_likelihood", "kept", "tokens", "label"]
+    columns = ["window", "kv_bytes", "kv", "rss_bytes", "perplexity", "log_likelihood", "text_perplexity"]
+    columns += ["kept", "tokens", "label"]
     if not rows:
         return pd.DataFrame(columns=[*columns, "side"])
     _, unit = kv_unit(max(row["peak_kv_bytes"] for row in rows))
@@ -225,8 +250,9 @@ def sweep_points(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> pd.D
             "kv_bytes": [row["peak_kv_bytes"] for row in rows],
             "kv": [row["peak_kv_bytes"] / unit for row in rows],
             "rss_bytes": [row["peak_rss_bytes"] for row in rows],
-            "perplexity": [row["perplexity"] for row in rows],
-            "log_likelihood": [row["mean_log_likelihood"] for row in rows],
+            "perplexity": [row["reading_perplexity"] for row in rows],
+            "log_likelihood": [row["reading_log_likelihood"] for row in rows],
+            "text_perplexity": [row["perplexity"] for row in rows],
             "kept": [row["coherence_kept"] for row in rows],
             "tokens": [row["tokens"] for row in rows],
         }
@@ -266,10 +292,8 @@ def sweep_reading(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> str
         def says(row: dict[str, Any], whose: str = "the", its: str = "the") -> str:
             """What a window keeps, for what share of the cache: "keeps 96% of the coherence for 15% of the cache"."""
             kept = row["coherence_kept"]
-            coherence = (
-                f"all of {whose} coherence ({_share(kept)})"
-                if kept >= 0.995
-                else f"{_share(kept)} of {whose} coherence"
+            coherence = (  # within SAME_PERPLEXITY: no share is claimed where the two read alike
+                f"all of {whose} coherence" if kept >= 1 - SAME_PERPLEXITY else f"{_share(kept)} of {whose} coherence"
             )
             return f"keeps {coherence} for {_share(row['peak_kv_bytes'] / ref_kv)} of {its} cache"
 
@@ -303,6 +327,11 @@ def sweep_reading(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> str
                     f"{name} saves nothing on a text this short: its cache peaked at {kv}, against "
                     f"{format_bytes(ref_kv)} with {ref_name}."
                 )
+        passage = next((run.reading_of for run in sweep.runs if run.reading_of), "a real passage")
+        sentences.append(
+            f"Coherence here is how well the model reads {passage} seeing only each window's tokens, the same at "
+            "every press; each run's own text, reread, is one sample (in the tooltip and the CSV)."
+        )
     ending = _sweep_ending(sweep, rows)
     if ending:
         sentences.append(ending)

@@ -126,10 +126,7 @@ def _entry(run: Run) -> None:
         st.caption(_numbers_line(run))
         with st.expander("Whole text and memory"):
             st.html(text_html(run))
-            spec = charts.process_memory_chart(run.steps, len(run.steps))
-            st.vega_lite_chart(spec=spec, width="stretch", height=charts.HEIGHT_PX)
-            if run.steps:
-                st.caption(charts.memory_caption(run.steps, run.weight_bytes))
+            charts.draw_memory(run.steps, len(run.steps), run.weight_bytes, run.kv_per_token, run.settings.autograd)
 
 
 class ReplayView:

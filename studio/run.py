@@ -30,7 +30,10 @@ class Run:
     cancelled: bool = False  # a reload of its visit asked it to stop (its page is gone): it ends at its next token
     stopped_why: str = ""  # said after "Stopped after n of m tokens", when there is more to say
     number: int = 0  # its place in History (1 = the first), given at its first token: a run that wrote nothing has none
-    coherence: gpt2_engine.Coherence | None = None  # once scored
+    coherence: gpt2_engine.Coherence | None = None  # once scored: its own text, reread with the whole context
+    reading: gpt2_engine.Coherence | None = None  # once measured: a real passage, read with this run's window
+    reading_of: str = ""  # ... which passage (passages.Passage.name)
+    kv_per_token: int = 0  # KV-cache bytes a token of this model takes (charts: what gpt2-xl's would hold)
     started_at: float = field(default_factory=time.time)
     memory_note: str = ""  # a remote backend's: what its memory chart can show, in words ("" for a local model)
 
@@ -61,6 +64,8 @@ class Run:
             kind=self.kind,
             label=self.label,
             coherence=self.coherence,
+            reading=self.reading,
+            reading_of=self.reading_of,
             stopped=self.stopped,
             error=self.error,
             started_at=self.started_at,

@@ -222,9 +222,7 @@ class RunView:
                 st.caption(run.memory_note)
             return
         with self.charts.container():
-            memory = charts.process_memory_chart(run.steps, x_max)
-            st.vega_lite_chart(spec=memory, width="stretch", height=charts.HEIGHT_PX)
-            st.caption(charts.memory_caption(run.steps, run.weight_bytes))
+            charts.draw_memory(run.steps, x_max, run.weight_bytes, run.kv_per_token, run.settings.autograd)
 
     def _draw_numbers(self, run: Run | None) -> None:
         if run is None or not run.steps:

@@ -169,6 +169,7 @@ def generate(
     """Runs one generation for this visitor, drawing it on `view` as it streams; with `pace`, shown no faster than
     `pace` tokens a second (presenter mode's Write tab: see `paced`), which the view is told, to say so."""
     run = remember(Run(prompt, settings, engine.name, engine.weight_bytes, label=label, precision=engine.precision))
+    run.kv_per_token = getattr(engine, "kv_bytes_per_token", 0)  # a model served elsewhere: its memory is not here
     run.memory_note = engine.memory_note  # "" when the chart is this process's memory (engine.runs_here)
     visits.keep(keys.RUN, run)
     if pace:

@@ -155,8 +155,12 @@ class SweepView:
             self._progress(sweep, run, share, f"{len(run.steps):,} of {length:,} tokens")
 
     def rereading(self, sweep: Sweep, run: Run, done: int, total: int) -> None:
-        share = WRITE_SHARE + (1 - WRITE_SHARE) * (done / total if total else 1.0)
+        share = WRITE_SHARE + (1 - WRITE_SHARE) / 2 * (done / total if total else 1.0)
         self._progress(sweep, run, share, f"rereading to score it, {done:,} of {total:,} tokens")
+
+    def reading_passage(self, sweep: Sweep, run: Run, done: int, total: int) -> None:
+        share = WRITE_SHARE + (1 - WRITE_SHARE) / 2 * (1 + (done / total if total else 1.0))
+        self._progress(sweep, run, share, f"reading the passage with this window, {done:,} of {total:,} pieces")
 
     def show(self, sweep: Sweep | None, final: bool = True) -> None:
         """The chart and its sentence as they stand. With `final`, also the status line and the download: once
@@ -241,6 +245,7 @@ def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView
                     kind="sweep",
                     label=label,
                     precision=engine.precision,
+                    kv_per_token=engine.kv_bytes_per_token,
                 )
             )
             sweep.runs.append(run)
@@ -251,6 +256,7 @@ def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView
             try:
                 with turns.turn(waiting=view.show_waiting):
                     coherence_view.score_run(engine, run, functools.partial(view.rereading, sweep, run))
+                    coherence_view.read_passage(engine, run, functools.partial(view.reading_passage, sweep, run))
             except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
                 run.error = status.in_words(error, "Scoring")
                 break

@@ -1,5 +1,5 @@
-"""The Sweep's chart: one point per window, x = the most KV cache the run held, y = its perplexity reread with the
-whole context. A plain Vega-Lite spec, as in charts.py (the memory charts)."""
+"""The Sweep's chart: one point per window, x = the most KV cache the run held, y = the perplexity of a real passage
+read with that window (gpt2_engine.passages). A plain Vega-Lite spec, as in charts.py (the memory charts)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,11 @@ SWEEP_LABEL_PLACES: dict[str, dict[str, object]] = {
 SWEEP_EXPLANATION = (
     "Each point is one run: the same phrase, seed and length, written with one window. **Across**: the most the "
     "KV cache held, the memory the window limits (the weights and everything else the program holds do not change "
-    "with it: the CSV has the whole program's peak too). **Up**: perplexity when the model rereads the whole text "
-    "with its full context; lower is more coherent. **Coherence kept** = the reference's perplexity ÷ this "
-    "window's (100%: as coherent; 50%: twice as unsure per token). Best: down and to the left."
+    "with it: the CSV has the whole program's peak too). **Up**: perplexity when the model reads a real passage it "
+    "did not write, seeing only the window's tokens (in pieces as long as the runs, so a window that never resets "
+    "reads as off does); lower is more coherent, and the same at every press. **Coherence kept** = the "
+    "reference's perplexity ÷ this window's (100%: as coherent; 50%: twice as unsure per token). Each run's own "
+    "text, reread, is one sample: another seed reads otherwise (tooltip, CSV). Best: down and to the left."
 )
 
 
@@ -61,7 +63,7 @@ def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, An
     y = {
         "field": "perplexity",
         "type": "quantitative",
-        "title": "perplexity (lower is more coherent)",
+        "title": "perplexity reading a real passage (lower: more coherent)",
         "scale": y_scale,
         "axis": {"titleFontSize": 14, "labelFontSize": 12, "titleFontWeight": 600, "tickCount": 5},
     }
@@ -69,7 +71,8 @@ def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, An
     tooltip = [
         {"field": "window", "type": "nominal", "title": "window"},
         {"field": "kv", "type": "quantitative", "title": f"peak KV cache, {unit}", "format": ",.3~f"},
-        {"field": "perplexity", "type": "quantitative", "format": ",.2f"},
+        {"field": "perplexity", "type": "quantitative", "title": "perplexity, reading the passage", "format": ",.2f"},
+        {"field": "text_perplexity", "type": "quantitative", "title": "its own text, reread", "format": ",.2f"},
         {"field": "kept", "type": "quantitative", "title": "coherence kept", "format": ".0%"},
         {"field": "tokens", "type": "quantitative", "title": "tokens written"},
     ]

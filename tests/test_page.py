@@ -127,29 +127,32 @@ def test_chart_has_a_point_per_token_and_resets_where_the_window_says(
     assert list(memory.loc[memory["reset"], "tokens"] - 1) == multiples  # the token right after each reset
 
 
-def test_the_memory_chart_shows_what_the_run_added_to_what_the_process_held_before_it(page: AppTest) -> None:
-    at = generate(page, length=30, seed="3")
+def test_the_memory_chart_draws_the_kv_cache_and_says_the_whole_program_beside_it(
+    page: AppTest, page_engine: gpt2_engine.Engine
+) -> None:
+    """The headline is the cache the window controls, on an axis of its own; the process's other memory (heap
+    noise by more than a small model's cache) is said in words; gpt2-xl's equivalent is the right axis."""
+    at = generate(page, length=30, seed="3", window=8)
     run = at.session_state["run"]
-    start = run.steps[0].start_rss_bytes  # read by the engine just before the run, before the prompt
-    assert start > 0 and all(s.start_rss_bytes == start for s in run.steps)
     chart = next(c for c in at.get("vega_lite_chart") if any(d.name == "memory" for d in c.proto.datasets))
     memory = next(
         dataframe_util.convert_arrow_bytes_to_pandas_df(d.data.data) for d in chart.proto.datasets if d.name == "memory"
     )
-    assert list(memory["added_mb"]) == pytest.approx([(s.rss_bytes - start) / MB for s in run.steps])
-    assert list(memory["rss_mb"]) == pytest.approx([s.rss_bytes / MB for s in run.steps])  # the total, for the tooltip
-    assert list(memory["total"]) == [format_bytes(s.rss_bytes) for s in run.steps]
-    # the chart plots the growth, not the total: its line's y is added_mb, its axis names the start
     spec = json.loads(chart.proto.spec)
-    line = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "line")
-    assert line["encoding"]["y"]["field"] == "added_mb"
-    assert format_bytes(start) in line["encoding"]["y"]["title"]
-    assert {"field": "total", "type": "nominal", "title": "the whole program"} in line["encoding"]["tooltip"]
-    assert not any("weights" in str(layer) or "machine" in str(layer) for layer in spec["layer"])  # no 8 GB lines
-    said = next(c.value for c in at.tabs[0].caption if "added by this run" in c.value)
-    assert format_bytes(run.steps[-1].rss_bytes) in said and format_bytes(start) in said  # the total, in words
-    assert "computer's memory" in said  # the machine lines, said instead of drawn
-    assert charts.plus_bytes(run.steps[-1].rss_bytes - start) in said
+    ahead, held = spec["layer"][0]["layer"][:2]
+    unit = held["encoding"]["y"]["title"].removeprefix("KV cache, ")
+    divisor = {"kB": 1e3, "MB": MB}[unit]
+    assert held["encoding"]["y"]["field"] == "held_kv" and ahead["encoding"]["y"]["field"] == "all_kv"
+    assert list(memory["all_kv"]) == pytest.approx([s.kv_bytes / divisor for s in run.steps])
+    assert list(memory["held_kv"]) == pytest.approx([(s.kv_bytes - s.read_ahead_bytes) / divisor for s in run.steps])
+    assert "added_mb" not in json.dumps(spec)  # the process's growth is not drawn against the cache
+    xl = spec["layer"][1]["encoding"]["y"]  # the tiny model's token holds far less than gpt2-xl's: the right axis
+    ratio = charts.XL_KV_PER_TOKEN / page_engine.kv_bytes_per_token
+    assert xl["axis"]["orient"] == "right" and "gpt2-xl" in xl["title"]
+    assert xl["scale"]["domain"][1] == pytest.approx(held["encoding"]["y"]["scale"]["domain"][1] * divisor * ratio / MB)
+    said = next(c.value for c in at.tabs[0].caption if "The KV cache keeps" in c.value)
+    assert format_bytes(run.stats.peak_kv_bytes) in said and format_bytes(run.stats.peak_kv_bytes * ratio) in said
+    assert format_bytes(run.steps[-1].rss_bytes) in said and "computer's memory" in said  # the whole program
 
 
 def test_window_off_has_no_resets(page: AppTest) -> None:

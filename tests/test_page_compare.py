@@ -16,11 +16,10 @@ from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
 import gpt2_engine
-from gpt2_engine import STOP_REASONS
+from gpt2_engine import STOP_REASONS, passages
 from gpt2_engine.memory import MB, format_bytes
 from gpt2_engine.records import load_record, settings_from_record
 from gpt2_engine.stats import RunStats, generated_text
-from studio import charts
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 PROMPT = "The cat sat on the mat."
@@ -77,32 +76,35 @@ def test_compare_writes_both_windows_side_by_side_with_one_seed(page: AppTest, p
     assert "seed 5" in " ".join(m.value for m in at.markdown)
 
 
-def test_one_chart_holds_both_runs_memory_and_kv_cache(page: AppTest) -> None:
+def test_one_chart_holds_both_runs_kv_cache(page: AppTest) -> None:
     at = compare(page)
     a, b = at.session_state["comparison"].runs
     data = compare_chart(at)
     memory = data["memory"]
+    chart = next(c for c in at.get("vega_lite_chart") if "run" in chart_data(c).get("memory", {}))
+    spec = json.loads(chart.proto.spec)
+    unit = spec["layer"][0]["layer"][0]["encoding"]["y"]["title"].removeprefix("KV cache, ")
+    divisor = {"kB": 1e3, "MB": MB}[unit]
     for label, run in (("window 8", a), ("window off", b)):
         rows = memory[memory["run"] == label]
-        start = run.steps[0].start_rss_bytes  # each run's own: what the process held just before it
         assert list(rows["tokens"]) == list(range(1, len(run.steps) + 1))
-        assert list(rows["added_mb"]) == pytest.approx([(s.rss_bytes - start) / MB for s in run.steps])
-        assert list(rows["rss_mb"]) == pytest.approx([s.rss_bytes / MB for s in run.steps])
-        assert list(rows["kv_mb"]) == pytest.approx([s.kv_bytes / MB for s in run.steps])
+        assert list(rows["kv_value"]) == pytest.approx([s.kv_bytes / divisor for s in run.steps])  # what is drawn
+        assert list(rows["rss_mb"]) == pytest.approx([s.rss_bytes / MB for s in run.steps])  # the tooltip's
+    assert max(memory["kv_value"]) <= spec["layer"][0]["layer"][0]["encoding"]["y"]["scale"]["domain"][1]
     resets = data["resets"]
     assert list(resets.loc[resets["run"] == "window 8", "reset_at"]) == list(a.stats.resets)
     assert resets.loc[resets["run"] == "window off"].empty
-    said = next(c.value for c in at.tabs[2].caption if "Above: what each run added" in c.value)
+    said = next(c.value for c in at.tabs[2].caption if "one run's KV cache" in c.value)
     peak = max(a.stats.peak_rss_bytes, b.stats.peak_rss_bytes)
-    assert f"{format_bytes(peak)} at most in all" in said and "computer's memory" in said  # the total, in words
+    assert f"peaked at {format_bytes(peak)}" in said and "computer's memory" in said  # the whole program, in words
 
 
 def test_both_runs_are_drawn_distinguishably_window_b_dashed_over_window_a(page: AppTest) -> None:
     at = compare(page)
     chart = next(c for c in at.get("vega_lite_chart") if "run" in chart_data(c).get("memory", {}))
     spec = json.loads(chart.proto.spec)
-    for band, field in zip(spec["layer"][:2], ("added_mb", "kv_mb")):  # what each run added, its KV cache
-        lines = band["layer"]
+    for band, field in zip(spec["layer"][:1], ("kv_value",)):  # each run's KV cache: the memory the window controls
+        lines = band["layer"][:2]
         assert [layer["encoding"]["y"]["field"] for layer in lines] == [field, field]
         drawn = [layer["transform"][0]["filter"] for layer in lines]
         assert drawn == ['datum.run === "window 8"', 'datum.run === "window off"']  # B drawn last, over A
@@ -119,10 +121,9 @@ def test_sizes_in_the_table_are_written_as_everywhere_else(page: AppTest) -> Non
     table = at.dataframe[0].value
     for (_, row), run in zip(table.iterrows(), at.session_state["comparison"].runs):
         stats = run.stats
-        assert row["added"] == charts.plus_bytes(stats.peak_added_bytes)
         assert row["peak_memory"] == format_bytes(stats.peak_rss_bytes)
         assert row["peak_kv_cache"] == format_bytes(stats.peak_kv_bytes)
-        for size in (row["added"], row["peak_memory"], row["peak_kv_cache"]):
+        for size in (row["peak_memory"], row["peak_kv_cache"]):
             assert re.fullmatch(r"[+-]?(\d+\.\d\d GB|\d+ (MB|kB|B))", size), size  # 1.23 GB / 456 MB / 12 kB
 
 
@@ -140,9 +141,12 @@ def test_the_table_is_the_runs_own_stats_and_coherence(page: AppTest, page_engin
         assert row["resets"] == len(stats.resets)
         prompt_ids = page_engine.prepare_prompt(PROMPT, None).ids
         score = gpt2_engine.coherence(page_engine, prompt_ids, [s.token_id for s in run.steps])  # scored by itself
-        assert row["log_likelihood"] == pytest.approx(score.mean_logprob, abs=1e-4)
         assert row["perplexity"] == pytest.approx(score.perplexity, rel=1e-4)
-    assert any("perplexity" in m.value for m in at.markdown)  # said in words under the table
+        passage = passages.for_model(page_engine)  # and the passage, read with the run's window and length
+        reading = passages.reading(page_engine, passage, run.settings.window, run.settings.max_new_tokens)
+        assert row["reading"] == pytest.approx(reading.perplexity, rel=1e-4)
+    said = " ".join(m.value for m in at.markdown)
+    assert "Reading the Declaration of Independence" in said and "perplexity" in said  # said in words under the table
 
 
 def test_a_comparison_survives_reruns_and_its_seed_can_be_kept(page: AppTest) -> None:
