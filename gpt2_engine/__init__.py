@@ -11,6 +11,7 @@ through the names below and nothing else; an engine, local (`Engine`) or on a se
 what `TextEngine` says.
 """
 
+from . import passages  # coherence on a real passage, read with a window: passages.for_model, passages.reading
 from .capabilities import runnable, supported
 from .decoding import STOP_REASONS, Candidate, Decoder, Prompt, Step
 from .detokenize import TextStream
@@ -87,6 +88,7 @@ __all__ = [
     "SWEEP_CSV_COLUMNS",
     "Coherence",
     "coherence",
+    "passages",
     # memory, in the units the page shows
     "GB",
     "MB",

@@ -77,13 +77,18 @@ def reading(
 ) -> Coherence:
     """The mean log-likelihood (and perplexity) of the passage's pieces as a run of `length` tokens with this
     window reads them: the same number at every press. Window off, or a window the run never reaches, reads each
-    piece with all of it in view."""
+    piece with all of it in view (a piece longer than the model's positions: re-primed from their last half, as
+    off does once the context is full)."""
     chunks = pieces(passage, length, tokens_read(engine))
-    total, count = 0.0, 0
+    total, count, limit = 0.0, 0, engine.n_positions
     for done, piece in enumerate(chunks):
-        limit = engine.n_positions
-        n = window if window is not None and window < len(piece) - 1 else min(limit - 1, len(piece) - 1)
-        values = window_logprobs(engine, piece, min(n, limit - 1))
+        if window is not None and window < len(piece) - 1:
+            n = window
+        elif len(piece) <= limit:
+            n = len(piece) - 1  # the whole piece in view: one block
+        else:  # longer than the model reads at once: off re-primes from the last half of its positions
+            n = limit // 2
+        values = window_logprobs(engine, piece, n)
         total, count = total + sum(values), count + len(values)
         if progress is not None:
             progress(done + 1, len(chunks))

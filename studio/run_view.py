@@ -179,7 +179,7 @@ class RunView:
 
     def _draw_status(self, run: Run | None) -> None:
         if run is None and not self.ready:
-            self.status.info("Generate waits for a model: see the sidebar.", icon=":material/hourglass_top:")
+            self.status.info("Generate waits for a model: see above the tabs.", icon=":material/hourglass_top:")
         elif run is None:
             self.status.info("Type a phrase, then press **Generate**.", icon=":material/edit_note:")
         else:

@@ -97,18 +97,20 @@ def bar_html(rank: int, candidate: gpt2_engine.Candidate) -> str:
 
 
 def cut_html(top_p: float, size: int, mass: float) -> str:
-    tokens = f"1 token, {percent(mass)}" if size == 1 else f"{size:,} tokens, {percent(mass)} together"
+    """The top-p cut under the last bar in the set: a dashed line, and in a few words what it means."""
+    tokens = f"1 token, {percent(mass)}" if size == 1 else f"{size:,} tokens, {percent(mass)}"
     return (
-        f'<div class="cut" data-nucleus-size="{size}"><span>top-p cut · the sampler picks only above this line: '
-        f"{tokens} (p = {top_p:.2f})</span></div>"
+        f'<div class="cut" data-nucleus-size="{size}" title="top-p: the sampler draws only among the tokens above '
+        f'this line"><span>p = {top_p:.0%} · the sampler draws only above: {tokens}</span></div>'
     )
 
 
-def cut_beyond_html(size: int, mass: float, shown: int) -> str:
+def cut_beyond_html(top_p: float, size: int, mass: float, shown: int) -> str:
     """Where the top-p set is larger than the bars shown: the cut is further down."""
     return (
-        f'<div class="cut beyond" data-nucleus-size="{size}"><span>▼ the top-p cut is further down: the sampler may '
-        f"draw any of {size:,} tokens, {percent(mass)} together (the {shown} above and {size - shown:,} more)</span></div>"
+        f'<div class="cut beyond" data-nucleus-size="{size}" title="the sampler may draw any of {size:,} tokens, '
+        f'{percent(mass)} together: the {shown} above and {size - shown:,} more">'
+        f"<span>▼ p = {top_p:.0%} · the cut is further down: any of {size:,} tokens</span></div>"
     )
 
 

@@ -6,6 +6,11 @@ the cut. The audience takes a token (its button), lets the sampler draw one (Sam
 or lets it write on to the length (Auto). Top-p and temperature redraw the bars for the same context at
 once: the stepper keeps the next-token logits, so there is no forward pass.
 
+Where: the settings on the left; on the right the text so far (a box of fixed height that scrolls, newest line
+in view), and right under it the ten bars, with Sample, Undo, Auto and Start over beside them and what the last
+step did. At 1280x720, sidebar open or in presenter mode, the text and the bars are in the window together
+without scrolling (step_mode.css; tests/test_browser_step.py measures it in Chromium).
+
 How: one `gpt2_engine.StepMode` per visitor in `st.session_state[keys.STEPPING]`, built on the first click
 here (a forward pass: none at page load) and again when the phrase, the window or the model changes, or
 on Start over. Buttons only record what was asked (their callbacks run before the script); the script
@@ -32,7 +37,7 @@ import streamlit as st
 import gpt2_engine
 from gpt2_engine import StepMode
 
-from . import controls, keys, runner, status
+from . import controls, keys, presenter, runner, status
 from .run_view import TEXT_EVERY_S
 from .step_html import (
     Stepping,
@@ -51,6 +56,9 @@ DEFAULT_PROMPT = "Once upon a time, there was a"
 DEFAULT_LENGTH = 30  # Auto writes until the text has this many tokens
 MAX_LENGTH = 300  # a minute of gpt2-xl on a laptop CPU
 CSS = Path(__file__).with_name("step_mode.css")
+VIEW, VIEW_PRESENTER = "step_view", "step_view_presenter"  # the text and the bars' container, by mode: its CSS
+NO_MODEL = "Step by step waits for a model: the message above the tabs says why, and what to do."
+CANDIDATES_TITLE = "**What comes next?** GPT-2's ten likeliest tokens"
 TOP_P_SENTENCE = (
     "**Top-p** keeps GPT-2's most likely next tokens, from the top down, until their chances add up to "
     "**p = {p:.0%}**; the sampler then draws only among those (orange, above the dashed line), never below it."
@@ -85,13 +93,13 @@ def _model_turn(area) -> Iterator[None]:
     area.empty()
 
 
-def _settings(max_window: int, started: bool) -> Choice:
+def _settings(max_window: int) -> Choice:
     prompt = controls.phrase(
         "step_prompt",
         "GPT-2 looks at this text and ranks every token it could write next. A short, open phrase shows "
         "the most interesting choices.",
         value=DEFAULT_PROMPT,
-        height=90,
+        height=68,
     )
     top_p = controls.top_p_slider(
         "step_top_p",
@@ -117,15 +125,6 @@ def _settings(max_window: int, started: bool) -> Choice:
         key="step_length",
         help="Auto lets the sampler go on by itself until this many tokens are written.",
     )
-    if started:
-        st.button(
-            "Start over",
-            key="step_restart",
-            icon=":material/restart_alt:",
-            on_click=_ask,
-            args=("restart",),
-            help="Back to your phrase alone (also happens when you change the phrase, the window or the model).",
-        )
     return Choice(prompt, top_p, temperature, controls.window_value(window), int(length))
 
 
@@ -160,7 +159,9 @@ def _auto(stepping: Stepping, length: int, status_area, text_box, buttons) -> No
     """Samples on to `length` tokens, redrawing the text as it goes. Every Streamlit call here is a point
     where a click stops it; the stepper is whole at each one (a step and its record are never split)."""
     stepper, start = stepping.stepper, len(stepping.stepper.steps)
-    buttons.button("Stop", key="step_stop", icon=":material/stop:", help="Stop Auto; the tokens so far are kept.")
+    buttons.button(
+        "Stop", key="step_stop", icon=":material/stop:", width="stretch", help="Stop Auto; the tokens so far are kept."
+    )
     drawn_at = float("-inf")
     while len(stepper.steps) < length:
         step = stepper.step()
@@ -176,9 +177,9 @@ def _auto(stepping: Stepping, length: int, status_area, text_box, buttons) -> No
 
 
 def _draw_controls(stepping: Stepping, choice: Choice) -> None:
+    """Sample, Undo, Auto and Start over, one above the other beside the bars."""
     steps = len(stepping.stepper.steps)
-    sample, undo, auto = st.columns(3)
-    sample.button(
+    st.button(
         "Sample",
         key="step_sample",
         type="primary",
@@ -189,7 +190,7 @@ def _draw_controls(stepping: Stepping, choice: Choice) -> None:
         help="Let the sampler draw the next token, as it does when GPT-2 writes by itself: an orange one, "
         "likelier ones more often.",
     )
-    undo.button(
+    st.button(
         "Undo",
         key="step_undo",
         icon=":material/undo:",
@@ -199,7 +200,7 @@ def _draw_controls(stepping: Stepping, choice: Choice) -> None:
         disabled=steps == 0,
         help="Take the last token back.",
     )
-    auto.button(
+    st.button(
         f"Auto to {choice.length}",
         key="step_auto",
         icon=":material/fast_forward:",
@@ -210,14 +211,22 @@ def _draw_controls(stepping: Stepping, choice: Choice) -> None:
         help=f"Let the sampler write on by itself until {choice.length} tokens are written "
         "(set under 'Auto writes up to'). Click Stop, or anything else, to stop it.",
     )
+    st.button(
+        "Start over",
+        key="step_restart",
+        icon=":material/restart_alt:",
+        on_click=_ask,
+        args=("restart",),
+        width="stretch",
+        help="Back to your phrase alone (also happens when you change the phrase, the window or the model).",
+    )
 
 
 def _draw_candidates(stepping: Stepping, choice: Choice) -> None:
     stepper = stepping.stepper
     dist = stepper.distribution()
     candidates = stepper.engine.candidates(dist, CANDIDATES)
-    st.subheader("What comes next? GPT-2's ten likeliest tokens", anchor=False)
-    st.markdown(TOP_P_SENTENCE.format(p=choice.top_p))
+    st.markdown(CANDIDATES_TITLE, help=TOP_P_SENTENCE.format(p=choice.top_p))
     with st.container(key="step_candidates", gap="xxsmall"):
         for rank, candidate in enumerate(candidates):
             button, bar = st.columns([2, 5], gap="small", vertical_alignment="center")
@@ -235,51 +244,57 @@ def _draw_candidates(stepping: Stepping, choice: Choice) -> None:
             if rank == dist.nucleus_size - 1 and rank < len(candidates) - 1:
                 st.html(cut_html(choice.top_p, dist.nucleus_size, dist.nucleus_mass))
         if dist.nucleus_size > len(candidates):
-            st.html(cut_beyond_html(dist.nucleus_size, dist.nucleus_mass, len(candidates)))
+            st.html(cut_beyond_html(choice.top_p, dist.nucleus_size, dist.nucleus_mass, len(candidates)))
     shown = sum(c.probability for c in candidates)
     st.caption(f"All the other {dist.size - len(candidates):,} tokens together: {percent(max(0.0, 1 - shown))}.")
 
 
 def render(engine: gpt2_engine.TextEngine | None) -> None:
-    """The Step by step tab, for this visitor."""
+    """The Step by step tab, for this visitor: the settings on the left; on the right the text so far, and under
+    it the ten bars beside the step buttons and what the last step did, all in view at 1280x720."""
     if engine is None:
-        st.info("Load a model in the sidebar first.", icon=":material/hourglass_top:")
+        st.info(NO_MODEL, icon=":material/hourglass_top:")
         return
     if status.needs_this_machine(engine, "Step by step needs the model on this machine: a server streams whole runs."):
         return
     assert isinstance(engine, gpt2_engine.Engine)  # runs_here: the model is in this process
     st.html(CSS)
     stepping: Stepping | None = st.session_state.get(keys.STEPPING)
-    settings_column, main_column = st.columns([1, 2], gap="large")
+    settings_column, main_column = st.columns([1, 2.2], gap="medium")
     with settings_column:
-        choice = _settings(gpt2_engine.max_window(engine.n_positions), started=stepping is not None)
-    with main_column:
+        choice = _settings(gpt2_engine.max_window(engine.n_positions))
+    with main_column, st.container(key=VIEW_PRESENTER if presenter.on() else VIEW, gap="xsmall"):
         status_area = st.empty()
         text_box = st.empty()
-        caption = st.empty()
-        buttons = st.empty()
+        intro = st.empty()
+        bars_column, side_column = st.columns([2.2, 1], gap="small")
+        with side_column:
+            buttons = st.empty()
+            notes = st.container(gap="xsmall")
         try:
             stepping = _advance(engine, stepping, choice, status_area, text_box, buttons)
         except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
             status_area.error(status.in_words(error, "Step mode"), icon=status.ERROR_ICON)
             return
         if stepping is None:
-            _draw_intro(choice, text_box, buttons)
+            _draw_intro(choice, text_box, intro)
             return
         stepper = stepping.stepper
         text_box.html(text_html(stepper))
-        caption.caption(window_caption(stepper))
-        if stepper.prompt.dropped:
-            st.warning(
-                f"Your phrase was longer than the model can read at once: its first {stepper.prompt.dropped} "
-                "tokens were left out.",
-                icon=":material/content_cut:",
-            )
-        with buttons.container():
+        with buttons.container(gap="xsmall"):
             _draw_controls(stepping, choice)
+        with notes:
             if stepping.note:
                 st.caption(stepping.note)
-        _draw_candidates(stepping, choice)
+            st.caption(window_caption(stepper))
+            if stepper.prompt.dropped:
+                st.warning(
+                    f"Your phrase was longer than the model can read at once: its first {stepper.prompt.dropped} "
+                    "tokens were left out.",
+                    icon=":material/content_cut:",
+                )
+        with bars_column, st.container(gap="xsmall"):
+            _draw_candidates(stepping, choice)
 
 
 def _advance(
@@ -299,10 +314,10 @@ def _advance(
     return stepping
 
 
-def _draw_intro(choice: Choice, text_box, buttons) -> None:
+def _draw_intro(choice: Choice, text_box, intro) -> None:
     prompt = html.escape(choice.prompt) or '<span class="empty">(no phrase: GPT-2 starts a fresh text)</span>'
     text_box.html(f'<div class="step-text"><div><span class="prompt">{prompt}</span></div></div>')
-    with buttons.container():
+    with intro.container():
         st.markdown(
             "Here GPT-2 writes **one token at a time, and you choose**. For each next token you see the ten it "
             "finds likeliest, with their chances, and which of them the sampler may draw (top-p). "

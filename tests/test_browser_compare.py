@@ -6,6 +6,7 @@ Screenshots go to $GPT2_STUDIO_SCREENSHOTS (default: a temporary folder).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,7 @@ def test_a_sweep_draws_one_point_per_window_and_downloads(browser, server, shots
     assert points.count() == 4  # one point per window
     labels = chart.locator("g[class*=sweep_labels] text").evaluate_all("texts => texts.map(t => t.textContent)")
     assert sorted(labels) == ["window 10", "window 20", "window 50", "window off"]  # each point says its window
-    assert "of the coherence" in sweep.inner_text()  # the sentence that reads the chart
+    assert re.search(r"keeps (all of|[\d.]+% of) .*coherence for", sweep.inner_text())  # the sentence reading the chart
     assert page.locator('[data-testid="stException"]').count() == 0
     with page.expect_download() as download:
         sweep.get_by_role("button", name="Download the sweep (CSV)").click()

@@ -141,6 +141,7 @@ def test_top_p_and_temperature_move_the_bars_without_a_forward_pass(
     assert narrow < wide  # the cut moved up
     cut = re.search(r'class="cut" data-nucleus-size="(\d+)"', "".join(h.value for h in at.html))
     assert cut and int(cut.group(1)) == narrow  # the dashed line sits under the last orange bar
+    assert "p = 10% · the sampler draws only above" in "".join(h.value for h in at.html)  # ... and says its p
     at.slider(key="step_temperature").set_value(1.5).run()
     held = stepper(at)
     hot = torch.softmax(held.logits.float().cpu() / 1.5, dim=-1)
@@ -149,7 +150,8 @@ def test_top_p_and_temperature_move_the_bars_without_a_forward_pass(
         torch.tensor([b["probability"] for b in shown]), hot[[b["token_id"] for b in shown]], rtol=1e-5, atol=1e-7
     )
     assert forward_passes == []  # the same logits, re-read: the model did not run
-    assert "p = 10%" in "".join(m.value for m in at.markdown)  # the sentence says the p it uses
+    title = next(m for m in at.markdown if m.value == step_mode.CANDIDATES_TITLE)
+    assert "p = 10%" in title.proto.help  # the title's help says the p it uses
 
 
 def test_auto_runs_to_the_length_and_the_window_resets_show(page: AppTest) -> None:
@@ -200,6 +202,30 @@ def test_a_step_waits_for_the_models_turn(page: AppTest) -> None:
     at = click(at, "step_sample")
     assert time.monotonic() - start >= 0.5 and len(stepper(at).steps) == 1
     assert len(queue) == 0
+
+
+def test_without_a_model_both_tabs_point_above_them_where_the_page_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPT2_STUDIO_MODEL", str(tmp_path / "no-such-model"))  # a folder that is not there: it fails
+    at = AppTest.from_file(str(APP), default_timeout=90).run()
+    assert not at.exception, at.exception
+    in_order = []  # the main area's elements, top to bottom
+
+    def walk(node) -> None:
+        in_order.append(node)
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at.main)
+    kinds = [getattr(node, "type", "") for node in in_order]
+    why = next(i for i, node in enumerate(in_order) if "Could not load this model" in str(getattr(node, "value", "")))
+    use_shipped = next(i for i, node in enumerate(in_order) if getattr(node, "key", None) == "use_shipped")
+    assert why < kinds.index("tab") and use_shipped < kinds.index("tab")  # the reason and the way out: above the tabs
+    assert not at.sidebar.error  # ... not in the sidebar
+    said = [node.value for node in in_order if getattr(node, "type", "") == "info"]
+    assert step_mode.NO_MODEL in said and "above the tabs" in step_mode.NO_MODEL
+    assert "Generate waits for a model: see above the tabs." in said
 
 
 # ---- the Write tab: each token can be inspected, and coloured by its probability ----------------------
