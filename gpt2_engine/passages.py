@@ -63,9 +63,13 @@ def pieces(passage: Passage, length: int, budget: int) -> list[list[int]]:
     return [passage.ids[round(i * step) : round(i * step) + size] for i in range(count)]
 
 
+def is_small(engine: Engine) -> bool:
+    """A model whose runs take seconds on a CPU (the shipped one), not minutes (gpt2-xl)."""
+    return sum(p.numel() for p in engine.model.parameters()) < SMALL_MODEL
+
+
 def tokens_read(engine: Engine) -> int:
-    parameters = sum(p.numel() for p in engine.model.parameters())
-    return TOKENS_READ["small" if parameters < SMALL_MODEL else "large"]
+    return TOKENS_READ["small" if is_small(engine) else "large"]
 
 
 def reading(

@@ -44,8 +44,9 @@ STEP_FIELDS = (  # per generated token, in the record's "steps"
 )
 MEMORY_CSV_COLUMNS = ("tokens", "rss_bytes", "anon_bytes", "kv_bytes", "context_tokens", "reset", "elapsed_s")
 SETTINGS_FIELDS = tuple(f.name for f in fields(GenerationSettings))
-SWEEP_CSV_COLUMNS = (  # one row per window of a sweep (sweep_rows)
+SWEEP_CSV_COLUMNS = (  # one row per run of a sweep (sweep_rows): a window's texts, one per seed
     "window",
+    "seed",
     "tokens",
     "peak_kv_bytes",
     "peak_rss_bytes",
@@ -162,6 +163,7 @@ def sweep_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "window": settings["window"],  # None: off
+                "seed": settings.get("seed"),
                 "tokens": stats["tokens"],
                 "peak_kv_bytes": stats["peak_kv_bytes"],
                 "peak_rss_bytes": stats["peak_rss_bytes"],

@@ -158,7 +158,8 @@ class Sweep:
     seed: int
     length: int
     windows: tuple[int | None, ...]  # in the order written: the reference (off, or the largest) first
-    runs: list[Run] = field(default_factory=list)  # one per window begun, in the same order
+    runs: list[Run] = field(default_factory=list)  # one per text begun, a window's texts together, in that order
+    texts: int = 1  # texts each window writes (seeds `seed`, `seed` + 1, ...)
     ended: bool = False  # the loop is over: every window written and scored, or stopped, or failed
 
     @property
@@ -171,7 +172,7 @@ class Sweep:
         return self.windows[0]
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per window begun (gpt2_engine.sweep_rows): what the CSV holds."""
+        """One row per run begun (gpt2_engine.sweep_rows): what the CSV holds."""
         return sweep_rows([run.record() for run in self.runs])
 
 
@@ -181,7 +182,7 @@ def kv_unit(peak_bytes: float) -> tuple[str, float]:
 
 
 # label placement: the chart's plot area as drawn beside the form at 1280 px wide, and a label's size (pixels)
-PLOT_PX = (560.0, 270.0)
+PLOT_PX = (560.0, 200.0)
 LABEL_CHAR_PX, LABEL_HEIGHT_PX, POINT_RADIUS_PX = 7.5, 16.0, 8.0
 _ALIGN_SHIFT = {"left": 0.0, "center": 0.5, "right": 1.0}  # of the label's width, left of its anchor
 _BASELINE_SHIFT = {"top": 0.0, "middle": 0.5, "bottom": 1.0}  # of its height, above its anchor
@@ -231,30 +232,46 @@ def place_labels(
     return sides
 
 
+def by_window(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The complete rows, a list per window in the order first written (its texts in the order written)."""
+    groups: dict[int | None, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["complete"]:
+            groups.setdefault(row["window"], []).append(row)
+    return list(groups.values())
+
+
 def sweep_points(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> pd.DataFrame:
-    """The chart's points: one row per window written in full and scored, in order of their cache. Columns:
-    window ("off" or N), kv_bytes, kv (in `kv_unit`), rss_bytes, perplexity (the passage read with the window),
-    log_likelihood (the same), text_perplexity (its own text reread), kept (coherence kept, a fraction), tokens,
-    label (empty when another point stands at the same place and carries both
-    names), side (where the label goes: place_labels)."""
-    rows = [row for row in (rows if rows is not None else sweep.rows()) if row["complete"]]
-    rows.sort(key=lambda row: (row["peak_kv_bytes"], math.inf if row["window"] is None else row["window"]))
+    """The chart's points: one row per window with a text written in full and scored, in order of their cache.
+    Columns: window ("off" or N), kv_bytes (the most any of its texts held), kv (in `kv_unit`), rss_bytes,
+    perplexity (the passage read with the window), log_likelihood (the same), text_perplexity (its own texts
+    reread: their mean), text_low and text_high (their range), texts (how many), kept (coherence kept, a
+    fraction), tokens, label (empty when another point stands at the same place and carries both names), side
+    (where the label goes: place_labels)."""
     columns = ["window", "kv_bytes", "kv", "rss_bytes", "perplexity", "log_likelihood", "text_perplexity"]
-    columns += ["kept", "tokens", "label"]
-    if not rows:
+    columns += ["text_low", "text_high", "texts", "kept", "tokens", "label"]
+    groups = by_window(rows if rows is not None else sweep.rows())
+    if not groups:
         return pd.DataFrame(columns=[*columns, "side"])
-    _, unit = kv_unit(max(row["peak_kv_bytes"] for row in rows))
+    _, unit = kv_unit(max(row["peak_kv_bytes"] for group in groups for row in group))
+    groups.sort(
+        key=lambda g: (max(r["peak_kv_bytes"] for r in g), math.inf if g[0]["window"] is None else g[0]["window"])
+    )
+    texts = [[row["perplexity"] for row in group] for group in groups]
     frame = pd.DataFrame(
         {
-            "window": ["off" if row["window"] is None else str(row["window"]) for row in rows],
-            "kv_bytes": [row["peak_kv_bytes"] for row in rows],
-            "kv": [row["peak_kv_bytes"] / unit for row in rows],
-            "rss_bytes": [row["peak_rss_bytes"] for row in rows],
-            "perplexity": [row["reading_perplexity"] for row in rows],
-            "log_likelihood": [row["reading_log_likelihood"] for row in rows],
-            "text_perplexity": [row["perplexity"] for row in rows],
-            "kept": [row["coherence_kept"] for row in rows],
-            "tokens": [row["tokens"] for row in rows],
+            "window": ["off" if group[0]["window"] is None else str(group[0]["window"]) for group in groups],
+            "kv_bytes": [max(row["peak_kv_bytes"] for row in group) for group in groups],
+            "kv": [max(row["peak_kv_bytes"] for row in group) / unit for group in groups],
+            "rss_bytes": [max(row["peak_rss_bytes"] for row in group) for group in groups],
+            "perplexity": [group[0]["reading_perplexity"] for group in groups],
+            "log_likelihood": [group[0]["reading_log_likelihood"] for group in groups],
+            "text_perplexity": [sum(values) / len(values) for values in texts],
+            "text_low": [min(values) for values in texts],
+            "text_high": [max(values) for values in texts],
+            "texts": [len(values) for values in texts],
+            "kept": [group[0]["coherence_kept"] for group in groups],
+            "tokens": [group[0]["tokens"] for group in groups],
         }
     )
     labels = []
@@ -281,7 +298,7 @@ def sweep_reading(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> str
     """The chart read aloud, from its measured points: which window keeps most of the reference's coherence
     for the least cache, and what the smallest window keeps; then how the sweep ended if it did not finish."""
     rows = rows if rows is not None else sweep.rows()
-    done = [row for row in rows if row["complete"]]
+    done = [group[0] for group in by_window(rows)]  # a window's first text (the seed asked) speaks for it
     reference = max(done, key=lambda row: math.inf if row["window"] is None else row["window"], default=None)
     sentences = []
     if reference is not None and len(done) > 1:
@@ -347,6 +364,8 @@ def _sweep_ending(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
         if row["complete"]:
             continue
         name, tokens, length = window_label(row["window"]), row["tokens"], run.settings.max_new_tokens
+        if sweep.texts > 1:
+            name += f" (seed {run.settings.seed})"
         if run.error is not None:
             said.append(f"{name} failed")
         elif run.stats.stop_reason == "memory":
@@ -362,7 +381,8 @@ def _sweep_ending(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
             f"{what[0].upper()}{what[1:]}: not drawn, since a shorter text has a smaller cache and another "
             "perplexity (it is in History and the CSV)."
         )
-    if len(sweep.runs) < len(sweep.windows) and not any(run.error for run in sweep.runs):
-        left = ", ".join(window_label(window) for window in sweep.windows[len(sweep.runs) :])
+    begun = {run.settings.window for run in sweep.runs}
+    if len(begun) < len(sweep.windows) and not any(run.error for run in sweep.runs):
+        left = ", ".join(window_label(window) for window in sweep.windows if window not in begun)
         sentences.append(f"Not written: {left}.")
     return " ".join(sentences)

@@ -37,7 +37,13 @@ from .words import ordinal, window_label
 WINDOW_CHOICES = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 500)  # and the model's largest, and off
 DEFAULT_WINDOWS = (10, 20, 50, 100, 200, OFF)
 DEFAULT_LENGTH = 200  # a window of 100 resets once; 200 never does: it writes what off writes
-WRITE_SHARE = 0.8  # of each window's part of the progress bar: writing; the rest is rereading to score it
+WRITE_SHARE = 0.8  # of each run's part of the progress bar: writing; the rest is rereading it and the passage
+MOST_TEXTS = 5  # texts a window may write, each with its own seed (the seed asked, then the next ones)
+
+
+def default_texts(engine: gpt2_engine.Engine | None) -> int:
+    """Texts per window by default: 3 where a run takes seconds (a small model), 1 where it takes a minute."""
+    return 3 if engine is None or gpt2_engine.passages.is_small(engine) else 1
 
 
 def window_options(max_window: int) -> list[int | str]:
@@ -60,9 +66,11 @@ class SweepRequest:
     """What the sweep's form asks for."""
 
     prompt: str
-    settings: tuple[gpt2_engine.GenerationSettings, ...] | None  # in writing order; None when a value is not allowed
+    settings: tuple[gpt2_engine.GenerationSettings, ...] | None  # in writing order, each window's texts together
+    # (their seeds the one asked and the next ones); None when a value is not allowed
     problem: str | None  # that value, said in words
     go: bool  # Sweep was pressed in this rerun
+    texts: int = 1  # texts each window writes
 
 
 def _form(engine: gpt2_engine.Engine | None) -> SweepRequest:
@@ -86,6 +94,16 @@ def _form(engine: gpt2_engine.Engine | None) -> SweepRequest:
             help="How much each run writes: every window writes exactly this many tokens.",
         )
         top_p = controls.top_p_slider("sweep_top_p", "How adventurous each pick is; the same for every run.")
+        texts = st.slider(
+            "Texts per window",
+            1,
+            MOST_TEXTS,
+            default_texts(engine),
+            key="sweep_texts",
+            help="Each window writes this many texts, with the seed below and the next ones: one sampled text is "
+            "one draw, so the chart under the sweep draws their mean and range. Fewer on a large model (a run "
+            "there takes a minute).",
+        )
         seed_box, button_box = st.columns(2, vertical_alignment="bottom")
         seed_text = seed_box.text_input(
             "Seed",
@@ -102,16 +120,17 @@ def _form(engine: gpt2_engine.Engine | None) -> SweepRequest:
         seed = controls.seed_or_new(seed_text)
         settings = tuple(
             gpt2_engine.GenerationSettings(
-                max_new_tokens=int(length), top_p=top_p, window=window, seed=seed, stop_at_eos=False
+                max_new_tokens=int(length), top_p=top_p, window=window, seed=seed + text, stop_at_eos=False
             )
             for window in writing_order(windows)
+            for text in range(int(texts))
         )
         if engine is not None:
             for each in settings:
                 engine.settings_for(each)  # the window against the model's positions
     except gpt2_engine.SettingsError as error:
-        return SweepRequest(prompt, None, str(error), go)
-    return SweepRequest(prompt, settings, None, go)
+        return SweepRequest(prompt, None, str(error), go, int(texts))
+    return SweepRequest(prompt, settings, None, go, int(texts))
 
 
 class SweepView:
@@ -140,10 +159,11 @@ class SweepView:
         status.waiting(self.line, ahead)
 
     def _progress(self, sweep: Sweep, run: Run, share: float, what: str) -> None:
-        place, total = len(sweep.runs), len(sweep.windows)
+        place, total = len(sweep.runs), len(sweep.windows) * sweep.texts
         overall = (place - 1 + share) / total
+        seed = f" (seed {run.settings.seed})" if sweep.texts > 1 else ""
         self.line.progress(
-            min(1.0, overall), text=f"{window_label(run.settings.window)}: {what}, {ordinal(place)} of {total}"
+            min(1.0, overall), text=f"{window_label(run.settings.window)}{seed}: {what}, {ordinal(place)} of {total}"
         )
 
     def writing(self, sweep: Sweep, run: Run) -> None:
@@ -180,7 +200,10 @@ class SweepView:
             unit, _ = kv_unit(float(points["kv_bytes"].max()))
             reference = "off" if sweep.reference is None else str(sweep.reference)
             spec = sweep_chart.sweep_chart(points, unit, reference)
-            self.chart.vega_lite_chart(spec=spec, width="stretch", height=sweep_chart.SWEEP_HEIGHT_PX)
+            with self.chart.container():
+                st.vega_lite_chart(spec=spec, width="stretch", height=sweep_chart.SWEEP_HEIGHT_PX)
+                texts = sweep_chart.texts_chart(points, unit, sweep.texts)
+                st.vega_lite_chart(spec=texts, width="stretch", height=sweep_chart.TEXTS_HEIGHT_PX)
         reading = sweep_reading(sweep, rows)
         if reading:
             self.reading.markdown(reading)
@@ -229,13 +252,16 @@ def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView
     each in a turn of the model of its own, so that others waiting for one get in between."""
     settings = request.settings or ()
     assert settings[0].seed is not None  # the form always sets one (controls.seed_or_new)
-    sweep = Sweep(request.prompt, settings[0].seed, settings[0].max_new_tokens, tuple(s.window for s in settings))
+    windows = tuple(dict.fromkeys(s.window for s in settings))  # in writing order, once each
+    sweep = Sweep(request.prompt, settings[0].seed, settings[0].max_new_tokens, windows, texts=request.texts)
+    readings: dict[int | None, Run] = {}  # the first run of each window read the passage: the others take its figure
     visits.keep(keys.SWEEP, sweep)
     turns = runner.turn_queue()
     view.start()
     try:
         for each in settings:
-            label = f"{window_label(each.window)} of a sweep"
+            seed = f", seed {each.seed}" if sweep.texts > 1 else ""
+            label = f"{window_label(each.window)} of a sweep{seed}"
             run = runner.remember(
                 Run(
                     request.prompt,
@@ -256,7 +282,11 @@ def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView
             try:
                 with turns.turn(waiting=view.show_waiting):
                     coherence_view.score_run(engine, run, functools.partial(view.rereading, sweep, run))
-                    coherence_view.read_passage(engine, run, functools.partial(view.reading_passage, sweep, run))
+                    if each.window in readings:  # the same window and length read the same passage alike
+                        run.reading, run.reading_of = readings[each.window].reading, readings[each.window].reading_of
+                    else:
+                        coherence_view.read_passage(engine, run, functools.partial(view.reading_passage, sweep, run))
+                        readings[each.window] = run
             except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
                 run.error = status.in_words(error, "Scoring")
                 break

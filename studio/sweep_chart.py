@@ -10,7 +10,8 @@ import pandas as pd
 from .charts import TITLE
 
 SWEEP_COLOR, SWEEP_REFERENCE_COLOR = "#1f6feb", "#495057"  # the windows; the reference (off, or the largest)
-SWEEP_HEIGHT_PX = 380  # with its line above it, in view at 1280x720
+SWEEP_HEIGHT_PX = 310  # with its line above it and the texts' chart under it, in view at 1280x720
+TEXTS_HEIGHT_PX = 150  # the texts each window wrote, reread: their mean and range
 # where a point's label can go (comparison.place_labels picks one): its anchor, offset in px
 SWEEP_LABEL_PLACES: dict[str, dict[str, object]] = {
     "right": {"align": "left", "baseline": "middle", "dx": 11, "dy": 0},
@@ -89,7 +90,7 @@ def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, An
     return {
         "title": {
             "text": "Memory against coherence, one point per window",
-            "subtitle": f"one run per window · grey: window {reference}, the reference · better: down and left",
+            "subtitle": f"one point per window · grey: window {reference}, the reference · better: down and left",
             **TITLE,
             "fontSize": 16,
             "subtitleFontSize": 13,
@@ -111,5 +112,54 @@ def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, An
                 },
             },
             *labels,
+        ],
+    }
+
+
+def texts_chart(points: pd.DataFrame, unit: str, texts: int) -> dict[str, Any]:
+    """Under the sweep: each window's own texts, reread with the whole context, at the same x as its point: their
+    mean (a ring) and range (a bar). Sampled texts are draws: the range says how far one press can land."""
+    x = {
+        "field": "kv",
+        "type": "quantitative",
+        "title": None,
+        "scale": {"domain": kv_domain(float(points["kv"].max())) if not points.empty else [0, 1], "nice": False},
+        "axis": {"labelFontSize": 11, "tickCount": 6},
+    }
+    tooltip = [
+        {"field": "window", "type": "nominal", "title": "window"},
+        {"field": "text_perplexity", "type": "quantitative", "title": "mean perplexity, reread", "format": ",.2f"},
+        {"field": "text_low", "type": "quantitative", "title": "lowest", "format": ",.2f"},
+        {"field": "text_high", "type": "quantitative", "title": "highest", "format": ",.2f"},
+        {"field": "texts", "type": "quantitative", "title": "texts"},
+    ]
+    said = f"mean and range of {texts} texts (seeds)" if texts > 1 else "one text each: one draw, not a measure"
+    return {
+        "title": {"text": "The texts each window wrote, reread with the whole text", "subtitle": said, **TITLE},
+        "datasets": {"points": points},
+        "layer": [
+            {
+                "data": {"name": "points"},
+                "name": "sweep_text_ranges",
+                "mark": {"type": "rule", "strokeWidth": 2.5, "color": "#868e96"},
+                "encoding": {
+                    "x": x,
+                    "y": {
+                        "field": "text_low",
+                        "type": "quantitative",
+                        "title": "perplexity",
+                        "scale": {"zero": False},
+                        "axis": {"tickCount": 3, "labelFontSize": 11},
+                    },
+                    "y2": {"field": "text_high"},
+                    "tooltip": tooltip,
+                },
+            },
+            {
+                "data": {"name": "points"},
+                "name": "sweep_text_means",
+                "mark": {"type": "point", "size": 70, "strokeWidth": 2, "color": "#495057", "filled": False},
+                "encoding": {"x": x, "y": {"field": "text_perplexity", "type": "quantitative"}, "tooltip": tooltip},
+            },
         ],
     }

@@ -28,7 +28,7 @@ WINDOWS = [5, 10, 20, "off"]  # the tiny model's largest window is 64: its promp
 
 
 def sweep(at: AppTest, **values) -> AppTest:
-    defaults = {"sweep_prompt": PROMPT, "sweep_length": LENGTH, "sweep_seed": "5"}
+    defaults = {"sweep_prompt": PROMPT, "sweep_length": LENGTH, "sweep_seed": "5", "sweep_texts": 1}
     at.multiselect(key="sweep_windows").set_value(values.pop("sweep_windows", WINDOWS))
     return press(set_widgets(at, **{**defaults, **values}), "sweep_run")
 
@@ -258,3 +258,30 @@ def test_a_sweep_takes_a_turn_per_run_and_per_scoring_so_others_get_in_between(
     assert [e for e in events if e != "step"] == ["join", "leave"] * 6  # 3 windows, each written and scored
     second_turn_ends = [i for i, e in enumerate(events) if e == "leave"][1]
     assert events.index("leave") < events.index("step") < second_turn_ends  # between the sweep's first two turns
+
+
+def test_each_window_writes_several_texts_and_the_chart_draws_their_mean_and_range(
+    page: AppTest, page_engine: gpt2_engine.Engine
+) -> None:
+    """Three texts a window (seeds 5, 6, 7): the point's reading is the window's, once; the texts' chart draws the
+    mean and range of their rereads; the CSV and History have a row per text."""
+    at = sweep(page, sweep_texts=3, sweep_windows=[10, "off"])
+    swept = at.session_state["sweep"]
+    assert [(r.settings.window, r.settings.seed) for r in swept.runs] == [(None, 5), (None, 6), (None, 7)] + [
+        (10, 5),
+        (10, 6),
+        (10, 7),
+    ]
+    points = sweep_points(at).set_index("window")
+    charts = [chart_data(c) for c in at.get("vega_lite_chart")]
+    assert sum("points" in c for c in charts) == 2  # the sweep's chart and, under it, its texts' chart
+    for window, name in ((None, "off"), (10, "10")):
+        runs = [run for run in swept.runs if run.settings.window == window]
+        rereads = [expected_score(page_engine, run).perplexity for run in runs]
+        assert points.loc[name, "texts"] == 3
+        assert points.loc[name, "text_perplexity"] == pytest.approx(sum(rereads) / 3, rel=1e-4)
+        assert points.loc[name, "text_low"] == pytest.approx(min(rereads), rel=1e-4)
+        assert points.loc[name, "text_high"] == pytest.approx(max(rereads), rel=1e-4)
+        assert points.loc[name, "perplexity"] == pytest.approx(expected_reading(page_engine, window).perplexity)
+        assert len({run.generated for run in runs}) == 3  # three seeds, three texts
+    assert "window 10 of a sweep, seed 6" in [run.label for run in at.session_state["history"]]

@@ -151,6 +151,7 @@ def test_the_default_sweep_ranks_the_windows_as_the_held_out_table_at_every_seed
             sweep_windows=list(DEFAULT_WINDOWS),
             sweep_length=DEFAULT_LENGTH,
             sweep_seed=seed,
+            sweep_texts=3,  # the default on a small model
         )
         assert not at.exception, at.exception
         points = sweep_points(at).set_index("window")
