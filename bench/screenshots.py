@@ -1,8 +1,10 @@
-"""The README's pictures of the trade-off, made on the model that ships with the app: Compare (window 16 against
-off) and a Sweep, at 1280x720, in Debian's Chromium driving a real `streamlit run app.py`.
+"""The README's pictures of the trade-off, made on the model that ships with the app: Write (window 16), Compare
+(window 16 against off) and a Sweep (its defaults), at 1280x720, in Debian's Chromium driving a real
+`streamlit run app.py`.
 
-    python -m bench.screenshots                      # writes docs/compare-shakespeare.png, docs/sweep-shakespeare.png
+    python -m bench.screenshots                      # writes docs/{write,compare,sweep}-shakespeare.png
     python -m bench.screenshots --seed 4 --out /tmp  # another seed, elsewhere
+    python -m bench.screenshots --model bench/models/gpt2-xl --label gpt2-xl-standin --only write,compare
 
 Each picture is taken once its run has finished and been scored; the sentences under them are the page's own.
 """
@@ -59,32 +61,50 @@ def start_server(port: int, model: str) -> subprocess.Popen:
     raise SystemExit("the server did not answer within 120 s")
 
 
-def compare(page, seed: int, out: Path) -> None:
+def set_slider(panel, name: str, value: int, unit: str = "tokens") -> None:
+    slider = panel.get_by_role("slider", name=name)
+    slider.press("Home")
+    for _ in range(value - 1):
+        slider.press("ArrowRight")
+    panel.locator(f'[aria-valuetext="{value} {unit}"]').first.wait_for()
+
+
+def write(page, seed: int, out: Path, label: str) -> None:
+    panel = page.get_by_role("tabpanel", name="Write")
+    panel.locator(".st-key-prompt textarea").fill(PHRASE)
+    page.get_by_text("Advanced").first.click()
+    page.locator(".st-key-seed input").fill(str(seed))
+    set_slider(panel, "Window", 16)
+    panel.get_by_role("button", name="Generate").click()
+    page.get_by_text("Done:").first.wait_for(timeout=WAIT_MS)
+    time.sleep(1)  # the chart's last redraw
+    page.screenshot(path=out / f"write-{label}.png")
+
+
+def compare(page, seed: int, out: Path, label: str) -> None:
     page.get_by_role("tab", name="Compare windows").click()
     panel = page.get_by_role("tabpanel", name="Two windows")
     panel.locator(".st-key-compare_prompt textarea").fill(PHRASE)
-    slider = panel.get_by_role("slider", name="Window A")
-    slider.press("Home")
-    for _ in range(15):  # 1 -> 16
-        slider.press("ArrowRight")
-    panel.locator('[aria-valuetext="16 tokens"]').wait_for()
+    set_slider(panel, "Window A", 16)
     panel.get_by_role("textbox", name="Seed").fill(str(seed))
     panel.get_by_role("button", name="Compare").click()
-    panel.get_by_text("Reread with the whole text in view").first.wait_for(timeout=WAIT_MS)
+    panel.get_by_text("Their own texts, reread").first.wait_for(timeout=WAIT_MS)
     time.sleep(1)  # the chart's last redraw
-    page.screenshot(path=out / "compare-shakespeare.png")
+    page.screenshot(path=out / f"compare-{label}.png")
 
 
-def sweep(page, seed: int, out: Path) -> None:
+def sweep(page, seed: int, out: Path, label: str) -> None:
     page.get_by_role("tab", name="Compare windows").click()
     page.get_by_role("tab", name="Sweep: many windows").click()
     panel = page.get_by_role("tabpanel", name="Sweep: many windows")
     panel.locator(".st-key-sweep_prompt textarea").fill(PHRASE)
     panel.get_by_role("textbox", name="Seed").fill(str(seed))
     panel.get_by_role("button", name="Sweep", exact=True).click()
+    started = time.monotonic()
     panel.get_by_text("Swept").first.wait_for(timeout=WAIT_MS)
+    print(f"the sweep took {time.monotonic() - started:.0f} s from the click", flush=True)
     time.sleep(1)
-    page.screenshot(path=out / "sweep-shakespeare.png")
+    page.screenshot(path=out / f"sweep-{label}.png")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,20 +114,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=gpt2_engine.SHIPPED_MODEL)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--label", default="shakespeare", help="the pictures' names: write-LABEL.png, ...")
+    parser.add_argument("--only", default="write,compare,sweep", help="which pictures (default all three)")
     args = parser.parse_args(argv)
     port = free_port()
     server = start_server(port, args.model)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            for make in (compare, sweep):
+            for make in [{"write": write, "compare": compare, "sweep": sweep}[name] for name in args.only.split(",")]:
                 page = browser.new_page(viewport={"width": 1280, "height": 720})
                 page.set_default_timeout(120_000)
                 page.goto(f"http://localhost:{port}")
                 page.get_by_role("button", name="Generate").wait_for()
-                make(page, args.seed, args.out)
+                make(page, args.seed, args.out, args.label)
                 page.close()
-                print(f"wrote {args.out / f'{make.__name__}-shakespeare.png'}", flush=True)
+                print(f"wrote {args.out / f'{make.__name__}-{args.label}.png'}", flush=True)
             browser.close()
     finally:
         server.terminate()
