@@ -298,7 +298,7 @@ def memory_caption(steps: Sequence[Step], weight_bytes: int) -> str:
 COMPARE_COLORS = ("#0ca678", "#1f6feb")  # window A, window B
 COMPARE_DASHES = ([1, 0], [7, 4])  # window A solid, window B dashed: where the two lines meet, both show
 COMPARE_WIDTHS = (3.4, 2.2)  # ... and A wider, under B's dashes
-COMPARE_HEIGHT_PX = 250  # the chart element, title and legend included; with the runs' texts above it in 1280x720
+COMPARE_HEIGHT_PX = 240  # the chart, title and legend included: texts above it, the table beside it, in 1280x720
 
 
 def compare_frame(runs: Sequence[tuple[str, Sequence[Step]]], divisor: float = MB) -> pd.DataFrame:

@@ -1,7 +1,10 @@
 """The Compare windows tab's two windows (its sweep of many is `sweep`): one phrase and one seed, written twice
 with two window sizes, one run after the other (each in the engine's batch, beside other visitors' runs); the
-texts side by side as they stream, then both memory curves on one chart and a table of what each window cost
-and saved, coherence included (scored by itself once both runs end).
+texts side by side as they stream, then both memory curves on one chart and, beside it, a table of what each
+window cost and saved, coherence included (scored by itself once both runs end), and the sentence that reads it.
+At 1280x720 a finished comparison shows its evidence in one window: both texts (each scrolled to where the two
+part), the chart, the table and its sentence; what explains them is under it (the chart's caption, the table in
+full, what coherence means).
 
 Widget keys: compare_prompt, compare_window_a, compare_window_b, compare_length, compare_top_p, compare_seed,
 compare_tutorial_mode, compare_run, compare_stop (and compare_reuse_seed under a result). The comparison is
@@ -14,7 +17,9 @@ import html
 import time
 from collections.abc import Callable
 
+import pandas as pd
 import streamlit as st
+from pandas.io.formats.style import Styler
 
 import gpt2_engine
 
@@ -27,6 +32,19 @@ from .words import tokens, window_label
 
 DEFAULT_WINDOWS = (20, OFF)  # a small window against the whole context
 DEFAULT_LENGTH = 100  # five resets of a window of 20: enough to see the cache's saw-tooth
+EVIDENCE_SPLIT = [1.85, 1]  # the chart, and beside it the table and its sentence
+SHOWN_COLUMNS = ("peak_kv_cache", "reading")  # the table beside the chart; all, under it
+FULL_FORMATS = {  # the table in full, under them: its numbers written as the table beside the chart writes them
+    "tokens": "{:,}",
+    "tokens_per_s": "{:,.1f}",
+    "resets": "{:,}",
+    "reading": "{:,.2f}",
+    "perplexity": "{:,.1f}",
+}
+SHOWN_LABELS = {  # shorter headings beside the chart (each column's help says it in full)
+    "peak_kv_cache": TABLE_COLUMNS["peak_kv_cache"] | {"label": "KV cache"},
+    "reading": TABLE_COLUMNS["reading"] | {"label": "Perplexity"},
+}
 
 
 # ---- the form -------------------------------------------------------------------------------------------
@@ -113,24 +131,31 @@ def _texts_html(comparison: Comparison, which: int, writing: bool) -> str:
 
 
 class CompareView:
-    """The placeholders a comparison is drawn in: a note (what to do, or a wait) with Stop while it writes, two
-    columns (heading, status, text), the chart, then what the seed did, a progress bar for scoring, the table and
-    what it says. The top row keeps one height from the first token to the table, so the run stays where
-    screen.py scrolled it."""
+    """The placeholders a comparison is drawn in, in one container (screen.COMPARE): a top row (a note: what to
+    do, a wait, or what the seed did; Stop while the runs write, then Keep this seed), two columns (heading,
+    status, text), then the chart (the settings both runs share under it) beside the evidence (a progress bar
+    while the runs are scored, then the table and the sentence that reads it), and under them what explains them.
+    The rows keep one height from the first token to the table, so the run stays where screen.py scrolled it."""
 
     def __init__(self) -> None:
-        with st.container(key=screen.COMPARE):
-            note, keep_seed, stop = st.columns([6, 1.3, 0.9], vertical_alignment="center")
-            self.note, self.keep_seed, self.stop = note.empty(), keep_seed.empty(), stop.empty()
+        with st.container(key=screen.COMPARE, gap="xsmall"):
+            note, button = st.columns([6.3, 1.3], vertical_alignment="center")
+            self.note = note.empty()
+            with button:  # Stop while the runs write, then Keep this seed: one at a time
+                self.keep_seed, self.stop = st.empty(), st.empty()
             self.columns = []
             for column in st.columns(2, gap="large"):
-                with column:
+                with column.container(gap="xsmall"):
                     self.columns.append((st.empty(), st.empty(), st.empty()))
-            self.chart = st.empty()
-            self.seed_note = st.empty()
-            self.progress = st.empty()
-            self.table = st.empty()
+            chart, evidence = st.columns(EVIDENCE_SPLIT, gap="small")
+            with chart.container(gap="xsmall"):
+                self.chart, self.settings = st.empty(), st.empty()
+            with evidence.container(key=screen.COMPARE_EVIDENCE, gap="xsmall"):
+                self.progress = st.empty()
+                self.table = st.empty()
+            self.explained = st.empty()
             self.scroll = st.empty()
+            self.parting = st.empty()
         self._text_at = self._chart_at = float("-inf")
         self._stop_drawn = False
 
@@ -138,6 +163,10 @@ class CompareView:
         """A comparison begins: Stop in the top row, and the page scrolled to show the runs."""
         self.note.empty()
         self._draw_stop(True)
+        self.table.caption(
+            "Once both runs are written and reread, a table of what each window saved and cost comes here, with "
+            "what it says."
+        )
         screen.keep_in_view(self.scroll, screen.COMPARE)
 
     def _draw_stop(self, writing: bool) -> None:
@@ -164,7 +193,8 @@ class CompareView:
             self._draw_chart(comparison)
 
     def show(self, comparison: Comparison | None, scored: bool = True) -> None:
-        """Everything, as it stands. With `scored`, also the seed note and its button: once per script run."""
+        """Everything, as it stands. With `scored`, also the table, the seed note and its button: once per script
+        run (the runs' scores come after the texts: a progress bar is where the table will be)."""
         if comparison is None:
             self.note.info(
                 "Pick two windows and press **Compare**: the same phrase and seed are written twice, one run after "
@@ -174,28 +204,31 @@ class CompareView:
             return
         self._draw_columns(comparison)
         self._draw_chart(comparison)
-        self._draw_table(comparison)
         self._draw_stop(not (comparison.finished and scored))
         if scored:
+            self._draw_table(comparison)
             self._draw_note(comparison)
+        if comparison.finished:
+            screen.show_parting(self.parting, screen.COMPARE)
 
     def _draw_note(self, comparison: Comparison) -> None:
         a, b = comparison.runs
         parted = first_difference(a, b)
         if parted is None:
-            where = "They wrote the same tokens throughout."
+            where = "they wrote the same tokens throughout."
         elif parted == 0:
-            where = "They parted at the very first token."
+            where = "they parted at the very first token."
         else:
             at_reset = next(
                 (label for run, label in zip((a, b), comparison.labels()) if parted in run.stats.resets), None
             )
-            when = f", right at a reset of {at_reset}" if at_reset else ""
-            where = f"They wrote the same first {tokens(parted)}, then parted{when} (tinted below)."
-        self.seed_note.markdown(
-            f"Both runs used **seed {comparison.seed}**. The sampler draws one random number per token from the "
-            "seed, so wherever both windows give the model the same view, they pick the same token; they part "
-            f"where the smaller window has forgotten something. {where}"
+            when = f", at a reset of {at_reset}" if at_reset else ""
+            where = f"the same first {tokens(parted)}, then they parted{when} (tinted)."
+        self.note.markdown(
+            f"Both runs used **seed {comparison.seed}**: {where}",
+            help="The sampler draws one random number per token from the seed, so wherever both windows give the "
+            "model the same view, they pick the same token; they part where the smaller window has forgotten "
+            "something. Each text box shows where they part: scroll it for the rest.",
         )
         self.keep_seed.button(
             "Keep this seed",
@@ -207,16 +240,15 @@ class CompareView:
 
     def _draw_columns(self, comparison: Comparison) -> None:
         current = next((run for run in comparison.runs if not run.finished), None)
+        self.settings.caption(_settings_line(comparison))
         for which, ((heading, state, text), run, label) in enumerate(
             zip(self.columns, comparison.runs, comparison.labels())
         ):
             color = charts.COMPARE_COLORS[which]
             tutorial = " · :orange-badge[tutorial mode]" if run.settings.autograd else ""
-            with heading.container(gap=None):  # the heading and what made the run, close together
-                st.markdown(
-                    f"#### <span style='color:{color}'>●</span> {label.capitalize()}{tutorial}", unsafe_allow_html=True
-                )
-                st.caption("Written with " + status.settings_line(run))
+            heading.markdown(
+                f"#### <span style='color:{color}'>●</span> {label.capitalize()}{tutorial}", unsafe_allow_html=True
+            )
             status.run_status(state, run, after_other=run is not current)
             text.html(_texts_html(comparison, which, writing=run is current and bool(run.steps)))
 
@@ -228,17 +260,59 @@ class CompareView:
         length = max(run.settings.max_new_tokens for run in comparison.runs)
         x_max = max(len(run.steps) for run in comparison.runs) if comparison.finished else length
         spec = charts.compare_chart(runs, x_max, comparison.runs[0].kv_per_token)
-        with self.chart.container():
-            st.vega_lite_chart(spec=spec, width="stretch", height=charts.COMPARE_HEIGHT_PX)
-            st.caption(charts.compare_caption(runs))
+        self.chart.vega_lite_chart(spec=spec, width="stretch", height=charts.COMPARE_HEIGHT_PX)
+        self._draw_explained(comparison)
 
     def _draw_table(self, comparison: Comparison) -> None:
         if not comparison.finished or not any(run.steps for run in comparison.runs):
+            self.table.empty()
             return
-        with self.table.container():
-            st.dataframe(table(comparison), column_config=TABLE_COLUMNS, width="stretch")
-            st.markdown(summary(comparison))
-            st.caption(coherence_view.EXPLANATION)
+        frame = table(comparison)
+        with self.table.container(gap="xsmall"):
+            st.dataframe(
+                frame,
+                column_config={**TABLE_COLUMNS, **SHOWN_LABELS},
+                column_order=[column for column in SHOWN_COLUMNS if column in frame.columns],
+                width="stretch",
+            )
+            with st.container(key=screen.COMPARE_SUMMARY):
+                st.markdown(summary(comparison))
+        self._draw_explained(comparison)
+
+    def _draw_explained(self, comparison: Comparison) -> None:
+        """Under the chart and the table: the chart's caption, then, once the runs end, every figure of the
+        table and what coherence means."""
+        runs = [(label, run.steps) for label, run in zip(comparison.labels(), comparison.runs)]
+        with self.explained.container():
+            st.caption(charts.compare_caption(runs))
+            if comparison.finished and any(run.steps for run in comparison.runs):
+                with st.expander("The table in full: on gpt2-xl, the texts reread, resets, tokens, speed, memory"):
+                    st.table(_full_table(table(comparison)))
+                st.caption(coherence_view.EXPLANATION)
+
+
+def _full_table(frame: pd.DataFrame) -> Styler:
+    """Every column of `table`, with its heading, in a static table (st.table): the data frame to sort or
+    download is the one beside the chart, which holds them all too."""
+    labels = {column: TABLE_COLUMNS[column].get("label") or column for column in frame.columns}
+    formats = {labels[column]: shape for column, shape in FULL_FORMATS.items() if column in labels}
+    return frame.rename(columns=labels).style.format(formats, na_rep="")
+
+
+def _settings_line(comparison: Comparison) -> str:
+    """What made both runs, in one line: what they share once ("Both written with ..."; their windows are in
+    their headings), then what else differs, if anything, run by run."""
+    lines = [
+        [part for part in status.settings_line(run).split(" · ") if part != window_label(run.settings.window)]
+        for run in comparison.runs
+    ]
+    shared = [part for part in lines[0] if part in lines[1]]
+    own = [
+        f"{label}: {' · '.join(part for part in line if part not in shared)}"
+        for label, line in zip(comparison.labels(), lines)
+        if any(part not in shared for part in line)
+    ]
+    return "Both written with " + " · ".join(shared) + "".join(f"; {said}" for said in own)
 
 
 # ---- running it ---------------------------------------------------------------------------------------

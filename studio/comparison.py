@@ -115,10 +115,10 @@ def summary(comparison: Comparison) -> str:
     if kv_a and kv_b and kv_a != kv_b:
         small, big = sorted((kv_a, kv_b))
         fewer = label_a if kv_a < kv_b else label_b
-        on_xl = f"; on gpt2-xl, {format_bytes(small * ratio)} against {format_bytes(big * ratio)}" if ratio else ""
+        on_xl = f" ({format_bytes(small * ratio)} against {format_bytes(big * ratio)} on gpt2-xl)" if ratio else ""
         saved = (
-            f"**{fewer.capitalize()}** kept the KV cache {big / small:.1f}× smaller ({format_bytes(small)} against "
-            f"{format_bytes(big)} at most{on_xl})."
+            f"**{fewer.capitalize()}** kept the KV cache {big / small:.1f}× smaller: {format_bytes(small)} against "
+            f"{format_bytes(big)}{on_xl}."
         )
     else:
         saved = f"Both kept the KV cache within {format_bytes(max(kv_a, kv_b))}: neither window reset less."
@@ -127,21 +127,16 @@ def summary(comparison: Comparison) -> str:
         ra, rb = a.reading.perplexity, b.reading.perplexity
         passage = a.reading_of or "a real passage"
         if abs(ra - rb) <= SAME_PERPLEXITY * min(ra, rb):
-            sentences.append(
-                f"Reading {passage}, both windows read it about as well (perplexity {ra:,.2f} and {rb:,.2f})."
-            )
+            sentences.append(f"Reading {passage}, both read it about as well (perplexity {ra:,.2f} and {rb:,.2f}).")
         else:
-            (better, low), (worse, high) = sorted(((label_a, ra), (label_b, rb)), key=lambda run: run[1])
+            (_, low), (worse, high) = sorted(((label_a, ra), (label_b, rb)), key=lambda run: run[1])
             sentences.append(
-                f"Reading {passage} with each window, **{worse} reads it {high / low - 1:.0%} worse** (perplexity "
-                f"{high:,.2f} against {low:,.2f} with {better}): the same at every press."
+                f"Reading {passage}, **{worse} reads it {high / low - 1:.0%} worse** (perplexity {high:,.2f} "
+                f"against {low:,.2f})."
             )
     if a.coherence is not None and b.coherence is not None:
         pa, pb = a.coherence.perplexity, b.coherence.perplexity
-        sentences.append(
-            f"Their own texts, reread: perplexity {pa:,.1f} ({label_a}) and {pb:,.1f} ({label_b}), one sample each: "
-            "another seed reads otherwise."
-        )
+        sentences.append(f"Their own texts, reread: perplexity {pa:,.1f} and {pb:,.1f}, one sample each.")
     return " ".join(sentences)
 
 

@@ -28,7 +28,7 @@ import gpt2_engine
 from gpt2_engine import sweep_csv
 
 from . import coherence_view, controls, keys, runner, screen, status, sweep_chart, visits
-from .comparison import Sweep, kv_unit, sweep_points, sweep_reading
+from .comparison import Sweep, by_window, kv_unit, sweep_points, sweep_reading
 from .controls import MAX_LENGTH, OFF
 from .run import Run
 from .run_view import TEXT_EVERY_S
@@ -161,9 +161,11 @@ class SweepView:
     def _progress(self, sweep: Sweep, run: Run, share: float, what: str) -> None:
         place, total = len(sweep.runs), len(sweep.windows) * sweep.texts
         overall = (place - 1 + share) / total
-        seed = f" (seed {run.settings.seed})" if sweep.texts > 1 else ""
+        window = (place - 1) // sweep.texts + 1  # this window's place among the windows
+        text = f" · text {(place - 1) % sweep.texts + 1} of {sweep.texts}" if sweep.texts > 1 else ""
         self.line.progress(
-            min(1.0, overall), text=f"{window_label(run.settings.window)}{seed}: {what}, {ordinal(place)} of {total}"
+            min(1.0, overall),
+            text=f"{window_label(run.settings.window)}: {what}, {ordinal(window)} of {len(sweep.windows)}{text}",
         )
 
     def writing(self, sweep: Sweep, run: Run) -> None:
@@ -229,18 +231,24 @@ class SweepView:
 
     def _status(self, sweep: Sweep, rows: list[dict]) -> None:
         failed = next((run for run in sweep.runs if run.error is not None), None)
-        drawn = sum(row["complete"] for row in rows)
+        drawn = len(by_window(rows))  # windows with a text written in full and scored: points on the chart
         if failed is not None:
             self.line.error(failed.error, icon=status.ERROR_ICON)
         elif not sweep.finished:
             self.line.info("Stopping the sweep…", icon=":material/stop_circle:")
         elif drawn == len(sweep.windows):
             self.line.success(
-                f"Swept {drawn} windows with seed {sweep.seed}, {sweep.length:,} tokens each.",
+                f"Swept {drawn} windows with seed {sweep.seed}, {sweep.length:,} tokens each"
+                + (
+                    f", {sweep.texts} texts a window (seeds {sweep.seed}-{sweep.seed + sweep.texts - 1})."
+                    if sweep.texts > 1
+                    else "."
+                ),
                 icon=":material/check_circle:",
             )
         else:
-            ended = "stopped" if any(run.stopped for run in sweep.runs) or len(rows) < len(sweep.windows) else "done"
+            planned = len(sweep.windows) * sweep.texts
+            ended = "stopped" if any(run.stopped for run in sweep.runs) or len(rows) < planned else "done"
             self.line.warning(
                 f"Sweep {ended}: {drawn} of {len(sweep.windows)} windows drawn (seed {sweep.seed}).",
                 icon=":material/stop_circle:",

@@ -91,8 +91,10 @@ def test_a_sweep_draws_one_point_per_window_and_downloads(browser, server, shots
     sweep.get_by_role("textbox", name="Seed").fill("3")
     sweep.get_by_role("button", name="Sweep", exact=True).click()
     sweep.get_by_text("Swept 4 windows with seed 3").wait_for()
-    chart = sweep.locator('[data-testid="stVegaLiteChart"]')
-    assert chart.count() == 1
+    charts = sweep.locator('[data-testid="stVegaLiteChart"]')
+    assert charts.count() == 2  # the points, and under them each window's texts reread (mean and range)
+    chart = charts.first
+    assert charts.nth(1).locator("g.sweep_text_means_marks path").count() == 4
     points = chart.locator("g.sweep_points_marks path")
     points.first.wait_for()
     assert points.count() == 4  # one point per window
@@ -103,12 +105,8 @@ def test_a_sweep_draws_one_point_per_window_and_downloads(browser, server, shots
     with page.expect_download() as download:
         sweep.get_by_role("button", name="Download the sweep (CSV)").click()
     rows = Path(download.value.path()).read_text().splitlines()
-    assert rows[0].startswith("window,tokens,peak_kv_bytes") and [row.split(",")[0] for row in rows[1:]] == [
-        "off",
-        "50",
-        "20",
-        "10",
-    ]
+    assert rows[0].startswith("window,seed,tokens,peak_kv_bytes")  # a row per text: 3 a window on the tiny model
+    assert [row.split(",")[:2] for row in rows[1:]] == [[w, s] for w in ("off", "50", "20", "10") for s in "345"]
     page.set_viewport_size({"width": 1280, "height": 720})  # a projector
     sweep.get_by_text("Swept 4 windows").scroll_into_view_if_needed()
     page.wait_for_timeout(800)  # the chart redraws at the new size
