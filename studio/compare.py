@@ -335,6 +335,7 @@ def run_comparison(
                 label=f"{label} of a comparison",
                 precision=engine.precision,
                 kv_per_token=engine.kv_bytes_per_token,
+                vocab_size=engine.shape.vocab_size,
             )
         )
         for settings, label in zip(pair, labels)

@@ -74,6 +74,22 @@ class Comparison:
         return (f"{a} (A)", f"{b} (B)") if a == b else (a, b)
 
 
+GUESSING = 0.25  # a passage read at a perplexity above this share of the vocabulary: the model has learned nothing
+
+
+def guessing_note(run: Run) -> str:
+    """A sentence when the model reads the passage about as well as picking tokens at random (a random-weights
+    stand-in): then no window can cost it coherence, and the page says so rather than let the figures suggest it."""
+    if run.reading is None or not run.vocab_size or run.reading.perplexity < GUESSING * run.vocab_size:
+        return ""
+    return (
+        f"This model reads the passage at perplexity {run.reading.perplexity:,.0f}, about as unsure as picking among "
+        f"its {run.vocab_size:,} tokens at random: its weights have learned nothing (a stand-in with random weights), "
+        "so no window can cost it coherence. The shipped gpt2-shakespeare, or the real gpt2-xl, shows what a "
+        "smaller window costs."
+    )
+
+
 def first_difference(a: Run, b: Run) -> int | None:
     """How many tokens the two runs wrote alike before they parted (None: they never did, so far)."""
     for index, (step_a, step_b) in enumerate(zip(a.steps, b.steps)):
@@ -134,6 +150,8 @@ def summary(comparison: Comparison) -> str:
                 f"Reading {passage}, **{worse} reads it {high / low - 1:.0%} worse** (perplexity {high:,.2f} "
                 f"against {low:,.2f})."
             )
+    if guessing_note(a):
+        sentences.append(guessing_note(a))
     if a.coherence is not None and b.coherence is not None:
         pa, pb = a.coherence.perplexity, b.coherence.perplexity
         sentences.append(f"Their own texts, reread: perplexity {pa:,.1f} and {pb:,.1f}, one sample each.")
@@ -339,6 +357,9 @@ def sweep_reading(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> str
                     f"{name} saves nothing on a text this short: its cache peaked at {kv}, against "
                     f"{format_bytes(ref_kv)} with {ref_name}."
                 )
+        guessing = next((guessing_note(run) for run in sweep.runs if guessing_note(run)), "")
+        if guessing:
+            sentences.insert(0, guessing)
         passage = next((run.reading_of for run in sweep.runs if run.reading_of), "a real passage")
         sentences.append(
             f"Coherence here is how well the model reads {passage} seeing only each window's tokens, the same at "

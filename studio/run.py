@@ -34,6 +34,7 @@ class Run:
     reading: gpt2_engine.Coherence | None = None  # once measured: a real passage, read with this run's window
     reading_of: str = ""  # ... which passage (passages.Passage.name)
     kv_per_token: int = 0  # KV-cache bytes a token of this model takes (charts: what gpt2-xl's would hold)
+    vocab_size: int = 0  # the model's tokens: a perplexity near it is a model guessing at random (random weights)
     started_at: float = field(default_factory=time.time)
     memory_note: str = ""  # a remote backend's: what its memory chart can show, in words ("" for a local model)
 

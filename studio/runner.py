@@ -170,6 +170,7 @@ def generate(
     `pace` tokens a second (presenter mode's Write tab: see `paced`), which the view is told, to say so."""
     run = remember(Run(prompt, settings, engine.name, engine.weight_bytes, label=label, precision=engine.precision))
     run.kv_per_token = getattr(engine, "kv_bytes_per_token", 0)  # a model served elsewhere: its memory is not here
+    run.vocab_size = getattr(getattr(engine, "shape", None), "vocab_size", 0)
     run.memory_note = engine.memory_note  # "" when the chart is this process's memory (engine.runs_here)
     visits.keep(keys.RUN, run)
     if pace:

@@ -280,6 +280,7 @@ def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView
                     label=label,
                     precision=engine.precision,
                     kv_per_token=engine.kv_bytes_per_token,
+                    vocab_size=engine.shape.vocab_size,
                 )
             )
             sweep.runs.append(run)

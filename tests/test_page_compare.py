@@ -241,3 +241,17 @@ def test_replay_writes_the_same_text_again(page: AppTest) -> None:
     assert replay.settings == first.settings and replay.generated == first.generated
     assert any("the same text" in s.value for s in at.success)
     assert [m.value.split(" · ")[0] for m in at.markdown if m.value.startswith("**Run ")] == ["**Run 2**", "**Run 1**"]
+
+
+def test_a_model_that_reads_like_random_guessing_says_so() -> None:
+    """A random-weights stand-in reads every window alike: the page says why rather than let it suggest a window
+    costs nothing; a model that has learned (perplexity far below its vocabulary) gets no such sentence."""
+    from studio.comparison import guessing_note
+    from studio.run import Run
+
+    run = Run("Hi", gpt2_engine.GenerationSettings(), "stand-in", 0, vocab_size=50257)
+    assert guessing_note(run) == ""  # not read yet
+    run.reading = gpt2_engine.Coherence(tokens=100, mean_logprob=-11.0, perplexity=64000.0)
+    assert "random" in guessing_note(run) and "64,000" in guessing_note(run)
+    run.reading = gpt2_engine.Coherence(tokens=100, mean_logprob=-3.0, perplexity=20.0)
+    assert guessing_note(run) == ""
