@@ -290,13 +290,18 @@ class Decoder:
 
     def _reset_in(self) -> int | None:
         """How many tokens are read after the newest before the window's next reset; None when the run ends first
-        (it reads nothing ahead for a reset it will not reach)."""
+        (it reads nothing ahead for a reset it will not reach), or when reading ahead would hold more than the
+        window off ever holds in this run (the reset then reads the window in one pass, as a re-prime does)."""
         window, settings = self.settings.window, self.settings
         if window is None or not self.stops:
             return None if window is None else 0
         reset_at = (self.generated // window + 1) * window  # the reset is read once this many tokens are written
         last = settings.max_new_tokens + (settings.sentence_end_max_extra if settings.stop_at_sentence_end else 0)
-        return reset_at - self.generated - 1 if reset_at < last else None
+        held = (len(self.prompt.ids) if reset_at == window else window) + window - 1  # the context, just before it
+        off_holds = min(len(self.prompt.ids) + last, self.n_positions)  # the most the window off holds
+        if reset_at >= last or held + window > off_holds:
+            return None
+        return reset_at - self.generated - 1
 
     def reprime(self, keep: int) -> None:
         """The window's reset: drops the cache and reads the last `keep` ids again."""

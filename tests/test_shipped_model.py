@@ -177,3 +177,17 @@ def test_a_window_never_holds_more_than_off_or_a_larger_window(shipped, prompt: 
     assert peaks[200] == peaks[256] == peaks[None] and read_ahead[200] == read_ahead[256] == 0, peaks
     assert peaks[16] < peaks[64] < peaks[200], peaks
     assert read_ahead[16] > 0 and read_ahead[64] > 0  # they reset within the run: read ahead, near each reset
+
+
+def test_a_window_that_resets_once_late_reads_no_further_ahead_than_off_holds(shipped) -> None:
+    """Window 256 on a 300-token run resets once, at 256: reading the next window ahead would hold about 535
+    tokens against off's 324, so that reset reads the window in one pass instead; the text is the same."""
+    prompt = "ROMEO.\nBut soft, what light through yonder window breaks?"
+    runs = {
+        w: list(shipped.stream(prompt, max_new_tokens=300, seed=2, window=w, stop_at_eos=False)) for w in (256, None)
+    }
+    assert max(s.kv_bytes for s in runs[256]) <= max(s.kv_bytes for s in runs[None])
+    assert max(s.read_ahead_bytes for s in runs[256]) == 0 and sum(s.reset for s in runs[256]) == 1
+    settings = shipped.settings_for(max_new_tokens=300, seed=2, window=256, stop_at_eos=False)
+    alike = [s.token_id for s in shipped.stream(prompt, settings, window_mode="reprime")]
+    assert [s.token_id for s in runs[256]] == alike
