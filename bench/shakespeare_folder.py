@@ -32,10 +32,12 @@ from its context (random weights have not: on them a window costs nothing).
   `held_out/` beside the weights.
 - **Command:** `{command}` ({steps} steps of {batch} x {n_positions} tokens, AdamW, learning rate {lr} with
   warm-up and cosine decay, dropout {dropout}; {train_tokens_seen:,} tokens seen, {epochs:.1f} passes over the corpus).
+- **Prose:** {prose}
 - **Time:** {train_minutes} min on {threads} CPU threads ({cpu}, {precision}), torch {torch}.
 - **Loss:** train {train_loss} (mean of the last 50 steps), held-out {held_out_loss} nats per token
   (held-out perplexity {held_out_perplexity:.1f}, the plays read in pieces of {n_positions} tokens: a token sees 0 to
-  {n_positions} - 1 before it, where the table below gives off 256 to 511).
+  {n_positions} - 1 before it, where the table below gives off 256 to 511); the held-out plays joined into prose
+  {held_out_prose_loss} (perplexity {held_out_prose_perplexity:.1f}).
 
 ## What a window costs it
 
@@ -52,8 +54,17 @@ meaning: it is {parameters:.1f} million parameters trained for minutes. Its text
 """
 
 
+PROSE = (
+    "each sequence is drawn with probability {:g} from the texts joined into prose (a speech's lines joined by\n"
+    "  spaces, the speaker's name on its own line: `as_prose` in bench/train_shakespeare.py), else from the texts as\n"
+    "  printed, so that it reads a phrase typed on one line as well as verse."
+)
+
+
 def write_card(folder: Path, facts: dict) -> None:
     recipe = facts["recipe"]
+    share = recipe.get("prose_share", 0.0)
+    prose = PROSE.format(share) if share else "none: every sequence is the texts as printed (`--prose-share 0`)."
     (folder / "README.md").write_text(
         CARD.format(
             **facts,
@@ -62,6 +73,8 @@ def write_card(folder: Path, facts: dict) -> None:
             held_out_plays=", ".join(facts["held_out"]),
             epochs=facts["train_tokens_seen"] / facts["train_tokens"],
             held_out_perplexity=math.exp(facts["held_out_loss"]),
+            held_out_prose_perplexity=math.exp(facts["held_out_prose_loss"]),
+            prose=prose,
         )
     )
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.train_shakespeare import context_loss, pick_precision
+from bench.train_shakespeare import as_prose, context_loss, pick_precision
 from gpt2_engine.scoring import window_logprobs
 
 
@@ -50,3 +50,26 @@ def test_training_takes_bf16_only_where_it_runs_and_is_clearly_faster(bf16: str,
     pick_precision(model, torch.ones(1, 4), said.append)
     assert model.train_bf16 is trains_in_bf16
     assert said and ("bf16" if trains_in_bf16 else "fp32") in said[-1].split(": ")[-1], said
+
+
+def test_prose_joins_a_speechs_lines_and_keeps_who_speaks_and_where_speeches_end() -> None:
+    """`as_prose` (issue 28): the lines inside a paragraph become one line, the speaker's name keeps its own line,
+    the blank lines between paragraphs stay; the words are the text's own, in order."""
+    printed = (
+        "ACT I.\n\nSCENE I. London. A street\n\n[Enter GLOSTER.]\n\n"
+        "GLOSTER\nNow is the winter of our discontent\nMade glorious summer by this sun of York;\n\n"
+        "Ham.\nTo be, or not to be,--that is the question:--\n\n"
+        "1 Clown.\nIs she to be buried in Christian burial\nwhen she wilfully seeks her own salvation?\n\n\n"
+        "PERICLES. [Aside.]\nHow courtesy would seem to cover sin,\n  When what is done is like an hypocrite,\n\n"
+        "And so will I.\nPeace, children, peace!\n"
+    )
+    assert as_prose(printed) == (
+        "ACT I.\n\nSCENE I. London. A street\n\n[Enter GLOSTER.]\n\n"
+        "GLOSTER\nNow is the winter of our discontent Made glorious summer by this sun of York;\n\n"
+        "Ham.\nTo be, or not to be,--that is the question:--\n\n"
+        "1 Clown.\nIs she to be buried in Christian burial when she wilfully seeks her own salvation?\n\n\n"
+        "PERICLES. [Aside.]\nHow courtesy would seem to cover sin, When what is done is like an hypocrite,\n\n"
+        "And so will I. Peace, children, peace!\n"  # a line of verse is not a speaker's name
+    )
+    assert as_prose(printed).split() == printed.split()
+    assert as_prose(as_prose(printed)) == as_prose(printed)
