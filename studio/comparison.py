@@ -77,11 +77,17 @@ class Comparison:
 GUESSING = 0.25  # a passage read at a perplexity above this share of the vocabulary: the model has learned nothing
 
 
-def guessing_note(run: Run) -> str:
+def guessing_note(run: Run, short: bool = False) -> str:
     """A sentence when the model reads the passage about as well as picking tokens at random (a random-weights
-    stand-in): then no window can cost it coherence, and the page says so rather than let the figures suggest it."""
+    stand-in): then no window can cost it coherence, and the page says so rather than let the figures suggest it.
+    `short`: the words for Compare's narrow column beside its chart."""
     if run.reading is None or not run.vocab_size or run.reading.perplexity < GUESSING * run.vocab_size:
         return ""
+    if short:
+        return (
+            f"This model guesses at random (perplexity {run.reading.perplexity:,.0f} of {run.vocab_size:,} tokens): "
+            "no window can cost it coherence."
+        )
     return (
         f"This model reads the passage at perplexity {run.reading.perplexity:,.0f}, about as unsure as picking among "
         f"its {run.vocab_size:,} tokens at random: its weights have learned nothing (a stand-in with random weights), "
@@ -139,7 +145,9 @@ def summary(comparison: Comparison) -> str:
     else:
         saved = f"Both kept the KV cache within {format_bytes(max(kv_a, kv_b))}: neither window reset less."
     sentences = [saved]
-    if a.reading is not None and b.reading is not None:
+    if guessing_note(a, short=True):  # random weights: the passage's figures say nothing of the window
+        sentences.append(guessing_note(a, short=True))
+    elif a.reading is not None and b.reading is not None:
         ra, rb = a.reading.perplexity, b.reading.perplexity
         passage = a.reading_of or "a real passage"
         if abs(ra - rb) <= SAME_PERPLEXITY * min(ra, rb):
@@ -150,8 +158,6 @@ def summary(comparison: Comparison) -> str:
                 f"Reading {passage}, **{worse} reads it {high / low - 1:.0%} worse** (perplexity {high:,.2f} "
                 f"against {low:,.2f})."
             )
-    if guessing_note(a):
-        sentences.append(guessing_note(a))
     if a.coherence is not None and b.coherence is not None:
         pa, pb = a.coherence.perplexity, b.coherence.perplexity
         sentences.append(f"Their own texts, reread: perplexity {pa:,.1f} and {pb:,.1f}, one sample each.")
