@@ -212,29 +212,20 @@ def kv_chart(steps: Sequence[Step], x_max: int, kv_per_token: int = 0) -> dict[s
     ]
     y = {"type": "quantitative", "title": f"KV cache, {unit}", "scale": scale, "axis": {"tickCount": 5}}
     area = {"type": "area", "interpolate": "step-after", "line": {"strokeWidth": 1.5}}
-    layers = [
+    layers: list[dict[str, Any]] = [  # the whole cache (top band: the read-ahead), then the window's own over it
         {
             "data": {"name": "memory"},
-            "mark": {**area, "opacity": 0.55},
+            "mark": {**area, "opacity": opacity},
             "encoding": {
                 "x": _x(x_max),
-                "y": {**y, "field": "all_kv"},
-                "color": {"datum": AHEAD_LABEL, **series},
+                "y": {**y, "field": field},
+                "color": {"datum": label, **series},
                 "tooltip": tooltip,
             },
-        },
-        {
-            "data": {"name": "memory"},
-            "mark": {**area, "opacity": 0.45},
-            "encoding": {
-                "x": _x(x_max),
-                "y": {**y, "field": "held_kv"},
-                "color": {"datum": KV_LABEL, **series},
-                "tooltip": tooltip,
-            },
-        },
-        _reset_rules(x_max),
+        }
+        for field, label, opacity in (("all_kv", AHEAD_LABEL, 0.55), ("held_kv", KV_LABEL, 0.45))
     ]
+    layers.append(_reset_rules(x_max))
     spec: dict[str, Any] = {
         "title": {"text": "The KV cache: the memory the window controls", **TITLE},
         "config": COMPACT,
