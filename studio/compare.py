@@ -2,6 +2,9 @@
 with two window sizes, one run after the other (each in the engine's batch, beside other visitors' runs); the
 texts side by side as they stream, then both memory curves on one chart and, beside it, a table of what each
 window cost and saved, coherence included (scored by itself once both runs end), and the sentence that reads it.
+Coherence is measured two ways: a real passage read with each window (the same at every press), and the windows'
+own texts reread; on a small model each window writes more texts with the next seeds (not shown, only scored;
+sweep.default_texts), so the table gives their mean and range, not one draw.
 At 1280x720 a finished comparison shows its evidence in one window: both texts (each scrolled to where the two
 part), the chart, the table and its sentence; what explains them is under it (the chart's caption, the table in
 full, what coherence means).
@@ -13,9 +16,11 @@ kept in st.session_state[keys.COMPARISON], so it survives reruns; its two runs a
 
 from __future__ import annotations
 
+import functools
 import html
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pandas as pd
 import streamlit as st
@@ -23,11 +28,12 @@ from pandas.io.formats.style import Styler
 
 import gpt2_engine
 
-from . import charts, coherence_view, controls, keys, runner, screen, status, visits
+from . import coherence_view, compare_chart, controls, keys, runner, screen, status, visits
 from .comparison import TABLE_COLUMNS, Comparison, first_difference, summary, table
 from .controls import MAX_LENGTH, OFF
 from .run import Run
 from .run_view import CHARTS_EVERY_S, RESET_MARK, TEXT_EVERY_S
+from .sweep import default_texts
 from .words import tokens, window_label
 
 DEFAULT_WINDOWS = (20, OFF)  # a small window against the whole context
@@ -183,6 +189,19 @@ class CompareView:
     def show_waiting(self, ahead: int) -> None:
         status.waiting(self.note, ahead)
 
+    def writing_more(self, run: Run, done: int, total: int) -> None:
+        """A further text being written, to be scored with the two shown: where the table will be, a bar."""
+        now = time.monotonic()
+        if now - self._text_at >= TEXT_EVERY_S or run.finished:
+            self._text_at = now
+            length = run.settings.max_new_tokens
+            share = (done + len(run.steps) / length) / total
+            self.progress.progress(
+                min(1.0, share),
+                text=f"More texts to score, one sampled text being one draw: {run.label}, {len(run.steps):,} of "
+                f"{length:,} tokens ({done + 1} of {total})",
+            )
+
     def update(self, comparison: Comparison) -> None:
         now = time.monotonic()
         if now - self._text_at >= TEXT_EVERY_S:
@@ -244,7 +263,7 @@ class CompareView:
         for which, ((heading, state, text), run, label) in enumerate(
             zip(self.columns, comparison.runs, comparison.labels())
         ):
-            color = charts.COMPARE_COLORS[which]
+            color = compare_chart.COMPARE_COLORS[which]
             tutorial = " · :orange-badge[tutorial mode]" if run.settings.autograd else ""
             heading.markdown(
                 f"#### <span style='color:{color}'>●</span> {label.capitalize()}{tutorial}", unsafe_allow_html=True
@@ -259,8 +278,8 @@ class CompareView:
             return
         length = max(run.settings.max_new_tokens for run in comparison.runs)
         x_max = max(len(run.steps) for run in comparison.runs) if comparison.finished else length
-        spec = charts.compare_chart(runs, x_max, comparison.runs[0].kv_per_token)
-        self.chart.vega_lite_chart(spec=spec, width="stretch", height=charts.COMPARE_HEIGHT_PX)
+        spec = compare_chart.compare_chart(runs, x_max, comparison.runs[0].kv_per_token)
+        self.chart.vega_lite_chart(spec=spec, width="stretch", height=compare_chart.COMPARE_HEIGHT_PX)
         self._draw_explained(comparison)
 
     def _draw_table(self, comparison: Comparison) -> None:
@@ -284,7 +303,7 @@ class CompareView:
         table and what coherence means."""
         runs = [(label, run.steps) for label, run in zip(comparison.labels(), comparison.runs)]
         with self.explained.container():
-            st.caption(charts.compare_caption(runs))
+            st.caption(compare_chart.compare_caption(runs))
             if comparison.finished and any(run.steps for run in comparison.runs):
                 with st.expander("The table in full: on gpt2-xl, the texts reread, resets, tokens, speed, memory"):
                     st.table(_full_table(table(comparison)))
@@ -318,30 +337,45 @@ def _settings_line(comparison: Comparison) -> str:
 # ---- running it ---------------------------------------------------------------------------------------
 
 
+def _new_run(engine: gpt2_engine.Engine, prompt: str, settings: gpt2_engine.GenerationSettings, label: str) -> Run:
+    return runner.remember(
+        Run(
+            prompt,
+            settings,
+            engine.name,
+            engine.weight_bytes,
+            kind="compare",
+            label=label,
+            precision=engine.precision,
+            kv_per_token=engine.kv_bytes_per_token,
+            vocab_size=engine.shape.vocab_size,
+        )
+    )
+
+
 def run_comparison(
     engine: gpt2_engine.Engine, prompt: str, pair: tuple[gpt2_engine.GenerationSettings, ...], view: CompareView
 ) -> Comparison:
-    """Writes both runs, one after the other, each in the engine's batch, then scores them in the model's turn
-    (see runner's note on how Stop, or any other click, ends a run: the text so far is kept)."""
+    """Writes both runs, one after the other, each in the engine's batch; on a small model, then a few more texts
+    a window with the next seeds, not shown, only scored (one sampled text is one draw: the table gives their mean
+    and range); then scores them all in the model's turn (see runner's note on how Stop, or any other click, ends
+    a run: the text so far is kept)."""
     labels = [window_label(settings.window) for settings in pair]
+    seed = pair[0].seed
+    assert seed is not None  # the form always sets one (controls.seed_or_new)
     runs = tuple(
-        runner.remember(
-            Run(
-                prompt,
-                settings,
-                engine.name,
-                engine.weight_bytes,
-                kind="compare",
-                label=f"{label} of a comparison",
-                precision=engine.precision,
-                kv_per_token=engine.kv_bytes_per_token,
-                vocab_size=engine.shape.vocab_size,
+        _new_run(engine, prompt, settings, f"{label} of a comparison") for settings, label in zip(pair, labels)
+    )
+    more = tuple(
+        [
+            _new_run(
+                engine, prompt, replace(settings, seed=seed + text), f"{label} of a comparison, seed {seed + text}"
             )
-        )
+            for text in range(1, default_texts(engine))
+        ]
         for settings, label in zip(pair, labels)
     )
-    assert pair[0].seed is not None  # the form always sets one (controls.seed_or_new)
-    comparison = Comparison(prompt, pair[0].seed, (runs[0], runs[1]))
+    comparison = Comparison(prompt, seed, (runs[0], runs[1]), (more[0], more[1]))
     visits.keep(keys.COMPARISON, comparison)
     try:
         view.start(comparison)
@@ -349,14 +383,22 @@ def run_comparison(
             runner.write(engine, run, lambda _run: view.update(comparison), on_wait=view.show_waiting)
             if run.error is not None:
                 break
+        further = [*more[0], *more[1]]
         if all(run.error is None for run in runs):
+            for done, run in enumerate(further):
+                runner.write(engine, run, functools.partial(view.writing_more, done=done, total=len(further)))
             view.show(comparison, scored=False)
             try:
                 coherence_view.score_runs(engine, runs, view.progress, read=True)
+                for shown, others in zip(runs, more):  # the same window and length read the passage alike
+                    for run in others:
+                        run.reading, run.reading_of = shown.reading, shown.reading_of
+                written = [run for run in further if run.error is None]  # (one that failed is in History, unscored)
+                coherence_view.score_runs(engine, written, view.progress)
             except Exception as error:  # noqa: BLE001 - never a traceback on the page; the log has it
                 runs[-1].error = status.in_words(error, "Scoring")
     finally:
-        for run in runs:
+        for run in comparison.every_run:
             if not run.finished:  # interrupted: Stop, another widget, a closed tab (or never started)
                 run.stopped = True  # (the run being written when it stopped says so itself: runner.write)
     view.show(comparison)

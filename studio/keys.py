@@ -7,7 +7,7 @@ listed in the docstring of the module that draws it; these are the page's own re
 RUN = "run"  # the latest Write run (runner.Run)
 HISTORY = "history"  # every run of this visit, oldest first (the History tab)
 COMPARISON = "comparison"  # the latest comparison (comparison.Comparison)
-SWEEP = "sweep"  # the latest sweep (comparison.Sweep): its runs, in the order written
+SWEEP = "sweep"  # the latest sweep (sweep_points.Sweep): its runs, in the order written
 STEPPING = "stepping"  # the Step by step tab's run (step_html.Stepping), once started
 STEP_ACTION = "step_action"  # what a Step by step button asked for, done by the script run it starts
 REPLAY = "history_replay"  # the number of the run to replay in this script run

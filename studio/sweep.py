@@ -28,10 +28,11 @@ import gpt2_engine
 from gpt2_engine import sweep_csv
 
 from . import coherence_view, controls, keys, runner, screen, status, sweep_chart, visits
-from .comparison import Sweep, by_window, kv_unit, sweep_points, sweep_reading
+from .charts import kv_unit
 from .controls import MAX_LENGTH, OFF
 from .run import Run
 from .run_view import TEXT_EVERY_S
+from .sweep_points import Sweep, by_window, sweep_points, sweep_reading
 from .words import ordinal, window_label
 
 WINDOW_CHOICES = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 500)  # and the model's largest, and off

@@ -12,7 +12,7 @@ from .charts import TITLE
 SWEEP_COLOR, SWEEP_REFERENCE_COLOR = "#1f6feb", "#495057"  # the windows; the reference (off, or the largest)
 SWEEP_HEIGHT_PX = 310  # with its line above it and the texts' chart under it, in view at 1280x720
 TEXTS_HEIGHT_PX = 150  # the texts each window wrote, reread: their mean and range
-# where a point's label can go (comparison.place_labels picks one): its anchor, offset in px
+# where a point's label can go (sweep_points.place_labels picks one): its anchor, offset in px
 SWEEP_LABEL_PLACES: dict[str, dict[str, object]] = {
     "right": {"align": "left", "baseline": "middle", "dx": 11, "dy": 0},
     "left": {"align": "right", "baseline": "middle", "dx": -11, "dy": 0},
@@ -47,7 +47,7 @@ def kv_domain(high: float) -> list[float]:
 
 
 def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, Any]:
-    """A sweep, one point per window (comparison.sweep_points: dataset `points`), x = peak KV cache in `unit`,
+    """A sweep, one point per window (sweep_points.sweep_points: dataset `points`), x = peak KV cache in `unit`,
     y = perplexity, each point labelled by its window on the side its `side` column says. The reference window
     (its label, e.g. "off") is drawn in grey; every other point in blue."""
     x = {

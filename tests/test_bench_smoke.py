@@ -130,3 +130,9 @@ def test_the_pile_up_check_and_the_gaps_and_the_busy_phases_run(tiny_model_dir) 
     busy = run_module("bench.busy", *model, "--tokens", "12", "--policies", "adaptive,one thread")
     rows = [line for line in busy.stdout.splitlines() if line.startswith("| adaptive") or line.startswith("| one")]
     assert len(rows) == 8  # four phases under each policy
+
+
+def test_the_default_sweep_bench_presses_the_real_page_and_ranks_its_windows(tiny_model_dir) -> None:
+    out = run_module("bench.sweep_default", "--model", str(tiny_model_dir), "--seeds", "1", "2", "--prompt", "Hi")
+    assert "| seed | seconds | ranked by the passage read (worst first) |" in out.stdout
+    assert out.stdout.count("\n| 1 | ") == 1 + 4 and out.stdout.count("\n| 2 | ") == 1 + 4  # a press, 4 windows

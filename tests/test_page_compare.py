@@ -9,6 +9,7 @@ import html
 import io
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from gpt2_engine import STOP_REASONS, passages
 from gpt2_engine.memory import MB, format_bytes
 from gpt2_engine.records import load_record, settings_from_record
 from gpt2_engine.stats import RunStats, generated_text
+from studio.comparison import Comparison, _texts_sentence, guessing_note, summary
+from studio.run import Run
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 PROMPT = "The cat sat on the mat."
@@ -141,7 +144,12 @@ def test_the_table_is_the_runs_own_stats_and_coherence(page: AppTest, page_engin
         assert row["resets"] == len(stats.resets)
         prompt_ids = page_engine.prepare_prompt(PROMPT, None).ids
         score = gpt2_engine.coherence(page_engine, prompt_ids, [s.token_id for s in run.steps])  # scored by itself
-        assert row["perplexity"] == pytest.approx(score.perplexity, rel=1e-4)
+        assert run.coherence.perplexity == pytest.approx(score.perplexity, rel=1e-4)
+    for which, (_, row) in enumerate(table.iterrows()):  # the texts: the mean of the window's 3, shown and further
+        texts = [run.coherence.perplexity for run in comparison.texts(which)]
+        assert len(texts) == 3 and row["perplexity"] == pytest.approx(sum(texts) / 3)
+        assert row["texts_range"] == f"{min(texts):,.1f} to {max(texts):,.1f}"
+    for (_, row), run in zip(table.iterrows(), comparison.runs):
         passage = passages.for_model(page_engine)  # and the passage, read with the run's window and length
         reading = passages.reading(page_engine, passage, run.settings.window, run.settings.max_new_tokens)
         assert row["reading"] == pytest.approx(reading.perplexity, rel=1e-4)
@@ -149,6 +157,49 @@ def test_the_table_is_the_runs_own_stats_and_coherence(page: AppTest, page_engin
     # said in words beside the table: the tiny model's random weights read the passage like random guessing, so the
     # sentence says that instead of comparing the windows' readings (a trained model's: test_shipped_model)
     assert "guesses at random" in said and "perplexity" in said
+
+
+def test_each_window_writes_more_texts_with_the_next_seeds_each_the_run_it_would_be_alone(
+    page: AppTest, page_engine: gpt2_engine.Engine
+) -> None:
+    """Issue 28: one sampled text per window is one draw. On a small model each window writes two more texts, with
+    seeds 6 and 7 after the 5 asked, not shown but scored and in History; each is exactly the run it would be on its
+    own, and the sentence gives the texts' means and ranges, not one sample."""
+    at = compare(page)
+    comparison = at.session_state["comparison"]
+    for shown, more in zip(comparison.runs, comparison.more):
+        assert [run.settings.seed for run in more] == [6, 7] and all(run.finished and run.coherence for run in more)
+        for run in more:
+            assert replace(run.settings, seed=5) == shown.settings and run.reading == shown.reading
+            alone = list(page_engine.stream(PROMPT, run.settings))
+            assert [s.token_id for s in run.steps] == [s.token_id for s in alone]
+    labels = [run.label for run in at.session_state["history"]]
+    assert "window 8 of a comparison, seed 7" in labels and "window off of a comparison, seed 6" in labels
+    said = " ".join(m.value for m in at.markdown)
+    assert "Their own texts, 3 each with the next seeds, reread: perplexity" in said and "one sample" not in said
+
+
+def test_the_texts_sentence_says_when_their_ranges_overlap() -> None:
+    def run(window: int | None, perplexities: list[float]) -> list[Run]:
+        made = []
+        for seed, perplexity in enumerate(perplexities, start=1):
+            text = Run("Hi", gpt2_engine.GenerationSettings(window=window, seed=seed), "m", 0)
+            text.coherence = gpt2_engine.Coherence(tokens=100, mean_logprob=-1.0, perplexity=perplexity)
+            made.append(text)
+        return made
+
+    def said(a: list[float], b: list[float]) -> str:
+        (first, *more_a), (second, *more_b) = run(16, a), run(None, b)
+        return _texts_sentence(Comparison("Hi", 1, (first, second), (more_a, more_b)))
+
+    assert said([9.0, 8.0, 10.0], [5.0, 6.0, 7.0]) == (
+        "Their own texts, 3 each with the next seeds, reread: perplexity 9.0 (from 8.0 to 10.0) and 6.0 "
+        "(from 5.0 to 7.0)."
+    )
+    assert said([9.0, 5.5, 10.0], [5.0, 6.0, 7.0]).endswith(
+        "the ranges overlap, so the texts alone cannot rank the windows."
+    )
+    assert said([9.0], [5.0]) == "Their own texts, reread: perplexity 9.0 and 5.0, one sample each."
 
 
 def test_a_comparison_survives_reruns_and_its_seed_can_be_kept(page: AppTest) -> None:
@@ -221,8 +272,10 @@ def test_history_lists_runs_newest_first_and_the_json_replays(
     at = press(set_widgets(page, prompt=PROMPT, length=15, seed="9", window=5), "generate")
     at = compare(at, compare_length=10)
     titles = [m.value for m in at.markdown if m.value.startswith("**Run ")]
-    assert [t.split(" · ")[0] for t in titles] == ["**Run 3**", "**Run 2**", "**Run 1**"]
-    assert "Compare · window off" in titles[0] and "Compare · window 8" in titles[1] and "Write" in titles[2]
+    # the Write run, the comparison's two texts shown, then its further texts (seeds 6 and 7 for each window)
+    assert [t.split(" · ")[0] for t in titles] == [f"**Run {n}**" for n in range(7, 0, -1)]
+    assert "Compare · window off" in titles[-3] and "Compare · window 8" in titles[-2] and "Write" in titles[-1]
+    assert "window off of a comparison, seed 7" in titles[0] and "window 8 of a comparison, seed 6" in titles[3]
     saved = downloads[at.download_button(key="history_json_1").id]()
     record = load_record(saved)
     assert record["prompt"] == PROMPT and record["seed"] == 9 and record["settings"]["window"] == 5
@@ -248,9 +301,6 @@ def test_replay_writes_the_same_text_again(page: AppTest) -> None:
 def test_a_model_that_reads_like_random_guessing_says_so() -> None:
     """A random-weights stand-in reads every window alike: the page says why rather than let it suggest a window
     costs nothing; a model that has learned (perplexity far below its vocabulary) gets no such sentence."""
-    from studio.comparison import guessing_note
-    from studio.run import Run
-
     run = Run("Hi", gpt2_engine.GenerationSettings(), "stand-in", 0, vocab_size=50257)
     assert guessing_note(run) == ""  # not read yet
     run.reading = gpt2_engine.Coherence(tokens=100, mean_logprob=-11.0, perplexity=64000.0)
@@ -262,8 +312,6 @@ def test_a_model_that_reads_like_random_guessing_says_so() -> None:
 def test_the_summary_says_what_reading_the_passage_costs_a_smaller_window() -> None:
     """A model that has learned (reading far below random guessing): the sentence names the cache each window held
     and how much worse the smaller window reads the passage, from the runs' own figures."""
-    from studio.comparison import Comparison, summary
-    from studio.run import Run
 
     def run(window, kv_tokens, perplexity):
         made = Run(

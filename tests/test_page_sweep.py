@@ -18,9 +18,9 @@ from test_page_compare import chart_data, press, set_widgets
 import gpt2_engine
 from gpt2_engine import SWEEP_CSV_COLUMNS, TurnQueue, passages, sweep_rows
 from studio import runner
-from studio.comparison import place_labels
 from studio.sweep import window_options, writing_order
 from studio.sweep_chart import SWEEP_LABEL_PLACES
+from studio.sweep_points import place_labels
 
 PROMPT = "The cat sat on the mat."
 LENGTH = 30

@@ -100,7 +100,7 @@ def test_the_sweeps_sentence_says_what_its_points_show(monkeypatch: pytest.Monke
     from streamlit.testing.v1 import AppTest
     from test_page_sweep import sweep, sweep_points
 
-    from studio.comparison import KEEPS_MOST
+    from studio.sweep_points import KEEPS_MOST
 
     monkeypatch.setenv("GPT2_STUDIO_MODEL", SHIPPED_MODEL)
     monkeypatch.setenv("GPT2_STUDIO_PRECISION", "fp32")
