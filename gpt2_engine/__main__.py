@@ -42,8 +42,9 @@ FLAGS = {  # a setting's name in GenerationSettings -> the flag that sets it, as
 
 
 def window_value(text: str) -> int | None:
-    """`off` (or 0) keeps the whole context; otherwise a whole number of tokens."""
-    if text.strip().lower() in ("off", "none", "0"):
+    """`off` keeps the whole context; otherwise a whole number of tokens (0 or less is refused by the settings'
+    own check, in the same words as -5: "use off, or a whole number of tokens from 1")."""
+    if text.strip().lower() in ("off", "none"):
         return None
     try:
         return int(text)
@@ -187,6 +188,15 @@ def candidates_line(step: Step, token_text: str) -> str:
     )
 
 
+def dropped_note(step: Step) -> str:
+    """What the model did not read of a phrase too long for it, said once, as the page says it."""
+    kept, dropped = step.prompt_tokens, step.prompt_tokens_dropped
+    return (
+        f"[your phrase is {kept + dropped:,} tokens, more than the model can hold beside the window: it reads the "
+        f"last {kept:,}; the first {dropped:,} were dropped]"
+    )
+
+
 def reading_progress(read: int, total: int) -> None:
     """On stderr, for a phrase long enough to take a while: "[reading your phrase: 512 of 2,300 tokens]"."""
     if total > PROMPT_CHUNK:
@@ -220,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(args.prompt, end="", flush=True)
         last, peak_rss = None, 0
         for step in steps:
+            if step.index == 0 and step.prompt_tokens_dropped:
+                print(f"\n{dropped_note(step)}", file=sys.stderr, flush=True)
             print(step.text, end="", flush=True)
             if step.candidates:
                 print(candidates_line(step, engine.token_text(step.token_id)), file=sys.stderr, flush=True)

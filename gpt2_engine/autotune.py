@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -76,15 +76,8 @@ class Choice:
     precision: str
     trials: tuple[Trial, ...]
     measured_now: bool  # False: read from an earlier load's measurement
-    row_step_s: float = math.inf  # the winner's mean step (on PROBE_LAYERS layers), timed again beside ...
-    shadow_step_s: float = math.inf  # ... its mean step with the window's shadow row, in the same minutes
-    shadow_chunk: int = SHADOW_CHUNK  # tokens the shadow row reads at a time: the cheapest measured
+    shadow_chunk: int = SHADOW_CHUNK  # tokens the window's shadow row reads at a time: the cheapest measured
     layers: str = ""  # what was measured: "4 of 48 layers"
-
-    @property
-    def window_mode(self) -> Literal["reprime", "shadow"]:  # decoding.WindowMode
-        """Always the shadow row: a reset never pauses the stream (its chunk keeps what it costs least)."""
-        return "shadow"
 
     @property
     def why(self) -> str:
@@ -93,6 +86,10 @@ class Choice:
         if self.layers:
             when += f" on {self.layers}"
         by_name = {t.precision: t for t in self.trials}
+        if not self.trials:
+            return (
+                f"{self.precision}: the smallest that runs here, as fp32 does not fit in the free memory (not measured)"
+            )
         if self.precision == "fp32" or "fp32" not in by_name:
             others = [t.precision for t in self.trials if t.precision != "fp32"]
             return f"{self.precision}: the fastest faithful precision here" + (
@@ -153,21 +150,19 @@ def choose(
     layers: str = "",
 ) -> Choice:
     """Measures the candidates (see `measure`) on the models `load_probe(precision)` gives (a few layers each),
-    picks the fastest faithful one, and times its steps without and with the shadow row at each chunk, in turns
-    (this machine's speed drifts), which says how resets read the window."""
+    picks the fastest faithful one, and times its steps with the window's shadow row at each chunk, in turns
+    (this machine's speed drifts): the cheapest chunk is how this model reads the next window near a reset."""
     trials = measure(candidates, load_probe, ids, say)
     precision = pick(trials)
     say(f"Timing window resets with {precision}")
     model = load_probe(precision)
-    one: list[float] = []
     shadowed: dict[int, list[float]] = {chunk: [] for chunk in SHADOW_CHUNKS}
     for _ in range(3):  # means, not medians: only every chunk-th step carries the shadow's tokens
-        one.append(statistics.mean(decode_steps(model, ids)[0][2:]))
         for chunk, means in shadowed.items():
             means.append(statistics.mean(decode_steps(model, ids, rows=2, shadow_chunk=chunk)[0][2:]))
     del model
     chunk = min(shadowed, key=lambda c: min(shadowed[c]))
-    return Choice(precision, tuple(trials), True, min(one), min(shadowed[chunk]), chunk, layers)
+    return Choice(precision, tuple(trials), True, chunk, layers)
 
 
 def measure(
@@ -251,8 +246,6 @@ def remembered(choice_key: str | None) -> Choice | None:
             entry["precision"],
             trials,
             False,
-            entry["row_step_s"],
-            entry["shadow_step_s"],
             entry["shadow_chunk"],
             entry.get("layers", ""),
         )
@@ -270,8 +263,6 @@ def remember(choice_key: str | None, choice: Choice) -> None:
     data[choice_key] = {
         "precision": choice.precision,
         "trials": [asdict(t) for t in choice.trials],
-        "row_step_s": choice.row_step_s,
-        "shadow_step_s": choice.shadow_step_s,
         "shadow_chunk": choice.shadow_chunk,
         "layers": choice.layers,
         "cpu": capabilities.cpu_name(),

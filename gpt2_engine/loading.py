@@ -165,20 +165,24 @@ def _load_explained(name_or_path: str, dtype: str, device: str, say: Callable[[s
     def load_probe(precision: str):
         return _probe_model(source, config, precision, torch_device)
 
-    choice = None
+    choice, choice_key = None, None
     if precision == "auto":
         choice_key = autotune.key(source, is_local)
         choice = autotune.remembered(choice_key)
         if choice is None:
             candidates = _fitting(shape, capabilities.runnable(torch_device), str(name_or_path), torch_device)
-            ids = autotune.check_ids(tokenizer, shape.vocab_size)
-            layers = f"{min(autotune.PROBE_LAYERS, shape.n_layer)} of its {shape.n_layer} layers"
-            choice = autotune.choose(candidates, load_probe, ids, say, layers)
-            autotune.remember(choice_key, choice)
+            if "fp32" in candidates:  # the reference fits: measure what fits against it
+                ids = autotune.check_ids(tokenizer, shape.vocab_size)
+                layers = f"{min(autotune.PROBE_LAYERS, shape.n_layer)} of its {shape.n_layer} layers"
+                choice = autotune.choose(candidates, load_probe, ids, say, layers)
+            else:  # nothing to check it against: the smallest, unmeasured, and not remembered (memory frees up)
+                choice, choice_key = autotune.Choice(candidates[0], (), True), None
         precision = choice.precision
         say(f"auto is {choice.why}")
     check_memory(shape, precision, str(name_or_path), torch_device)
     model = load_at(precision)
+    if choice is not None and choice.measured_now and choice_key is not None:
+        autotune.remember(choice_key, choice)  # only a choice that loaded: one that failed is measured again
     say("Ready")
     assert is_precision(precision), precision  # auto was measured into one above
     return Engine(model, tokenizer, name=str(name_or_path), shape=shape, precision=precision, choice=choice)

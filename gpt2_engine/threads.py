@@ -45,32 +45,50 @@ IDLE_CORE = 0.75  # this much of a core idle since the last look: try one thread
 
 def cores() -> int:
     """The cores this process may run on."""
+    return len(allowed_cpus() or ()) or os.cpu_count() or 1
+
+
+def allowed_cpus() -> set[int] | None:
+    """The CPUs this process may run on, by number (None where the system cannot say)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        return None
 
 
 class IdleCores:
-    """Cores the machine left idle since the last call, from /proc/stat's first line (Linux); None elsewhere, or
-    when too little time has passed to tell (under 20 ticks of the clock, summed over the cores)."""
+    """Cores left idle since the last call, among those this process may run on (`allowed_cpus`), from /proc/stat's
+    per-CPU lines (Linux); None elsewhere, or when too little time has passed to tell (under 20 ticks of the clock,
+    summed over those cores). A container pinned to 2 of 16 cores sees its own 2: the machine's 14 others, idle or
+    not, are no core it could take."""
 
     def __init__(self, path: str = "/proc/stat"):
         self.path = path
         self._last: tuple[int, int] | None = None
 
+    def _ticks(self) -> tuple[int, int]:
+        """(idle, total) ticks, summed over the allowed CPUs (all of them, where the lines or the set are missing)."""
+        allowed = allowed_cpus()
+        with open(self.path) as stat:
+            lines = [line.split() for line in stat if line.startswith("cpu")]
+        per_cpu = [(int(f[0][3:]), [int(v) for v in f[1:]]) for f in lines if f[0][3:].isdigit()]
+        chosen = [ticks for cpu, ticks in per_cpu if allowed is None or cpu in allowed] or [
+            [int(v) for v in lines[0][1:]]
+        ]
+        idle = sum(t[3] + (t[4] if len(t) > 4 else 0) for t in chosen)  # idle + iowait
+        return idle, sum(sum(t[:8]) for t in chosen)  # no guests: they are counted in user time already
+
     def __call__(self) -> float | None:
         try:
-            with open(self.path) as stat:
-                ticks = [int(v) for v in stat.readline().split()[1:]]
-        except (OSError, ValueError):
+            idle, total = self._ticks()
+        except (OSError, ValueError, IndexError):
             return None
-        idle, total = ticks[3] + (ticks[4] if len(ticks) > 4 else 0), sum(ticks[:8])  # idle + iowait; no guests
         last, self._last = self._last, (idle, total)
         if last is None or total - last[1] < 20:
             self._last = last or self._last
             return None
-        return (idle - last[0]) / (total - last[1]) * (os.cpu_count() or 1)
+        cores = len(allowed_cpus() or ()) or os.cpu_count() or 1
+        return (idle - last[0]) / (total - last[1]) * cores
 
 
 def pinned_threads() -> int | None:

@@ -68,7 +68,10 @@ def cache_file(source: str, is_local: bool, precision: str) -> Path | None:
 
 
 def load(path: Path | None) -> dict[str, torch.Tensor] | None:
-    """The saved tensors, mapped from the file; None when there is no usable file."""
+    """The saved tensors, mapped from the file; None when there is no usable file. The folder's abandoned
+    temporary files go first (`remove_abandoned`)."""
+    if path is not None and path.parent.is_dir():
+        remove_abandoned(path.parent)
     if path is None or not path.is_file():
         return None
     try:
@@ -98,3 +101,28 @@ def save(path: Path | None, tensors: dict[str, torch.Tensor]) -> None:
     for older in path.parent.glob(f"{same_model}-*.pt"):
         if older != path:
             older.unlink(missing_ok=True)
+    remove_abandoned(path.parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_abandoned(folder: Path) -> list[Path]:
+    """Removes the temporary files (`.NAME.PID.tmp`) of saves whose process is gone: one killed mid-way (a closed
+    server, a lost laptop lid) leaves gpt2-xl's whole multi-GB conversion behind, which no later save would replace.
+    A live process's file is its save in progress, and is left. Returns what was removed."""
+    removed = []
+    for temporary in folder.glob(".*.tmp"):
+        pid = temporary.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+                removed.append(temporary)
+    return removed

@@ -82,7 +82,7 @@ def test_shadow_and_re_prime_write_the_same_tokens(engine, monkeypatch) -> None:
 def test_resets_read_through_the_shadow_row_with_the_chunk_auto_measured(engine, monkeypatch, chunk) -> None:
     """Every engine resets through the shadow row (no pause); the chunk it reads at a time is the measured one."""
     trials = (Trial("fp32", 0.30), Trial("q8", 0.10, 1.0, 0.0))
-    monkeypatch.setattr(engine, "choice", Choice("q8", trials, True, 0.1, 0.13, shadow_chunk=chunk))
+    monkeypatch.setattr(engine, "choice", Choice("q8", trials, True, shadow_chunk=chunk))
     assert engine.window_mode == "shadow" and engine.shadow_chunk == chunk
     per_step = forward_sizes(engine, monkeypatch, engine.window_mode, window=8)
     for calls in per_step[1:]:  # the main row's token, and every chunk-th step the shadow's chunk beside it

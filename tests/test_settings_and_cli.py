@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,8 @@ def test_cli_long_mode_is_the_tutorials_long_paragraph(tiny_model_dir) -> None:
         (["--window", "abc"], "abc is not a window: use off or a whole number of tokens"),
         (["--length", "0"], "--length 0 is not allowed: use a whole number from 1 to 100000."),
         (["--top-k", "0"], "--top-k 0 is not allowed: use off, or a whole number from 1."),
+        (["--window", "0"], "--window 0 is not allowed: use off, or a whole number of tokens from 1."),
+        (["--window", "-5"], "--window -5 is not allowed: use off, or a whole number of tokens from 1."),
         (["--sampler", "beam"], "invalid choice"),
         (["--model", "no-such-org/none"], "Could not find a model"),
     ],
@@ -161,6 +164,19 @@ def test_cli_says_an_empty_phrase_starts_a_fresh_document(tiny_model_dir) -> Non
     out = run_cli("", "--model", str(tiny_model_dir), "--precision", "fp32", "--length", "3", "--seed", "1")
     assert out.returncode == 0, out.stderr
     assert "an empty phrase: GPT-2 starts from a fresh document" in out.stderr
+
+
+def test_cli_says_when_the_start_of_a_long_phrase_was_dropped(tiny_model_dir) -> None:
+    """Issue 30: a phrase longer than the model holds kept its last tokens, and the command line said nothing."""
+    phrase = "The cat sat on the mat. " * 20  # 480 bytes: far more than the tiny model's 128 positions
+    out = run_cli(phrase, "--model", str(tiny_model_dir), "--precision", "fp32", "--length", "3", "--window", "8")
+    assert out.returncode == 0, out.stderr
+    said = re.search(
+        r"your phrase is ([\d,]+) tokens, .* it reads the last (\d+); the first ([\d,]+) were dropped", out.stderr
+    )
+    assert said, out.stderr
+    total, kept, dropped = (int(group.replace(",", "")) for group in said.groups())
+    assert kept == 128 - 8 and total == kept + dropped  # the tiny model holds 128 positions, less the window
 
 
 def test_cli_every_flag_has_help() -> None:

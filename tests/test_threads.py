@@ -93,14 +93,39 @@ def test_an_idle_core_that_does_not_help_is_tried_ever_more_rarely() -> None:
 def test_idle_cores_from_proc_stat(tmp_path, monkeypatch) -> None:
     stat = tmp_path / "stat"
     reader = threads.IdleCores(str(stat))
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
-    stat.write_text("cpu  100 0 100 1000 0 0 0 0 0 0\n")
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: {0, 1})
+    lines = "cpu  {a} 0 100 {b} 0 0 0 0 0 0\ncpu0 {a0} 0 50 {b0} 0 0 0 0 0 0\ncpu1 {a1} 0 50 {b1} 0 0 0 0 0 0\n"
+    stat.write_text(lines.format(a=100, b=1000, a0=50, b0=500, a1=50, b1=500))
     assert reader() is None  # a first look has nothing to compare with
-    stat.write_text("cpu  150 0 100 1050 0 0 0 0 0 0\n")  # 100 ticks: half of them idle, of 2 cores
+    stat.write_text(lines.format(a=150, b=1050, a0=100, b0=500, a1=50, b1=550))  # 100 ticks, half idle, of 2 cores
     assert reader() == 1.0
-    stat.write_text("cpu  155 0 100 1051 0 0 0 0 0 0\n")  # 6 ticks: too few to tell
+    stat.write_text(lines.format(a=155, b=1051, a0=105, b0=501, a1=50, b1=550))  # 6 ticks: too few to tell
     assert reader() is None
     assert threads.IdleCores(str(tmp_path / "missing"))() is None
+
+
+def test_idle_cores_are_counted_among_the_cores_this_process_may_use(tmp_path, monkeypatch) -> None:
+    """Issue 30: pinned to 2 of a machine's 4 cores, both busy, it sees no idle core, however idle the other 2
+    (the machine-wide line, scaled by os.cpu_count(), said 2 idle)."""
+    stat = tmp_path / "stat"
+    monkeypatch.setattr(threads, "allowed_cpus", lambda: {2, 3})
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    reader = threads.IdleCores(str(stat))
+    row = "cpu{n} {busy} 0 0 {idle} 0 0 0 0 0 0\n"
+    before = [(0, 0), (0, 0), (0, 0), (0, 0)]
+    after = [(0, 100), (0, 100), (100, 0), (100, 0)]  # cores 0 and 1 idle, 2 and 3 busy
+
+    def write(ticks) -> None:
+        total = (sum(b for b, _ in ticks), sum(i for _, i in ticks))
+        stat.write_text(
+            row.format(n=" ", busy=total[0], idle=total[1])
+            + "".join(row.format(n=n, busy=b, idle=i) for n, (b, i) in enumerate(ticks))
+        )
+
+    write(before)
+    assert reader() is None
+    write(after)
+    assert reader() == 0.0
 
 
 def test_pinned_it_never_tries_and_says_why() -> None:

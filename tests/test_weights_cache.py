@@ -3,7 +3,10 @@ the cache file (damaged, stale, unwritable, turned off)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +55,21 @@ def test_the_second_load_maps_the_first_ones_conversion(cache: Path, model: Path
     assert torch.equal(logits(first), logits(second))
     assert greedy(first) == greedy(second)
     assert list(cache.glob("*.pt")) == files  # read, not written again
+
+
+def test_a_save_killed_mid_way_leaves_nothing_behind_once_its_process_is_gone(cache: Path, model: Path) -> None:
+    """Issue 30: a save killed mid-way left its multi-GB temporary file for good (the cleanup removed only older
+    `*.pt`). The next load removes one whose process is gone, and leaves a live process's save in progress."""
+    load_int8(model)
+    (saved,) = cache.glob("*.pt")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = cache / f".{saved.name}.{int(gone.stdout)}.tmp"  # a pid that has exited
+    in_progress = cache / f".{saved.name}.{os.getpid()}.tmp"  # this process: alive
+    for temporary in (abandoned, in_progress):
+        temporary.write_bytes(b"half a conversion")
+    assert MAPPED in load_int8(model)[1]
+    assert not abandoned.exists() and in_progress.exists()
+    in_progress.unlink()
 
 
 def test_a_damaged_cache_file_is_converted_again(cache: Path, model: Path) -> None:
