@@ -168,12 +168,16 @@ class ThreadPolicy:
             self._best.clear()
 
     def describe(self) -> str:
-        """In words: "2 threads", "1 of 2 threads (the machine is busy)", "1 thread (GPT2_STUDIO_THREADS)"."""
+        """In words: "2 threads", "1 of 2 threads (measured faster: the machine is busy)", "1 of 2 threads
+        (measured faster for this model)" where the cores it leaves stand idle (a small model, whose passes are too
+        short to share), "1 thread (GPT2_STUDIO_THREADS)"."""
         count = f"{self.current} thread{'s' if self.current != 1 else ''}"
         if self.pinned:
             return f"{count} ({THREADS_ENV})"
         if self.current < self.most:
-            return f"{self.current} of {self.most} threads (measured faster: the machine is busy)"
+            idle = self._idle_seen
+            why = " for this model" if idle is not None and idle >= IDLE_CORE else ": the machine is busy"
+            return f"{self.current} of {self.most} threads (measured faster{why})"
         return count
 
     # ---- measuring -------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ class Run:
     vocab_size: int = 0  # the model's tokens: a perplexity near it is a model guessing at random (random weights)
     started_at: float = field(default_factory=time.time)
     memory_note: str = ""  # a remote backend's: what its memory chart can show, in words ("" for a local model)
+    tab: str = ""  # the session id of the browser tab that wrote it (visits: a reload, or another tab, stopped it)
 
     @property
     def remote(self) -> bool:

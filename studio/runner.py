@@ -47,6 +47,7 @@ def remember(run: Run) -> Run:
     run ended (finished, stopped, failed) and its score once it has one. Its number comes with its first token
     (`write`): History lists the runs that wrote something, numbered 1..n in the order they began writing. Under
     the visit's lock: another tab of this visit may add one at the same moment (visits.add_run)."""
+    run.tab = visits.this_tab()
     visits.add_run(run, HISTORY_LIMIT)
     return run
 

@@ -141,19 +141,37 @@ def keep_widgets() -> None:
 
 
 RELOADED = "The page was reloaded while it wrote."
+OPENED_ELSEWHERE = "The page was opened in another tab while it wrote: a visit writes in one tab at a time."
+
+
+def this_tab() -> str:
+    """This browser tab's session id ("" outside a Streamlit server): kept on each run it writes (Run.tab)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    context = get_script_run_ctx(suppress_warning=True)
+    return context.session_id if context is not None else ""
+
+
+def tab_is_open(tab: str) -> bool:
+    """Whether the tab with this session id is still connected: a reload closed it, a second tab did not."""
+    from streamlit.runtime import Runtime
+
+    return bool(tab) and Runtime.exists() and Runtime.instance().is_active_session(tab)
 
 
 def _settle(records: dict[str, Any], settle_s: float = 30.0) -> None:
-    """A run the reload interrupted (in the session before it) stops at its next token: wait for it (on a busy
-    machine the old page's script can take seconds to get there), and say why. The reason is set before the wait,
-    so it holds even if the run stops later; a run that wrote its last token first is simply done."""
+    """A run the reload (or this visit's URL opened in a new tab) interrupted stops at its next token: wait for it
+    (on a busy machine the old page's script can take seconds to get there), and say why: a reload, or another
+    tab, where the tab that wrote it is still open. The reason is set before the wait, so it holds even if the run
+    stops later; a run that wrote its last token first is simply done."""
     deadline = time.monotonic() + settle_s
     for run in list(records.get(keys.HISTORY, [])):
+        why = OPENED_ELSEWHERE if tab_is_open(getattr(run, "tab", "")) else RELOADED
         if not run.finished:
-            run.stopped_why = RELOADED  # shown only if it ends stopped
-            run.cancelled = True  # the page that wrote it is gone: it stops at its next token
+            run.stopped_why = why  # shown only if it ends stopped
+            run.cancelled = True  # the page that wrote it is gone, or no longer the visit's: it stops at its next token
         while not run.finished and time.monotonic() < deadline:
             time.sleep(0.02)
         if run.interrupted:
             run.interrupted = False
-            run.stopped_why = RELOADED
+            run.stopped_why = why

@@ -183,6 +183,26 @@ def test_a_run_a_reload_cancels_says_so_however_late_its_old_page_stops(engine) 
     assert run.finished and run.stopped and run.stopped_why == visits.RELOADED and not run.interrupted
 
 
+def test_a_run_stopped_by_the_visit_opened_in_another_tab_says_so(engine, monkeypatch) -> None:
+    """Issue 30: the same URL in a second tab stopped the first tab's run "reloaded". Where the tab that wrote it
+    is still open, it was another tab; where it is gone, a reload."""
+    open_tabs = {"first-tab"}
+    monkeypatch.setattr(visits, "tab_is_open", lambda tab: tab in open_tabs)
+    for tab, said in (("first-tab", visits.OPENED_ELSEWHERE), ("closed-tab", visits.RELOADED)):
+        run = unfinished_run(engine)
+        run.tab = tab
+
+        def old_page(run: Run = run) -> None:
+            while not run.cancelled:
+                time.sleep(0.01)
+            run.stopped = True
+
+        threading.Thread(target=old_page).start()
+        visits._settle({keys.HISTORY: [run]})
+        assert run.stopped and run.stopped_why == said
+    assert not visits.tab_is_open("") and not visits.tab_is_open("no-server-here")  # AppTest: no runtime
+
+
 def test_a_run_that_wrote_its_last_token_before_the_reload_reached_it_is_done(engine) -> None:
     run = unfinished_run(engine)
     last = list(engine.stream("The cat", max_new_tokens=3, seed=1, stop_at_eos=False))[2]

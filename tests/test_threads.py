@@ -47,6 +47,19 @@ def test_beside_a_busy_neighbour_it_gives_up_a_core_soon_and_pays_little_for_loo
     assert spent <= 1.1 * len(used) * BUSY[1]  # tries of two threads, each ended after one slow pass
 
 
+def test_fewer_threads_are_said_busy_only_when_the_cores_left_are_busy() -> None:
+    """Issue 30: the closing line said "the machine is busy" on an idle machine, where one thread is simply faster
+    for a small model. The cores it leaves are looked at: idle, it says the model; busy, the machine."""
+    one_faster = {2: 1.5, 1: 1.0}
+    for idle, said in ((1.0, "1 of 2 threads (measured faster for this model)"), (0.1, "machine is busy")):
+        policy = ThreadPolicy(most=2, idle=lambda idle=idle: idle)
+        simulate(policy, one_faster, 400)
+        assert policy.current == 1 and said in policy.describe(), policy.describe()
+    policy = ThreadPolicy(most=2, idle=NO_LOOK)  # cannot tell: as before
+    simulate(policy, BUSY, 300)
+    assert policy.describe() == "1 of 2 threads (measured faster: the machine is busy)"
+
+
 def test_when_the_neighbour_leaves_it_takes_the_core_back() -> None:
     policy = ThreadPolicy(most=2, idle=NO_LOOK)
     simulate(policy, BUSY, 300)
