@@ -7,7 +7,7 @@ bandwidth achieved (weight bytes / time), beside a plain memory-read probe taken
     python -m bench.kernels --size gpt2-xl --repeats 7
 
 The ONNX Runtime row needs `pip install onnx onnxruntime` (not among the project's requirements: it was
-measured and not adopted; README, Performance, says why); without them it says it is unavailable.
+measured and not adopted; docs/measurements.md, "Tried and not adopted", says why); without them it says it is unavailable.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The README's pictures of the trade-off, made on the model that ships with the app: Write (window 16), Compare
-(window 16 against off) and a Sweep (its defaults), at 1280x720, in Debian's Chromium driving a real
+"""The pictures of the trade-off (docs/memory-and-coherence.md, "The pictures"), made on the model that ships
+with the app: Write (window 16), Compare (window 16 against off) and a Sweep (its defaults), at 1280x720, in Debian's Chromium driving a real
 `streamlit run app.py`.
 
     python -m bench.screenshots                      # writes docs/{write,compare,sweep}-shakespeare.png

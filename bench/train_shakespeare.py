@@ -47,7 +47,7 @@ EOT = "<|endoftext|>"
 @dataclass(frozen=True)
 class Recipe:
     """Small enough that 25 minutes of 2 CPU cores train it long enough to learn to read back far into its context
-    (README, "A model that has learned"): at 4 layers 256 wide and 4,096 tokens, 635 steps did not get there;
+    (docs/memory-and-coherence.md, "A model that has learned"): at 4 layers 256 wide and 4,096 tokens, 635 steps did not get there;
     at 128 wide and 512 tokens (about two characters a token) a step takes 0.25 s (bf16 autocast, this VM) and the held-out loss with the
     whole context pulls away from the loss with 8 tokens after about 1,000 steps."""
 

@@ -8,7 +8,7 @@ decoder needs read before its next step, as passes a batch can do beside other r
 Alone, `step()` does those passes itself. Nothing here knows of `Engine`: a decoder needs a model and its
 tokenizer only (and, shared with other users of the model, the lock that keeps its forward passes one at a time).
 
-Window N (see README, "Window N"): after every N-th generated token the decoder re-primes: it drops the
+Window N (see docs/engine.md, "Window N"): after every N-th generated token the decoder re-primes: it drops the
 cache and reads the last N ids of prompt + generated, in one batched forward pass, or, with the shadow row
 (window_mode "shadow"), from a second cache row that read them on the way (fast.py). The model then holds at
 most max(prompt, N) + N - 1 tokens. With the window off the whole context is kept until it reaches the

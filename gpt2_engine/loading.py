@@ -97,7 +97,7 @@ def load(
 
     The work is done in a thread of its own that ends with it, so the caller's thread keeps no pool of OpenMP
     workers: with one left beside the batch's (batching.py) on a machine whose every core torch uses, decoding
-    was a fifth slower (README, Several visitors at once: libgomp, counting more threads than cores, likely
+    was a fifth slower (docs/engine.md, Several visitors at once: libgomp, counting more threads than cores, likely
     spins only briefly between operators).
     """
     return _in_own_thread(_load, progress, name_or_path, dtype, device)

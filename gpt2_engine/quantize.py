@@ -212,7 +212,7 @@ def int8_fits(model: Any, saved: dict[str, Tensor]) -> bool:
 class Q8Linear(nn.Module):
     """y = x W^T + b with W in int8 per channel and x made 8-bit at each call, by fbgemm's dynamic linear:
     integer products, which read the int8 weights faster than any kernel that keeps x in floating point
-    (README, Performance). Like llama.cpp's q8_0, which scales x per 32 values, x is scaled per row here:
+    (docs/measurements.md, Performance). Like llama.cpp's q8_0, which scales x per 32 values, x is scaled per row here:
     fbgemm quantizes a whole call with one scale, so each row is divided by its own largest value first, and
     a first row holding 1 and -1 pins the call's range to [-1, 1]. So a row's result does not depend on the
     other rows of its call (the shadow row, a prompt's other tokens). On CPUs without VNNI, fbgemm's 8-bit

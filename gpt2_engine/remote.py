@@ -18,8 +18,8 @@ What stays on this side, and why:
   (llama-cpp-python's server) as the text of those ids, which the server tokenizes again.
 - **Stops.** The length, a sentence's end and <|endoftext|> (the server's `finish_reason` "stop") end the run as
   locally; a Step is handed on when the next chunk (or the end) has come, so the last Step carries its reason.
-- **Seeds.** Each request carries `seed` (the run's seed for the first, then seed + k for the k-th): on one
-  server, one run at a time, the same seed and settings repeat the same text (tested on llama-cpp-python's
+- **Seeds.** Each request carries `seed` (the run's seed for the first, then seed + k x 1,000,003 for the k-th:
+  remote_run.SEED_STRIDE): on one server, one run at a time, the same seed and settings repeat the same text (tested on llama-cpp-python's
   server). vLLM's per-request seed repeats too on the same GPU and batch, not across versions or batch shapes.
 - **Candidates** come from `logprobs` (the top K, with the model's own probabilities at temperature 1 as the
   server reports them); the top-p set among them is worked out here. llama-cpp-python's server gives them only

@@ -158,7 +158,7 @@ class Server:
                 raise BackendDroppedError(self.dropped(generated, f"stopped answering ({_reason(error)})")) from None
             raise BackendUnreachableError(
                 f"Cannot reach the server at {self.url}: {_reason(error)}. Is it running, and is this its address "
-                "and port? Start it (see the README: vLLM or llama.cpp's server), or leave the backend empty to run "
+                "and port? Start it (see docs/remote.md: vLLM or llama.cpp's server), or leave the backend empty to run "
                 "the model on this machine."
             ) from None
         if stream:

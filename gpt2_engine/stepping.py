@@ -28,11 +28,16 @@ from .settings import GenerationSettings
 SHOWN_CANDIDATES = 10  # each Step keeps at least this many: the page's bars and its notes read them
 
 
-@dataclass(frozen=True)
-class _Before:
-    """What to restore on undo: the logits, the span of ids the model held, the text stream's place."""
+UNDO_LOGITS_BYTES = 32 * 2**20  # the logits kept for undo: 166 steps of gpt2-xl's 201 kB, the newest; an older
+# step's undo reads its window's context again instead (one forward pass)
 
-    logits: Tensor
+
+@dataclass
+class _Before:
+    """What to restore on undo: the logits (None once dropped: see UNDO_LOGITS_BYTES), the span of ids the model
+    held, the text stream's place."""
+
+    logits: Tensor | None
     held_from: int
     reset: bool
     text: tuple[int, int, int]
@@ -130,7 +135,23 @@ class StepMode:
         run.read_newest()  # at once, not at the next step: the page shows the next candidates now
         self._history.append(before)
         self.steps.append(step)
+        self._bound_undo()
         return step
+
+    def _bound_undo(self) -> None:
+        """Keeps the newest steps' logits within UNDO_LOGITS_BYTES: the older ones' are dropped."""
+        kept = 0
+        for before in reversed(self._history):
+            if before.logits is None:
+                break  # older ones were dropped already
+            kept += before.logits.numel() * before.logits.element_size()
+            if kept > UNDO_LOGITS_BYTES:
+                before.logits = None
+
+    @property
+    def undo_bytes(self) -> int:
+        """The bytes the logits kept for undo take."""
+        return sum(b.logits.numel() * b.logits.element_size() for b in self._history if b.logits is not None)
 
     def undo(self) -> bool:
         """Takes the last token back; False when there is none."""
@@ -140,10 +161,12 @@ class StepMode:
         self.steps.pop()
         run.ids.pop()
         run.text.rewind(before.text)
-        if run.reset:  # that token made the window re-prime: read the context it had again
-            run.reprime(len(run.ids) - before.held_from)
+        if run.reset or before.logits is None:  # that token made the window re-prime, or its logits were dropped:
+            run.reprime(len(run.ids) - before.held_from)  # read the context it had again (which gives the logits)
         else:
             assert isinstance(run.context, FastContext)  # step mode's: the fast backend, never autograd's cache
             run.context.truncate(1)
-        run.logits, run.held_from, run.reset = before.logits, before.held_from, before.reset
+        if before.logits is not None:
+            run.logits = before.logits
+        run.held_from, run.reset = before.held_from, before.reset
         return True

@@ -5,11 +5,23 @@ Plain data over the engine's Steps: no Streamlit, no runner. runner.py writes it
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
 import gpt2_engine
 from gpt2_engine import RunStats, generated_text, run_record
+
+
+def step_bytes(step: gpt2_engine.Step) -> int:
+    """The bytes one Step takes in memory: the object, each of its values, and its candidates with theirs."""
+    values = [getattr(step, name) for name in step.__dataclass_fields__]
+    size = sys.getsizeof(step) + sum(sys.getsizeof(value) for value in values)
+    for candidate in step.candidates:
+        size += sys.getsizeof(candidate) + sum(
+            sys.getsizeof(getattr(candidate, name)) for name in candidate.__dataclass_fields__
+        )
+    return size
 
 
 @dataclass
@@ -38,6 +50,11 @@ class Run:
     started_at: float = field(default_factory=time.time)
     memory_note: str = ""  # a remote backend's: what its memory chart can show, in words ("" for a local model)
     tab: str = ""  # the session id of the browser tab that wrote it (visits: a reload, or another tab, stopped it)
+
+    def footprint(self) -> int:
+        """About how many bytes its steps take in this process: its step count times what its last step takes
+        (a run's steps all carry the same fields and as many candidates). What bounds History (visits)."""
+        return len(self.steps) * step_bytes(self.steps[-1]) if self.steps else 0
 
     @property
     def remote(self) -> bool:

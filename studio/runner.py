@@ -37,7 +37,7 @@ from . import keys, visits
 from .run import Run
 from .status import in_words
 
-HISTORY_LIMIT = 40  # runs kept per visitor: a long demo stays within a few MB
+HISTORY_LIMIT = 40  # runs kept per visit, within visits.HISTORY_BYTES
 SETTLE_S = 10.0  # longest wait for a stopped run to notice: one token, or a long prompt's first read
 PACE_CHECK_S = 0.05  # while a paced run waits to show its next token, it looks this often for Stop
 

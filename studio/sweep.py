@@ -1,11 +1,12 @@
 """The Compare windows tab's sweep: one phrase, one seed and one length, written under several windows one after
-the other, each run scored as soon as it is written, and drawn as one point of a chart: the most its KV cache
-held (across) against its perplexity when reread with the whole text (up). Each window's writing and its scoring
-take a turn of the model of their own (runner.turn_queue), so another visitor's step gets in between, not only
-after the whole sweep.
+the other (a few texts a window on a small model, with the next seeds), each run scored as soon as it is written,
+and drawn as one point of a chart: the most its KV cache held (across) against the perplexity of a real passage
+read with that window and length (up: gpt2_engine.passages, the same at every press); under it, the windows' own
+texts reread, their mean and range. Each window's writing and its scoring take a turn of the model of their own
+(runner.turn_queue), so another visitor's step gets in between, not only after the whole sweep.
 
 The reference, written first, is window off (or, without it, the largest window picked); the others follow,
-largest first, and each point's "coherence kept" is the reference's perplexity over its own. Stop, or any other
+largest first, and each point's "coherence kept" is the reference's passage perplexity over its own. Stop, or any other
 click, ends the sweep within a token (see studio/runner.py): the windows written in full and scored stay on the
 chart; a window cut short is kept in History and the CSV, not drawn. Every run sets stop_at_eos off, so each
 window writes exactly the length asked: the same text length for every point.

@@ -3,7 +3,8 @@
 Streamlit's session state lives as long as the browser tab's connection, and presenters reload by reflex
 when a projector flickers. So the page puts a random visit key in the URL (`?visit=...`) and keeps each
 visit's History, latest runs and widget values in a store on the server, bounded to the most recent
-`MAX_VISITS` visits (the least recently seen is dropped first). A reload, or the same URL in a new tab,
+`MAX_VISITS` visits and `STORE_BYTES` (the least recently seen is dropped first); a visit's History is bounded
+to `runner.HISTORY_LIMIT` runs and `HISTORY_BYTES` (its oldest runs go first). A reload, or the same URL in a new tab,
 finds them again; a run that was writing when the page reloaded was stopped by it, with its text kept.
 
 Why this and not the browser's storage: the runs (every token's numbers) live on the server already, the
@@ -27,9 +28,13 @@ from typing import Any
 
 import streamlit as st
 
+from gpt2_engine import MB
+
 from . import keys
 
-MAX_VISITS = 64  # visits kept on the server: each holds at most runner.HISTORY_LIMIT runs (a few MB each at most)
+MAX_VISITS = 64  # visits kept on the server ...
+STORE_BYTES = int(256 * MB)  # ... and the bytes their runs' steps take, all together: the least recently seen go first
+HISTORY_BYTES = int(24 * MB)  # a visit's History: about nine 1,000-token runs with their candidates (2.7 kB a token)
 VISIT_PARAM = "visit"  # the URL's query parameter
 RECORDS = (keys.RUN, keys.HISTORY, keys.COMPARISON, keys.SWEEP)  # what a reload finds again, besides the widgets
 _KEY_SHAPE = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -43,14 +48,23 @@ class Visit:
 
     def add_run(self, run: Any, limit: int, history: list | None = None) -> list:
         """Appends `run` to the visit's History (or to `history`, a tab's own, where the visit has none yet),
-        keeping the latest `limit`; returns that History. Under the lock: two tabs starting runs at once lose none."""
+        keeping the latest `limit` runs within HISTORY_BYTES, as they stand when a run starts (the oldest go
+        first; the new one always stays); returns that History. Under the lock: two tabs starting runs at once
+        lose none."""
         with self.lock:
             kept = self.records.get(keys.HISTORY)
             if kept is None:
                 kept = self.records[keys.HISTORY] = history if history is not None else []
             kept.append(run)
             del kept[:-limit]
+            while len(kept) > 1 and sum(each.footprint() for each in kept) > HISTORY_BYTES:
+                del kept[0]
             return kept
+
+    def footprint(self) -> int:
+        """About how many bytes its runs' steps take (Run.footprint): its History holds every run it began."""
+        with self.lock:
+            return sum(run.footprint() for run in self.records.get(keys.HISTORY, []))
 
     def number(self, run: Any) -> None:
         """Gives `run` the next number of the visit's History, at its first token: History lists the runs that
@@ -75,8 +89,8 @@ class Visit:
 class VisitStore:
     """The server's visits, most recently seen last; thread-safe (every visitor's script runs on its own thread)."""
 
-    def __init__(self, limit: int = MAX_VISITS):
-        self.limit = limit
+    def __init__(self, limit: int = MAX_VISITS, bytes_limit: int = STORE_BYTES):
+        self.limit, self.bytes_limit = limit, bytes_limit
         self._visits: OrderedDict[str, Visit] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -86,6 +100,8 @@ class VisitStore:
             self._visits[key] = visit
             while len(self._visits) > self.limit:
                 self._visits.popitem(last=False)
+            while len(self._visits) > 1 and sum(v.footprint() for v in self._visits.values()) > self.bytes_limit:
+                self._visits.popitem(last=False)  # never the one just asked for: it is the most recent
             return visit
 
 

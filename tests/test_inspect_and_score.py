@@ -61,6 +61,22 @@ def test_step_mode_choose_undo_choose_gives_the_same_distribution(engine) -> Non
     torch.testing.assert_close(torch.tensor([p for _, p in again]), torch.tensor([p for _, p in after]))
 
 
+def test_step_modes_undo_keeps_logits_within_its_bytes_and_reads_again_beyond(engine, monkeypatch) -> None:
+    """Issue 30: every step kept a whole vocabulary of logits for undo, with no cap. The newest steps' are kept
+    within UNDO_LOGITS_BYTES; undoing an older step reads its context again, to the same logits."""
+    from gpt2_engine import stepping
+
+    per_step = engine.model.config.vocab_size * 4  # fp32 logits
+    monkeypatch.setattr(stepping, "UNDO_LOGITS_BYTES", 3 * per_step)
+    stepper = StepMode(engine, "The cat sat on the mat", gpt2_engine.GenerationSettings(seed=2, window=None))
+    for _ in range(8):
+        stepper.step()
+        assert stepper.undo_bytes <= 3 * per_step
+    while stepper.steps:  # back to the phrase: the first five undos read their context again
+        stepper.undo()
+        torch.testing.assert_close(stepper.logits.float(), full_logits(engine, stepper.ids), rtol=1e-4, atol=1e-4)
+
+
 def test_step_mode_continues_from_the_cache_and_honours_the_window(engine) -> None:
     stepper = StepMode(engine, "The cat sat on the mat", gpt2_engine.GenerationSettings(seed=1, window=4))
     for k in range(11):

@@ -10,6 +10,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 from test_page import generate, generated_shown
 
+from gpt2_engine import MB
 from studio import keys, visits
 from studio.run import Run
 
@@ -75,6 +76,37 @@ def test_the_store_keeps_the_most_recent_visits_only() -> None:
     store.get("d" * 16)
     store.get("e" * 16)
     assert store.get("b" * 16).widgets == {}  # the least recently seen was dropped (a fresh visit comes back)
+
+
+class Sized:
+    """A run as History sees it: how many bytes its steps take."""
+
+    def __init__(self, megabytes: float):
+        self.bytes = int(megabytes * MB)
+
+    def footprint(self) -> int:
+        return self.bytes
+
+
+def test_a_visits_history_keeps_its_newest_runs_within_its_byte_budget() -> None:
+    """Issue 30: History was bounded by count only (40 runs of up to 1,000 steps: about 100 MB a visit)."""
+    visit = visits.Visit()
+    runs = [Sized(visits.HISTORY_BYTES / MB / 4) for _ in range(6)]  # four fit
+    for run in runs:
+        kept = visit.add_run(run, limit=40)
+    assert kept == runs[2:] and visit.footprint() <= visits.HISTORY_BYTES
+    huge = Sized(2 * visits.HISTORY_BYTES / MB)
+    assert visit.add_run(huge, limit=40) == [huge]  # the newest always stays, alone if need be
+    assert visit.add_run(Sized(1), limit=2)[-1].bytes == MB  # and the count bound still holds
+
+
+def test_the_store_drops_the_least_recently_seen_visits_beyond_its_bytes() -> None:
+    store = visits.VisitStore(limit=64, bytes_limit=10 * MB)
+    for name in "abcde":
+        store.get(name * 16).add_run(Sized(3), limit=40)  # 3 MB each: three fit in 10 MB
+    store.get("f" * 16)  # a visit seen now: the oldest go until the rest fit
+    assert store.get("a" * 16).footprint() == 0 and store.get("b" * 16).footprint() == 0  # dropped: fresh again
+    assert store.get("e" * 16).footprint() == 3 * MB
 
 
 def test_generate_pressed_while_a_run_writes_stops_it_and_starts_nothing(page) -> None:
