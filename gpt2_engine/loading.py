@@ -28,7 +28,7 @@ from .load_failures import (
     explained,
     what_fits,
 )
-from .memory import available_bytes, format_bytes, page_in
+from .memory import available_bytes, format_bytes, map_large_allocations, page_in
 from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, DTYPES, ModelShape, is_precision
 
 if TYPE_CHECKING:
@@ -146,6 +146,7 @@ def _load(name_or_path: str, dtype: str, device: str, say: Callable[[str], None]
 
 
 def _load_explained(name_or_path: str, dtype: str, device: str, say: Callable[[str], None]) -> Engine:
+    map_large_allocations()  # once per process, before any weights or caches are allocated
     source, is_local = resolve_name(name_or_path)
     torch_device = resolve_device(device)
     precision = resolve_precision(dtype, torch_device)

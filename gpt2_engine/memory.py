@@ -106,17 +106,21 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_FROM_BYTES = 1 << 20
 
 
-def _map_large_allocations() -> None:
+_large_allocations_mapped = False
+
+
+def map_large_allocations() -> bool:
     """Every allocation of 1 MB or more gets pages of its own, handed back to the system when freed (glibc's
     M_MMAP_THRESHOLD, fixed: by default it rises to the size of the last large block freed, up to 32 MB, so that a
     run's KV cache could come out of memory an earlier run freed, or stay in the heap after it). So a run's KV
     cache and a prompt's large activations are counted while they live and gone when freed: what the chart draws
-    as "added by this run" is the cache its window allows, plus a small heap of small objects."""
-    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
-        _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_FROM_BYTES)
-
-
-_map_large_allocations()
+    as "added by this run" is the cache its window allows, plus a small heap of small objects. It is set for the
+    whole process, so it is done when a model is first loaded (`load`), not when the package is imported: a
+    program that only imports gpt2_engine keeps its own malloc. Returns whether it is set (glibc only)."""
+    global _large_allocations_mapped
+    if not _large_allocations_mapped and _LIBC is not None and hasattr(_LIBC, "mallopt"):
+        _large_allocations_mapped = bool(_LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_FROM_BYTES))
+    return _large_allocations_mapped
 
 
 def format_bytes(n: float) -> str:

@@ -150,6 +150,13 @@ def status_text(page) -> str:
     return page.locator('[data-testid="stAlert"]').first.inner_text()
 
 
+def wait_until_idle(page, timeout_ms: int = 120_000) -> None:
+    """Until the server's script run for this page has ended: Streamlit's running indicator (its status widget)
+    is gone. A run writes only inside a script run, so after this nothing on the page changes without a new
+    event: what a test then reads is final, without waiting a fixed time."""
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+
+
 def write_tab(page):
     """The Write tab: other tabs (History) show texts and charts of their own."""
     return page.get_by_role("tabpanel", name="Write")

@@ -8,7 +8,6 @@ Screenshots go to $GPT2_STUDIO_SCREENSHOTS (default: a temporary folder), to loo
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from browser_page import (  # noqa: F401 - fixtures used by name
     status_text,
     text_length,
     type_seed,
+    wait_until_idle,
     write_tab,
 )
 
@@ -77,7 +77,7 @@ def test_stop_ends_a_long_run_and_keeps_its_text(page, engine, shots: Path) -> N
     assert 0 < tokens < 1000
     text = generated_text(page)
     assert text
-    time.sleep(1.0)  # a run that had not stopped would write hundreds of tokens in this time
+    wait_until_idle(page)  # the script run is over: a run that had not stopped would have written on until then
     assert generated_text(page) == text and status_text(page) == stopped
     screenshot(page, shots / "4-stopped.png")
 
@@ -220,7 +220,7 @@ def test_generate_while_writing_stops_and_a_reload_keeps_the_visit(page, engine,
     page.get_by_text("Generate was pressed while it wrote").wait_for()
     assert "Stopped after" in status_text(page)
     text = generated_text(page)
-    time.sleep(1.0)
+    wait_until_idle(page)
     assert text and generated_text(page) == text and history_titles(page) == ["Run 1"]
 
     page.reload()  # after the run: the same visit, its text, its History and its widgets

@@ -74,8 +74,9 @@ def test_greedy_equals_transformers_generate(engine) -> None:
 
 
 def test_cached_logits_equal_a_full_forward(engine, recording) -> None:
-    list(engine.stream("Hello world", max_new_tokens=30, window=None, seed=3))
+    list(engine.stream("Hello world", max_new_tokens=30, window=None, seed=3, stop_at_eos=False))
     (context,) = recording
+    assert len(context.calls) >= 30  # the prompt's read and every token's but the last (not read: nothing follows)
     for _, held, logits in context.calls:
         torch.testing.assert_close(logits, full_forward_logits(engine, held), rtol=1e-4, atol=1e-4)
 

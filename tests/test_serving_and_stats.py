@@ -130,18 +130,22 @@ def test_a_waiting_run_hears_how_many_are_ahead_and_gets_its_turn() -> None:
     queue = TurnQueue()
     heard: list[int] = []
     order: list[str] = []
-    holding = threading.Event()
+    holding, told = threading.Event(), threading.Event()
 
     def first_run() -> None:
         with queue.turn():
             holding.set()
-            time.sleep(0.3)
+            told.wait(30)  # holds its turn until the second has heard it waits: an event, not a time
             order.append("first")
+
+    def hear(ahead: int) -> None:
+        heard.append(ahead)
+        told.set()
 
     thread = threading.Thread(target=first_run)
     thread.start()
-    holding.wait(5)
-    with queue.turn(waiting=heard.append, poll_s=0.05):
+    holding.wait(30)
+    with queue.turn(waiting=hear, poll_s=0.05):
         order.append("second")
     thread.join(5)
     assert order == ["first", "second"] and heard and set(heard) == {1}

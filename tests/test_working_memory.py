@@ -136,3 +136,20 @@ def test_a_load_reads_the_embeddings_whole(tiny_model_dir, monkeypatch, precisio
     low = gpt2_engine.load(str(tiny_model_dir), dtype=precision, device="cpu")
     transformer = low.model.transformer
     assert {transformer.wte.weight.data_ptr(), transformer.wpe.weight.data_ptr()} <= set(read)
+
+
+def test_importing_the_engine_leaves_malloc_alone_and_a_load_sets_it(tiny_model_dir) -> None:
+    """Issue 30: glibc's mmap threshold was fixed at `import gpt2_engine`, for any program that imported it. Now
+    the first load sets it (where the page's memory figures need it), and an import alone does not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gpt2_engine.memory as m, gpt2_engine\n"
+        "print(m._large_allocations_mapped)\n"
+        f"gpt2_engine.load({str(tiny_model_dir)!r}, dtype='fp32')\n"
+        "print(m._large_allocations_mapped)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]
