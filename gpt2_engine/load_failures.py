@@ -1,5 +1,6 @@
-"""What a failed load says, by what failed: out of memory (with what would fit), files missing or damaged (download
-again), or anything else by its type and message, with its traceback in the log. `explained` wraps each phase of a
+"""What a failed load says, by what failed: out of memory (with what would fit), a hub repo without a file it needs,
+a web page where the hub's data should be, files missing or damaged (download again), or anything else by its type
+and message, with its traceback in the log. `explained` wraps each phase of a
 load (loading.py) so that no failure reaches the page or the command line as a traceback."""
 
 from __future__ import annotations
@@ -57,6 +58,20 @@ def out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(words in str(error) for words in OUT_OF_MEMORY)
 
 
+def not_in_the_repo(error: BaseException) -> bool:
+    """The hub answered that the repo has no such file: it is not a whole GPT-2 in transformers' format. Downloading
+    again fetches the same repo, so that is not what to do."""
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    return isinstance(error, RemoteEntryNotFoundError)
+
+
+def hub_page_not_data(error: BaseException) -> bool:
+    """A JSON error whose text is a web page: the hub, or a proxy or captive portal on the way, answered with HTML
+    (an error page, a login), not with the model's data. The files on disk are not at fault."""
+    return isinstance(error, json.JSONDecodeError) and error.doc.lstrip()[:1] == "<"
+
+
 def damaged(error: BaseException) -> bool:
     """The files are missing, cut short or corrupt: safetensors' and JSON's parse errors, a truncated pickle or
     zip, a download of the wrong size (a hash mismatch)."""
@@ -79,6 +94,17 @@ def load_failure(
         return NotEnoughMemoryError(
             f"{source!r}{at} ran out of memory while loading ({first_line(error)}): {needed}this machine has "
             f"{format_bytes(free)} available now. {what_fits(free)}"
+        )
+    if not_in_the_repo(error):
+        return ModelLoadError(
+            f"{source!r} on the Hugging Face hub has no file it needs ({first_line(error)}): it is not a whole GPT-2 "
+            "in transformers' format (config.json, the tokenizer's files and the weights). Pick another model."
+        )
+    if hub_page_not_data(error):
+        return ModelLoadError(
+            f"Asking the Hugging Face hub for {source!r}, a web page came back instead of the model's data (the hub "
+            "is down, or a proxy or a network login is in the way). Try again later, or work offline with what is "
+            "downloaded (HF_HUB_OFFLINE=1)."
         )
     if damaged(error):
         return damaged_files(source, error)

@@ -4,6 +4,7 @@ folder for the damage; the other failures raised where transformers would raise 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -112,3 +113,23 @@ def test_the_failure_is_said_by_what_failed() -> None:
     assert not load_failures.damaged(OSError("[Errno 13] Permission denied: 'model.safetensors'"))
     assert not load_failures.damaged(RuntimeError("expected scalar type Float but found BFloat16"))
     assert load_failures.out_of_memory(MemoryError()) and not load_failures.out_of_memory(RuntimeError("size mismatch"))
+
+
+def test_a_file_the_hub_repo_lacks_or_a_web_page_from_the_hub_is_not_said_as_damaged_files() -> None:
+    """Issue 30: both said "download the model again", which fetches the same repo, or the same page."""
+    import httpx2
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    response = httpx2.Response(
+        404, request=httpx2.Request("GET", "https://huggingface.co/someone/model/tokenizer.json")
+    )
+    missing = RemoteEntryNotFoundError(
+        "404 Client Error. Entry Not Found for url: .../tokenizer.json", response=response
+    )
+    said = str(load_failures.load_failure("someone/model", missing))
+    assert "has no file it needs" in said and "not a whole GPT-2" in said and "again" not in said
+    page = json.JSONDecodeError("Expecting value", "<!DOCTYPE html><html>Sign in to the network</html>", 0)
+    said = str(load_failures.load_failure("someone/model", page))
+    assert "a web page came back" in said and "HF_HUB_OFFLINE=1" in said and "damaged" not in said
+    cut = json.JSONDecodeError("Unterminated string", '{"model_type": "gp', 17)  # a file on disk cut short
+    assert "missing or damaged" in str(load_failures.load_failure("someone/model", cut))
