@@ -90,7 +90,21 @@ def read_passage(engine: gpt2_engine.Engine, run: Run, report: Callable[[int, in
     run.reading_of = passage.name
 
 
-def show_score(score: gpt2_engine.Coherence) -> None:
+GUESSING = 0.25  # a perplexity above this share of the vocabulary: the model has learned nothing (comparison too)
+
+
+def noise_note(perplexity: float, vocab_size: int) -> str:
+    """A sentence where a perplexity is about that of picking tokens at random (random weights: a stand-in)."""
+    if not vocab_size or perplexity < GUESSING * vocab_size:
+        return ""
+    return (
+        f"Perplexity {perplexity:,.0f} of {vocab_size:,} tokens is about as unsure as picking at random: this model's "
+        "weights have learned nothing (a stand-in with random weights), so its text is noise and no window can cost "
+        "it coherence. The shipped gpt2-shakespeare, or the real gpt2-xl, shows what a window costs."
+    )
+
+
+def show_score(score: gpt2_engine.Coherence, vocab_size: int = 0) -> None:
     log_likelihood, perplexity = st.columns(2)
     log_likelihood.metric(
         "Log-likelihood per token",
@@ -103,6 +117,8 @@ def show_score(score: gpt2_engine.Coherence) -> None:
         f"{score.perplexity:,.1f}",
         help="exp(-log-likelihood): the model is as unsure as if it chose among this many words each time.",
     )
+    if note := noise_note(score.perplexity, vocab_size):
+        st.info(note, icon=":material/casino:")
 
 
 def panel(engine: gpt2_engine.TextEngine | None, run: Run | None) -> None:
@@ -134,5 +150,5 @@ def panel(engine: gpt2_engine.TextEngine | None, run: Run | None) -> None:
         if asked:
             score_runs(engine, [run], button_area)  # the progress bar takes the button's place, then the score
     if run.coherence is not None:
-        show_score(run.coherence)
+        show_score(run.coherence, run.vocab_size)
     st.caption(EXPLANATION)

@@ -12,6 +12,7 @@ import streamlit as st
 from gpt2_engine import format_bytes
 
 from .charts import xl_scale
+from .coherence_view import GUESSING
 from .run import Run
 from .words import window_label
 
@@ -86,9 +87,6 @@ class Comparison:
     def labels(self) -> tuple[str, str]:
         a, b = (window_label(run.settings.window) for run in self.runs)
         return (f"{a} (A)", f"{b} (B)") if a == b else (a, b)
-
-
-GUESSING = 0.25  # a passage read at a perplexity above this share of the vocabulary: the model has learned nothing
 
 
 def guessing_note(run: Run, short: bool = False) -> str:

@@ -232,6 +232,15 @@ def test_score_button_scores_the_write_run_with_progress(page: AppTest, page_eng
     assert run.coherence.mean_logprob == pytest.approx(expected.mean_logprob, abs=1e-4)
     assert next(m.value for m in at.metric if m.label == "Perplexity") == f"{expected.perplexity:,.1f}"
     assert "score" not in [b.key for b in at.button]  # scored: the number replaces the button
+    noise = [i.value for i in at.info if "picking at random" in i.value]  # only where the score is near random
+    assert bool(noise) == (expected.perplexity >= 0.25 * page_engine.shape.vocab_size)
+
+
+def test_a_learned_models_score_gets_no_noise_note() -> None:
+    from studio.coherence_view import noise_note
+
+    assert noise_note(15.6, 512) == "" and noise_note(30.0, 50257) == ""
+    assert "picking at random" in noise_note(26031.0, 50257)
 
 
 def test_tutorial_mode_runs_with_autograd_on(page: AppTest) -> None:
