@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import gpt2_engine
 from gpt2_engine import capabilities
-from gpt2_engine.threads import POLICY, cores
+from gpt2_engine.threads import cores, policy_for
 
 PHRASE = "The old lighthouse keeper climbed the stairs every evening, and"
 PHASES = (("quiet", 0), ("1 busy", 1), ("quiet again", 0), ("2 busy", 2))
@@ -60,20 +60,20 @@ def main(argv: list[str] | None = None) -> None:
     engine = gpt2_engine.load(args.model, dtype=args.precision)
     print(f"{args.model} at {engine.precision}; {args.tokens} tokens a phase, window 50")
     list(engine.stream(PHRASE, max_new_tokens=8, seed=0))  # warm-up
-    rows = []
+    rows, threads = [], policy_for(engine.model)
     for policy in args.policies.split(","):
         pinned = POLICIES[policy]
-        POLICY.pin(POLICY.most if pinned == -1 else pinned)
+        threads.pin(threads.most if pinned == -1 else pinned)
         quiet = None
         for phase, processes in PHASES:
             with busy(processes):
-                POLICY.passes_by_count.clear()
+                threads.passes_by_count.clear()
                 speed = tokens_per_s(engine, args.tokens)
             quiet = quiet or speed
-            counts = ", ".join(f"{n}: {c}" for n, c in sorted(POLICY.passes_by_count.items()))
+            counts = ", ".join(f"{n}: {c}" for n, c in sorted(threads.passes_by_count.items()))
             rows.append((policy, phase, speed, speed / quiet, counts))
             print(f"{policy:10} {phase:12} {speed:6.2f} tok/s  x{speed / quiet:.2f}  passes by threads {counts}")
-    POLICY.pin(None)
+    threads.pin(None)
     print("\n| policy | phase | tok/s | x its quiet | passes by thread count |\n|---|---|---:|---:|---|")
     for policy, phase, speed, ratio, counts in rows:
         print(f"| {policy} | {phase} | {speed:.2f} | {ratio:.2f} | {counts} |")

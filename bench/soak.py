@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import gpt2_engine
 from gpt2_engine import capabilities
 from gpt2_engine.memory import read_process_memory, release_freed_memory
-from gpt2_engine.threads import POLICY
+from gpt2_engine.threads import policy_for
 
 from .busy import busy
 
@@ -171,7 +171,7 @@ def soak(
         f"freed memory is handed back), peak "
         f"{max((r for _, r in samples), default=end_rss) / 1e9:.2f} GB; slope over the last {last_minutes:g} min "
         f"{slope_mb_per_min(tail):+.2f} MB/min (less the live runs' KV caches: "
-        f"{slope_mb_per_min(tail_beside_kv):+.2f} MB/min); threads: {POLICY.describe()}"
+        f"{slope_mb_per_min(tail_beside_kv):+.2f} MB/min); threads: {policy_for(engine.model).describe()}"
     )
     for error in failed[:5]:
         print("  failed:", error)

@@ -23,7 +23,7 @@ from .memory import format_bytes
 from .serving import plan_load
 from .settings import MAX_CANDIDATES, SAMPLERS, TUTORIAL_PHRASE, GenerationSettings
 from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS
-from .threads import POLICY
+from .threads import policy_for
 
 if TYPE_CHECKING:
     from .generation import Engine
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (
                 engine.name
                 if local is None
-                else f"{local.name} {local.precision} on {local.device}, {POLICY.describe()}"
+                else f"{local.name} {local.precision} on {local.device}, {policy_for(local.model).describe()}"
             )
             + (f"; auto is {local.choice.why}" if local is not None and local.choice else "")
             + "]",

@@ -36,7 +36,7 @@ import torch
 
 from . import capabilities, weights_cache
 from .fast import SHADOW_CHUNK, FastContext
-from .threads import POLICY
+from .threads import policy_for
 
 FORMAT = 2  # bump when what a remembered choice means changes (2: a few layers measured, the shadow's chunk)
 CHOICES_FILE = "auto-precision.json"
@@ -123,7 +123,7 @@ def decode_steps(
     Stops early once GIVE_UP_AFTER steps each took longer than `stop_after_s`. `rows=2`: with the window's
     shadow row beside the main one, reading `shadow_chunk` tokens every `shadow_chunk` steps."""
     seconds, log_probs = [], []
-    with torch.inference_mode(), POLICY.hold():
+    with torch.inference_mode(), policy_for(model).hold():
         context = FastContext(model, window=len(ids) if rows == 2 else None, shadow_chunk=shadow_chunk)
         logits = context.prime(ids[:PRIME_TOKENS])
         for token in ids[PRIME_TOKENS:]:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .fast import Progress
-from .threads import POLICY
+from .threads import policy_for
 
 
 class Context(Protocol):
@@ -43,7 +43,7 @@ class KVCacheContext:
 
     def _forward(self, ids: list[int]) -> Tensor:
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
-        POLICY.apply()  # the count the engine measured fastest now, in this thread (tutorial mode, the reference)
+        policy_for(self.model).apply()  # the count the engine measured fastest now, in this thread (tutorial mode, the reference)
         out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_name: self.cache})
         self.cache = getattr(out, self.cache_name)
         self.length += len(ids)

@@ -32,7 +32,7 @@ from .fast import SHADOW_CHUNK, FastContext, Progress, Read, run_passes
 from .memory import available_bytes, read_process_memory, release_freed_memory
 from .sampling import PICKERS, Distribution, distribution, draw, new_generator
 from .settings import GenerationSettings
-from .threads import POLICY
+from .threads import policy_for
 
 Reads = Generator[list[Read], Tensor, None]  # a decoder's passes before its next step (fast.Passes)
 Backend = Literal["fast", "reference"]  # fast.py's forward and static cache, or transformers' own (the reference)
@@ -81,7 +81,7 @@ class Step:
     memory_limit_bytes: int = 0  # the memory guard's limit for this run
     start_rss_bytes: int = 0  # the process's resident memory just before this run (before its prompt was read)
     server_kv_usage: float | None = None  # a remote backend's KV cache in use, as a share, where it says (remote.py)
-    threads: int = 0  # the thread count this process decoded with at this token (threads.POLICY); 0: not here
+    threads: int = 0  # the thread count this process decoded with at this token (threads.policy_for); 0: not here
     read_ahead_bytes: int = 0  # of kv_bytes: the next window, read ahead of a reset near (fast.FastContext's shadow)
 
 
@@ -257,7 +257,7 @@ class Decoder:
             candidates=candidates(self.tokenizer, dist, settings.candidates) if settings.candidates else (),
             memory_limit_bytes=self.guard.limit_bytes,
             start_rss_bytes=self.start_rss_bytes,
-            threads=POLICY.current,
+            threads=policy_for(self.model).current,
         )
 
     def read_newest(self) -> None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .threads import POLICY
+from .threads import policy_for
 
 PROMPT_CHUNK = 256  # tokens read in one forward pass: a 1024-token prompt reports progress 4 times
 SHADOW_CHUNK = 4  # tokens the shadow row reads at a time, beside a main-row step, unless `auto` measured a
@@ -126,9 +126,9 @@ def forward_reads(model: Any, reads: list[Read]) -> Tensor:
     a prompt, a chunk of one, a decode step, a decode step with the shadow row's pending tokens beside it, or
     the decode steps (and a newcomer's prompt) of every run in a batch (batching.py), each in its own cache.
     Attention is per read, over its own row only: a row never sees another's tokens. The pass runs with the
-    thread count threads.POLICY gives it (and teaches it what that count cost)."""
+    thread count the model's thread policy gives it (threads.policy_for; and teaches it what that count cost)."""
     steps_only = all(len(ids) <= STEPS_READ for _, _, ids in reads)
-    with POLICY.run_pass(sum(len(ids) for _, _, ids in reads), may_try=steps_only):
+    with policy_for(model).run_pass(sum(len(ids) for _, _, ids in reads), may_try=steps_only):
         return _forward_reads(model, reads)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .generation import Engine
-from .threads import POLICY
+from .threads import policy_for
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def coherence(
             if len(targets):
                 chunk = torch.tensor([ids[begin:end]], device=engine.device)
                 with engine.lock:  # one forward pass at a time on the model: the batch's streams go on between
-                    POLICY.apply()  # this thread computes with the count the engine measured fastest now
+                    policy_for(engine.model).apply()  # this thread computes with the count the engine measured fastest now
                     logits = engine.model(input_ids=chunk).logits[0].float()  # (T, vocab)
                 rows = torch.tensor([t - begin - 1 for t in targets], device=logits.device)  # logits at t-1 predict t
                 logprobs = torch.log_softmax(logits[rows], dim=-1)
@@ -81,7 +81,7 @@ def window_logprobs(engine: Engine, ids: Sequence[int], window: int, prompt_toke
         for group in _same_length(blocks, rows_per_pass):
             inputs = torch.tensor([list(ids[s : t1 - 1]) for s, _, t1 in group], device=engine.device)
             with engine.lock:
-                POLICY.apply()
+                policy_for(engine.model).apply()
                 logits = engine.model(input_ids=inputs).logits.float()  # (blocks, length, vocab)
             logprobs = torch.log_softmax(logits, dim=-1)
             for row, (s, t0, t1) in enumerate(group):

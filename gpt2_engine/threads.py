@@ -14,8 +14,9 @@ it try one thread more at once, rather than at its next scheduled try, and while
 one more at all (that thread would wait for a core at every operator: one such pass beside two busy processes cost
 about a second, where a step takes a tenth).
 
-`GPT2_STUDIO_THREADS=N` pins N threads (no tries). One policy serves the process: every thread that runs the
-model (the batch's, step mode's, scoring's) applies its count before a pass; OpenMP keeps a count per thread.
+`GPT2_STUDIO_THREADS=N` pins N threads (no tries). One policy serves each model (`policy_for`): every thread that
+runs it (the batch's, step mode's, scoring's) applies its count before a pass; OpenMP keeps a count per thread. Two
+models in one process (a second visitor's pick) learn apart: their passes cost a thousand times apart.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import os
 import statistics
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -257,4 +260,17 @@ class ThreadPolicy:
         self._ended_at = self._passes
 
 
-POLICY = ThreadPolicy(pinned=pinned_threads())
+_POLICIES: weakref.WeakKeyDictionary[Any, ThreadPolicy] = weakref.WeakKeyDictionary()
+_POLICIES_LOCK = threading.Lock()
+
+
+def policy_for(model: Any) -> ThreadPolicy:
+    """The thread policy of one model (a module), made at its first pass: each model learns its own pass times,
+    since a pass of gpt2-shakespeare and one of gpt2-xl with as many rows cost a thousand times apart, and one
+    thread may be fastest for the one and two for the other. Pinned by GPT2_STUDIO_THREADS, as read then. It goes
+    with its model."""
+    with _POLICIES_LOCK:
+        policy = _POLICIES.get(model)
+        if policy is None:
+            policy = _POLICIES[model] = ThreadPolicy(pinned=pinned_threads())
+        return policy

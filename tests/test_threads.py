@@ -175,3 +175,20 @@ def test_the_count_is_given_to_each_thread_that_computes(monkeypatch) -> None:
     worker.start()
     worker.join()
     assert seen == [(2, 2)]
+
+
+def test_each_model_learns_its_own_pass_times() -> None:
+    """Issue 30: one policy learned both models' passes, mixed. Each model now has its own, which goes with it."""
+    import gc
+
+    small, large = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    assert threads.policy_for(small) is threads.policy_for(small) is not threads.policy_for(large)
+    for policy in (threads.policy_for(small), threads.policy_for(large)):
+        policy.pin(None)  # as measured (the suite may pin GPT2_STUDIO_THREADS)
+        policy.current = policy.most = 2
+    simulate(threads.policy_for(small), {2: 1.5, 1: 1.0}, 400)  # one thread is faster for the small model
+    assert threads.policy_for(small).current == 1 and threads.policy_for(large).current == 2
+    before = len(threads._POLICIES)
+    del small
+    gc.collect()
+    assert len(threads._POLICIES) == before - 1
