@@ -43,7 +43,9 @@ class KVCacheContext:
 
     def _forward(self, ids: list[int]) -> Tensor:
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
-        policy_for(self.model).apply()  # the count the engine measured fastest now, in this thread (tutorial mode, the reference)
+        policy_for(
+            self.model
+        ).apply()  # the count the engine measured fastest now, in this thread (tutorial mode, the reference)
         out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_name: self.cache})
         self.cache = getattr(out, self.cache_name)
         self.length += len(ids)

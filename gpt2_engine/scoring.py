@@ -46,7 +46,9 @@ def coherence(
             if len(targets):
                 chunk = torch.tensor([ids[begin:end]], device=engine.device)
                 with engine.lock:  # one forward pass at a time on the model: the batch's streams go on between
-                    policy_for(engine.model).apply()  # this thread computes with the count the engine measured fastest now
+                    policy_for(
+                        engine.model
+                    ).apply()  # this thread computes with the count the engine measured fastest now
                     logits = engine.model(input_ids=chunk).logits[0].float()  # (T, vocab)
                 rows = torch.tensor([t - begin - 1 for t in targets], device=logits.device)  # logits at t-1 predict t
                 logprobs = torch.log_softmax(logits[rows], dim=-1)

@@ -17,12 +17,15 @@ model and precision. The turn is given back however the run ends (finished, stop
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import autotune, capabilities
+from .errors import ModelLoadError
 from .finding import read_shape, resolve_name
 from .generation import Engine
 from .loading import load, resolve_device, resolve_precision
@@ -69,8 +72,27 @@ def plan_load(name_or_path: str, dtype: str = "auto", device: str = "auto") -> L
     )
 
 
+MOST_MODELS = 2  # models loaded by SharedModel alive in the process at once (each a few GB on gpt2-xl)
+_ALIVE: weakref.WeakSet[Engine] = weakref.WeakSet()  # the engines SharedModel loaded that something still holds
+
+
+def models_alive() -> list[Engine]:
+    """The engines SharedModel loaded that are still held (by a page's cache, or by a visitor still using one the
+    cache let go), after a collection so that only those truly held count."""
+    gc.collect()
+    return list(_ALIVE)
+
+
+def _models_in_use(besides: str) -> list[str]:
+    return [f"{engine.name} ({engine.precision})" for engine in models_alive() if engine.name != besides]
+
+
 class SharedModel:
     """One model, loaded once on a thread of its own and then shared by every visitor who asks for it.
+
+    At most MOST_MODELS of them are alive at once, whoever holds them: the page's cache lets a third model in only
+    by letting go of one, but a visitor still writing with it (or in step mode) keeps it in memory. A load that
+    would make a third alive fails, saying which models are in use, until one of them is let go.
 
     `start()` begins the load unless the model is loaded or loading; `wait()` hands out the engine
     once it is there. The load runs on its own thread so that a page can show its progress, and a
@@ -104,6 +126,13 @@ class SharedModel:
 
     def _load(self) -> None:
         try:
+            in_use = _models_in_use(besides=self.name)  # names only: the error kept below must hold no engine
+            if len(in_use) >= MOST_MODELS:
+                raise ModelLoadError(
+                    f"{' and '.join(in_use)} are in memory already, each still in use by a visitor (a run writing, "
+                    f"or step mode): at most {MOST_MODELS} models at once. Pick one of them, or try again once their "
+                    "runs end."
+                )
             engine = self._loader(self.name, dtype=self.dtype, device=self.device, progress=self.progress.append)
         except Exception as error:  # noqa: BLE001 - handed to every waiter, who shows it
             with self._lock:
@@ -111,6 +140,8 @@ class SharedModel:
         else:
             with self._lock:
                 self._engine = engine
+            if isinstance(engine, Engine):
+                _ALIVE.add(engine)
 
     def wait(self, timeout_s: float | None = None) -> Engine | None:
         """The engine once loaded; None if still loading after `timeout_s`; raises the load's error

@@ -170,3 +170,26 @@ def test_a_turn_is_given_back_when_the_run_raises_or_gives_up() -> None:
         pass
     assert len(queue) == 1  # only the blocker is left
     queue.leave(blocker)
+
+
+def test_a_third_model_waits_until_one_of_two_in_use_is_let_go(tiny_model_dir, tmp_path) -> None:
+    """Issue 30: "at most two models in memory" held only for the page's cache, not for the engines visitors still
+    held. A load that would make a third alive fails, naming the two; once one is let go, it loads."""
+    import shutil
+
+    import streamlit as st
+
+    st.cache_resource.clear()  # the page tests' models, held by the page's cache in this process, go first
+    assert gpt2_engine.serving.models_alive() == []
+    folders = [str(shutil.copytree(tiny_model_dir, tmp_path / f"model-{n}")) for n in range(3)]
+    first = SharedModel(folders[0], "fp32").get()
+    second = SharedModel(folders[1], "fp32").get()
+    third = SharedModel(folders[2], "fp32")
+    with pytest.raises(gpt2_engine.ModelLoadError, match="in memory already.*at most 2 models") as said:
+        third.wait(timeout_s=60)
+    assert folders[0] in str(said.value) and folders[1] in str(said.value)
+    assert SharedModel(folders[1], "fp32").get().name == folders[1]  # one of the two again: no third
+    del first, said  # (the error's traceback holds this frame, and so the first engine)
+    assert len(gpt2_engine.serving.models_alive()) == 1  # the failed load's error holds no engine
+    assert third.get().name == folders[2]
+    assert second.name == folders[1]
