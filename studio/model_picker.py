@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,6 +251,14 @@ def shared_model(name: str, precision: str) -> SharedModel:
     return SharedModel(name, precision)
 
 
+def _weights_said(plan: LoadPlan, engine: gpt2_engine.Engine | None) -> str:
+    """The weights' size: the engine's once loaded; before that the plan's, "from" it while `auto` is still to
+    pick (the plan gives the smallest precision that runs here: the pick may be larger)."""
+    if engine is not None:
+        return format_bytes(engine.weight_bytes)
+    return ("from " if plan.precision == "auto" else "") + format_bytes(plan.weight_bytes)
+
+
 def show_plan(plan: LoadPlan, engine: gpt2_engine.Engine | None) -> None:
     """Device, precision and memory, in the sidebar: before the load from the plan, after it from the engine
     (with how `auto` chose, when it did)."""
@@ -257,7 +266,7 @@ def show_plan(plan: LoadPlan, engine: gpt2_engine.Engine | None) -> None:
     st.markdown(
         f"**Runs on** {plan.device.upper()} · **precision** "
         f"{'auto, measured at this first load' if precision == 'auto' else precision}  \n"
-        f"**Weights** {format_bytes(engine.weight_bytes if engine else plan.weight_bytes)} · "
+        f"**Weights** {_weights_said(plan, engine)} · "
         f"**context** {plan.shape.n_positions} tokens  \n"
         f"**Memory needed** about {format_bytes(plan.shape.memory_needed(precision) if engine else plan.memory_needed_bytes)}"
         + ("" if engine else f" ({format_bytes(available_bytes())} free now)")
@@ -302,6 +311,16 @@ def load_model(choice: ModelChoice, sidebar, loading_box, on_wait=None) -> gpt2_
     return None
 
 
+LOAD_LINES = 4  # the load's latest phases shown: the list stays above the fold at 1280x720, however long the load
+
+
+def load_label(plan: LoadPlan, seconds: float) -> str:
+    """The loading box's heading: the weights' size only once the precision is known (before `auto` has measured
+    this CPU, its pick, and so its size, is not), and the time so far, so that a long phase still shows progress."""
+    size = "" if plan.precision == "auto" else f": {format_bytes(plan.weight_bytes)} of weights ({plan.precision})"
+    return f"Loading {plan.name}{size}, once for everyone · {seconds:,.0f} s so far"
+
+
 def _wait_for(shared: SharedModel, plan: LoadPlan, loading_box, on_wait) -> gpt2_engine.Engine:
     shared.start()  # a no-op once loaded; after a failed load, tries again
     engine = shared.wait(timeout_s=0.05)
@@ -309,15 +328,18 @@ def _wait_for(shared: SharedModel, plan: LoadPlan, loading_box, on_wait) -> gpt2
         return engine
     if on_wait is not None:
         on_wait()
-    label = f"Loading {plan.name}: {format_bytes(plan.weight_bytes)} of weights, once for everyone"
+    started = time.monotonic()
     try:
-        with loading_box.status(label, expanded=True) as progress:
-            shown = 0
+        with loading_box.status(load_label(plan, 0), expanded=True) as progress:
+            lines, shown = st.empty(), -1
             while engine is None:  # each pass is also where Streamlit can stop this script run
-                for message in shared.progress[shown:]:
-                    progress.write(message)
-                    shown += 1
-                engine = shared.wait(timeout_s=0.25)
+                said = list(shared.progress)
+                if len(said) != shown:
+                    shown = len(said)
+                    earlier = f"({shown - LOAD_LINES} earlier steps done)  \n" if shown > LOAD_LINES else ""
+                    lines.markdown(earlier + "  \n".join(said[-LOAD_LINES:]))
+                progress.update(label=load_label(plan, time.monotonic() - started))
+                engine = shared.wait(timeout_s=0.5)
     finally:
         loading_box.empty()  # loaded, or failed: the message goes on the page instead
     return engine
