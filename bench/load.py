@@ -202,8 +202,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{engine.name}; {args.tokens} tokens each")
     else:
         engine = gpt2_engine.load(args.model, dtype=args.precision)
-        engine.batcher.max_rows = args.max_rows or max(args.visitors) + 1
-        print(f"{args.model} at {engine.precision}; batch bound {engine.batcher.max_rows} rows; {args.tokens} each")
+        engine.batcher.scheduler.max_rows = args.max_rows or max(args.visitors) + 1
+        print(
+            f"{args.model} at {engine.precision}; batch bound {engine.batcher.scheduler.max_rows} rows; {args.tokens} each"
+        )
     for phrase in PHRASES[:2]:  # warm-up: first-pass allocations (the small heap each kind of pass grows once)
         list(engine.stream(phrase, max_new_tokens=4, seed=0))
     rounds: list[Round] = []

@@ -235,7 +235,7 @@ def fairness(engine: gpt2_engine.Engine, tokens: int) -> None:
     median = statistics.median(before)
     print(
         f"\n3 visitors streaming; a 4th's {first.prompt_tokens:,}-token phrase read in {read_s:.1f} s "
-        f"(prompt budget now {engine.batcher.budget.tokens()} tokens a pass)"
+        f"(prompt budget now {engine.batcher.scheduler.budget.tokens()} tokens a pass)"
     )
     print(
         f"their gap: median {median:.3f} s before it; while it was read, longest {max(during):.3f} s "

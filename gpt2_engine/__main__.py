@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from .decoding import Step
 from .errors import SettingsError, StudioError
-from .fast import PROMPT_CHUNK
 from .memory import format_bytes
+from .scheduler import PIECE
 from .serving import plan_load
 from .settings import MAX_CANDIDATES, SAMPLERS, TUTORIAL_PHRASE, GenerationSettings
 from .shapes import DEFAULT_MODEL, DTYPE_CHOICES, KNOWN_MODELS
@@ -199,7 +199,7 @@ def dropped_note(step: Step) -> str:
 
 def reading_progress(read: int, total: int) -> None:
     """On stderr, for a phrase long enough to take a while: "[reading your phrase: 512 of 2,300 tokens]"."""
-    if total > PROMPT_CHUNK:
+    if total > PIECE:
         print(f"[reading your phrase: {read:,} of {total:,} tokens]", file=sys.stderr, flush=True)
 
 

@@ -8,7 +8,9 @@ shadow row's catch-up) into ONE call of `fast.forward_reads`, each run in its ow
 run its logits: sampling stays per run, with its own settings, seed and stop (decoding.Decoder). The caller
 still gets a plain generator of Steps, fed from the batcher's thread.
 
-- Runs join between passes: a newcomer's prompt is read in the same pass as the others' next token.
+- Runs join between passes: a newcomer's prompt is read in the same passes as the others' next tokens, a piece a
+  pass. Who joins and what each pass reads is the scheduler's (scheduler.py: `admit`, `plan`); this thread does
+  the passes and hands out their logits.
 - A run leaves at once: the stream closed (Stop, a closed tab), finished, or raised. Its cache is dropped at the
   end of the pass under way; a run that raises ends only itself (a batched pass that raises is done again run
   by run: a failed pass changes no cache, since a row's length moves only once every layer is written).
@@ -53,7 +55,7 @@ from . import fast
 from .decoding import Decoder, Reads, Step
 from .fast import Progress, Read
 from .memory import available_bytes
-from .prompt_budget import PromptBudget
+from .scheduler import Plan, Scheduler
 
 MAX_ROWS = 8  # beyond 8 rows a CPU's pass costs about as much more as the rows it adds
 MAX_ROWS_ENV = "GPT2_STUDIO_MAX_ROWS"
@@ -125,6 +127,7 @@ class Run:
     decoder: Decoder | None = None
     reads: Reads | None = None  # the passes before its next step, under way
     pending: list[Read] | None = None  # what its next pass reads
+    prompt_total: int = 0  # the tokens of the prompt being read a piece at a time (0: none), for its progress
     left: bool = False  # its reader closed the stream
     done: bool = False  # finished or failed: nothing more to decode
 
@@ -134,15 +137,13 @@ class Batcher:
 
     def __init__(self, model: Any, lock: ModelLock, max_rows: int | None = None):
         self.model, self.lock = model, lock
-        self.max_rows = max_rows if max_rows is not None else max_rows_setting()
-        self.kv_budget_bytes = 0  # set when a batch starts
+        self.scheduler = Scheduler(max_rows if max_rows is not None else max_rows_setting())
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # the batcher's thread (and join) wait on this
         self._waiting: list[Run] = []  # first come first served
         self._active: list[Run] = []
         self._thread: threading.Thread | None = None
         self._last_thread: threading.Thread | None = None
-        self.budget = PromptBudget()
         self.passes = 0  # forward passes done, and how many runs they served: figures for tests and benchmarks
         self.rows_served = 0
         self.largest_batch = 0
@@ -217,7 +218,7 @@ class Batcher:
                 raise RuntimeError("this engine is closed: the process is ending")
             self._waiting.append(run)
             if self._thread is None:
-                self.kv_budget_bytes = int(KV_SHARE * available_bytes())
+                self.scheduler.kv_budget_bytes = int(KV_SHARE * available_bytes())
                 self._thread = self._last_thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
                 self._thread.start()
             self._changed.notify_all()
@@ -256,7 +257,8 @@ class Batcher:
                         run.outbox.append(("error", RuntimeError("the process is ending")))
                         run.ready.notify()
                     self._active, self._waiting = [], []
-                admitted = self._admit()
+                admitted = self.scheduler.admit(self._waiting, self._active)
+                self._active.extend(admitted)
                 if not self._active:
                     self._thread = None
                     self._changed.notify_all()
@@ -281,19 +283,6 @@ class Batcher:
             or bool(self._waiting)
             or any(run.left or run.done or run.steps_waiting < LOOKAHEAD for run in self._active)
         )
-
-    def _admit(self) -> list[Run]:
-        """Moves waiting runs into the batch while the bound allows (a run alone is always let in)."""
-        admitted = []
-        while self._waiting:
-            run = self._waiting[0]
-            rows = sum(r.rows for r in self._active) + run.rows
-            cache = sum(r.cache_bytes for r in self._active) + run.cache_bytes
-            if self._active and (rows > self.max_rows or cache > self.kv_budget_bytes):
-                break
-            self._active.append(self._waiting.pop(0))
-            admitted.append(run)
-        return admitted
 
     def _start(self, run: Run) -> None:
         def reading(read: int, total: int) -> None:
@@ -329,33 +318,42 @@ class Batcher:
             self._fail(run, error)
 
     def _pass(self, batch: list[Run]) -> None:
-        """One forward pass over every run's pending reads, a long read (a prompt) only up to the pass's budget of
-        prompt tokens; each run whose reads are done gets its own rows of logits."""
-        batch, reads, partial = self.budget.split(batch, active=len(self._active))
+        """One forward pass, as the scheduler plans it (every run's steps, a piece of a prompt or a re-prime);
+        each run whose reads are done gets its own rows of logits."""
+        plan: Plan = self.scheduler.plan(batch, active=len(self._active))
         started = time.perf_counter()
         try:
             with torch.inference_mode():
-                logits = fast.forward_reads(self.model, reads)
+                logits = fast.forward_reads(self.model, plan.reads)
         except Exception as error:  # noqa: BLE001 - find the run whose reads fail: the others go on
-            if len(batch) == 1:
-                self._fail(batch[0], error)
+            if len(plan.runs) == 1:
+                self._fail(plan.runs[0], error)
             else:
-                for run in batch:
+                for run in plan.runs:
                     self._pass([run])
             return
-        self.budget.timed(reads, time.perf_counter() - started)
+        self.scheduler.timed(plan, time.perf_counter() - started)
         self.passes += 1
-        self.rows_served += len(batch)
-        self.largest_batch = max(self.largest_batch, len(batch))
+        self.rows_served += len(plan.runs)
+        self.largest_batch = max(self.largest_batch, len(plan.runs))
         offset = 0
-        for run in batch:
+        for run in plan.runs:
             n = len(run.pending or ())
-            if run in partial:  # the rest of its prompt goes in the next passes; these logits are not its last
-                run.pending = partial[run]
+            if run in plan.rest:  # the rest of its prompt goes in the next passes; these logits are not its last
+                self._piece_read(run, plan.rest[run])
             else:
-                run.pending = None
+                run.pending, run.prompt_total = None, 0
                 self._advance(run, logits[offset : offset + n])
             offset += n
+
+    def _piece_read(self, run: Run, rest: list[Read]) -> None:
+        """A piece of the run's prompt (or re-prime) is read: the rest is its next pass's; a prompt's reader is
+        told how far it is."""
+        (read,) = run.pending or rest
+        run.prompt_total = run.prompt_total or len(read.ids)
+        run.pending = rest
+        if read.kind == "prompt":
+            self._put(run, ("prompt", run.prompt_total - len(rest[0].ids), run.prompt_total))
 
     def _put(self, run: Run, item: tuple) -> None:
         with self._lock:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Generator
-from typing import Any, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +29,8 @@ from torch import Tensor
 
 from .threads import policy_for
 
-PROMPT_CHUNK = 256  # tokens read in one forward pass: a 1024-token prompt reports progress 4 times
 SHADOW_CHUNK = 4  # tokens the shadow row reads at a time, beside a main-row step, unless `auto` measured a
 # better number here (autotune.Choice.shadow_chunk): 5 rows cost about 1 in q8's integer kernel on AVX-512
-STEPS_READ = 8  # a read of at most this many tokens is a step (a token, the shadow row's few); a longer one reads a
-# prompt or a window, which the batch takes a budget of a pass (batching.PromptBudget)
 Progress = Callable[[int, int], None]  # (prompt tokens read so far, of how many)
 
 
@@ -106,7 +103,22 @@ def activation(name: str) -> Callable[[Tensor], Tensor]:
 
 
 Segment = tuple[int, list[int]]  # (a cache row, token ids to read into it after what it holds)
-Read = tuple["StaticKVCache", int, list[int]]  # the same, naming its cache: one pass can read many runs' caches
+Kind = Literal["step", "shadow", "prompt", "reprime"]
+PIECED: tuple[Kind, ...] = ("prompt", "reprime")  # the kinds a batch reads a piece at a time (batching.plan)
+
+
+class Read(NamedTuple):
+    """Token ids to read into `row` of `cache`, after what the row holds; one pass can read many runs' caches.
+    `kind` says what they are, where they are made: "step" (a decode step's newest token), "shadow" (the window's
+    shadow row reading ahead, beside a step), "prompt" (a run's phrase) or "reprime" (a window's reset read in one
+    go). A batch cuts only the PIECED kinds into pieces, and the thread policy tries counts on passes without them."""
+
+    cache: StaticKVCache
+    row: int
+    ids: list[int]
+    kind: Kind = "step"
+
+
 Passes = Generator[list[Read], Tensor, Tensor]  # the forward passes an operation needs: it yields each pass's
 # reads, is sent their logits ((reads, vocab)), and returns the next-token logits it was after
 Done = TypeVar("Done")  # what an operation's passes return (Passes: the logits; a decoder's reads: None)
@@ -115,7 +127,7 @@ Done = TypeVar("Done")  # what an operation's passes return (Passes: the logits;
 def forward(model: Any, cache: StaticKVCache, segments: list[Segment]) -> Tensor:
     """Reads each segment's tokens into its row of `cache`, after what the row holds already, and returns the
     next-token logits after each segment's last token: (len(segments), vocab). See `forward_reads`."""
-    return forward_reads(model, [(cache, row, ids) for row, ids in segments])
+    return forward_reads(model, [Read(cache, row, ids, "prompt") for row, ids in segments])
 
 
 def forward_reads(model: Any, reads: list[Read]) -> Tensor:
@@ -127,8 +139,8 @@ def forward_reads(model: Any, reads: list[Read]) -> Tensor:
     the decode steps (and a newcomer's prompt) of every run in a batch (batching.py), each in its own cache.
     Attention is per read, over its own row only: a row never sees another's tokens. The pass runs with the
     thread count the model's thread policy gives it (threads.policy_for; and teaches it what that count cost)."""
-    steps_only = all(len(ids) <= STEPS_READ for _, _, ids in reads)
-    with policy_for(model).run_pass(sum(len(ids) for _, _, ids in reads), may_try=steps_only):
+    steps_only = not any(read.kind in PIECED for read in reads)  # a pass of steps (and shadows) only
+    with policy_for(model).run_pass(sum(len(read.ids) for read in reads), may_try=steps_only):
         return _forward_reads(model, reads)
 
 
@@ -136,9 +148,9 @@ def _forward_reads(model: Any, reads: list[Read]) -> Tensor:
     transformer = model.transformer
     act = activation(model.config.activation_function)
     device = transformer.wte.weight.device
-    starts = [cache.lengths[row] for cache, row, _ in reads]
-    sizes = [len(ids) for _, _, ids in reads]
-    tokens = torch.tensor([t for _, _, ids in reads for t in ids], device=device)  # (N,)
+    starts = [read.cache.lengths[read.row] for read in reads]
+    sizes = [len(read.ids) for read in reads]
+    tokens = torch.tensor([t for read in reads for t in read.ids], device=device)  # (N,)
     positions = torch.tensor([start + t for start, n in zip(starts, sizes) for t in range(n)], device=device)
     x = transformer.wte(tokens) + transformer.wpe(positions)  # (N, E)
     n_head, head_dim = model.config.n_head, model.config.n_embd // model.config.n_head
@@ -147,7 +159,7 @@ def _forward_reads(model: Any, reads: list[Read]) -> Tensor:
         qkv = block.attn.c_attn(block.ln_1(x))  # (N, 3E): the weights are read once for every token
         q, k, v = (t.view(-1, n_head, head_dim).transpose(0, 1) for t in qkv.split(x.shape[-1], dim=1))  # (H, N, D)
         ys, offset = [], 0
-        for (cache, row, _), start, n, mask in zip(reads, starts, sizes, masks):
+        for (cache, row, *_), start, n, mask in zip(reads, starts, sizes, masks):
             end = start + n
             cache.keys[row][layer, :, start:end] = k[:, offset : offset + n]
             cache.values[row][layer, :, start:end] = v[:, offset : offset + n]
@@ -165,7 +177,7 @@ def _forward_reads(model: Any, reads: list[Read]) -> Tensor:
         y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)  # (H, N, D)
         x = x + block.attn.c_proj(y.transpose(0, 1).reshape(x.shape))
         x = x + block.mlp.c_proj(act(block.mlp.c_fc(block.ln_2(x))))
-    for (cache, row, _), start, n in zip(reads, starts, sizes):
+    for (cache, row, *_), start, n in zip(reads, starts, sizes):
         cache.lengths[row] = start + n
     last = torch.tensor(list(itertools.accumulate(sizes)), device=device) - 1
     return model.lm_head(transformer.ln_f(x[last]))  # (reads, vocab)
@@ -234,11 +246,14 @@ class FastContext:
         return run_passes(self.model, self.append_passes(token_id))
 
     def prime_passes(self, ids: list[int], progress: Progress | None = None) -> Passes:
-        """`prime` as passes (see `Passes`), so that a batch can do them beside other runs' steps."""
+        """`prime` as a pass (see `Passes`), so that a batch can read it beside other runs' steps: the run's phrase
+        ("prompt") or a window's reset ("reprime") as one read, which the batch (or `run_passes`) reads a piece at a
+        time; or, where the shadow row holds all but the newest token, those few ("shadow"). `progress` is told
+        once it is read."""
         if self.shadowed and self.shadow_ids + self.pending == ids[:-1]:
             # the shadow holds (or is owed) all but the newest token: read those, then swap roles
             self._make_shadow_row()  # if a reset comes that the run did not expect to reach
-            logits = (yield [(self.cache, self.shadow, [*self.pending, ids[-1]])])[0]
+            logits = (yield [Read(self.cache, self.shadow, [*self.pending, ids[-1]], "shadow")])[0]
             self.main, self.shadow = self.shadow, self.main
             self.resets_by_shadow += 1
         else:
@@ -248,11 +263,9 @@ class FastContext:
                 if self.cache.capacity(self.main) > bound:  # it held a long prompt: hand the rest back
                     self.cache.resize(self.main, bound)
             assert len(ids) <= self.cache.capacity(self.main), "the window logic keeps a prime within the cache"
-            for start in range(0, len(ids), PROMPT_CHUNK):  # a long prompt in chunks, so progress can be told
-                chunk = ids[start : start + PROMPT_CHUNK]
-                logits = (yield [(self.cache, self.main, chunk)])[0]
-                if progress is not None:
-                    progress(start + len(chunk), len(ids))
+            logits = (yield [Read(self.cache, self.main, ids, "reprime" if self.primed else "prompt")])[0]
+            if progress is not None:
+                progress(len(ids), len(ids))
         if self.window is not None:  # the other row (the old main one) holds nothing until the next reset is near
             self.cache.lengths[self.shadow], self.shadow_ids, self.pending = 0, [], []
             if self.cache.capacity(self.shadow):
@@ -265,7 +278,7 @@ class FastContext:
         """`append` as a pass (see `Passes`). `reset_in`: how many appends follow this one before the window's
         next reset (a `prime` of the last `window` ids); None when the run ends before it, so no shadow is read."""
         assert self.length < self.cache.capacity(self.main), "position ids beyond what this cache holds"
-        reads: list[Read] = [(self.cache, self.main, [token_id])]
+        reads: list[Read] = [Read(self.cache, self.main, [token_id], "step")]
         if self.shadowed:
             self.pending.append(token_id)
             reads += self._shadow_reads(reset_in)
@@ -281,7 +294,7 @@ class FastContext:
             return []  # no reset to come, or not yet near: the row stays empty (and unallocated)
         self._make_shadow_row()
         self.shadow_ids, self.pending = self.shadow_ids + pending[:chunk], pending[chunk:]
-        return [(self.cache, self.shadow, pending[:chunk])]
+        return [Read(self.cache, self.shadow, pending[:chunk], "shadow")]
 
     def _make_shadow_row(self) -> None:
         """Allocates the (empty) shadow row's block if it has none: once it is the main row, it holds the window

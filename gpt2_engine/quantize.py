@@ -30,7 +30,7 @@ from .threads import cores
 # it took 9 ms for 1-2 rows, 20 for 8, 52 for 20 and 109 for 50, while dequantizing to bf16 and one matmul
 # took ~23 ms at any of those (12 matrices, 2 threads; `python -m bench.kernels --rows 20 --only int8`).
 DEQUANTIZE_FROM_ROWS = 8
-SCRATCH_ROWS = 320  # q8's work buffers hold this many rows: a prompt chunk (fast.PROMPT_CHUNK, 256) and the
+SCRATCH_ROWS = 320  # q8's work buffers hold this many rows: a prompt chunk (scheduler.PIECE, 256) and the
 # decode steps of a full batch beside it (8 runs, each its token and a shadow row's few); larger passes slice
 
 

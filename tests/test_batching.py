@@ -14,7 +14,7 @@ import torch
 from conftest import runs_here
 
 import gpt2_engine
-from gpt2_engine import StepMode, batching, fast
+from gpt2_engine import StepMode, batching, fast, scheduler
 
 LONG = "The cat sat on the mat. Hello world! Is it raining? Yes, it is. Once upon a time there was a model. " * 2
 
@@ -44,7 +44,7 @@ def counting(monkeypatch):
         try:
             assert len(in_flight) == 1, "two forward passes on one model at the same moment"
             time.sleep(0.001)  # long enough for another thread to try
-            passes.append([len(ids) for _, _, ids in reads])
+            passes.append([len(ids) for _, _, ids, _ in reads])
             return real(model, reads)
         finally:
             in_flight.pop()
@@ -54,13 +54,17 @@ def counting(monkeypatch):
 
 
 def test_runs_started_at_different_moments_write_their_solo_texts(engine, counting, monkeypatch) -> None:
-    monkeypatch.setattr(fast, "PROMPT_CHUNK", 16)  # a long prompt is read in chunks, beside the others' steps
+    monkeypatch.setattr(scheduler, "PIECE", 16)  # a long prompt is read in chunks, beside the others' steps
     poisoned = "A poisoned prompt"
     poisoned_ids = engine.tokenizer.encode(poisoned)
     real = fast.forward_reads
 
-    def forward_reads(model, reads):  # a pass that reads the poisoned prompt (or a slice of it) fails
-        if any(len(ids) >= 4 and ids == poisoned_ids[: len(ids)] for _, _, ids in reads):
+    def poisoned_piece(read: fast.Read) -> bool:
+        n = len(read.ids)
+        return read.kind == "prompt" and any(read.ids == poisoned_ids[k : k + n] for k in range(len(poisoned_ids)))
+
+    def forward_reads(model, reads):  # a pass that reads the poisoned prompt (or a piece of it) fails
+        if any(poisoned_piece(read) for read in reads):
             raise RuntimeError("injected failure")
         return real(model, reads)
 
@@ -167,7 +171,7 @@ def test_a_closed_or_finished_run_leaves_no_cache_and_no_thread(engine, monkeypa
 
 
 def test_beyond_the_bound_a_newcomer_waits_and_hears_its_place(engine, monkeypatch) -> None:
-    monkeypatch.setattr(engine.batcher, "max_rows", 2)
+    monkeypatch.setattr(engine.batcher.scheduler, "max_rows", 2)
     first = engine.stream("The cat", max_new_tokens=500, seed=1, stop_at_eos=False, window_mode="reprime")
     second = engine.stream(
         "Hello world!", max_new_tokens=500, seed=2, stop_at_eos=False, window=8, window_mode="reprime"
@@ -227,8 +231,10 @@ def test_the_memory_bound_counts_every_rows_full_cache(engine, monkeypatch) -> N
 
 
 def test_a_newcomer_sees_its_first_token_within_its_prefill_and_two_passes(engine, monkeypatch) -> None:
-    monkeypatch.setattr(fast, "PROMPT_CHUNK", 16)
-    monkeypatch.setattr(engine.batcher.budget, "tokens", lambda: 16)  # its prompt beside the others' steps: 16 a pass
+    monkeypatch.setattr(scheduler, "PIECE", 16)
+    monkeypatch.setattr(
+        engine.batcher.scheduler.budget, "tokens", lambda: 16
+    )  # its prompt beside the others' steps: 16 a pass
     running = [engine.stream(p, max_new_tokens=500, seed=k, stop_at_eos=False) for k, p in enumerate(["A", "B c"])]
     for steps in running:
         next(steps)
@@ -237,7 +243,7 @@ def test_a_newcomer_sees_its_first_token_within_its_prefill_and_two_passes(engin
     real = fast.forward_reads
 
     def counting(model, reads):
-        sizes.append(max(len(ids) for _, _, ids in reads))
+        sizes.append(max(len(ids) for _, _, ids, _ in reads))
         return real(model, reads)
 
     monkeypatch.setattr(fast, "forward_reads", counting)

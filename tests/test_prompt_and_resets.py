@@ -1,4 +1,4 @@
-"""A long phrase is read in chunks that report progress; a window reset with the shadow row costs one ordinary
+"""A long phrase is read in pieces that report progress; a window reset with the shadow row costs one ordinary
 step (no pause in the stream); q8's rows do not change each other, so the shadow row leaves the text alone."""
 
 from __future__ import annotations
@@ -8,30 +8,32 @@ import torch
 from conftest import runs_here
 
 import gpt2_engine
-from gpt2_engine import fast
+from gpt2_engine import fast, scheduler
 from gpt2_engine.autotune import Choice, Trial
 from gpt2_engine.quantize import Q8Linear, quantize_rows
 
 LONG = "The cat sat on the mat. Hello world! Is it raining? Yes, it is. Once upon a time there was a model. " * 3
 
 
-def test_a_long_prompt_is_read_in_chunks_that_report_progress_in_order(engine, monkeypatch) -> None:
-    monkeypatch.setattr(fast, "PROMPT_CHUNK", 16)
+def test_a_long_prompt_is_read_in_pieces_that_report_progress_in_order(engine, monkeypatch) -> None:
+    monkeypatch.setattr(scheduler, "PIECE", 16)
     reports: list[tuple[int, int]] = []
     chunked = list(engine.stream(LONG, on_prompt=lambda read, total: reports.append((read, total)), **SETTINGS))
     total = chunked[0].prompt_tokens
     assert total > 3 * 16
     assert reports == [(min(end, total), total) for end in range(16, total + 16, 16)]
-    monkeypatch.setattr(fast, "PROMPT_CHUNK", 10_000)  # the same prompt in one pass: the same tokens
+    monkeypatch.setattr(scheduler, "PIECE", 10_000)  # the same prompt in one pass: the same tokens
     assert [s.token_id for s in engine.stream(LONG, **SETTINGS)] == [s.token_id for s in chunked]
 
 
-def test_chunked_logits_equal_one_pass(engine, monkeypatch) -> None:
+def test_a_prompt_read_in_pieces_gives_the_logits_of_one_pass(engine) -> None:
     ids = engine.tokenizer.encode(LONG)[:90]
     with torch.inference_mode():
         whole = fast.FastContext(engine.model).prime(ids)
-        monkeypatch.setattr(fast, "PROMPT_CHUNK", 7)
-        torch.testing.assert_close(fast.FastContext(engine.model).prime(ids), whole, rtol=1e-4, atol=1e-4)
+        cache = fast.StaticKVCache(engine.model, rows=1)
+        for start in range(0, len(ids), 7):  # what the batch does with a prompt, 7 tokens a pass
+            pieces = fast.forward_reads(engine.model, [fast.Read(cache, 0, ids[start : start + 7], "prompt")])
+        torch.testing.assert_close(pieces[0], whole, rtol=1e-4, atol=1e-4)
 
 
 SETTINGS = dict(max_new_tokens=60, window=None, sampler="greedy", stop_at_eos=False, seed=0)
@@ -44,7 +46,7 @@ def forward_sizes(engine, monkeypatch, window_mode: str, window: int) -> list[li
     real = fast.forward_reads
 
     def counting(model, reads):
-        calls.append([len(ids) for _, _, ids in reads])
+        calls.append([len(read.ids) for read in reads])
         return real(model, reads)
 
     monkeypatch.setattr(fast, "forward_reads", counting)

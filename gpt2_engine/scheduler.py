@@ -1,0 +1,112 @@
+"""What each forward pass of a batch does, decided in one place (as llama.cpp's slots and vLLM's scheduler do):
+which waiting runs join the batch (`admit`), and what the pass reads (`plan`): every run's step, and of a prompt or
+a window's re-prime (a read of kind fast.PIECED) a piece, as many tokens as the budget allows beside others' steps
+(`PromptBudget`, as llama.cpp's n_ubatch and vLLM's chunked prefill), so that a 1,000-token phrase does not freeze
+the room; alone, PIECE tokens a pass. Each read says its kind where it is made (fast.Read), so nothing here is
+guessed from a read's length; the pass's kind (`Plan.kind`) is what the thread policy is told (fast.forward_reads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .fast import PIECED, Read
+
+Run = Any  # batching.Run (its `pending`, `rows`, `cache_bytes`): named here without importing batching
+PIECE = 256  # the most tokens of one prompt a pass reads: alone, a 1,024-token phrase takes 4 passes (its progress
+# told at each), and a q8 model's work buffers hold them (quantize.SCRATCH_ROWS)
+
+
+class PromptBudget:
+    """How many prompt tokens a pass reads beside other runs' steps: enough that the pass costs about STEP_SHARE
+    more than a pass of steps alone. Learned as it goes, from the passes' own times: a pass of steps alone says
+    what a step costs, and a pass with prompt tokens beside steps what each token adds."""
+
+    STEP_SHARE = 0.6  # a pass with prompt tokens costs at most about (1 + this) steps: others' gaps stay under 2x
+    FIRST = 8  # tokens a pass takes before anything is measured
+    LEAST = 4  # never fewer: a prompt always moves
+
+    def __init__(self) -> None:
+        self.step_s: float | None = None  # a pass of steps only (recent, smoothed)
+        self.token_s: float | None = None  # what a prompt token adds to a pass
+
+    def tokens(self) -> int:
+        if self.step_s is None or not self.token_s:
+            return self.FIRST
+        return max(self.LEAST, min(PIECE, int(self.STEP_SHARE * self.step_s / self.token_s)))
+
+    def timed(self, reads: list[Read], seconds: float) -> None:
+        """Learns from a pass: its reads and how long it took."""
+        prompt = sum(len(read.ids) for read in reads if read.kind in PIECED)
+        if not prompt:
+            self.step_s = seconds if self.step_s is None else 0.8 * self.step_s + 0.2 * seconds
+        elif self.step_s is not None and any(read.kind not in PIECED for read in reads):  # beside steps
+            per_token = max(0.0, seconds - self.step_s) / prompt
+            self.token_s = per_token if self.token_s is None else 0.7 * self.token_s + 0.3 * per_token
+
+
+@dataclass
+class Plan:
+    """One pass, as `Scheduler.plan` decided it."""
+
+    runs: list[Run] = field(default_factory=list)  # the runs it reads for, in the batch's order
+    reads: list[Read] = field(default_factory=list)  # what it reads
+    rest: dict[Run, list[Read]] = field(default_factory=dict)  # a pieced read's remainder, for the next passes
+
+    @property
+    def kind(self) -> Literal["steps", "prompt"]:
+        """ "steps" (steps and shadows only: the thread policy may try a count on it) or "prompt"."""
+        return "prompt" if any(read.kind in PIECED for read in self.reads) else "steps"
+
+
+class Scheduler:
+    """The batch's decisions: who joins (`admit`), what each pass reads (`plan`), and what passes cost (`timed`)."""
+
+    def __init__(self, max_rows: int):
+        self.max_rows = max_rows
+        self.kv_budget_bytes = 0  # set when a batch starts (batching.Batcher)
+        self.budget = PromptBudget()
+
+    def admit(self, waiting: list[Run], active: list[Run]) -> list[Run]:
+        """The waiting runs that join now, first come first served, while the batch's rows and cache bytes stay
+        within the bound (a run alone is always let in). They are taken off `waiting`."""
+        admitted: list[Run] = []
+        rows, cache = sum(run.rows for run in active), sum(run.cache_bytes for run in active)
+        while waiting:
+            run = waiting[0]
+            if (active or admitted) and (
+                rows + run.rows > self.max_rows or cache + run.cache_bytes > self.kv_budget_bytes
+            ):
+                break
+            admitted.append(waiting.pop(0))
+            rows, cache = rows + run.rows, cache + run.cache_bytes
+        return admitted
+
+    def plan(self, batch: list[Run], active: int = 0) -> Plan:
+        """The pass over `batch` (runs with reads pending): every run's steps and shadows whole, and of the pieced
+        reads (prompts, re-primes) a piece each, first come first served: `budget.tokens()` in all beside other
+        runs' steps, PIECE each when no run steps. `active`: the runs in the batch, this pass's and those waiting
+        for their readers (whose next step must not wait behind a whole piece either)."""
+        pieced = [run for run in batch if any(read.kind in PIECED for read in run.pending or ())]
+        stepping = len(batch) > len(pieced) or active > len(pieced)
+        left = self.budget.tokens() if stepping else PIECE * len(pieced)
+        plan = Plan()
+        for run in batch:
+            pending: list[Read] = run.pending or []
+            if not any(read.kind in PIECED for read in pending):
+                plan.runs.append(run)
+                plan.reads.extend(pending)
+                continue
+            if left <= 0 or len(pending) != 1:  # (a prompt or a re-prime is a single read)
+                continue
+            (read,) = pending
+            size = min(left, PIECE)
+            plan.runs.append(run)
+            plan.reads.append(read._replace(ids=read.ids[:size]))
+            if len(read.ids) > size:
+                plan.rest[run] = [read._replace(ids=read.ids[size:])]
+            left -= len(read.ids[:size])
+        return plan
+
+    def timed(self, plan: Plan, seconds: float) -> None:
+        self.budget.timed(plan.reads, seconds)
