@@ -60,7 +60,7 @@ body = st.container()  # the tabs' place
 # While a model loads, an empty placeholder takes the old tabs' place (its progress shows alone, not over a faded
 # copy of the page), and the new tabs then take the placeholder's: the same place either way, so no stale copy.
 cover = []
-if choice is None:  # a model served elsewhere (vLLM, llama.cpp's server): see gpt2_engine/remote.py
+if choice is None:  # a model served elsewhere (vLLM, llama.cpp's server): see gpt2_engine/remote/
     engine = model_picker.load_remote(backend, model_area)
 else:
     engine = model_picker.load_model(choice, model_area, loading_box, on_wait=lambda: cover.append(body.empty()))

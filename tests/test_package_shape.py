@@ -20,20 +20,33 @@ def imported_modules(path: Path, package: str | None = None) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:  # `from . import x` names modules too
-                base = f"{package}.{base}" if base else package
+            if node.level:  # `from . import x` names modules too; `from ..x` is the package above's x
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
                 found.update(f"{base}.{alias.name}" for alias in node.names if not node.module)
             found.add(base)
     return found
 
 
+def module_name(path: Path) -> str:
+    """gpt2_engine/remote/run.py -> gpt2_engine.remote.run; a package's __init__.py is the package."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def engine_files() -> list[Path]:
+    """The engine's modules, its subpackages' included (not the top __init__, which gathers the public names)."""
+    return [p for p in sorted(ENGINE.rglob("*.py")) if p != ENGINE / "__init__.py" and "shipped" not in p.parts]
+
+
 def engine_graph() -> dict[str, set[str]]:
-    modules = {f"gpt2_engine.{p.stem}" for p in ENGINE.glob("*.py") if p.stem != "__init__"}
-    return {
-        f"gpt2_engine.{p.stem}": imported_modules(p, "gpt2_engine") & modules
-        for p in ENGINE.glob("*.py")
-        if p.stem != "__init__"
-    }
+    modules = {module_name(p) for p in engine_files()}
+    graph = {}
+    for path in engine_files():
+        name = module_name(path)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        graph[name] = {m for m in imported_modules(path, package) if m in modules and m != name}
+    return graph
 
 
 def test_no_import_circle_in_the_engine() -> None:
@@ -55,7 +68,7 @@ def test_no_import_circle_in_the_engine() -> None:
 
 
 def test_the_engine_knows_nothing_of_the_page() -> None:
-    for path in ENGINE.glob("*.py"):
+    for path in ENGINE.rglob("*.py"):
         assert not {m for m in imported_modules(path, "gpt2_engine") if m.split(".")[0] in ("streamlit", "studio")}
 
 
@@ -68,3 +81,9 @@ def test_the_page_uses_the_engines_public_names_only() -> None:
                 assert {alias.name for alias in node.names} <= set(gpt2_engine.__all__), path.name
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "gpt2_engine":
                 assert node.attr in gpt2_engine.__all__, f"{path.name} uses gpt2_engine.{node.attr}"
+
+
+def test_every_subpackage_says_what_it_is_in_a_line() -> None:
+    for package in [p.parent for p in ENGINE.rglob("__init__.py") if p.parent != ENGINE]:
+        doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+        assert doc and doc.strip(), f"{package.name}/__init__.py has no docstring"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from gpt2_engine.server_answers import Chunk, slots_share
+from gpt2_engine.remote.answers import Chunk, slots_share
 
 LLAMA_SERVER_CHUNK = {  # /v1/completions, stream, logprobs=2: the chat API's form, every id named
     "text": "WF",

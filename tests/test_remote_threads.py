@@ -10,7 +10,7 @@ import pytest
 from fake_server import FakeServer, next_token
 
 from gpt2_engine import RemoteEngine
-from gpt2_engine.remote_tokens import PieceIds
+from gpt2_engine.remote.tokens import PieceIds
 
 DEADLINE_S = 60.0  # generous: two cores shared with other work
 

@@ -1,7 +1,7 @@
 """A GPT-2 served elsewhere (vLLM, llama.cpp's server), driven through the OpenAI-compatible completions API with
 the same `stream(prompt, settings) -> Iterator[Step]` as the local `Engine`, so the page and the command line
-change little. Its parts, one job each: remote_http.py (HTTP and its errors), remote_probe.py (what the server
-is), remote_tokens.py (its tokenizer), remote_run.py (a run: its state and loop); server_answers.py reads what
+change little. Its parts, one job each: server.py (HTTP and its errors), probe.py (what the server
+is), tokens.py (its tokenizer), run.py (a run: its state and loop); answers.py reads what
 servers send.
 
     engine = RemoteEngine("http://gpu-box:8000/v1")     # checks the server and its model at once
@@ -19,7 +19,7 @@ What stays on this side, and why:
 - **Stops.** The length, a sentence's end and <|endoftext|> (the server's `finish_reason` "stop") end the run as
   locally; a Step is handed on when the next chunk (or the end) has come, so the last Step carries its reason.
 - **Seeds.** Each request carries `seed` (the run's seed for the first, then seed + k x 1,000,003 for the k-th:
-  remote_run.SEED_STRIDE): on one server, one run at a time, the same seed and settings repeat the same text (tested on llama-cpp-python's
+  remote.run.SEED_STRIDE): on one server, one run at a time, the same seed and settings repeat the same text (tested on llama-cpp-python's
   server). vLLM's per-request seed repeats too on the same GPU and batch, not across versions or batch shapes.
 - **Candidates** come from `logprobs` (the top K, with the model's own probabilities at temperature 1 as the
   server reports them); the top-p set among them is worked out here. llama-cpp-python's server gives them only
@@ -28,7 +28,7 @@ What stays on this side, and why:
   the server's KV cache in use where it says it (vLLM's /metrics gauge; llama.cpp's llama-server's /slots, the
   tokens its busy slots hold over all its slots' context), else None.
 - **Forms.** Streamed `logprobs` come in the completions API's form (vLLM, llama-cpp-python) or the chat API's
-  (llama-server, which names every token's id); both are read (server_answers.py).
+  (llama-server, which names every token's id); both are read (answers.py).
 
 Every failure is a `RemoteError` (a StudioError) with a sentence a person can act on: a bad URL, a server that
 does not answer, a model that is not a GPT-2, a refused request, a server that drops mid-run (the Steps so far
@@ -44,10 +44,13 @@ import os
 from collections.abc import Callable, Generator
 from typing import Any
 
-from .decoding import Prompt, Step
-from .errors import SettingsError
-from .fast import Progress
-from .remote_http import (
+from ..decoding import Prompt, Step
+from ..errors import SettingsError
+from ..fast import Progress
+from ..settings import GenerationSettings
+from .probe import memory_note, probe
+from .run import RemoteRun, RequestLog
+from .server import (
     READ_TIMEOUT_S,
     BackendDroppedError,
     BackendRefusedError,
@@ -56,10 +59,7 @@ from .remote_http import (
     RemoteError,
     Server,
 )
-from .remote_probe import memory_note, probe
-from .remote_run import RemoteRun, RequestLog
-from .remote_tokens import PieceIds
-from .settings import GenerationSettings
+from .tokens import PieceIds
 
 __all__ = [
     "ENV_BACKEND",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from .remote_http import BackendRefusedError, Server
+from .server import BackendRefusedError, Server
 
 TOKENIZE_PATHS = ("/tokenize", "/extras/tokenize")  # vLLM and llama-server; llama-cpp-python's server
 

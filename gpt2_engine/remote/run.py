@@ -1,9 +1,9 @@
 """One run against a server: the window kept on this side, request after request, and a `Step` per streamed token
-(remote.py's note says what stays on this side, and why).
+(remote/__init__.py's note says what stays on this side, and why).
 
 A `RemoteRun` holds everything that belongs to one run (the ids and text so far, the requests it sent, the context
 the server turned out to have), so runs started from several threads on one `RemoteEngine` share nothing but the
-server's facts, which never change, and the ids of token texts (remote_tokens.PieceIds, under its lock).
+server's facts, which never change, and the ids of token texts (tokens.PieceIds, under its lock).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from contextlib import closing
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from .decoding import Candidate, Prompt, Step, length_stop
-from .fast import Progress
-from .remote_http import BackendDroppedError, BackendUnreachableError, RemoteError, Server
-from .remote_probe import ServerFacts, kv_usage
-from .remote_tokens import PieceIds, RemoteTokenizer
-from .server_answers import Chunk, Ranked
-from .settings import GenerationSettings
+from ..decoding import Candidate, Prompt, Step, length_stop
+from ..fast import Progress
+from ..settings import GenerationSettings
+from .answers import Chunk, Ranked
+from .probe import ServerFacts, kv_usage
+from .server import BackendDroppedError, BackendUnreachableError, RemoteError, Server
+from .tokens import PieceIds, RemoteTokenizer
 
 SEED_STRIDE = 1_000_003  # the k-th request of a run is seeded seed + k * SEED_STRIDE (mod 2**31)
 KV_EVERY = 8  # a request's tokens between two readings of the server's KV cache (and at its first)

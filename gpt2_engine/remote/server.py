@@ -3,7 +3,7 @@
 `Server(url)` holds the address and the waits; `post`, `get_json` and `read` ask it something, and `events` reads a
 streamed answer (server-sent events) as JSON objects. Every failure is a `RemoteError` (a StudioError) that says
 what to do: an address that is not one, a server that does not answer, a refused request, a server that drops in
-the middle of a run. What the answers mean is server_answers.py's; what to ask, remote_probe.py's and remote_run.py's.
+the middle of a run. What the answers mean is answers.py's; what to ask, probe.py's and run.py's.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import urllib.request
 from collections.abc import Callable, Generator
 from typing import Any
 
-from .errors import StudioError
-from .server_answers import error_message, http_error_message
+from ..errors import StudioError
+from .answers import error_message, http_error_message
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 120.0  # the longest wait for the next chunk: a long prompt's prefill on a slow server

@@ -1,4 +1,4 @@
-"""What OpenAI-compatible servers send, read as they send it (remote.py drives them): a streamed completion's
+"""What OpenAI-compatible servers send, read as they send it (remote/__init__.py drives them): a streamed completion's
 choice in either form of `logprobs`, an error's message, and what a server says of its KV cache (vLLM's /metrics
 gauge, llama.cpp's llama-server's /slots). Pure functions of the answers: tested on answers recorded off the
 servers (tests/test_remote_forms.py)."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .remote_http import NOT_ANSWERED, BackendRefusedError, NotGPT2Error, Server
-from .remote_tokens import RemoteTokenizer
-from .server_answers import gauge, slots_share
+from .answers import gauge, slots_share
+from .server import NOT_ANSWERED, BackendRefusedError, NotGPT2Error, Server
+from .tokens import RemoteTokenizer
 
 GPT2_VOCAB = 50257  # GPT-2's vocabulary: <|endoftext|> is its last token, 50256
 GPT2_POSITIONS = 1024  # GPT-2's context, taken when the server does not say its own
