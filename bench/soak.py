@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 import gpt2_engine
-from gpt2_engine import capabilities
+from gpt2_engine import capabilities, fast
 from gpt2_engine.memory import read_process_memory, release_freed_memory
 from gpt2_engine.threads import policy_for
 
@@ -223,8 +223,20 @@ def fairness(engine: gpt2_engine.Engine, tokens: int) -> None:
         time.sleep(0.05)
     ids = [i % 1000 + 300 for i in range(tokens)]
     long_phrase = engine.tokenizer.decode(ids)
+    pieces: list[int] = []  # the prompt tokens of each pass that read some: what the scheduler chose
+    real = fast.forward_reads
+
+    def recording(model, reads):
+        if any(read.kind == "prompt" for read in reads):
+            pieces.append(sum(len(read.ids) for read in reads if read.kind == "prompt"))
+        return real(model, reads)
+
+    fast.forward_reads = recording
     began = time.perf_counter()
-    first = next(iter(engine.stream(long_phrase, max_new_tokens=1, seed=9, window=None)))
+    try:
+        first = next(iter(engine.stream(long_phrase, max_new_tokens=1, seed=9, window=None)))
+    finally:
+        fast.forward_reads = real
     read_s = time.perf_counter() - began
     time.sleep(1.0)
     stop.set()
@@ -237,6 +249,7 @@ def fairness(engine: gpt2_engine.Engine, tokens: int) -> None:
         f"\n3 visitors streaming; a 4th's {first.prompt_tokens:,}-token phrase read in {read_s:.1f} s "
         f"(prompt budget now {engine.batcher.scheduler.budget.tokens()} tokens a pass)"
     )
+    print(f"the tokens of its phrase each pass read ({len(pieces)} passes): {', '.join(map(str, pieces))}")
     print(
         f"their gap: median {median:.3f} s before it; while it was read, longest {max(during):.3f} s "
         f"= {max(during) / median:.1f}x, median {statistics.median(during):.3f} s"
