@@ -53,7 +53,7 @@ def main() -> None:
     texts, length = at.slider(key="sweep_texts").value, at.slider(key="sweep_length").value
     print(
         f"{args.model}, {args.precision}: page loaded in {time.perf_counter() - started:.1f} s; the Sweep's defaults: "
-        f"windows {', '.join(map(str, at.multiselect(key='sweep_windows').value))}, {length} tokens, {texts} texts a "
+        f"windows {', '.join(map(str, at.multiselect(key='sweep_windows').value))}, {length} tokens, {texts} text{'s' if texts != 1 else ''} a "
         f"window (the Sweep's own: {', '.join(map(str, DEFAULT_WINDOWS))} and {DEFAULT_LENGTH} tokens, the model's "
         "largest window allowing)"
     )
