@@ -88,7 +88,7 @@ def compare(page, seed: int, out: Path, label: str) -> None:
     set_slider(panel, "Window A", 16)
     panel.get_by_role("textbox", name="Seed").fill(str(seed))
     panel.get_by_role("button", name="Compare").click()
-    panel.get_by_text("Their own texts, reread").first.wait_for(timeout=WAIT_MS)
+    panel.get_by_text("Their own texts").first.wait_for(timeout=WAIT_MS)
     time.sleep(1)  # the chart's last redraw
     page.screenshot(path=out / f"compare-{label}.png")
 

@@ -34,6 +34,9 @@ SWEEP_EXPLANATION = (
 )
 
 
+Y_TITLE = ["perplexity reading", "a real passage", "(lower: more coherent)"]
+
+
 def perplexity_domain(low: float, high: float) -> list[float]:
     """The sweep's y range: its perplexities with a tenth of their spread either side (labels above and below
     the extremes fit), never below 0."""
@@ -64,7 +67,9 @@ def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, An
     y = {
         "field": "perplexity",
         "type": "quantitative",
-        "title": "perplexity reading a real passage (lower: more coherent)",
+        # in short lines: a rotated title as long as the plot is tall squeezes the plot to nothing (Vega fits the
+        # title's length into the chart's height)
+        "title": Y_TITLE,
         "scale": y_scale,
         "axis": {"titleFontSize": 14, "labelFontSize": 12, "titleFontWeight": 600, "tickCount": 5},
     }

@@ -159,7 +159,26 @@ def sweep_then_stop(page, shot: Path) -> None:
     stop(page, "sweep_stop")
     panel.get_by_text("Sweep stopped").wait_for()
     assert_in_view(page, screen.SWEEP, line, None, None)
+    assert sweep_plot_height(page) >= 120, "the sweep's plot is squeezed: its points cannot show their order"
     page.screenshot(path=shot.with_name(shot.name.format(state="sweep-stopped")))
+
+
+# The height the sweep chart's y axis spans on screen (its labels' spread): a rotated axis title longer than the chart
+# is tall squeezed the plot to one line, with every point on it, and no check of the element's box could see it.
+PLOT_HEIGHT = """key => {
+    const chart = document.querySelector(`.st-key-${key} [data-testid="stVegaLiteChart"] svg`);
+    const columns = {};
+    for (const label of chart.querySelectorAll('.role-axis-label text')) {
+        const box = label.getBoundingClientRect();
+        (columns[Math.round(box.right)] ??= []).push(box.top);
+    }
+    const spreads = Object.values(columns).map(tops => Math.max(...tops) - Math.min(...tops));
+    return Math.max(0, ...spreads);  // the y axis: labels one above another, right-aligned to one column
+}"""
+
+
+def sweep_plot_height(page) -> float:
+    return page.evaluate(PLOT_HEIGHT, screen.SWEEP)
 
 
 @pytest.fixture(scope="module")
