@@ -33,7 +33,7 @@ from .charts import kv_unit
 from .controls import MAX_LENGTH, OFF
 from .run import Run
 from .run_view import TEXT_EVERY_S
-from .sweep_points import Sweep, by_window, sweep_points, sweep_reading
+from .sweep_points import Sweep, by_window, guesses_at_random, sweep_points, sweep_reading
 from .words import ordinal, window_label
 
 WINDOW_CHOICES = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 500)  # and the model's largest, and off
@@ -203,7 +203,7 @@ class SweepView:
         else:
             unit, _ = kv_unit(float(points["kv_bytes"].max()))
             reference = "off" if sweep.reference is None else str(sweep.reference)
-            spec = sweep_chart.sweep_chart(points, unit, reference)
+            spec = sweep_chart.sweep_chart(points, unit, reference, guesses_at_random(sweep))
             with self.chart.container():
                 st.vega_lite_chart(spec=spec, width="stretch", height=sweep_chart.SWEEP_HEIGHT_PX)
                 texts = sweep_chart.texts_chart(points, unit, sweep.texts)

@@ -49,10 +49,12 @@ def kv_domain(high: float) -> list[float]:
     return [0.0, (high or 1.0) * 1.06]
 
 
-def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, Any]:
+def sweep_chart(points: pd.DataFrame, unit: str, reference: str, guessing: bool = False) -> dict[str, Any]:
     """A sweep, one point per window (sweep_points.sweep_points: dataset `points`), x = peak KV cache in `unit`,
     y = perplexity, each point labelled by its window on the side its `side` column says. The reference window
-    (its label, e.g. "off") is drawn in grey; every other point in blue."""
+    (its label, e.g. "off") is drawn in grey; every other point in blue. `guessing`: the model reads like random
+    guessing (random weights): y from 0, so that its windows' noise of a few percent is drawn as the flat line it
+    is, not zoomed into a ranking."""
     x = {
         "field": "kv",
         "type": "quantitative",
@@ -61,7 +63,9 @@ def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, An
         "axis": {"titleFontSize": 14, "labelFontSize": 12, "titleFontWeight": 600, "tickCount": 6},
     }
     y_scale: dict[str, Any] = {"zero": False}
-    if not points.empty:
+    if not points.empty and guessing:
+        y_scale = {"zero": True, "nice": True}
+    elif not points.empty:
         domain = perplexity_domain(float(points["perplexity"].min()), float(points["perplexity"].max()))
         y_scale = {"zero": False, "domain": domain, "nice": False}
     y = {
@@ -95,7 +99,11 @@ def sweep_chart(points: pd.DataFrame, unit: str, reference: str) -> dict[str, An
     return {
         "title": {
             "text": "Memory against coherence, one point per window",
-            "subtitle": f"one point per window · grey: window {reference}, the reference · better: down and left",
+            "subtitle": (
+                "this model guesses at random (random weights): every window reads alike, from 0 up"
+                if guessing
+                else f"one point per window · grey: window {reference}, the reference · better: down and left"
+            ),
             **TITLE,
             "fontSize": 16,
             "subtitleFontSize": 13,

@@ -98,6 +98,12 @@ def place_labels(
     return sides
 
 
+def guesses_at_random(sweep: Sweep) -> bool:
+    """The model reads the passage about as well as picking tokens at random (random weights): the chart then draws
+    perplexity from 0, so that its windows' noise is not zoomed into a ranking."""
+    return any(guessing_note(run) for run in sweep.runs)
+
+
 def by_window(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """The complete rows, a list per window in the order first written (its texts in the order written)."""
     groups: dict[int | None, list[dict[str, Any]]] = {}
@@ -148,6 +154,8 @@ def sweep_points(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> pd.D
     frame["label"] = labels
     x_range = kv_domain(float(frame["kv"].max()))
     y_range = perplexity_domain(float(frame["perplexity"].min()), float(frame["perplexity"].max()))
+    if guesses_at_random(sweep):  # the chart draws y from 0 then (sweep_chart): the labels are placed on that
+        y_range = [0.0, float(frame["perplexity"].max()) * 1.1]
     points = list(zip(frame["kv"], frame["perplexity"], frame["label"]))
     frame["side"] = place_labels(points, (x_range[0], x_range[1]), (y_range[0], y_range[1]))
     return frame

@@ -285,3 +285,20 @@ def test_each_window_writes_several_texts_and_the_chart_draws_their_mean_and_ran
         assert points.loc[name, "perplexity"] == pytest.approx(expected_reading(page_engine, window).perplexity)
         assert len({run.generated for run in runs}) == 3  # three seeds, three texts
     assert "window 10 of a sweep, seed 6" in [run.label for run in at.session_state["history"]]
+
+
+def test_a_model_that_guesses_at_random_gets_its_perplexity_drawn_from_zero(page: AppTest) -> None:
+    """The tiny model's random weights read the passage like random guessing: a zoomed y axis would rank its
+    windows by noise (on the gpt2-xl stand-in, window 50 looked the most coherent). From 0, they are one flat row."""
+    import json
+
+    at = sweep(page)
+    chart = next(c for c in at.get("vega_lite_chart") if "points" in chart_data(c))
+    spec = json.loads(chart.proto.spec)
+    y = spec["layer"][0]["encoding"]["y"]
+    assert y["scale"] == {"zero": True, "nice": True} and "guesses at random" in spec["title"]["subtitle"]
+    from studio.sweep_chart import sweep_chart
+
+    points = sweep_points(at)
+    learned = sweep_chart(points, "kB", "off", guessing=False)["layer"][0]["encoding"]["y"]["scale"]
+    assert learned["zero"] is False and learned["domain"][0] > 0  # a model that has learned: zoomed on its spread
