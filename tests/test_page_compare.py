@@ -175,8 +175,9 @@ def test_each_window_writes_more_texts_with_the_next_seeds_each_the_run_it_would
             assert [s.token_id for s in run.steps] == [s.token_id for s in alone]
     labels = [run.label for run in at.session_state["history"]]
     assert "window 8 of a comparison, seed 7" in labels and "window off of a comparison, seed 6" in labels
-    said = " ".join(m.value for m in at.markdown)
-    assert "Their own texts, 3 each with the next seeds, reread: perplexity" in said and "one sample" not in said
+    assert _texts_sentence(comparison).startswith("Their own texts, 3 each with the next seeds, reread: perplexity")
+    said = " ".join(m.value for m in at.markdown)  # the tiny model guesses at random: its texts are noise, unsaid
+    assert "guesses at random" in said and "Their own texts" not in said
 
 
 def test_the_texts_sentence_says_when_their_ranges_overlap() -> None:
