@@ -17,7 +17,7 @@ import streamlit as st
 import gpt2_engine
 from gpt2_engine import format_bytes, memory_csv, record_json, settings_from_record
 
-from . import charts, keys, runner, status
+from . import charts, keys, runner, status, visits
 from .run import Run
 from .run_view import text_html
 from .words import count, tokens
@@ -204,8 +204,8 @@ def render(engine: gpt2_engine.TextEngine | None) -> None:
         )
         return
     st.caption(
-        f"{count(len(runs), 'run')} this visit, newest first (the last {runner.HISTORY_LIMIT} "
-        "are kept). Downloads are made when you click them."
+        f"{count(len(runs), 'run')} this visit, newest first (the last {runner.HISTORY_LIMIT} are kept, within "
+        f"{format_bytes(visits.HISTORY_BYTES)}). Downloads are made when you click them."
     )
     for run in reversed(runs):
         _entry(run)
