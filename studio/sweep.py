@@ -203,10 +203,11 @@ class SweepView:
         else:
             unit, _ = kv_unit(float(points["kv_bytes"].max()))
             reference = "off" if sweep.reference is None else str(sweep.reference)
-            spec = sweep_chart.sweep_chart(points, unit, reference, guesses_at_random(sweep))
+            guessing = guesses_at_random(sweep)
+            spec = sweep_chart.sweep_chart(points, unit, reference, guessing)
             with self.chart.container():
                 st.vega_lite_chart(spec=spec, width="stretch", height=sweep_chart.SWEEP_HEIGHT_PX)
-                texts = sweep_chart.texts_chart(points, unit, sweep.texts)
+                texts = sweep_chart.texts_chart(points, unit, sweep.texts, guessing)
                 st.vega_lite_chart(spec=texts, width="stretch", height=sweep_chart.TEXTS_HEIGHT_PX)
         reading = sweep_reading(sweep, rows)
         if reading:

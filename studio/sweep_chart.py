@@ -63,8 +63,8 @@ def sweep_chart(points: pd.DataFrame, unit: str, reference: str, guessing: bool 
         "axis": {"titleFontSize": 14, "labelFontSize": 12, "titleFontWeight": 600, "tickCount": 6},
     }
     y_scale: dict[str, Any] = {"zero": False}
-    if not points.empty and guessing:
-        y_scale = {"zero": True, "nice": True}
+    if not points.empty and guessing:  # from 0, with room above the points for their labels
+        y_scale = {"zero": True, "domain": [0.0, float(points["perplexity"].max()) * 1.2], "nice": False}
     elif not points.empty:
         domain = perplexity_domain(float(points["perplexity"].min()), float(points["perplexity"].max()))
         y_scale = {"zero": False, "domain": domain, "nice": False}
@@ -129,9 +129,10 @@ def sweep_chart(points: pd.DataFrame, unit: str, reference: str, guessing: bool 
     }
 
 
-def texts_chart(points: pd.DataFrame, unit: str, texts: int) -> dict[str, Any]:
+def texts_chart(points: pd.DataFrame, unit: str, texts: int, guessing: bool = False) -> dict[str, Any]:
     """Under the sweep: each window's own texts, reread with the whole context, at the same x as its point: their
-    mean (a ring) and range (a bar). Sampled texts are draws: the range says how far one press can land."""
+    mean (a ring) and range (a bar). Sampled texts are draws: the range says how far one press can land. `guessing`
+    (random weights): from 0, as the sweep's chart."""
     x = {
         "field": "kv",
         "type": "quantitative",
@@ -161,7 +162,7 @@ def texts_chart(points: pd.DataFrame, unit: str, texts: int) -> dict[str, Any]:
                         "field": "text_low",
                         "type": "quantitative",
                         "title": "perplexity",
-                        "scale": {"zero": False},
+                        "scale": {"zero": guessing},
                         "axis": {"tickCount": 3, "labelFontSize": 11},
                     },
                     "y2": {"field": "text_high"},

@@ -155,7 +155,7 @@ def sweep_points(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> pd.D
     x_range = kv_domain(float(frame["kv"].max()))
     y_range = perplexity_domain(float(frame["perplexity"].min()), float(frame["perplexity"].max()))
     if guesses_at_random(sweep):  # the chart draws y from 0 then (sweep_chart): the labels are placed on that
-        y_range = [0.0, float(frame["perplexity"].max()) * 1.1]
+        y_range = [0.0, float(frame["perplexity"].max()) * 1.2]
     points = list(zip(frame["kv"], frame["perplexity"], frame["label"]))
     frame["side"] = place_labels(points, (x_range[0], x_range[1]), (y_range[0], y_range[1]))
     return frame
