@@ -80,7 +80,9 @@ class Step:
     candidates: tuple[Candidate, ...] = ()  # the most likely tokens at this step, if asked for
     memory_limit_bytes: int = 0  # the memory guard's limit for this run
     start_rss_bytes: int = 0  # the process's resident memory just before this run (before its prompt was read)
-    server_kv_usage: float | None = None  # a remote backend's KV cache in use, as a share, where it says (gpt2_engine/remote)
+    server_kv_usage: float | None = (
+        None  # a remote backend's KV cache in use, as a share, where it says (gpt2_engine/remote)
+    )
     threads: int = 0  # the thread count this process decoded with at this token (threads.policy_for); 0: not here
     read_ahead_bytes: int = 0  # of kv_bytes: the next window, read ahead of a reset near (fast.FastContext's shadow)
 

@@ -371,8 +371,8 @@ def run_comparison(
             _new_run(
                 engine, prompt, replace(settings, seed=seed + text), f"{label} of a comparison, seed {seed + text}"
             )
-            for text in range(1, default_texts(engine))
-        ]
+            for text in range(1, 1 if settings.autograd else default_texts(engine))  # tutorial mode: its memory
+        ]  # is the lesson there, and each further text would take autograd's time and memory again
         for settings, label in zip(pair, labels)
     )
     comparison = Comparison(prompt, seed, (runs[0], runs[1]), (more[0], more[1]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,13 @@ from gpt2_engine import capabilities, decoding
 from gpt2_engine.memory import MemoryReading
 from gpt2_engine.serving import SharedModel, TurnQueue, plan_load
 from gpt2_engine.stats import RunStats, generated_text, memory_rows
+
+
+@pytest.fixture(autouse=True)
+def no_models_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test counts only the models it loads: the page tests' models, which the page's cache keeps alive in this
+    process, would otherwise count against the bound of two (serving.MOST_MODELS)."""
+    monkeypatch.setattr(gpt2_engine.serving, "_ALIVE", weakref.WeakSet())
 
 
 def test_stats_add_up_the_steps(engine: gpt2_engine.Engine) -> None:
@@ -177,10 +185,6 @@ def test_a_third_model_waits_until_one_of_two_in_use_is_let_go(tiny_model_dir, t
     held. A load that would make a third alive fails, naming the two; once one is let go, it loads."""
     import shutil
 
-    import streamlit as st
-
-    st.cache_resource.clear()  # the page tests' models, held by the page's cache in this process, go first
-    assert gpt2_engine.serving.models_alive() == []
     folders = [str(shutil.copytree(tiny_model_dir, tmp_path / f"model-{n}")) for n in range(3)]
     first = SharedModel(folders[0], "fp32").get()
     second = SharedModel(folders[1], "fp32").get()
