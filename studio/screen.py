@@ -72,7 +72,7 @@ def keep_in_view(where, area: str) -> None:
     )
 
 
-# Each text box of a finished comparison scrolled so that where the two texts part (the `.parted` span compare.py
+# Each text box of a finished comparison scrolled so that where the two texts part (the `.parted` span compare_view.py
 # tints) shows, two lines of what they share above it; while it writes, a box keeps its newest line in view.
 PARTING_SCRIPT = """
 (() => {
