@@ -97,22 +97,6 @@ def _form(
 # ---- running it ---------------------------------------------------------------------------------------
 
 
-def _new_run(engine: gpt2_engine.Engine, prompt: str, settings: gpt2_engine.GenerationSettings, label: str) -> Run:
-    return runner.remember(
-        Run(
-            prompt,
-            settings,
-            engine.name,
-            engine.weight_bytes,
-            kind="compare",
-            label=label,
-            precision=engine.precision,
-            kv_per_token=engine.kv_bytes_per_token,
-            vocab_size=engine.shape.vocab_size,
-        )
-    )
-
-
 def run_comparison(
     engine: gpt2_engine.Engine, prompt: str, pair: tuple[gpt2_engine.GenerationSettings, ...], view: CompareView
 ) -> Comparison:
@@ -124,12 +108,17 @@ def run_comparison(
     seed = pair[0].seed
     assert seed is not None  # the form always sets one (controls.seed_or_new)
     runs = tuple(
-        _new_run(engine, prompt, settings, f"{label} of a comparison") for settings, label in zip(pair, labels)
+        runner.new_run(engine, prompt, settings, "compare", f"{label} of a comparison")
+        for settings, label in zip(pair, labels)
     )
     more = tuple(
         [
-            _new_run(
-                engine, prompt, replace(settings, seed=seed + text), f"{label} of a comparison, seed {seed + text}"
+            runner.new_run(
+                engine,
+                prompt,
+                replace(settings, seed=seed + text),
+                "compare",
+                f"{label} of a comparison, seed {seed + text}",
             )
             for text in range(1, 1 if settings.autograd else default_texts(engine))  # tutorial mode: its memory
         ]  # is the lesson there, and each further text would take autograd's time and memory again

@@ -49,12 +49,17 @@ class Run:
     vocab_size: int = 0  # the model's tokens: a perplexity near it is a model guessing at random (random weights)
     started_at: float = field(default_factory=time.time)
     memory_note: str = ""  # a remote backend's: what its memory chart can show, in words ("" for a local model)
+    _step_size: int = field(default=0, repr=False, compare=False)  # step_bytes of one of its steps, once measured
     tab: str = ""  # the session id of the browser tab that wrote it (visits: a reload, or another tab, stopped it)
 
     def footprint(self) -> int:
         """About how many bytes its steps take in this process: its step count times what its last step takes
         (a run's steps all carry the same fields and as many candidates). What bounds History (visits)."""
-        return len(self.steps) * step_bytes(self.steps[-1]) if self.steps else 0
+        if not self.steps:
+            return 0
+        if not self._step_size:  # measured once: History's bound asks at every script run, for every visit
+            self._step_size = step_bytes(self.steps[-1])
+        return len(self.steps) * self._step_size
 
     @property
     def remote(self) -> bool:

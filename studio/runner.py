@@ -52,6 +52,25 @@ def remember(run: Run) -> Run:
     return run
 
 
+def new_run(
+    engine: gpt2_engine.Engine, prompt: str, settings: gpt2_engine.GenerationSettings, kind: str, label: str
+) -> Run:
+    """A run of the model in this process (a Compare or sweep run), remembered in History as it starts."""
+    return remember(
+        Run(
+            prompt,
+            settings,
+            engine.name,
+            engine.weight_bytes,
+            kind=kind,
+            label=label,
+            precision=engine.precision,
+            kv_per_token=engine.kv_bytes_per_token,
+            vocab_size=engine.shape.vocab_size,
+        )
+    )
+
+
 @st.cache_resource(show_spinner=False)
 def turn_queue() -> TurnQueue:
     """One per server: step mode's steps and coherence scoring take turns, whoever asks (streams batch instead)."""

@@ -273,19 +273,7 @@ def run_sweep(engine: gpt2_engine.Engine, request: SweepRequest, view: SweepView
         for each in settings:
             seed = f", seed {each.seed}" if sweep.texts > 1 else ""
             label = f"{window_label(each.window)} of a sweep{seed}"
-            run = runner.remember(
-                Run(
-                    request.prompt,
-                    each,
-                    engine.name,
-                    engine.weight_bytes,
-                    kind="sweep",
-                    label=label,
-                    precision=engine.precision,
-                    kv_per_token=engine.kv_bytes_per_token,
-                    vocab_size=engine.shape.vocab_size,
-                )
-            )
+            run = runner.new_run(engine, request.prompt, each, "sweep", label)
             sweep.runs.append(run)
             with turns.turn(waiting=view.show_waiting):
                 runner.write(engine, run, lambda run: view.writing(sweep, run))
