@@ -145,10 +145,24 @@ def int8_dynamic_fbgemm(shapes: Shapes, rows: int) -> Built:
 
 
 def q8_engine(shapes: Shapes, rows: int) -> Built:
-    """The engine's q8 (quantize.Q8Linear): fbgemm's dynamic linear, each row scaled apart."""
-    from gpt2_engine.quantize import Q8Linear, quantize_rows
+    """The engine's q8 (q8.Q8Linear): fbgemm's dynamic linear, each row scaled apart."""
+    from gpt2_engine.q8 import Q8Linear
+    from gpt2_engine.quantize import quantize_rows
 
     ws = [(i, Q8Linear(*quantize_rows(torch.randn(o, i) * 0.02), torch.zeros(o))) for i, o in shapes]
+    xs = _inputs(shapes, rows)
+    return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]
+
+
+def q8_prompt_kernel(shapes: Shapes, rows: int) -> Built:
+    """The engine's q8 in a pass that reads a prompt (q8.PromptKernel: oneDNN, AMX where the CPU has it; from
+    PROMPT_ROWS rows, fbgemm below)."""
+    from gpt2_engine.q8 import Q8Linear, Scratch
+    from gpt2_engine.quantize import quantize_rows
+
+    scratch = Scratch(prompt_kernel=True)
+    scratch.prompt_pass = True
+    ws = [(i, Q8Linear(*quantize_rows(torch.randn(o, i) * 0.02), torch.zeros(o), scratch)) for i, o in shapes]
     xs = _inputs(shapes, rows)
     return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]
 
@@ -224,6 +238,7 @@ KERNELS: list[tuple[str, Callable[[Shapes, int], Built]]] = [  # weights are bui
     ("int8 weights dequantized to bf16, F.linear", int8_dequantized),
     ("int8 weights and activations (fbgemm dynamic)", int8_dynamic_fbgemm),
     ("int8 weights, activations 8-bit per row (the engine's q8, fbgemm)", q8_engine),
+    ("the engine's q8 reading a prompt (its prompt kernel, oneDNN)", q8_prompt_kernel),
     ("int8 weights, bf16 act, torch.compile (inductor, freezing)", int8_compiled),
     ("int8 weights and activations per 32 (ONNX Runtime MatMulNBits)", int8_onnx_runtime),
 ]

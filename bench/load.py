@@ -16,8 +16,8 @@ joiner's, and the process's peak RSS (sampled every 20 ms).
 Against a remote backend (vLLM, llama.cpp's server: gpt2_engine.remote) each visitor is an HTTP client streaming
 from the server, and the peak RSS is the server's (--server-pid), which this process cannot see otherwise.
 
-The batch's bound on rows is raised here to the largest K + 1 (--max-rows to set it), so that the joiner of the
-largest K is decoded beside the others rather than queued (the page's default is 8: GPT2_STUDIO_MAX_ROWS); the
+The batch's bound on runs is raised here to the largest K + 1 (--max-runs to set it), so that the joiner of the
+largest K is decoded beside the others rather than queued (the page's default is 8: GPT2_STUDIO_MAX_RUNS); the
 memory bound still holds. Beyond the bound visitors queue, which these figures would show as time to first token.
 """
 
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="auto", help="auto (what the page would pick), fp32, bf16, q8, ...")
     parser.add_argument("--tokens", type=int, default=64, help="tokens each visitor writes")
     parser.add_argument("--visitors", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--max-rows", type=int, help="the batch's bound on rows (default: the largest K + 1)")
+    parser.add_argument("--max-runs", type=int, help="the batch's bound on runs (default: the largest K + 1)")
     parser.add_argument("--backend", help="a server's OpenAI-compatible API (…/v1) instead of a model loaded here")
     parser.add_argument("--server-pid", type=int, help="with --backend: the server's process, for its peak RSS")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
@@ -202,9 +202,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{engine.name}; {args.tokens} tokens each")
     else:
         engine = gpt2_engine.load(args.model, dtype=args.precision)
-        engine.batcher.scheduler.max_rows = args.max_rows or max(args.visitors) + 1
+        engine.batcher.scheduler.max_runs = args.max_runs or max(args.visitors) + 1
         print(
-            f"{args.model} at {engine.precision}; batch bound {engine.batcher.scheduler.max_rows} rows; {args.tokens} each"
+            f"{args.model} at {engine.precision}; batch bound {engine.batcher.scheduler.max_runs} runs; {args.tokens} each"
         )
     for phrase in PHRASES[:2]:  # warm-up: first-pass allocations (the small heap each kind of pass grows once)
         list(engine.stream(phrase, max_new_tokens=4, seed=0))

@@ -175,6 +175,12 @@ def soak(
     )
     for error in failed[:5]:
         print("  failed:", error)
+    ttfts = sorted(t for v in results for t in v.ttfts_s)
+    if ttfts:
+        print(
+            f"time to first token, all {len(ttfts)} runs: median {statistics.median(ttfts):.1f} s, "
+            f"90th percentile {ttfts[int(0.9 * (len(ttfts) - 1))]:.1f} s, worst {ttfts[-1]:.1f} s"
+        )
     print(
         "\n| visitor | runs | failed | gap median / longest (s) | TTFT median / worst (s) |\n|---:|---:|---:|---|---|"
     )

@@ -37,6 +37,7 @@ import torch
 from . import capabilities, weights_cache
 from .fast import SHADOW_CHUNK, FastContext
 from .threads import policy_for
+from .window import Window
 
 FORMAT = 2  # bump when what a remembered choice means changes (2: a few layers measured, the shadow's chunk)
 CHOICES_FILE = "auto-precision.json"
@@ -124,7 +125,8 @@ def decode_steps(
     shadow row beside the main one, reading `shadow_chunk` tokens every `shadow_chunk` steps."""
     seconds, log_probs = [], []
     with torch.inference_mode(), policy_for(model).hold():
-        context = FastContext(model, window=len(ids) if rows == 2 else None, shadow_chunk=shadow_chunk)
+        window = Window(len(ids) if rows == 2 else None, model.config.n_positions)
+        context = FastContext(model, window, shadow=rows == 2, shadow_chunk=shadow_chunk)
         logits = context.prime(ids[:PRIME_TOKENS])
         for token in ids[PRIME_TOKENS:]:
             log_probs.append(logits.float().log_softmax(-1))

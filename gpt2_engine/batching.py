@@ -14,8 +14,9 @@ still gets a plain generator of Steps, fed from the batcher's thread.
 - A run leaves at once: the stream closed (Stop, a closed tab), finished, or raised. Its cache is dropped at the
   end of the pass under way; a run that raises ends only itself (a batched pass that raises is done again run
   by run: a failed pass changes no cache, since a row's length moves only once every layer is written).
-- A bound on rows: `max_rows` cache rows at once (GPT2_STUDIO_MAX_ROWS, default 8; a run with the shadow row
-  takes two), and their caches within KV_SHARE of the memory available when the batch started, each counted
+- A bound: `max_runs` runs at once (GPT2_STUDIO_MAX_RUNS, default 8: a pass reads a row for each run's step, and a
+  window's shadow row its few tokens only near a reset), and their caches within KV_SHARE of the memory
+  available when the batch started, each counted
   full (n_positions tokens, ModelShape.kv_bytes_per_token). Beyond it runs wait, first come first served,
   and their streams report how many runs are ahead (`on_wait`).
 - The batcher decodes at most LOOKAHEAD tokens ahead of a run's reader, so a slow reader does not hold the
@@ -32,7 +33,7 @@ Exactness: a row's arithmetic is the same batched or alone (its own cache, its o
 norms and activations); only the matrix products see more rows. In fp32 on the tests' tiny model the texts are
 identical, greedy or sampled. A BLAS may pick another kernel (another order of the sums) for another number of
 rows, so logits can differ in the last bits, and at bf16/fp16 (whose products round per block) a sampled token
-whose draw falls right at a boundary could differ. q8 (quantize.Q8Linear) scales each row by its own peak, so
+whose draw falls right at a boundary could differ. q8 (q8.Q8Linear) scales each row by its own peak, so
 rows stay independent: the integer products are exact and identical batched or not.
 """
 
@@ -52,16 +53,18 @@ import torch
 from torch import Tensor
 
 from . import fast
-from .decoding import Decoder, Reads, Step
+from .decoding import Decoder, Step
 from .fast import Progress, Read
-from .memory import available_bytes
+from .memory import available_bytes, release_freed_memory
 from .scheduler import Plan, Scheduler
 
-MAX_ROWS = 8  # beyond 8 rows a CPU's pass costs about as much more as the rows it adds
-MAX_ROWS_ENV = "GPT2_STUDIO_MAX_ROWS"
+MAX_RUNS = 8  # beyond 8 rows a CPU's pass costs about as much more as the rows it adds
+MAX_RUNS_ENV = "GPT2_STUDIO_MAX_RUNS"
 KV_SHARE = 0.5  # of the memory available when a batch starts, what its KV caches may take
 LOOKAHEAD = 2  # steps a run may have decoded that its reader has not taken yet
 IDLE_WAIT_S = 0.5  # longest wait for a reader to take a step when no run can advance
+TRIM_EVERY_S = 60.0  # freed heap handed back to the system this often while runs go on, and when the last ends: a
+# busy day's small allocations (sampling, Steps, pieces of prompts) otherwise leave the heap where its peak was
 
 
 _BATCHERS: weakref.WeakSet[Batcher] = weakref.WeakSet()
@@ -74,10 +77,10 @@ def _close_all() -> None:
         batcher.close()
 
 
-def max_rows_setting() -> int:
-    """The bound on rows: GPT2_STUDIO_MAX_ROWS if set (at least 1), else MAX_ROWS."""
-    value = os.environ.get(MAX_ROWS_ENV, "").strip()
-    return max(1, int(value)) if value.isdigit() else MAX_ROWS
+def max_runs_setting() -> int:
+    """The bound on runs decoded together: GPT2_STUDIO_MAX_RUNS if set (at least 1), else MAX_RUNS."""
+    value = os.environ.get(MAX_RUNS_ENV, "").strip()
+    return max(1, int(value)) if value.isdigit() else MAX_RUNS
 
 
 class ModelLock:
@@ -118,16 +121,15 @@ class Run:
     """One stream's run as the batcher keeps it."""
 
     make: Callable[[Progress], Decoder]  # builds its decoder (prompt not read yet), given where to report reading
-    rows: int  # cache rows it takes
     cache_bytes: int  # its caches, counted full
     ready: threading.Condition  # its reader waits on this (the batcher's lock): a step wakes its reader only
     outbox: deque = field(default_factory=deque)  # ("step", Step) | ("prompt", read, total) | ("error", exception);
     # appended and popped under the batcher's lock only
     steps_waiting: int = 0  # steps in the outbox: counted under that lock, read by the batcher's thread without it
     decoder: Decoder | None = None
-    reads: Reads | None = None  # the passes before its next step, under way
     pending: list[Read] | None = None  # what its next pass reads
     prompt_total: int = 0  # the tokens of the prompt being read a piece at a time (0: none), for its progress
+    joined: float = field(default_factory=time.monotonic)  # when its stream asked to join (the scheduler's turns)
     left: bool = False  # its reader closed the stream
     done: bool = False  # finished or failed: nothing more to decode
 
@@ -135,9 +137,9 @@ class Run:
 class Batcher:
     """Decodes every active run of one model together, on a thread of its own that ends when no run is left."""
 
-    def __init__(self, model: Any, lock: ModelLock, max_rows: int | None = None):
+    def __init__(self, model: Any, lock: ModelLock, max_runs: int | None = None):
         self.model, self.lock = model, lock
-        self.scheduler = Scheduler(max_rows if max_rows is not None else max_rows_setting())
+        self.scheduler = Scheduler(max_runs if max_runs is not None else max_runs_setting())
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # the batcher's thread (and join) wait on this
         self._waiting: list[Run] = []  # first come first served
@@ -148,6 +150,7 @@ class Batcher:
         self.rows_served = 0
         self.largest_batch = 0
         self._closed = False
+        self._trimmed = time.monotonic()  # when freed memory was last handed back (TRIM_EVERY_S)
         _BATCHERS.add(self)
 
     # ---- the reader's side ----------------------------------------------------------------------------------
@@ -155,7 +158,6 @@ class Batcher:
     def stream(
         self,
         make: Callable[[Progress], Decoder],
-        rows: int,
         cache_bytes: int,
         on_prompt: Progress | None = None,
         on_wait: Callable[[int], None] | None = None,
@@ -164,7 +166,7 @@ class Batcher:
         """A run's Steps as the batch decodes them. Joins at the first step asked for; while the bound keeps it
         waiting, calls `on_wait(runs ahead)` every `poll_s` (where a caller can give up by raising);
         `on_prompt(read, total)` as its prompt is read. Closing the generator takes the run out of the batch."""
-        run = Run(make, rows, cache_bytes, threading.Condition(self._lock))
+        run = Run(make, cache_bytes, threading.Condition(self._lock))
         self._join(run)
         try:
             while True:
@@ -248,11 +250,11 @@ class Batcher:
             with self._changed:
                 for run in self._active:
                     if run.left or run.done:
-                        run.decoder = run.reads = run.pending = None  # its cache goes now
+                        run.decoder = run.pending = None  # its cache goes now
                 self._active = [run for run in self._active if not (run.left or run.done)]
                 if self._closed:
                     for run in self._active + self._waiting:
-                        run.decoder = run.reads = run.pending = None
+                        run.decoder = run.pending = None
                         run.done = True
                         run.outbox.append(("error", RuntimeError("the process is ending")))
                         run.ready.notify()
@@ -262,6 +264,7 @@ class Batcher:
                 if not self._active:
                     self._thread = None
                     self._changed.notify_all()
+                    release_freed_memory()
                     return
                 active = list(self._active)
             with self.lock:
@@ -273,6 +276,9 @@ class Batcher:
                 batch = [run for run in active if run.pending and not run.done and not run.left]
                 if batch:
                     self._pass(batch)
+                if time.monotonic() - self._trimmed >= TRIM_EVERY_S:
+                    release_freed_memory()
+                    self._trimmed = time.monotonic()
             if not batch:
                 with self._changed:  # every run waits for its reader: wait for one to take a step (or leave)
                     self._changed.wait_for(lambda: self._can_advance(), IDLE_WAIT_S)
@@ -294,28 +300,27 @@ class Batcher:
             self._fail(run, error)
 
     def _advance(self, run: Run, logits: Tensor | None = None) -> None:
-        """Sends `logits` to the run's passes under way; steps its decoder whenever its passes are done, until it
-        has reads for the next pass, has LOOKAHEAD steps waiting, or ends."""
+        """Gives the run's decoder `logits` (its reads' rows of the pass just done) and takes its step; then steps
+        on while it needs nothing read, until it has reads for the next pass, has LOOKAHEAD steps waiting, or ends."""
         decoder = run.decoder
         assert decoder is not None
         try:
-            while True:
-                if run.reads is None:
-                    if run.left or run.steps_waiting >= LOOKAHEAD:
-                        return
-                    run.reads, logits = decoder.reads(), None
-                try:
-                    run.pending = next(run.reads) if logits is None else run.reads.send(logits)
+            if logits is not None:
+                decoder.took(logits)
+                if self._stepped(run, decoder):
                     return
-                except StopIteration:
-                    run.reads = logits = None
-                step = decoder.step()
-                self._put(run, ("step", step))
-                if decoder.finished:
-                    run.done = True
+            while not run.left and run.steps_waiting < LOOKAHEAD:
+                run.pending = decoder.reads() or None
+                if run.pending is not None or self._stepped(run, decoder):
                     return
         except Exception as error:  # noqa: BLE001 - handed to its reader: the run ends, the batch goes on
             self._fail(run, error)
+
+    def _stepped(self, run: Run, decoder: Decoder) -> bool:
+        """Takes the decoder's step and hands it to the reader; True when that step ended the run."""
+        self._put(run, ("step", decoder.step()))
+        run.done = decoder.finished
+        return run.done
 
     def _pass(self, batch: list[Run]) -> None:
         """One forward pass, as the scheduler plans it (every run's steps, a piece of a prompt or a re-prime);
@@ -362,5 +367,5 @@ class Batcher:
             run.ready.notify()
 
     def _fail(self, run: Run, error: BaseException) -> None:
-        run.done, run.pending, run.reads = True, None, None
+        run.done, run.pending = True, None
         self._put(run, ("error", error))

@@ -99,7 +99,7 @@ def _probe_int8() -> None:
 
 
 def _probe_q8() -> None:
-    """What quantize.Q8Linear does: fbgemm's packed int8 weights, activations made 8-bit at the call."""
+    """What q8.Q8Linear does: fbgemm's packed int8 weights, activations made 8-bit at the call."""
     with warnings.catch_warnings():  # quantized tensors are deprecated in torch: the probe notices removal
         warnings.simplefilter("ignore", UserWarning)
         weight = torch._make_per_channel_quantized_tensor(

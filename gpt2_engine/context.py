@@ -2,8 +2,8 @@
 
 `prime(ids)` drops whatever was held and reads `ids` in one batched forward pass; `append(token)`
 reads one more token against the cache. Both return the logits for the next token. The window
-logic in `generation.py` is written against this interface only, so a faster backend is a new
-class here, not a change there.
+logic in `decoding.py` is written against this interface (and the fast path's `FastContext`, which adds
+the same two calls as reads a batch can share).
 """
 
 from __future__ import annotations
@@ -14,16 +14,13 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .fast import Progress
 from .threads import policy_for
 
 
 class Context(Protocol):
     length: int  # tokens held (the positions the next token's key/value will follow)
 
-    def prime(self, ids: list[int], progress: Progress | None = None) -> Tensor: ...  # (vocab,) logits after the
-
-    # last id; `progress(read, total)` is called as the ids are read (a long prompt, in chunks)
+    def prime(self, ids: list[int]) -> Tensor: ...  # (vocab,) logits after the last id; drops what was held
 
     def append(self, token_id: int) -> Tensor: ...  # (vocab,) logits after this token
 
@@ -51,15 +48,12 @@ class KVCacheContext:
         self.length += len(ids)
         return out.logits[0, -1]  # (vocab,)
 
-    def prime(self, ids: list[int], progress: Progress | None = None) -> Tensor:
+    def prime(self, ids: list[int]) -> Tensor:
         from transformers import DynamicCache
 
         assert 0 < len(ids) <= self.model.config.n_positions, "the window logic keeps the context under the limit"
         self.cache, self.length = DynamicCache(config=self.model.config), 0
-        logits = self._forward(ids)  # in one pass, as the tutorial did
-        if progress is not None:
-            progress(len(ids), len(ids))
-        return logits
+        return self._forward(ids)  # in one pass, as the tutorial did
 
     def append(self, token_id: int) -> Tensor:
         assert self.length < self.model.config.n_positions, "position ids beyond the model's limit"

@@ -2,23 +2,22 @@
 
 As gpt-fast's `prefill` and `decode_one_token`, with the run's state in one object: the context (a row of
 tokens and its KV cache), every id so far, the sampler's generator, the text stream, the window and the
-memory guard. Step mode (stepping.py) is a Decoder plus undo and retune; `Engine.stream()` hands its decoders
-to the batch (batching.py), which reads every run's pending tokens in one forward pass: `reads()` says what a
-decoder needs read before its next step, as passes a batch can do beside other runs', and `step()` samples.
-Alone, `step()` does those passes itself. Nothing here knows of `Engine`: a decoder needs a model and its
-tokenizer only (and, shared with other users of the model, the lock that keeps its forward passes one at a time).
+memory guard. A step is three plain calls: `reads()` says what must be read before the next token (the prompt;
+the newest token; a window's reset), whoever does the forward pass gives `took(logits)` its logits, and `step()`
+samples. Alone, `read_newest()` does the pass itself; `Engine.stream()` hands its decoders to the batch
+(batching.py), which reads every run's reads in one pass. Step mode (stepping.py) is a Decoder plus undo and
+retune. Nothing here knows of `Engine`: a decoder needs a model and its tokenizer only (and, shared with other
+users of the model, the lock that keeps its forward passes one at a time).
 
-Window N (see docs/engine.md, "Window N"): after every N-th generated token the decoder re-primes: it drops the
-cache and reads the last N ids of prompt + generated, in one batched forward pass, or, with the shadow row
-(window_mode "shadow"), from a second cache row that read them on the way (fast.py). The model then holds at
-most max(prompt, N) + N - 1 tokens. With the window off the whole context is kept until it reaches the
-model's limit, then re-primed from the most recent half.
+Window N: when the run resets and what it keeps is window.Window's to say. A reset drops the cache and reads the
+last N ids of prompt + generated in one batched pass, or, with the shadow row (window_mode "shadow"), from a
+second cache row that read them on the way (fast.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,15 +25,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from . import fast
 from .context import Context, KVCacheContext
 from .detokenize import REPLACEMENT, TextStream, byte_decoder
-from .fast import SHADOW_CHUNK, FastContext, Progress, Read, run_passes
+from .fast import SHADOW_CHUNK, FastContext, Progress, Read
 from .memory import available_bytes, read_process_memory, release_freed_memory
 from .sampling import PICKERS, Distribution, distribution, draw, new_generator
 from .settings import GenerationSettings
 from .threads import policy_for
+from .window import Window
 
-Reads = Generator[list[Read], Tensor, None]  # a decoder's passes before its next step (fast.Passes)
 Backend = Literal["fast", "reference"]  # fast.py's forward and static cache, or transformers' own (the reference)
 WindowMode = Literal["reprime", "shadow"]  # how a window reset reads the last N tokens (see the module's note)
 
@@ -96,16 +96,14 @@ class Prompt:
     text: str  # the prompt text as given (after replacing characters that cannot be encoded)
 
     @classmethod
-    def fit(
-        cls, prompt: str, tokenize: Callable[[str], list[int]], eos_token_id: int, n_positions: int, window: int | None
-    ) -> Prompt:
+    def fit(cls, prompt: str, tokenize: Callable[[str], list[int]], eos_token_id: int, window: Window) -> Prompt:
         """Token ids for a prompt: an empty prompt starts a fresh document (<|endoftext|>), and a prompt
-        longer than the model allows keeps its most recent tokens (limit - N with window N on)."""
+        longer than the window's room (Window.prompt_room) keeps its most recent tokens."""
         text = str(prompt).encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates -> "?"
         ids = tokenize(text) if text else []
         if not ids:
             ids = [eos_token_id]
-        dropped = max(0, len(ids) - (n_positions - (window or 0)))
+        dropped = max(0, len(ids) - window.prompt_room())
         return cls(ids[dropped:], dropped, text)
 
 
@@ -133,12 +131,16 @@ def new_context(
 ) -> Context:
     """A fresh context for one run. Tutorial mode runs as the tutorial did: autograd on, transformers' own
     cache, so each step's graph stays reachable from the cache and memory grows with the square of the context.
-    The fast path's cache is sized to what the run can hold: with window N, max(prompt, N) + N tokens a row."""
+    The fast path's cache is sized to what the run can hold (Window.row_positions)."""
     if backend == "reference" or settings.autograd:
         return KVCacheContext(model)
-    window = settings.window
-    positions = max(prompt_tokens, window) + window if window is not None else None
-    return FastContext(model, window if window_mode == "shadow" else None, positions, shadow_chunk, keep=window)
+    window = Window(settings.window, model.config.n_positions)
+    return FastContext(model, window, shadowed(settings, backend, window_mode), shadow_chunk, prompt_tokens)
+
+
+def shadowed(settings: GenerationSettings, backend: Backend, window_mode: WindowMode) -> bool:
+    """Whether a run keeps the shadow row (fast.FastContext): a window, read ahead, on the fast path."""
+    return backend == "fast" and not settings.autograd and settings.window is not None and window_mode == "shadow"
 
 
 def token_text(tokenizer: Any, token_id: int) -> str:
@@ -187,7 +189,7 @@ class Decoder:
     ):
         self.model, self.tokenizer, self.prompt, self.settings, self.seed = model, tokenizer, prompt, settings, seed
         self.stops = stops
-        self.n_positions: int = model.config.n_positions
+        self.window = Window(settings.window, model.config.n_positions)
         self.start = time.perf_counter()
         self.generator = new_generator(seed)
         self.text = TextStream(tokenizer)
@@ -196,6 +198,7 @@ class Decoder:
         self.reset = False  # the last read was a re-prime: the next Step says so
         self.unread = False  # the newest id is not read yet (step() reads it first)
         self.prompt_read = False
+        self._reading: tuple[str, int] | None = None  # what `took` finishes: ("prompt" | "reset" | "token", ids)
         self.finished = False
         self.on_prompt = on_prompt
         self.lock = lock
@@ -263,67 +266,74 @@ class Decoder:
         )
 
     def read_newest(self) -> None:
-        """Reads what is not read yet (the prompt, or the newest token), alone: see `reads`."""
-        if self.prompt_read and not self.unread:
-            return
+        """Reads what is not read yet (the prompt, or the newest token), alone: `reads`, one pass, `took`."""
         with self.lock or nullcontext(), self._grad_mode():
-            run_passes(self.model, self.reads())
+            reads = self.reads()
+            if reads:
+                self.took(fast.forward_reads(self.model, reads))
 
-    def reads(self) -> Reads:
-        """The forward passes the next step needs first, as fast.Passes: the prompt (in chunks), or the newest
-        token against the cache, or, when the window (or the model's limit) says so, a re-prime. None once read.
-        A batch (batching.py) does them beside other runs'; a context without passes (transformers' own cache,
-        tutorial mode) reads here, alone, with no pass to yield."""
+    def reads(self) -> list[Read]:
+        """What must be read before the next step (fast.Read): the prompt; or the newest token against the cache,
+        with the shadow row's read-ahead beside it; or, when the window says so (Window.reset_keep), the ids it
+        keeps, read again. Whoever does the forward pass then calls `took` with its logits; [] when nothing is left
+        to read. A context without reads to share (transformers' own cache, tutorial mode) reads here, at once,
+        and answers []."""
+        assert self._reading is None, "took() finishes the reads given before"
         if not self.prompt_read:
-            self.prompt_read = True
-            self.logits = yield from self._read("prime", self.ids, self.on_prompt)
-            return
-        if not self.unread:
-            return
-        self.unread = False
-        window = self.settings.window
-        if window is not None and self.generated % window == 0:
-            yield from self._reprime_reads(window)
-        elif self.context.length + 1 > self.n_positions:  # window off and the context is full
-            yield from self._reprime_reads(self.n_positions // 2)
+            what, keep = "prompt", len(self.ids)
+        elif not self.unread:
+            return []
         else:
-            self.logits = yield from self._read("append", self.ids[-1], reset_in=self._reset_in())
-            self.reset = False
+            reset = self.window.reset_keep(self.generated, self.context.length)
+            what, keep = ("token", 1) if reset is None else ("reset", reset)
+        self._reading = (what, keep)
+        context = self.context
+        if isinstance(context, FastContext):
+            if what == "token":
+                return context.append_reads(self.ids[-1], self._read_ahead_from())
+            return context.prime_reads(self.ids[-keep:])
+        with self._grad_mode():
+            self._took(context.append(self.ids[-1]) if what == "token" else context.prime(self.ids[-keep:]))
+        return []
 
-    def _reset_in(self) -> int | None:
-        """How many tokens are read after the newest before the window's next reset; None when the run ends first
-        (it reads nothing ahead for a reset it will not reach), or when reading ahead would hold more than the
-        window off ever holds in this run (the reset then reads the window in one pass, as a re-prime does)."""
-        window, settings = self.settings.window, self.settings
-        if window is None or not self.stops:
-            return None if window is None else 0
-        reset_at = (self.generated // window + 1) * window  # the reset is read once this many tokens are written
+    def took(self, logits: Tensor) -> None:
+        """The logits of a forward pass over the reads `reads()` gave, one row per read."""
+        assert isinstance(self.context, FastContext)
+        self._took(self.context.took(logits))
+
+    def _took(self, logits: Tensor) -> None:
+        assert self._reading is not None
+        (what, keep), self._reading = self._reading, None
+        self.logits = logits
+        if what == "prompt":
+            self.prompt_read = True
+            if self.on_prompt is not None:
+                self.on_prompt(keep, keep)
+            return
+        self.unread, self.reset = False, what == "reset"
+        if self.reset:
+            self.held_from = len(self.ids) - keep
+            if self.settings.autograd:
+                release_freed_memory()  # the dropped cache's graph is gone: let the chart show the drop
+
+    def _read_ahead_from(self) -> int | None:
+        """Tokens read after the newest before the window's next reset, for the shadow row (Window.read_ahead_from);
+        with no stops (step mode: a person ends the run) the run may reach any reset."""
+        settings = self.settings
+        if not self.stops:
+            return None if settings.window is None else 0
         last = settings.max_new_tokens + (settings.sentence_end_max_extra if settings.stop_at_sentence_end else 0)
-        held = (len(self.prompt.ids) if reset_at == window else window) + window - 1  # the context, just before it
-        off_holds = min(len(self.prompt.ids) + last, self.n_positions)  # the most the window off holds
-        if reset_at >= last or held + window > off_holds:
-            return None
-        return reset_at - self.generated - 1
+        return self.window.read_ahead_from(self.generated, len(self.prompt.ids), last)
 
     def reprime(self, keep: int) -> None:
-        """The window's reset: drops the cache and reads the last `keep` ids again."""
+        """Drops the cache and reads the last `keep` ids again (step mode's undo of a reset)."""
+        assert self._reading is None and self.prompt_read
+        self._reading = ("reset", keep)
         with self.lock or nullcontext(), self._grad_mode():
-            run_passes(self.model, self._reprime_reads(keep))
-
-    def _reprime_reads(self, keep: int) -> Reads:
-        self.logits = yield from self._read("prime", self.ids[-keep:])
-        self.held_from, self.reset, self.unread = len(self.ids) - keep, True, False
-        if self.settings.autograd:
-            release_freed_memory()  # the dropped cache's graph is gone: let the chart show the drop
-
-    def _read(self, operation: str, *args: Any, **fast: Any) -> Generator[list[Read], Tensor, Tensor]:
-        """The context's `prime` or `append`, as passes where it has them (fast.FastContext, which is also told
-        `fast`), else done here."""
-        passes = getattr(self.context, f"{operation}_passes", None)
-        if passes is None:
-            with self._grad_mode():
-                return getattr(self.context, operation)(*args)
-        return (yield from passes(*args, **fast))
+            if isinstance(self.context, FastContext):
+                self.took(fast.forward_reads(self.model, self.context.prime_reads(self.ids[-keep:])))
+            else:
+                self._took(self.context.prime(self.ids[-keep:]))
 
     def _grad_mode(self) -> AbstractContextManager:
         return torch.enable_grad() if self.settings.autograd else torch.inference_mode()

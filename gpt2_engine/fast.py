@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Generator
-from typing import Any, Literal, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .q8 import prompt_pass
 from .threads import policy_for
+from .window import Window
 
 SHADOW_CHUNK = 4  # tokens the shadow row reads at a time, beside a main-row step, unless `auto` measured a
 # better number here (autotune.Choice.shadow_chunk): 5 rows cost about 1 in q8's integer kernel on AVX-512
@@ -119,11 +121,6 @@ class Read(NamedTuple):
     kind: Kind = "step"
 
 
-Passes = Generator[list[Read], Tensor, Tensor]  # the forward passes an operation needs: it yields each pass's
-# reads, is sent their logits ((reads, vocab)), and returns the next-token logits it was after
-Done = TypeVar("Done")  # what an operation's passes return (Passes: the logits; a decoder's reads: None)
-
-
 def forward(model: Any, cache: StaticKVCache, segments: list[Segment]) -> Tensor:
     """Reads each segment's tokens into its row of `cache`, after what the row holds already, and returns the
     next-token logits after each segment's last token: (len(segments), vocab). See `forward_reads`."""
@@ -140,7 +137,10 @@ def forward_reads(model: Any, reads: list[Read]) -> Tensor:
     Attention is per read, over its own row only: a row never sees another's tokens. The pass runs with the
     thread count the model's thread policy gives it (threads.policy_for; and teaches it what that count cost)."""
     steps_only = not any(read.kind in PIECED for read in reads)  # a pass of steps (and shadows) only
-    with policy_for(model).run_pass(sum(len(read.ids) for read in reads), may_try=steps_only):
+    with (
+        policy_for(model).run_pass(sum(len(read.ids) for read in reads), may_try=steps_only),
+        prompt_pass(model, not steps_only),  # q8's matrices read a prompt's rows with their prompt kernel
+    ):
         return _forward_reads(model, reads)
 
 
@@ -183,17 +183,6 @@ def _forward_reads(model: Any, reads: list[Read]) -> Tensor:
     return model.lm_head(transformer.ln_f(x[last]))  # (reads, vocab)
 
 
-def run_passes(model: Any, passes: Generator[list[Read], Tensor, Done]) -> Done:
-    """Does an operation's passes one by one, alone (no other run beside it); returns what they return (the
-    logits of fast.Passes)."""
-    try:
-        reads = next(passes)
-        while True:
-            reads = passes.send(forward_reads(model, reads))
-    except StopIteration as done:
-        return done.value
-
-
 def _causal_mask(start: int, n: int, device: torch.device) -> Tensor | None:
     """None where SDPA's own is_causal is right (one token, or a row read from position 0); else token t of
     the segment sees what the row held and the segment up to t."""
@@ -203,9 +192,13 @@ def _causal_mask(start: int, n: int, device: torch.device) -> Tensor | None:
 
 
 class FastContext:
-    """The `Context` of generation.py on the fast forward; with `window`, a shadow row spares each reset its prefill.
+    """The `Context` of decoding.py on the fast forward; with a window, a shadow row spares each reset its prefill.
 
-    Near a reset (`append_passes`' `reset_in`), the shadow row takes the tokens since the last reset a few at a
+    Each operation is two plain calls: `prime_reads(ids)` or `append_reads(token)` says what a forward pass must
+    read (fast.Read), and `took(logits)` finishes it with that pass's logits. Whoever does the pass (`prime` and
+    `append` here, alone; or the batch, beside other runs') sits between them.
+
+    Near a reset (`append_reads`' `reset_in`), the shadow row takes the tokens since the last reset a few at a
     time (`shadow_chunk`), beside the main row's token in the same forward pass, so that it holds them when the
     reset comes: the reset is then one ordinary step of the shadow row's last few tokens, and the shadow becomes
     the main row. Until then the shadow row holds nothing, and its block is not allocated."""
@@ -213,78 +206,87 @@ class FastContext:
     def __init__(
         self,
         model: Any,
-        window: int | None = None,
-        positions: int | None = None,
+        window: Window | None = None,
+        shadow: bool = False,
         shadow_chunk: int = SHADOW_CHUNK,
-        keep: int | None = None,
+        prompt_tokens: int | None = None,
     ):
-        """`window`: keep a shadow row for this window; `positions`: the most tokens a row will hold (see
-        StaticKVCache); `shadow_chunk`: tokens the shadow row reads at a time; `keep`: the run's window (default
-        `window`), so that after a re-prime a row that held a long prompt is made again at the window's size."""
+        """`window`: the run's window (default off); `shadow`: keep a shadow row for it; `shadow_chunk`: tokens the
+        shadow row reads at a time; `prompt_tokens`: the run's prompt, if known, so that the main row is sized to
+        what the run can hold (window.Window.row_positions), else to the model's limit."""
         assert supports(model.config), unsupported_reason(model.config)  # load() refuses such models
-        assert shadow_chunk >= 1
+        assert shadow_chunk >= 1 and not (shadow and (window is None or window.size is None))
         self.model = model
-        self.window = window
-        self.keep = keep if keep is not None else window
-        self.primed = False  # the first prime is the prompt's: its row is sized for it already
-        self.shadowed = window is not None
+        self.window = window or Window(None, model.config.n_positions)
+        self.shadowed = shadow
         self.shadow_chunk = shadow_chunk
-        main = min(positions or model.config.n_positions, model.config.n_positions)
+        self.primed = False  # the first prime is the prompt's: its row is sized for it already
         # the shadow row's block is made when it starts reading (`_shadow_reads`), and freed when a reset hands it on
-        sizes = [main, 0] if window is not None else [main]
-        self.cache = StaticKVCache(model, rows=len(sizes), positions=sizes)
+        main = self.window.row_positions(prompt_tokens) if prompt_tokens is not None else self.window.n_positions
+        self.cache = StaticKVCache(model, rows=2 if shadow else 1, positions=[main, 0][: 1 + shadow])
         self.main, self.shadow = 0, 1
         self.shadow_ids: list[int] = []  # every token since the last reset: those the shadow row holds ...
         self.pending: list[int] = []  # ... followed by these, which it has not read yet
         self.length = 0
         self.resets_by_shadow = 0  # how many primes the shadow row answered without a prefill
+        self._reading: Literal["prime", "shadow", "append"] | None = None  # the operation `took` finishes
 
-    def prime(self, ids: list[int], progress: Progress | None = None) -> Tensor:
-        return run_passes(self.model, self.prime_passes(ids, progress))
+    def prime(self, ids: list[int]) -> Tensor:
+        """Drops what the cache holds and reads `ids` (one pass, alone); the logits after the last of them."""
+        return self.took(forward_reads(self.model, self.prime_reads(ids)))
 
     def append(self, token_id: int) -> Tensor:
-        return run_passes(self.model, self.append_passes(token_id))
+        """Reads one more token (one pass, alone); the logits after it."""
+        return self.took(forward_reads(self.model, self.append_reads(token_id)))
 
-    def prime_passes(self, ids: list[int], progress: Progress | None = None) -> Passes:
-        """`prime` as a pass (see `Passes`), so that a batch can read it beside other runs' steps: the run's phrase
-        ("prompt") or a window's reset ("reprime") as one read, which the batch (or `run_passes`) reads a piece at a
-        time; or, where the shadow row holds all but the newest token, those few ("shadow"). `progress` is told
-        once it is read."""
+    def prime_reads(self, ids: list[int]) -> list[Read]:
+        """What a `prime` reads: the run's phrase ("prompt") or a window's reset ("reprime") as one read, which a
+        batch reads a piece at a time; or, where the shadow row holds all but the newest token, those few
+        ("shadow")."""
+        assert self._reading is None, "one operation at a time"
         if self.shadowed and self.shadow_ids + self.pending == ids[:-1]:
             # the shadow holds (or is owed) all but the newest token: read those, then swap roles
             self._make_shadow_row()  # if a reset comes that the run did not expect to reach
-            logits = (yield [Read(self.cache, self.shadow, [*self.pending, ids[-1]], "shadow")])[0]
-            self.main, self.shadow = self.shadow, self.main
-            self.resets_by_shadow += 1
-        else:
-            self.cache.lengths[self.main] = 0
-            if self.primed and self.keep is not None:  # a window's re-prime: what the row holds until the next one
-                bound = max(len(ids), self.keep) + self.keep
-                if self.cache.capacity(self.main) > bound:  # it held a long prompt: hand the rest back
-                    self.cache.resize(self.main, bound)
-            assert len(ids) <= self.cache.capacity(self.main), "the window logic keeps a prime within the cache"
-            logits = (yield [Read(self.cache, self.main, ids, "reprime" if self.primed else "prompt")])[0]
-            if progress is not None:
-                progress(len(ids), len(ids))
-        if self.window is not None:  # the other row (the old main one) holds nothing until the next reset is near
-            self.cache.lengths[self.shadow], self.shadow_ids, self.pending = 0, [], []
-            if self.cache.capacity(self.shadow):
-                self.cache.resize(self.shadow, 0)
-        self.primed = True
-        self.length = self.cache.lengths[self.main]
-        return logits
+            self._reading = "shadow"
+            return [Read(self.cache, self.shadow, [*self.pending, ids[-1]], "shadow")]
+        self.cache.lengths[self.main] = 0
+        if self.primed:  # a window's re-prime: what the row holds until the next one
+            bound = self.window.row_positions(len(ids))
+            if self.cache.capacity(self.main) > bound:  # it held a long prompt: hand the rest back
+                self.cache.resize(self.main, bound)
+        assert len(ids) <= self.cache.capacity(self.main), "the window logic keeps a prime within the cache"
+        self._reading = "prime"
+        return [Read(self.cache, self.main, ids, "reprime" if self.primed else "prompt")]
 
-    def append_passes(self, token_id: int, reset_in: int | None = 0) -> Passes:
-        """`append` as a pass (see `Passes`). `reset_in`: how many appends follow this one before the window's
-        next reset (a `prime` of the last `window` ids); None when the run ends before it, so no shadow is read."""
+    def append_reads(self, token_id: int, reset_in: int | None = 0) -> list[Read]:
+        """What an `append` reads: the token, and the shadow row's read-ahead beside it where the reset is near.
+        `reset_in`: how many appends follow this one before the window's next reset; None when the run ends before
+        it, so no shadow is read."""
+        assert self._reading is None, "one operation at a time"
         assert self.length < self.cache.capacity(self.main), "position ids beyond what this cache holds"
         reads: list[Read] = [Read(self.cache, self.main, [token_id], "step")]
         if self.shadowed:
             self.pending.append(token_id)
             reads += self._shadow_reads(reset_in)
-        logits = (yield reads)[0]
+        self._reading = "append"
+        return reads
+
+    def took(self, logits: Tensor) -> Tensor:
+        """Finishes the operation begun (`prime_reads`, `append_reads`) with its pass's logits, one row per read;
+        returns the main row's next-token logits."""
+        reading, self._reading = self._reading, None
+        assert reading is not None, "took() follows prime_reads() or append_reads()"
+        if reading == "shadow":
+            self.main, self.shadow = self.shadow, self.main
+            self.resets_by_shadow += 1
+        if reading != "append":
+            if self.shadowed:  # the other row (the old main one) holds nothing until the next reset is near
+                self.cache.lengths[self.shadow], self.shadow_ids, self.pending = 0, [], []
+                if self.cache.capacity(self.shadow):
+                    self.cache.resize(self.shadow, 0)
+            self.primed = True
         self.length = self.cache.lengths[self.main]
-        return logits
+        return logits[0]
 
     def _shadow_reads(self, reset_in: int | None) -> list[Read]:
         """The shadow row's read beside this step, if any: a chunk of its pending tokens, once the reset is near
@@ -299,8 +301,7 @@ class FastContext:
     def _make_shadow_row(self) -> None:
         """Allocates the (empty) shadow row's block if it has none: once it is the main row, it holds the window
         and what follows it."""
-        assert self.window is not None
-        size = min(2 * self.window, self.cache.n_positions)
+        size = self.window.shadow_positions()
         if self.cache.capacity(self.shadow) < size:
             self.cache.resize(self.shadow, size)
 

@@ -21,12 +21,13 @@ import torch
 
 from .autotune import Choice
 from .batching import Batcher, ModelLock
-from .decoding import Backend, Candidate, Decoder, Prompt, Step, WindowMode, candidates, token_text
+from .decoding import Backend, Candidate, Decoder, Prompt, Step, WindowMode, candidates, shadowed, token_text
 from .errors import SettingsError
 from .fast import SHADOW_CHUNK, Progress
 from .sampling import Distribution
 from .settings import MAX_SEED, GenerationSettings
 from .shapes import ModelShape, Precision
+from .window import Window
 
 
 class Engine:
@@ -84,7 +85,7 @@ class Engine:
     def prepare_prompt(self, prompt: str, window: int | None) -> Prompt:
         """Token ids for a prompt (Prompt.fit), by this model's tokenizer."""
         eos = self.eos_token_id if self.eos_token_id is not None else 0
-        return Prompt.fit(prompt, self.tokenizer.encode, eos, self.n_positions, window)
+        return Prompt.fit(prompt, self.tokenizer.encode, eos, Window(window, self.n_positions))
 
     def stream(
         self,
@@ -113,7 +114,7 @@ class Engine:
         )
         rows = self.cache_rows(settings, backend, window_mode)
         cache_bytes = rows * self.n_positions * self.kv_bytes_per_token
-        return self.batcher.stream(lambda reading: make(on_prompt=reading), rows, cache_bytes, on_prompt, on_wait)
+        return self.batcher.stream(lambda reading: make(on_prompt=reading), cache_bytes, on_prompt, on_wait)
 
     def _alone(
         self, prompt: str, settings: GenerationSettings, backend: Backend, window_mode: WindowMode, on_prompt
@@ -127,8 +128,7 @@ class Engine:
     @staticmethod
     def cache_rows(settings: GenerationSettings, backend: Backend, window_mode: WindowMode) -> int:
         """Cache rows a run takes: two with the shadow row (fast.FastContext), else one."""
-        shadowed = backend == "fast" and not settings.autograd and settings.window and window_mode == "shadow"
-        return 2 if shadowed else 1
+        return 2 if shadowed(settings, backend, window_mode) else 1
 
     def decoder(
         self,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import autotune, capabilities, fast, quantize, weights_cache
+from . import autotune, capabilities, fast, q8, quantize, weights_cache
 from .errors import ModelLoadError, NotEnoughMemoryError, PrecisionUnavailableError
 from .finding import read_shape, require_hub, resolve_name
 from .generation import Engine
@@ -223,7 +223,7 @@ def _probe_model(source: str, config: PreTrainedConfig, precision: str, device: 
         hf_logging.enable_progress_bar()
     model.to(device).eval()
     if precision == "q8":
-        quantize.to_q8(model)
+        q8.to_q8(model)
     elif precision == "int8":
         quantize.to_int8(model)
     elif converts_itself:
@@ -279,7 +279,7 @@ def _weights(
         say(doing)
         told = _every_few_seconds(say, doing)
         if precision == "q8":
-            converted = quantize.to_q8(model, saved, progress=told)
+            converted = q8.to_q8(model, saved, progress=told)
         else:
             converted = quantize.to_int8(model, saved=saved, progress=told)
         if saved is None:

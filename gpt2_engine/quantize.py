@@ -4,16 +4,15 @@ Each GPT-2 matrix (the Conv1D layers and the LM head) is swapped, one at a time,
 holds its weight in the new form, so the old copy is freed before the next is made and loading
 never holds two full copies. Every path (the fast forward, the reference forward, scoring) runs
 through the swapped modules. Kernels are torch's own: `_weight_int8pack_mm` (int8, bf16 activations),
-fbgemm's dynamic linear (q8: 8-bit activations), oneDNN's `_linear_pointwise` (bf16); which of them runs
+fbgemm's dynamic linear (q8, with oneDNN's int8 kernel for prompts: q8.py), oneDNN's `_linear_pointwise`
+(bf16); which of them runs
 on a CPU is probed by capabilities.py, which is fastest there is measured by autotune.py, and
 `python -m bench.kernels` times them all over one model's matrices.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
-import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +29,6 @@ from .threads import cores
 # it took 9 ms for 1-2 rows, 20 for 8, 52 for 20 and 109 for 50, while dequantizing to bf16 and one matmul
 # took ~23 ms at any of those (12 matrices, 2 threads; `python -m bench.kernels --rows 20 --only int8`).
 DEQUANTIZE_FROM_ROWS = 8
-SCRATCH_ROWS = 320  # q8's work buffers hold this many rows: a prompt chunk (scheduler.PIECE, 256) and the
-# decode steps of a full batch beside it (8 runs, each its token and a shadow row's few); larger passes slice
 
 
 class Int8Linear(nn.Module):
@@ -94,15 +91,15 @@ class PackedLinear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
 
-_LAYER_MATRICES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # the order `_matrices` gives them in
+_LAYER_MATRICES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # the order `matrices` gives them in
 
 
 def _matrix_names(model: Any) -> list[str]:
-    """The names the weights cache keeps `_matrices` under, in the same order."""
+    """The names the weights cache keeps `matrices` under, in the same order."""
     return [f"{i}.{name}" for i in range(len(model.transformer.h)) for name in _LAYER_MATRICES] + ["lm_head"]
 
 
-def _matrices(model: Any):
+def matrices(model: Any):
     """(parent module, attribute name, weight as (out, in), bias) for every matrix a token reads."""
     for block in model.transformer.h:
         for parent, name in (
@@ -144,7 +141,7 @@ def swap_matrices(model: Any, make: Any, progress: Converted | None = None, work
         if parent is not model:  # the LM head's weight is the embedding's, still in use
             drop_file_pages(weight)
 
-    items = zip(_matrix_names(model), _matrices(model))  # lazily: the old matrices are read as they are made
+    items = zip(_matrix_names(model), matrices(model))  # lazily: the old matrices are read as they are made
     if workers == 1:
         for done, (name, item) in enumerate(items, 1):
             place(item, made(name, item[2], item[3]), done)
@@ -203,97 +200,10 @@ def to_int8(
 def int8_fits(model: Any, saved: dict[str, Tensor]) -> bool:
     """Whether saved int8 matrices have exactly this model's names, shapes and dtypes (reads no weights)."""
     expected = {}
-    for name, (_, _, weight, _) in zip(_matrix_names(model), _matrices(model)):
+    for name, (_, _, weight, _) in zip(_matrix_names(model), matrices(model)):
         expected[f"{name}.weight"] = (tuple(weight.shape), torch.int8)
         expected[f"{name}.scales"] = ((weight.shape[0],), torch.float32)
     return {key: (tuple(t.shape), t.dtype) for key, t in saved.items()} == expected
-
-
-class Q8Linear(nn.Module):
-    """y = x W^T + b with W in int8 per channel and x made 8-bit at each call, by fbgemm's dynamic linear:
-    integer products, which read the int8 weights faster than any kernel that keeps x in floating point
-    (docs/measurements.md, Performance). Like llama.cpp's q8_0, which scales x per 32 values, x is scaled per row here:
-    fbgemm quantizes a whole call with one scale, so each row is divided by its own largest value first, and
-    a first row holding 1 and -1 pins the call's range to [-1, 1]. So a row's result does not depend on the
-    other rows of its call (the shadow row, a prompt's other tokens). On CPUs without VNNI, fbgemm's 8-bit
-    products can saturate, so x keeps 7 bits there (`reduce_range`), as torch's dynamic quantization does."""
-
-    bias: Tensor  # a buffer: typed here, as torch types a module's attributes Tensor | Module
-
-    def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None, scratch: Scratch | None = None):
-        """weight: int8 (out, in); scales and bias: fp32; scratch: the model's work buffers (one per model)."""
-        super().__init__()
-        zero = torch.zeros(weight.shape[0], dtype=torch.long)
-        with warnings.catch_warnings():  # quantized tensors are deprecated in torch: the probe notices removal
-            warnings.simplefilter("ignore", UserWarning)
-            quantized = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero, 0)
-        self.packed = torch.ops.quantized.linear_prepack(quantized, None)  # a copy, in fbgemm's layout
-        drop_file_pages(weight)  # the int8 matrix, when it is mapped from the weights cache, is not read again
-        self.register_buffer("bias", torch.zeros(weight.shape[0]) if bias is None else bias.float())
-        self.out_features = weight.shape[0]
-        self.packed_bytes = weight.numel() + 4 * self.out_features  # int8 matrix + fbgemm's column offsets
-        self.reduce_range = REDUCE_RANGE
-        self.scratch = scratch or Scratch()
-        self.scratch.unit(weight.shape[1])  # made now, at load: part of what the process holds before any run
-
-    def forward(self, x: Tensor) -> Tensor:
-        rows = x.reshape(-1, x.shape[-1])  # (R, in)
-        # (R, 1); abs().amax() is the inf-norm, at a seventh of vector_norm's cost for 8 rows
-        peak = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
-        unit = self.scratch.unit(rows.shape[1])  # row 0 pins the range to [-1, 1]; the rows go after it
-        capacity = unit.shape[0] - 1
-        if rows.shape[0] <= capacity:
-            return self._rows(rows, peak, unit).view(*x.shape[:-1], self.out_features)
-        out = torch.empty(rows.shape[0], self.out_features)  # a pass larger than the scratch (scoring a long
-        for start in range(0, rows.shape[0], capacity):  # text): in slices, each row's result is its own anyway
-            part = slice(start, start + capacity)
-            out[part] = self._rows(rows[part], peak[part], unit)
-        return out.view(*x.shape[:-1], self.out_features)
-
-    def _rows(self, rows: Tensor, peak: Tensor, unit: Tensor) -> Tensor:
-        n = rows.shape[0]
-        torch.div(rows, peak, out=unit[1 : n + 1])  # every row within [-1, 1], the pin spanning it
-        y = torch.ops.quantized.linear_dynamic(unit[: n + 1], self.packed, self.reduce_range)[1:]
-        return torch.addcmul(self.bias, y, peak)  # bias + y * peak
-
-
-class Scratch:
-    """A model's work buffers for Q8Linear, one per input width, made at load and reused by every matrix and
-    every pass (one forward at a time per model: engine.lock), so that what a pass allocates does not depend on
-    its number of rows: a day of phrases of every length adds nothing. A pass of more rows than `rows` is done
-    in slices. Each buffer's row 0 holds the pin [1, -1, 0, ...] that fixes fbgemm's range for the call."""
-
-    def __init__(self, rows: int = SCRATCH_ROWS):
-        self.rows = rows
-        self._units: dict[int, Tensor] = {}
-
-    def unit(self, width: int) -> Tensor:
-        """The (rows + 1, width) buffer for matrices that read `width` values a row."""
-        unit = self._units.get(width)
-        if unit is None:
-            made = torch.zeros(self.rows + 1, width)
-            made[0, :2] = torch.tensor([1.0, -1.0])
-            unit = self._units.setdefault(width, made)  # two matrices converted at once: one buffer still
-        return unit
-
-    @property
-    def nbytes(self) -> int:
-        return sum(unit.numel() * unit.element_size() for unit in self._units.values())
-
-
-def _has_vnni() -> bool:
-    from .capabilities import cpu_flags
-
-    return bool({"avx512_vnni", "avx_vnni", "avx512vnni"} & cpu_flags())
-
-
-REDUCE_RANGE = not _has_vnni()
-
-
-def to_q8(model: Any, saved: dict[str, Tensor] | None = None, progress: Converted | None = None) -> dict:
-    """int8 weights packed for fbgemm, activations fp32 between the matrices and 8-bit inside them; the
-    matrices share one Scratch."""
-    return to_int8(model, torch.float32, saved, functools.partial(Q8Linear, scratch=Scratch()), progress)
 
 
 def to_packed(model: Any, dtype: torch.dtype = torch.bfloat16, progress: Converted | None = None) -> None:

@@ -1,20 +1,23 @@
 """What each forward pass of a batch does, decided in one place (as llama.cpp's slots and vLLM's scheduler do):
 which waiting runs join the batch (`admit`), and what the pass reads (`plan`): every run's step, and of a prompt or
-a window's re-prime (a read of kind fast.PIECED) a piece, as many tokens as the budget allows beside others' steps
+a window's re-prime (a read of kind fast.PIECED) a piece, shortest first (`turn`), as many tokens as the budget
+allows beside others' steps
 (`PromptBudget`, as llama.cpp's n_ubatch and vLLM's chunked prefill), so that a 1,000-token phrase does not freeze
 the room; alone, PIECE tokens a pass. Each read says its kind where it is made (fast.Read), so nothing here is
 guessed from a read's length; the pass's kind (`Plan.kind`) is what the thread policy is told (fast.forward_reads)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .fast import PIECED, Read
 
-Run = Any  # batching.Run (its `pending`, `rows`, `cache_bytes`): named here without importing batching
+Run = Any  # batching.Run (its `pending`, `cache_bytes`, `joined`): named here without importing batching
+AGED_S = 60.0  # a phrase read for this long goes ahead of shorter ones (`turn`)
 PIECE = 256  # the most tokens of one prompt a pass reads: alone, a 1,024-token phrase takes 4 passes (its progress
-# told at each), and a q8 model's work buffers hold them (quantize.SCRATCH_ROWS)
+# told at each), and a q8 model's work buffers hold them (q8.SCRATCH_ROWS)
 
 
 class PromptBudget:
@@ -22,7 +25,8 @@ class PromptBudget:
     more than a pass of steps alone. Learned as it goes, from the passes' own times: a pass of steps alone says
     what a step costs, and a pass with prompt tokens beside steps what each token adds."""
 
-    STEP_SHARE = 0.6  # a pass with prompt tokens costs at most about (1 + this) steps: others' gaps stay under 2x
+    STEP_SHARE = 1.0  # a pass with prompt tokens costs at most about (1 + this) steps: others' gaps stay about 2x
+    # a step's (0.6 kept them under 1.6x, but read a phrase beside eight writers at a third of the machine)
     FIRST = 8  # tokens a pass takes before anything is measured
     LEAST = 4  # never fewer: a prompt always moves
 
@@ -59,41 +63,52 @@ class Plan:
         return "prompt" if any(read.kind in PIECED for read in self.reads) else "steps"
 
 
+def turn(run: Run, now: float) -> tuple[bool, int, float]:
+    """Which pieced read gets the budget first: one that has waited AGED_S or more (first come first served among
+    them), then the one with the fewest tokens left, as shortest-remaining-first scheduling does: of eight phrases
+    being read at once, the short ones start writing in a second or two instead of queueing behind the long ones,
+    and a long one waits at most about AGED_S before it goes first."""
+    return now - run.joined < AGED_S, len(run.pending[0].ids), run.joined
+
+
 class Scheduler:
     """The batch's decisions: who joins (`admit`), what each pass reads (`plan`), and what passes cost (`timed`)."""
 
-    def __init__(self, max_rows: int):
-        self.max_rows = max_rows
+    def __init__(self, max_runs: int):
+        self.max_runs = max_runs
         self.kv_budget_bytes = 0  # set when a batch starts (batching.Batcher)
         self.budget = PromptBudget()
 
     def admit(self, waiting: list[Run], active: list[Run]) -> list[Run]:
-        """The waiting runs that join now, first come first served, while the batch's rows and cache bytes stay
-        within the bound (a run alone is always let in). They are taken off `waiting`."""
+        """The waiting runs that join now, first come first served, while the batch's runs and cache bytes stay
+        within the bound (a run alone is always let in). They are taken off `waiting`. A run counts once, window or
+        not: its shadow row reads a few tokens beside its step only near a reset (fast.FastContext), so counting it
+        as a second run kept half the room waiting for rows that are idle most of the time."""
         admitted: list[Run] = []
-        rows, cache = sum(run.rows for run in active), sum(run.cache_bytes for run in active)
+        cache = sum(run.cache_bytes for run in active)
         while waiting:
             run = waiting[0]
             if (active or admitted) and (
-                rows + run.rows > self.max_rows or cache + run.cache_bytes > self.kv_budget_bytes
+                len(active) + len(admitted) >= self.max_runs or cache + run.cache_bytes > self.kv_budget_bytes
             ):
                 break
             admitted.append(waiting.pop(0))
-            rows, cache = rows + run.rows, cache + run.cache_bytes
+            cache += run.cache_bytes
         return admitted
 
-    def plan(self, batch: list[Run], active: int = 0) -> Plan:
+    def plan(self, batch: list[Run], active: int = 0, now: float | None = None) -> Plan:
         """The pass over `batch` (runs with reads pending): every run's steps and shadows whole, and of the pieced
-        reads (prompts, re-primes) a piece each, first come first served: `budget.tokens()` in all beside other
-        runs' steps, PIECE each when no run steps. `active`: the runs in the batch, this pass's and those waiting
-        for their readers (whose next step must not wait behind a whole piece either)."""
+        reads (prompts, re-primes) a piece each, in `turn` order: `budget.tokens()` in all beside other runs' steps,
+        PIECE each when no run steps. `active`: the runs in the batch, this pass's and those waiting for their
+        readers (whose next step must not wait behind a whole piece either)."""
         pieced = [run for run in batch if any(read.kind in PIECED for read in run.pending or ())]
         stepping = len(batch) > len(pieced) or active > len(pieced)
         left = self.budget.tokens() if stepping else PIECE * len(pieced)
         plan = Plan()
-        for run in batch:
+        now = time.monotonic() if now is None else now
+        for run in [run for run in batch if run not in pieced] + sorted(pieced, key=lambda run: turn(run, now)):
             pending: list[Read] = run.pending or []
-            if not any(read.kind in PIECED for read in pending):
+            if run not in pieced:
                 plan.runs.append(run)
                 plan.reads.extend(pending)
                 continue

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .generation import Engine
+from .q8 import prompt_pass
 from .threads import policy_for
 
 
@@ -45,7 +46,9 @@ def coherence(
             targets = range(max(done_until, begin + 1), end)  # positions scored in this window
             if len(targets):
                 chunk = torch.tensor([ids[begin:end]], device=engine.device)
-                with engine.lock:  # one forward pass at a time on the model: the batch's streams go on between
+                # one forward pass at a time on the model (the batch's streams go on between); many rows: q8's prompt
+                # kernel reads them (q8.PromptKernel)
+                with engine.lock, prompt_pass(engine.model, True):
                     policy_for(
                         engine.model
                     ).apply()  # this thread computes with the count the engine measured fastest now

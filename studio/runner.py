@@ -2,7 +2,7 @@
 
 Several visitors write at the same moment: the engine decodes every stream asked for at once in one batch
 (gpt2_engine.batching), so a Write, Compare or replay run starts at once beside the others, unless the batch is
-full (its bound on rows: GPT2_STUDIO_MAX_ROWS, and the memory its caches may take); then it waits, and the page
+full (its bound on runs: GPT2_STUDIO_MAX_RUNS, and the memory its caches may take); then it waits, and the page
 says how many runs are ahead. Step mode and coherence scoring still take turns (`turn_queue()`), one forward
 pass at a time between the batch's.
 

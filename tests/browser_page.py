@@ -29,8 +29,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-MAX_ROWS = 4  # the batch's bound on this server: two visitors write at once (a windowed run takes two rows: its
-# shadow row reads the next window on the way), a third waits
+MAX_RUNS = 2  # the batch's bound on this server: two visitors write at once, a third waits
 START_TIMEOUT_S = 90  # the server imports torch and transformers before it answers
 
 
@@ -51,7 +50,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         **{name: value for name, value in os.environ.items() if name != "GPT2_STUDIO_THREADS"},  # the real policy
         "GPT2_STUDIO_MODEL": str(tiny_model_dir),
         "GPT2_STUDIO_PRECISION": "fp32",
-        "GPT2_STUDIO_MAX_ROWS": str(MAX_ROWS),
+        "GPT2_STUDIO_MAX_RUNS": str(MAX_RUNS),
         "HF_HUB_OFFLINE": "1",
     }
     command = [

@@ -171,11 +171,11 @@ def test_a_closed_or_finished_run_leaves_no_cache_and_no_thread(engine, monkeypa
 
 
 def test_beyond_the_bound_a_newcomer_waits_and_hears_its_place(engine, monkeypatch) -> None:
-    monkeypatch.setattr(engine.batcher.scheduler, "max_rows", 2)
+    monkeypatch.setattr(engine.batcher.scheduler, "max_runs", 2)
     first = engine.stream("The cat", max_new_tokens=500, seed=1, stop_at_eos=False, window_mode="reprime")
     second = engine.stream(
-        "Hello world!", max_new_tokens=500, seed=2, stop_at_eos=False, window=8, window_mode="reprime"
-    )  # one row each (the shadow row would take a second)
+        "Hello world!", max_new_tokens=500, seed=2, stop_at_eos=False, window=8, window_mode="shadow"
+    )  # a run each, window or not
     next(first), next(second)  # both in the batch: the bound is reached
     heard: dict[str, list[int]] = {"third": [], "fourth": []}
     tokens: dict[str, list[int]] = {"third": [], "fourth": []}
@@ -213,7 +213,7 @@ def test_the_memory_bound_counts_every_rows_full_cache(engine, monkeypatch) -> N
     monkeypatch.setattr(batching, "available_bytes", lambda: int(3.5 * row / batching.KV_SHARE))  # 3 rows fit
     first = engine.stream("The cat", max_new_tokens=500, seed=1, window=8, stop_at_eos=False, window_mode="shadow")
     second = engine.stream("Hello", max_new_tokens=500, seed=2, stop_at_eos=False, window_mode="reprime")
-    next(first), next(second)  # three rows: the shadow run takes two
+    next(first), next(second)  # three rows' caches, counted full: the shadow run's counts two
     heard: list[int] = []
     third = engine.stream("Hi", max_new_tokens=2, seed=3, on_wait=heard.append, window_mode="reprime")
     result: list = []
@@ -299,7 +299,7 @@ def test_a_tutorial_mode_run_decodes_beside_the_batch_and_writes_its_solo_text(e
 
 @pytest.mark.parametrize("precision", runs_here("q8"))
 def test_q8_rows_stay_independent_batched_or_alone(tiny_model_dir, precision) -> None:
-    """q8 scales each row by its own peak (quantize.Q8Linear): a batch changes no row's arithmetic."""
+    """q8 scales each row by its own peak (q8.Q8Linear): a batch changes no row's arithmetic."""
     low = gpt2_engine.load(str(tiny_model_dir), dtype=precision)
     settings = [gpt2_engine.GenerationSettings(max_new_tokens=30, seed=s, window=7, stop_at_eos=False) for s in (1, 2)]
     streams = [low.stream(p, s) for p, s in zip(("The cat", "Hello world! Is it"), settings)]
@@ -310,3 +310,16 @@ def test_q8_rows_stay_independent_batched_or_alone(tiny_model_dir, precision) ->
     for prompt, s, steps in zip(("The cat", "Hello world! Is it"), settings, batched):
         assert [x.token_id for x in steps] == solo(low, prompt, s, low.window_mode)
     assert low.batcher.largest_batch == 2 and batcher_thread_ended(low)
+
+
+def test_the_batch_hands_freed_memory_back_while_it_runs_and_when_its_last_run_ends(engine, monkeypatch) -> None:
+    """A page left open all day: the heap a day's runs freed goes back to the system (batching.TRIM_EVERY_S), not
+    only at a tutorial run's start."""
+    trims: list[int] = []
+    monkeypatch.setattr(batching, "release_freed_memory", lambda: trims.append(engine.batcher.passes))
+    list(engine.stream("The cat", max_new_tokens=3, seed=1, stop_at_eos=False))
+    assert batcher_thread_ended(engine) and trims and trims[-1] == engine.batcher.passes  # once the last run ended
+    trims.clear()
+    monkeypatch.setattr(batching, "TRIM_EVERY_S", 0.0)
+    list(engine.stream("The cat", max_new_tokens=6, seed=1, stop_at_eos=False))
+    assert batcher_thread_ended(engine) and len(trims) >= 6  # and between passes, as often as TRIM_EVERY_S says

@@ -1,7 +1,7 @@
 """End to end: the real Streamlit server with the tiny model, driven by headless Chromium (Playwright).
 
 Type a phrase, Generate, see the text and the charts; start a long run and Stop it; a bad model path; two
-visitors writing at once, and a third beyond the batch's bound (GPT2_STUDIO_MAX_ROWS=4 here: two windowed runs) told its place.
+visitors writing at once, and a third beyond the batch's bound (GPT2_STUDIO_MAX_RUNS=2 here) told its place.
 Screenshots go to $GPT2_STUDIO_SCREENSHOTS (default: a temporary folder), to look at.
 """
 
@@ -107,9 +107,9 @@ def test_a_bad_model_path_shows_what_to_do(page, shots: Path, tmp_path: Path) ->
 
 
 def test_two_visitors_write_at_once_and_a_third_beyond_the_bound_waits(browser, server, engine, shots: Path) -> None:  # noqa: F811
-    """Three visitors press Generate one right after the other (each a 1,000-token run with a window: two rows of a
-    batch of 4). Two write side by side; whichever came third is told it waits, with 2 runs ahead; when a writer's
-    tab closes, its row comes free and the third writes. The three presses take a fraction of a second and a run
+    """Three visitors press Generate one right after the other (each a 1,000-token run with a window, in a batch bound to
+    2 runs). Two write side by side; whichever came third is told it waits, with 2 runs ahead; when a writer's
+    tab closes, its place comes free and the third writes. The three presses take a fraction of a second and a run
     takes seconds, so no run ends before the third press (the order of the first two presses is the server's)."""
     visitors = [open_page(browser, server) for _ in range(3)]
     seed = full_length_seed(engine, visitors[0].get_by_role("textbox", name="Your phrase").input_value())

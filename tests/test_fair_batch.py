@@ -12,13 +12,13 @@ import pytest
 import gpt2_engine
 from gpt2_engine import fast
 from gpt2_engine.batching import Run
-from gpt2_engine.scheduler import PIECE, Plan, PromptBudget, Scheduler
+from gpt2_engine.scheduler import AGED_S, PIECE, Plan, PromptBudget, Scheduler
 
 LONG = "The cat sat on the mat. Hello world! Is it raining? Yes, it is. Once upon a time there was a model. " * 3
 
 
 def run_with(*reads: tuple[str, int, str]) -> Run:
-    run = Run(make=None, rows=1, cache_bytes=0, ready=threading.Condition())  # type: ignore[arg-type]
+    run = Run(make=None, cache_bytes=0, ready=threading.Condition())  # type: ignore[arg-type]
     run.pending = [fast.Read(name, 0, list(range(n)), kind) for name, n, kind in reads]  # type: ignore[arg-type]
     return run
 
@@ -54,29 +54,45 @@ def test_a_prompt_piece_as_short_as_a_step_still_counts_as_prompt() -> None:
 
 
 def test_a_prompt_beside_steps_is_cut_to_the_budget_and_the_rest_kept() -> None:
-    scheduler = Scheduler(max_rows=8)
+    scheduler = Scheduler(max_runs=8)
     stepping = run_with(("a", 1, "step"), ("a-shadow", 4, "shadow"))
     reading, second = run_with(("b", 100, "prompt")), run_with(("c", 50, "prompt"))
     plan = scheduler.plan([stepping, reading, second])
-    assert plan.runs == [stepping, reading] and plan.rest[reading] == [
-        prompt("b", 100)._replace(ids=list(range(8, 100)))
-    ]
-    assert sum(len(read.ids) for read in plan.reads if read.cache == "b") == PromptBudget.FIRST
+    assert plan.runs == [stepping, second] and plan.rest[second] == [prompt("c", 50)._replace(ids=list(range(8, 50)))]
+    assert sum(len(read.ids) for read in plan.reads if read.cache == "c") == PromptBudget.FIRST  # the shorter first
     alone = run_with(("d", 600, "prompt"))
     plan = scheduler.plan([alone])  # nobody else waits: a whole piece
     assert plan.reads == [prompt("d", PIECE)] and alone in plan.rest and plan.kind == "prompt"
 
 
-def test_admission_keeps_the_rows_and_bytes_within_the_bound() -> None:
-    scheduler = Scheduler(max_rows=4)
+def test_the_shortest_phrase_is_read_first_and_a_long_wait_goes_ahead() -> None:
+    """Shortest remaining first: of phrases read at once the short ones start writing soon; one that has waited
+    AGED_S goes ahead of shorter ones, so a long phrase is never starved."""
+    scheduler = Scheduler(max_runs=8)
+    stepping = run_with(("a", 1, "step"))
+    long, short = run_with(("b", 900, "prompt")), run_with(("c", 40, "prompt"))
+    long.joined, short.joined = 100.0, 110.0
+    plan = scheduler.plan([stepping, long, short], now=111.0)
+    assert plan.runs == [stepping, short]  # the budget (FIRST) went to the shorter, though it came later
+    plan = scheduler.plan([stepping, long, short], now=100.0 + AGED_S)
+    assert plan.runs == [stepping, long]  # the long one has waited AGED_S: it goes first now
+    alone = scheduler.plan([long, short], now=111.0)  # nobody steps: a whole piece each, the shorter's first
+    assert alone.runs == [short, long] and [len(read.ids) for read in alone.reads] == [40, PIECE]
+
+
+def test_admission_keeps_the_runs_and_bytes_within_the_bound() -> None:
+    scheduler = Scheduler(max_runs=3)
     scheduler.kv_budget_bytes = 1000
     runs = [run_with(("a", 1, "step")) for _ in range(4)]
-    for run, rows, cache in zip(runs, (2, 1, 2, 1), (100, 100, 100, 100)):
-        run.rows, run.cache_bytes = rows, cache
+    for run, cache in zip(runs, (200, 100, 200, 100)):  # a windowed run's cache counts its shadow row too
+        run.cache_bytes = cache
     waiting = list(runs)
-    assert scheduler.admit(waiting, []) == runs[:2] and waiting == runs[2:]  # 2 + 1 rows; 2 more would be 5
+    assert scheduler.admit(waiting, []) == runs[:3] and waiting == runs[3:]  # three runs, windowed or not
+    scheduler.kv_budget_bytes = 450
+    waiting = list(runs)
+    assert scheduler.admit(waiting, []) == runs[:2]  # 200 + 100; the next 200 would pass 450 bytes
     big = run_with(("e", 1, "step"))
-    big.rows, big.cache_bytes = 1, 5000
+    big.cache_bytes = 5000
     assert scheduler.admit([big], []) == [big]  # a run alone is always let in
     assert scheduler.admit([big], runs[:1]) == []  # beside another, not beyond the bytes
 
@@ -158,7 +174,7 @@ def test_many_short_runs_from_several_readers_all_end_well(engine) -> None:
 def test_a_prompt_waits_its_budget_while_others_write_even_when_they_wait_for_their_readers() -> None:
     """Runs whose readers have not taken their steps yet are not in the pass, but their next step must not wait
     behind a whole piece of someone's prompt."""
-    scheduler = Scheduler(max_rows=8)
+    scheduler = Scheduler(max_runs=8)
     plan = scheduler.plan([run_with(("b", 100, "prompt"))])
     assert len(plan.reads[0].ids) == min(100, PIECE)  # alone: a piece
     reading = run_with(("b", 100, "prompt"))

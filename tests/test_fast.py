@@ -9,6 +9,7 @@ from conftest import runs_here
 import gpt2_engine
 from gpt2_engine.context import KVCacheContext
 from gpt2_engine.fast import FastContext
+from gpt2_engine.window import Window
 
 
 def full_logits(model, ids: list[int]) -> torch.Tensor:
@@ -45,7 +46,7 @@ def test_shadow_reset_equals_a_fresh_prime_of_the_last_n_ids(engine, window) -> 
     prompt_ids = engine.tokenizer.encode("The cat sat on the mat")
     generated = engine.tokenizer.encode(" Hello world! Is it raining? Yes, it is. Once upon a time") * 3
     with torch.inference_mode():
-        context = FastContext(engine.model, window)
+        context = FastContext(engine.model, Window(window, engine.n_positions), shadow=True)
         context.prime(prompt_ids)
         ids = list(prompt_ids)
         for k, token in enumerate(generated, start=1):

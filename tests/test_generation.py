@@ -31,8 +31,8 @@ class RecordingContext(KVCacheContext):
         self.calls: list[tuple[str, list[int], torch.Tensor]] = []
         self.max_length = 0
 
-    def prime(self, ids, progress=None):
-        logits = super().prime(ids, progress)
+    def prime(self, ids):
+        logits = super().prime(ids)
         self.held = list(ids)
         self.calls.append(("prime", list(self.held), logits.clone()))
         self.max_length = max(self.max_length, self.length)
@@ -161,14 +161,14 @@ def test_stops_at_end_of_text_and_says_why(engine, monkeypatch) -> None:
     forced = torch.full((engine.model.config.vocab_size,), -1e9)
     forced[eos] = 0.0
 
-    def forced_passes(
-        self, token, reset_in=0
-    ):  # FastContext's append as passes (a batch does them): none, and these logits
-        return forced.clone()
-        yield
+    real_took = FastContext.took
+
+    def forced_took(self, logits):  # the logits after every appended token (not after the prompt) are these
+        appended, logits = self._reading == "append", real_took(self, logits)
+        return forced.clone() if appended else logits
 
     monkeypatch.setattr(KVCacheContext, "append", lambda self, token: forced.clone())
-    monkeypatch.setattr(FastContext, "append_passes", forced_passes)
+    monkeypatch.setattr(FastContext, "took", forced_took)
     steps = list(engine.stream("Hi", max_new_tokens=10, sampler="greedy", window=None, stop_at_eos=True))
     assert len(steps) == 2 and steps[-1].token_id == eos and steps[-1].stop_reason == "eos"
     assert steps[-1].text == ""  # special tokens are not shown

@@ -260,7 +260,7 @@ def test_a_visitor_beyond_the_batchs_bound_waits_then_gets_the_run(
 
     monkeypatch.setattr(RunView, "show_waiting", record)
     engine = model_picker.shared_model(str(tiny_model_dir), "auto").get()  # the page's engine (one per server)
-    monkeypatch.setattr(engine.batcher.scheduler, "max_rows", 1)
+    monkeypatch.setattr(engine.batcher.scheduler, "max_runs", 1)
     other_visitor = engine.stream("Another visitor", max_new_tokens=500, seed=1, stop_at_eos=False)
     next(other_visitor)  # another visitor's run fills the batch
     threading.Timer(0.6, other_visitor.close).start()

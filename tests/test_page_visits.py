@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from test_page import generate, generated_shown
 
 from gpt2_engine import MB
-from studio import keys, visits
+from studio import keys, runner, visits
 from studio.run import Run
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
@@ -196,26 +196,33 @@ def test_history_keeps_the_latest_runs_and_a_new_tab_takes_a_whole_copy() -> Non
     assert visit.widgets == {"prompt": "kept"}
 
 
-def unfinished_run(engine) -> Run:
-    run = Run("The cat", engine.settings_for(max_new_tokens=50), "tiny", 0)
-    run.steps = list(engine.stream("The cat", max_new_tokens=3, seed=1, stop_at_eos=False))[:2]  # mid-run
-    return run
+def old_page_writing(engine, slow_s: float = 0.0) -> tuple[Run, threading.Thread]:
+    """A run its old page writes through the real runner.write, in a thread of its own (a page's script thread); its
+    page draws each token until the reload cancels the run, then takes `slow_s` more (a busy machine) before the
+    next token, where runner.write sees `cancelled`."""
+    run = Run("The cat", engine.settings_for(max_new_tokens=50, seed=1, stop_at_eos=False), "tiny", 0)
+    first = threading.Event()
+
+    def on_step(run: Run) -> None:
+        first.set()
+        while not run.cancelled:  # the old page keeps its token on screen until the reload comes
+            time.sleep(0.01)
+        time.sleep(slow_s)
+
+    thread = threading.Thread(target=runner.write, args=(engine, run, on_step))
+    thread.start()
+    assert first.wait(60)  # mid-run: a token written, the rest to come
+    return run, thread
 
 
 def test_a_run_a_reload_cancels_says_so_however_late_its_old_page_stops(engine) -> None:
     """The old page's script stops the run at its next token (runner.write); on a busy machine that can take
     seconds, and the new page waits for it rather than show it still writing."""
-    run = unfinished_run(engine)
-
-    def old_page() -> None:
-        while not run.cancelled:
-            time.sleep(0.01)
-        time.sleep(0.5)  # a slow next token
-        run.stopped = True  # what runner.write does on seeing `cancelled`
-
-    threading.Thread(target=old_page).start()
+    run, old_page = old_page_writing(engine, slow_s=0.5)
     visits._settle({keys.HISTORY: [run]})
+    old_page.join(60)
     assert run.finished and run.stopped and run.stopped_why == visits.RELOADED and not run.interrupted
+    assert 1 <= len(run.steps) < run.settings.max_new_tokens  # stopped part-way, its text kept
 
 
 def test_a_run_stopped_by_the_visit_opened_in_another_tab_says_so(engine, monkeypatch) -> None:
@@ -224,18 +231,18 @@ def test_a_run_stopped_by_the_visit_opened_in_another_tab_says_so(engine, monkey
     open_tabs = {"first-tab"}
     monkeypatch.setattr(visits, "tab_is_open", lambda tab: tab in open_tabs)
     for tab, said in (("first-tab", visits.OPENED_ELSEWHERE), ("closed-tab", visits.RELOADED)):
-        run = unfinished_run(engine)
+        run, old_page = old_page_writing(engine)
         run.tab = tab
-
-        def old_page(run: Run = run) -> None:
-            while not run.cancelled:
-                time.sleep(0.01)
-            run.stopped = True
-
-        threading.Thread(target=old_page).start()
         visits._settle({keys.HISTORY: [run]})
+        old_page.join(60)
         assert run.stopped and run.stopped_why == said
     assert not visits.tab_is_open("") and not visits.tab_is_open("no-server-here")  # AppTest: no runtime
+
+
+def unfinished_run(engine) -> Run:
+    run = Run("The cat", engine.settings_for(max_new_tokens=50), "tiny", 0)
+    run.steps = list(engine.stream("The cat", max_new_tokens=3, seed=1, stop_at_eos=False))[:2]  # mid-run
+    return run
 
 
 def test_a_run_that_wrote_its_last_token_before_the_reload_reached_it_is_done(engine) -> None:

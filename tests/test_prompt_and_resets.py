@@ -10,7 +10,8 @@ from conftest import runs_here
 import gpt2_engine
 from gpt2_engine import fast, scheduler
 from gpt2_engine.autotune import Choice, Trial
-from gpt2_engine.quantize import Q8Linear, quantize_rows
+from gpt2_engine.q8 import Q8Linear
+from gpt2_engine.quantize import quantize_rows
 
 LONG = "The cat sat on the mat. Hello world! Is it raining? Yes, it is. Once upon a time there was a model. " * 3
 

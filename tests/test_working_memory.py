@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import gpt2_engine
-from gpt2_engine import loading, quantize
+from gpt2_engine import loading, q8, quantize
 from gpt2_engine.fast import FastContext
 from gpt2_engine.memory import page_in, read_process_memory
-from gpt2_engine.quantize import Q8Linear, Scratch, quantize_rows
+from gpt2_engine.q8 import Q8Linear, Scratch
+from gpt2_engine.quantize import quantize_rows
+from gpt2_engine.window import Window
 
 
 def runs_here(precision: str) -> list:
@@ -53,7 +55,7 @@ def test_a_q8_model_shares_one_scratch(tiny_model_dir, precision) -> None:
     made = scratch.nbytes
     for words in (3, 40, 120):  # phrases of new lengths
         "".join(step.text for step in low.stream("word " * words, max_new_tokens=4, window=8, seed=1))
-    assert scratch.nbytes == made and scratch.rows == quantize.SCRATCH_ROWS
+    assert scratch.nbytes == made and scratch.rows == q8.SCRATCH_ROWS
 
 
 def test_a_windowed_runs_cache_holds_what_the_window_allows(engine) -> None:
@@ -87,7 +89,7 @@ def test_resized_rows_write_what_a_full_cache_would(engine, mode, prompt) -> Non
 
 
 def test_a_cache_never_holds_more_than_its_positions(engine) -> None:
-    context = FastContext(engine.model, positions=6)
+    context = FastContext(engine.model, Window(3, engine.n_positions), prompt_tokens=3)  # max(3, 3) + 3
     assert context.cache.capacity(0) == 6
     with torch.inference_mode():
         context.prime([1, 2, 3, 4, 5, 6])
@@ -105,7 +107,7 @@ def test_matrices_converted_two_at_a_time_are_the_ones_made_one_at_a_time(
     def converted(workers: int):
         monkeypatch.setattr(quantize, "cores", lambda: workers)
         model = GPT2LMHeadModel.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
-        {"q8": quantize.to_q8, "int8": quantize.to_int8, "bf16": quantize.to_packed}[precision](model)
+        {"q8": q8.to_q8, "int8": quantize.to_int8, "bf16": quantize.to_packed}[precision](model)
         return model
 
     one, two = converted(1), converted(2)

@@ -48,6 +48,7 @@ from ..decoding import Prompt, Step
 from ..errors import SettingsError
 from ..fast import Progress
 from ..settings import GenerationSettings
+from ..window import Window
 from .probe import memory_note, probe
 from .run import RemoteRun, RequestLog
 from .server import (
@@ -135,7 +136,7 @@ class RemoteEngine:
 
     def prepare_prompt(self, prompt: str, window: int | None) -> Prompt:
         """Token ids for a prompt (Prompt.fit), by the server's tokenizer."""
-        return Prompt.fit(prompt, self.tokenize, self.eos_token_id, self.n_positions, window)
+        return Prompt.fit(prompt, self.tokenize, self.eos_token_id, Window(window, self.n_positions))
 
     def run(
         self, prompt: str, settings: GenerationSettings | None = None, on_prompt: Progress | None = None, **changes: Any

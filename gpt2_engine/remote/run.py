@@ -19,6 +19,7 @@ from typing import Any, Literal
 from ..decoding import Candidate, Prompt, Step, length_stop
 from ..fast import Progress
 from ..settings import GenerationSettings
+from ..window import Window
 from .answers import Chunk, Ranked
 from .probe import ServerFacts, kv_usage
 from .server import BackendDroppedError, BackendUnreachableError, RemoteError, Server
@@ -91,7 +92,10 @@ class RemoteRun:
         start = time.perf_counter()
         settings = self.settings
         prompt = Prompt.fit(
-            self.prompt_text, self.tokenizer.tokenize, self.facts.eos_token_id, self.n_positions, settings.window
+            self.prompt_text,
+            self.tokenizer.tokenize,
+            self.facts.eos_token_id,
+            Window(settings.window, self.n_positions),
         )
         if self.on_prompt is not None:
             self.on_prompt(len(prompt.ids), len(prompt.ids))
@@ -101,8 +105,8 @@ class RemoteRun:
         held = list(prompt.ids)  # what the next request's prompt holds
         reset = False
         while True:
-            window = settings.window
-            until_reset = window - self.generated % window if window else self.n_positions - len(held)
+            window = Window(settings.window, self.n_positions)
+            until_reset = window.until_reset(self.generated, len(held))
             max_tokens = max(1, min(until_reset, limit - self.generated))
             request_seed = (self.seed + len(self.requests) * SEED_STRIDE) % 2**31
             self.requests.append(
@@ -138,7 +142,7 @@ class RemoteRun:
             if finish == "length" and got < max_tokens:  # the server's context is smaller than it said
                 self.n_positions = len(held) + got
             try:
-                held, reset = self._tail(ids, text, window if window else self.n_positions // 2), True
+                held, reset = self._tail(ids, text, Window(settings.window, self.n_positions).kept()), True
             except BackendUnreachableError:  # the server died between two requests of the run
                 raise BackendDroppedError(self.server.dropped(self.generated, "stopped answering")) from None
 

@@ -1,0 +1,265 @@
+"""q8: int8 weights read by integer kernels, each row of activations made 8-bit with its own scale.
+
+`Q8Linear` reads a decode step's few rows through fbgemm's dynamic linear, the fastest kernel for them measured
+here; where it pays (`prompt_kernel_pays`), a second copy of each matrix in oneDNN's layout (`PromptKernel`, AMX
+where the CPU has it) reads the many rows of a prompt, bit for bit as fbgemm would. The matrices of a model share
+one `Scratch`, their work buffers, which also carries the one fact a forward pass tells them: whether it reads a
+prompt (`prompt_pass`). The int8 matrices themselves come from quantize.py's conversion (and its weights cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .memory import available_bytes, drop_file_pages
+from .quantize import Converted, matrices, quantize_rows, to_int8
+
+SCRATCH_ROWS = 320  # q8's work buffers hold this many rows: a prompt chunk (scheduler.PIECE, 256) and the
+# decode steps of a full batch beside it (8 runs, each its token and a shadow row's few); larger passes slice
+
+
+class Q8Linear(nn.Module):
+    """y = x W^T + b with W in int8 per channel and x made 8-bit at each call, by fbgemm's dynamic linear:
+    integer products, which read the int8 weights faster than any kernel that keeps x in floating point
+    (docs/measurements.md, Performance). Like llama.cpp's q8_0, which scales x per 32 values, x is scaled per row here:
+    fbgemm quantizes a whole call with one scale, so each row is divided by its own largest value first, and
+    a first row holding 1 and -1 pins the call's range to [-1, 1]. So a row's result does not depend on the
+    other rows of its call (the shadow row, a prompt's other tokens). On CPUs without VNNI, fbgemm's 8-bit
+    products can saturate, so x keeps 7 bits there (`reduce_range`), as torch's dynamic quantization does."""
+
+    bias: Tensor  # a buffer: typed here, as torch types a module's attributes Tensor | Module
+
+    def __init__(self, weight: Tensor, scales: Tensor, bias: Tensor | None, scratch: Scratch | None = None):
+        """weight: int8 (out, in); scales and bias: fp32; scratch: the model's work buffers (one per model), which
+        also says whether prompts have their own kernel (`Scratch.prompt_kernel`, see PromptKernel)."""
+        super().__init__()
+        zero = torch.zeros(weight.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are deprecated in torch: the probe notices removal
+            warnings.simplefilter("ignore", UserWarning)
+            quantized = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero, 0)
+        self.packed = torch.ops.quantized.linear_prepack(quantized, None)  # a copy, in fbgemm's layout
+        self.scratch = scratch or Scratch()
+        self.prompt = PromptKernel(weight, scales) if self.scratch.prompt_kernel else None  # another copy, for prompts
+        drop_file_pages(weight)  # the int8 matrix, when it is mapped from the weights cache, is not read again
+        self.register_buffer("bias", torch.zeros(weight.shape[0]) if bias is None else bias.float())
+        self.out_features = weight.shape[0]
+        self.packed_bytes = (1 + (self.prompt is not None)) * weight.numel() + 4 * self.out_features  # int8 matrix
+        # (twice with the prompt kernel's copy) + fbgemm's column offsets
+        self.reduce_range = REDUCE_RANGE
+        self.scratch.unit(weight.shape[1])  # made now, at load: part of what the process holds before any run
+        if self.prompt is not None:
+            self.scratch.bytes(weight.shape[1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1])  # (R, in)
+        peak = _peaks(rows)
+        if self.prompt is not None and self.scratch.prompt_pass and rows.shape[0] >= PROMPT_ROWS:
+            y = self.prompt(rows, peak, self.scratch)
+            return torch.addcmul(self.bias, y, peak, out=y).view(*x.shape[:-1], self.out_features)
+        unit = self.scratch.unit(rows.shape[1])  # row 0 pins the range to [-1, 1]; the rows go after it
+        capacity = unit.shape[0] - 1
+        if rows.shape[0] <= capacity:
+            return self._rows(rows, peak, unit).view(*x.shape[:-1], self.out_features)
+        out = torch.empty(rows.shape[0], self.out_features)  # a pass larger than the scratch (scoring a long
+        for start in range(0, rows.shape[0], capacity):  # text): in slices, each row's result is its own anyway
+            part = slice(start, start + capacity)
+            out[part] = self._rows(rows[part], peak[part], unit)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def _rows(self, rows: Tensor, peak: Tensor, unit: Tensor) -> Tensor:
+        n = rows.shape[0]
+        torch.div(rows, peak, out=unit[1 : n + 1])  # every row within [-1, 1], the pin spanning it
+        y = torch.ops.quantized.linear_dynamic(unit[: n + 1], self.packed, self.reduce_range)[1:]
+        return torch.addcmul(self.bias, y, peak)  # bias + y * peak
+
+
+class PromptKernel:
+    """A second copy of a Q8Linear's int8 matrix, packed for oneDNN's int8 kernel, for the passes that read a prompt.
+
+    fbgemm reads a matrix fastest for the few rows of decode steps; for a prompt's many rows, oneDNN's kernel
+    uses AMX where the CPU has it: over gpt2-xl's 1600x6400 matrix, 256 rows took 1.7 ms against fbgemm's 6.6 on
+    this project's Xeon (`python -m bench.kernels --rows 256 --only q8`). It costs the matrix's bytes again, so it is made only
+    where it is measured that much faster and the memory is there (`prompt_kernel_pays`). Each row is made 8-bit
+    exactly as fbgemm makes the pinned rows (scale 2/255, zero point 128 over [-1, 1], one fused multiply-add), so
+    its results are fbgemm's bit for bit: `prompt_kernel_pays` checks that on the model's own matrix before it is
+    used, so a row's result never depends on the kernel nor on the rows beside it. A pass that reads a prompt
+    piece sends every row through it, from PROMPT_ROWS rows (fast.forward_reads sets `Scratch.prompt_pass`)."""
+
+    X_SCALE = float(torch.tensor(2.0 / 255.0))  # fbgemm's quantization of [-1, 1], Q8Linear's pinned range
+    X_ZERO = 128
+
+    def __init__(self, weight: Tensor, scales: Tensor):
+        self.packed = torch.ops.onednn.qlinear_prepack(weight, [SCRATCH_ROWS, weight.shape[1]])
+        self.scales = scales.float().contiguous()
+        self.zeros = torch.zeros(weight.shape[0], dtype=torch.long)
+        self.inverse = torch.tensor([1.0 / self.X_SCALE])  # as fbgemm: x * (1 / scale) + zero point, fused
+        self.zero = torch.tensor([float(self.X_ZERO)])
+
+    def __call__(self, rows: Tensor, peak: Tensor, scratch: Scratch | None = None) -> Tensor:
+        """(R, out) products of `rows` divided by their `peak` (R, 1), before the peak and the bias go back on.
+        `scratch`: the model's work buffers, so that a pass allocates only its result."""
+        n, width = rows.shape
+        work = scratch.unit(width)[1 : n + 1] if scratch is not None and n <= scratch.rows else torch.empty_like(rows)
+        torch.div(rows, peak, out=work)
+        # fbgemm rounds x * (1 / scale) + zero point computed as one fused multiply-add: addcmul is one here (a
+        # separate multiply and add round twice, and a value near a half then lands on the other integer)
+        torch.addcmul(self.zero, work, self.inverse, out=work).round_().clamp_(0, 255)
+        unit = (
+            scratch.bytes(width)[:n]
+            if scratch is not None and n <= scratch.rows
+            else torch.empty_like(rows, dtype=torch.uint8)
+        )
+        unit.copy_(work)
+        return torch.ops.onednn.qlinear_pointwise(
+            unit,
+            self.X_SCALE,
+            self.X_ZERO,
+            self.packed,
+            self.scales,
+            self.zeros,
+            None,
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [],
+            "",
+        )
+
+
+PROMPT_FASTER = 1.5  # the prompt kernel is kept only where a prompt piece reads at least this much faster
+PROMPT_ROWS = 16  # a pass reading a prompt uses it from this many rows: for one or two rows oneDNN takes another
+# path, whose float scaling can differ from fbgemm's in the last bit; fewer rows cost fbgemm little anyway
+CHECKED_ROWS = (PROMPT_ROWS, PROMPT_ROWS + 1, 64, SCRATCH_ROWS)  # row counts the kernels must agree on at load
+PROMPT_KERNEL: bool | None = None  # None: measured at each q8 load (`prompt_kernel_pays`); tests force an answer
+
+
+def prompt_kernel_pays(weight: Tensor, scales: Tensor, model_bytes: int) -> bool:
+    """Whether a PromptKernel is worth its copy: it runs here (oneDNN's int8 ops exist and give fbgemm's results
+    on this matrix, bit for bit), a SCRATCH_ROWS-row call over `weight` is at least PROMPT_FASTER times faster than fbgemm's, and
+    the copy of the model's `model_bytes` int8 matrices leaves as much memory free again. Measured on one of the
+    model's own matrices at load (a few hundred ms); PROMPT_KERNEL, where set, answers instead."""
+    if PROMPT_KERNEL is not None:
+        return PROMPT_KERNEL
+    if REDUCE_RANGE or available_bytes() < 2 * model_bytes:
+        return False
+    try:
+        fbgemm, onednn = Q8Linear(weight, scales, None, Scratch(prompt_kernel=False)), PromptKernel(weight, scales)
+        rows = torch.randn(SCRATCH_ROWS, weight.shape[1]) * torch.rand(SCRATCH_ROWS, 1) * 10
+        with torch.inference_mode():
+            for n in CHECKED_ROWS:  # its results must be fbgemm's, bit for bit, so a text never depends on the kernel
+                peak = _peaks(rows[:n])
+                if not torch.equal(torch.addcmul(fbgemm.bias, onednn(rows[:n], peak), peak), fbgemm(rows[:n])):
+                    return False
+            peak = _peaks(rows)
+            took = {
+                name: _best_of(3, call)
+                for name, call in (("fbgemm", lambda: fbgemm(rows)), ("onednn", lambda: onednn(rows, peak)))
+            }
+    except (RuntimeError, AttributeError, NotImplementedError):  # no oneDNN int8 in this torch, or not on this CPU
+        return False
+    return took["fbgemm"] >= PROMPT_FASTER * took["onednn"]
+
+
+def _best_of(repeats: int, call: Callable[[], object]) -> float:
+    call()  # the first call packs and warms
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _peaks(rows: Tensor) -> Tensor:
+    """(R, 1): each row's largest magnitude (at least 1e-30). For a few rows abs().amax() is the fastest (a seventh
+    of vector_norm's cost for 8 rows); for a prompt's many rows amax and amin, which make no (R, in) temporary
+    (a quarter of abs().amax()'s time over 256 rows of 1600, and a third of aminmax's)."""
+    if rows.shape[0] <= 16:
+        peak = rows.abs().amax(dim=1, keepdim=True)
+    else:
+        peak = torch.maximum(rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True).neg_())
+    return peak.clamp_(min=1e-30)
+
+
+class Scratch:
+    """A model's work buffers for Q8Linear, one per input width, made at load and reused by every matrix and
+    every pass (one forward at a time per model: engine.lock), so that what a pass allocates does not depend on
+    its number of rows: a day of phrases of every length adds nothing. A pass of more rows than `rows` is done
+    in slices. Each buffer's row 0 holds the pin [1, -1, 0, ...] that fixes fbgemm's range for the call.
+    `prompt_kernel`: the model's matrices keep a PromptKernel too; `prompt_pass`: the pass under way reads a
+    prompt, so they use it."""
+
+    def __init__(self, rows: int = SCRATCH_ROWS, prompt_kernel: bool = False):
+        self.rows = rows
+        self._units: dict[int, Tensor] = {}
+        self.prompt_kernel = prompt_kernel
+        self.prompt_pass = False
+        self._bytes: dict[int, Tensor] = {}
+
+    def bytes(self, width: int) -> Tensor:
+        """The (rows, width) uint8 buffer a PromptKernel's rows are made 8-bit into."""
+        made = self._bytes.get(width)
+        if made is None:
+            made = self._bytes.setdefault(width, torch.zeros(self.rows, width, dtype=torch.uint8))
+        return made
+
+    def unit(self, width: int) -> Tensor:
+        """The (rows + 1, width) buffer for matrices that read `width` values a row."""
+        unit = self._units.get(width)
+        if unit is None:
+            made = torch.zeros(self.rows + 1, width)
+            made[0, :2] = torch.tensor([1.0, -1.0])
+            unit = self._units.setdefault(width, made)  # two matrices converted at once: one buffer still
+        return unit
+
+    @property
+    def nbytes(self) -> int:
+        buffers = [*self._units.values(), *self._bytes.values()]
+        return sum(buffer.numel() * buffer.element_size() for buffer in buffers)
+
+
+def _has_vnni() -> bool:
+    from .capabilities import cpu_flags
+
+    return bool({"avx512_vnni", "avx_vnni", "avx512vnni"} & cpu_flags())
+
+
+REDUCE_RANGE = not _has_vnni()
+
+
+def to_q8(model: Any, saved: dict[str, Tensor] | None = None, progress: Converted | None = None) -> dict:
+    """int8 weights packed for fbgemm, activations fp32 between the matrices and 8-bit inside them; the
+    matrices share one Scratch (`model.q8_scratch`), and keep a PromptKernel too where it pays here (measured on
+    the first layer's largest matrix)."""
+    first = model.transformer.h[0].mlp.c_fc  # layer 0's largest matrix, as (in, out): transformers' Conv1D
+    sample = (saved["0.mlp.c_fc.weight"], saved["0.mlp.c_fc.scales"]) if saved else quantize_rows(first.weight.T)
+    model_bytes = sum(w.numel() for _, _, w, _ in matrices(model))
+    scratch = Scratch(prompt_kernel=prompt_kernel_pays(*sample, model_bytes))
+    del sample
+    converted = to_int8(model, torch.float32, saved, functools.partial(Q8Linear, scratch=scratch), progress)
+    model.q8_scratch = scratch
+    return converted
+
+
+@contextlib.contextmanager
+def prompt_pass(model: Any, reads_a_prompt: bool) -> Iterator[None]:
+    """Tells a q8 model's matrices, for one forward pass, whether it reads a prompt (their PromptKernel then)."""
+    scratch = getattr(model, "q8_scratch", None)
+    if scratch is None or not scratch.prompt_kernel:
+        yield
+        return
+    scratch.prompt_pass = reads_a_prompt
+    try:
+        yield
+    finally:
+        scratch.prompt_pass = False

@@ -1,0 +1,109 @@
+"""q8's prompt kernel (q8.PromptKernel): oneDNN's int8 kernel reads a prompt's many rows where it is measured
+faster, and gives fbgemm's results bit for bit, so no text depends on which kernel read it. Both answers of the
+decision are tried here, whatever this CPU would decide (q8.PROMPT_KERNEL forces one)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gpt2_engine
+from gpt2_engine import capabilities, fast, q8
+from gpt2_engine.q8 import PromptKernel, Q8Linear, Scratch
+from gpt2_engine.quantize import quantize_rows
+
+pytestmark = pytest.mark.skipif(not capabilities.supported("cpu")["q8"].runs, reason="q8 does not run here")
+
+
+def prompt_kernel_runs() -> bool:
+    try:
+        PromptKernel(torch.ones(4, 8, dtype=torch.int8), torch.ones(4))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+    return True
+
+
+needs_onednn = pytest.mark.skipif(not prompt_kernel_runs(), reason="no oneDNN int8 kernel in this torch or CPU")
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 7, 16, 40, 320, 333])
+def test_the_prompt_kernel_gives_fbgemms_results_bit_for_bit(rows) -> None:
+    """From PROMPT_ROWS rows through oneDNN, below through fbgemm (where oneDNN's few-row path may round otherwise):
+    the results are fbgemm's either way, and a row's own."""
+    torch.manual_seed(rows)
+    weight, scales = quantize_rows(torch.randn(384, 256) * 0.02)
+    bias = torch.randn(384) * 0.01
+    fbgemm = Q8Linear(weight, scales, bias, Scratch(prompt_kernel=False))
+    onednn = Q8Linear(weight, scales, bias, Scratch(prompt_kernel=True))
+    onednn.scratch.prompt_pass = True
+    x = torch.randn(rows, 256) * torch.rand(rows, 1) * 10  # rows of every scale
+    with torch.inference_mode():
+        assert torch.equal(onednn(x), fbgemm(x))
+        assert torch.equal(onednn(x[-1:]), onednn(x)[-1:])  # a row's result is its own
+        assert torch.equal(onednn(x[-q8.PROMPT_ROWS :]), onednn(x)[-q8.PROMPT_ROWS :])
+
+
+@needs_onednn
+def test_the_prompt_kernel_is_kept_only_where_it_pays(monkeypatch) -> None:
+    weight, scales = quantize_rows(torch.randn(512, 256))
+    monkeypatch.setattr(q8, "PROMPT_FASTER", 1e9)  # no kernel is a billion times faster
+    assert not q8.prompt_kernel_pays(weight, scales, model_bytes=weight.numel())
+    monkeypatch.setattr(q8, "PROMPT_FASTER", 0.0)
+    assert q8.prompt_kernel_pays(weight, scales, model_bytes=weight.numel())
+    monkeypatch.setattr(q8, "available_bytes", lambda: weight.numel())  # no room for the second copy
+    assert not q8.prompt_kernel_pays(weight, scales, model_bytes=weight.numel())
+
+
+def test_without_onednn_the_prompt_kernel_is_not_kept(monkeypatch) -> None:
+    weight, scales = quantize_rows(torch.randn(512, 256))
+
+    def missing(*args, **kwargs):
+        raise RuntimeError("onednn::qlinear_prepack: no kernel for this CPU")
+
+    monkeypatch.setattr(q8.PromptKernel, "__init__", missing)
+    monkeypatch.setattr(q8, "PROMPT_FASTER", 0.0)
+    assert not q8.prompt_kernel_pays(weight, scales, model_bytes=weight.numel())
+
+
+@pytest.mark.parametrize("kept", [pytest.param(True, marks=needs_onednn), False])
+def test_a_q8_engine_writes_the_same_texts_with_or_without_the_prompt_kernel(tiny_model_dir, monkeypatch, kept) -> None:
+    """The tiny model at q8, the decision forced each way: a run alone, and one joining another's steps (its prompt
+    read beside them: every row of those passes through the prompt kernel), write what fbgemm alone writes."""
+    monkeypatch.setattr(q8, "PROMPT_KERNEL", False)
+    plain = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
+    monkeypatch.setattr(q8, "PROMPT_KERNEL", kept)
+    low = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
+    assert low.model.q8_scratch.prompt_kernel is kept and not plain.model.q8_scratch.prompt_kernel
+    passes: list[bool] = []
+    real = fast._forward_reads
+
+    def recording(model, reads):
+        passes.append(model.q8_scratch.prompt_pass)
+        return real(model, reads)
+
+    monkeypatch.setattr(fast, "_forward_reads", recording)
+    through_onednn: list[int] = []
+    real_call = PromptKernel.__call__
+
+    def counting(self, rows, peak, scratch=None):
+        through_onednn.append(rows.shape[0])
+        return real_call(self, rows, peak, scratch)
+
+    monkeypatch.setattr(PromptKernel, "__call__", counting)
+    settings = [gpt2_engine.GenerationSettings(max_new_tokens=30, seed=s, window=7, stop_at_eos=False) for s in (1, 2)]
+    phrases = ("The cat", "Hello world! Is it raining? " * 20)
+    expected = [[s.token_id for s in plain.stream(p, k)] for p, k in zip(phrases, settings)]
+    monkeypatch.setattr(low.batcher.scheduler.budget, "tokens", lambda: 24)  # pieces of 24 beside the steps: one
+    # pass's rows reach PROMPT_ROWS (the budget the tiny model would learn may stay below it)
+    first = low.stream(phrases[0], settings[0])
+    written = [[next(first).token_id for _ in range(5)], []]
+    second = low.stream(phrases[1], settings[1])  # its prompt is read beside the first run's steps
+    for step in second:
+        written[1].append(step.token_id)
+        written[0].extend(next(first).token_id for _ in range(1) if len(written[0]) < 30)
+    written[0].extend(s.token_id for s in first)
+    assert written == expected
+    assert (True in passes) is kept and False in passes  # a pass that reads a prompt is told so, where it matters
+    assert bool(through_onednn) is kept and min(through_onednn, default=q8.PROMPT_ROWS) >= q8.PROMPT_ROWS
+    assert not low.model.q8_scratch.prompt_pass  # told for one pass only
