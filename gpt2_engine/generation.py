@@ -79,6 +79,13 @@ class Engine:
         return held + sum(getattr(m, "packed_bytes", 0) for m in self.model.modules())  # fbgemm's own (q8)
 
     @property
+    def prompt_kernel(self) -> bool:
+        """Whether q8 reads phrases with its own kernel and copy of the weights (q8.PromptKernel): counted in
+        `weight_bytes`."""
+        scratch = getattr(self.model, "q8_scratch", None)
+        return bool(scratch is not None and scratch.prompt_kernel)
+
+    @property
     def kv_bytes_per_token(self) -> int:
         return self.shape.kv_bytes_per_token(self.precision)
 
