@@ -143,31 +143,40 @@ CHECKED_ROWS = (PROMPT_ROWS, PROMPT_ROWS + 1, 64, SCRATCH_ROWS)  # row counts th
 PROMPT_KERNEL: bool | None = None  # None: measured at each q8 load (`prompt_kernel_pays`); tests force an answer
 
 
-def prompt_kernel_pays(weight: Tensor, scales: Tensor, model_bytes: int) -> bool:
-    """Whether a PromptKernel is worth its copy: it runs here (oneDNN's int8 ops exist and give fbgemm's results
-    on this matrix, bit for bit), a SCRATCH_ROWS-row call over `weight` is at least PROMPT_FASTER times faster than fbgemm's, and
-    the copy of the model's `model_bytes` int8 matrices leaves as much memory free again. Measured on one of the
-    model's own matrices at load (a few hundred ms); PROMPT_KERNEL, where set, answers instead."""
-    if PROMPT_KERNEL is not None:
-        return PROMPT_KERNEL
-    if REDUCE_RANGE or available_bytes() < 2 * model_bytes:
+def prompt_kernel_agrees(weight: Tensor, scales: Tensor) -> bool:
+    """Whether a PromptKernel runs here and gives fbgemm's results bit for bit over `weight` at CHECKED_ROWS rows,
+    so that a text never depends on the kernel that read it: oneDNN's int8 ops exist in this torch, work on this
+    CPU, and fbgemm keeps all 8 bits here (not on CPUs without VNNI: REDUCE_RANGE)."""
+    if REDUCE_RANGE:
         return False
     try:
         fbgemm, onednn = Q8Linear(weight, scales, None, Scratch(prompt_kernel=False)), PromptKernel(weight, scales)
         rows = torch.randn(SCRATCH_ROWS, weight.shape[1]) * torch.rand(SCRATCH_ROWS, 1) * 10
         with torch.inference_mode():
-            for n in CHECKED_ROWS:  # its results must be fbgemm's, bit for bit, so a text never depends on the kernel
+            for n in CHECKED_ROWS:
                 peak = _peaks(rows[:n])
                 if not torch.equal(torch.addcmul(fbgemm.bias, onednn(rows[:n], peak), peak), fbgemm(rows[:n])):
                     return False
-            peak = _peaks(rows)
-            took = {
-                name: _best_of(3, call)
-                for name, call in (("fbgemm", lambda: fbgemm(rows)), ("onednn", lambda: onednn(rows, peak)))
-            }
     except (RuntimeError, AttributeError, NotImplementedError):  # no oneDNN int8 in this torch, or not on this CPU
         return False
-    return took["fbgemm"] >= PROMPT_FASTER * took["onednn"]
+    return True
+
+
+def prompt_kernel_pays(weight: Tensor, scales: Tensor, model_bytes: int) -> bool:
+    """Whether a PromptKernel is worth its copy: it agrees with fbgemm here (`prompt_kernel_agrees`), a
+    SCRATCH_ROWS-row call over `weight` is at least PROMPT_FASTER times faster than fbgemm's, and the copy of the
+    model's `model_bytes` int8 matrices leaves as much memory free again. Measured on one of the model's own
+    matrices at load (a few hundred ms); PROMPT_KERNEL, where set, answers instead."""
+    if PROMPT_KERNEL is not None:
+        return PROMPT_KERNEL
+    if available_bytes() < 2 * model_bytes or not prompt_kernel_agrees(weight, scales):
+        return False
+    fbgemm, onednn = Q8Linear(weight, scales, None, Scratch(prompt_kernel=False)), PromptKernel(weight, scales)
+    rows = torch.randn(SCRATCH_ROWS, weight.shape[1])
+    peak = _peaks(rows)
+    with torch.inference_mode():
+        fbgemm_s, onednn_s = _best_of(3, lambda: fbgemm(rows)), _best_of(3, lambda: onednn(rows, peak))
+    return fbgemm_s >= PROMPT_FASTER * onednn_s
 
 
 def _best_of(repeats: int, call: Callable[[], object]) -> float:
