@@ -108,16 +108,13 @@ class PromptKernel:
         """(R, out) products of `rows` divided by their `peak` (R, 1), before the peak and the bias go back on.
         `scratch`: the model's work buffers, so that a pass allocates only its result."""
         n, width = rows.shape
-        work = scratch.unit(width)[1 : n + 1] if scratch is not None and n <= scratch.rows else torch.empty_like(rows)
+        reuse = scratch is not None and n <= scratch.rows
+        work = scratch.unit(width)[1 : n + 1] if reuse else torch.empty_like(rows)  # type: ignore[union-attr]
         torch.div(rows, peak, out=work)
         # fbgemm rounds x * (1 / scale) + zero point computed as one fused multiply-add: addcmul is one here (a
         # separate multiply and add round twice, and a value near a half then lands on the other integer)
         torch.addcmul(self.zero, work, self.inverse, out=work).round_().clamp_(0, 255)
-        unit = (
-            scratch.bytes(width)[:n]
-            if scratch is not None and n <= scratch.rows
-            else torch.empty_like(rows, dtype=torch.uint8)
-        )
+        unit = scratch.bytes(width)[:n] if reuse else torch.empty_like(rows, dtype=torch.uint8)  # type: ignore[union-attr]
         unit.copy_(work)
         return torch.ops.onednn.qlinear_pointwise(
             unit,
