@@ -24,7 +24,7 @@ import streamlit as st
 
 import gpt2_engine
 
-from . import coherence_view, controls, keys, runner, status, visits
+from . import coherence_view, controls, keys, runner, screen, status, visits
 from .compare_view import CompareView
 from .comparison import Comparison
 from .controls import MAX_LENGTH, OFF
@@ -173,4 +173,5 @@ def render(engine: gpt2_engine.TextEngine | None, stopped: list[Run]) -> Callabl
     elif go and pair is not None and engine is not None:
         return lambda: run_comparison(engine, prompt, pair, view)
     view.show(runner.latest(keys.COMPARISON))
+    screen.after_stop(view.scroll, screen.COMPARE, "compare_stop")
     return None

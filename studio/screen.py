@@ -3,11 +3,14 @@
 Each view (Write, Compare, the Sweep) draws its run inside a container with a key (`WRITE`, `COMPARE`, `SWEEP`):
 its top is the status line with Stop beside it, its chart below. When a run starts, `keep_in_view` sends a small
 script that scrolls the page the least it can so that the run's top is under Streamlit's header and the bottom of
-its chart and its text boxes above the window's edge; where both cannot be, the top wins. Pressing Generate with the settings unfolded,
-or Compare under its long form, then shows the run, not the form. It keeps doing so while the page settles (on a
-busy machine what is above the run can be drawn after its chart) until the visitor scrolls, touches or presses a
-key, so a presenter who scrolls away is not pulled back, or WATCH_S has passed. Compare's table and the sentence
-beside its chart (`COMPARE_EVIDENCE`) count as its chart: once the comparison ends they are brought into view too.
+its chart and its text boxes above the window's edge; where both cannot be, the top wins. Pressing Generate with
+the settings unfolded, or Compare under its long form, then shows the run, not the form. It keeps doing so while
+the page settles (on a busy machine what is above the run can be drawn after its chart) until the visitor scrolls,
+touches or presses a key, so a presenter who scrolls away is not pulled back, or WATCH_S has passed. Compare's
+table and the sentence beside its chart (`COMPARE_EVIDENCE`) count as its chart: once the comparison ends they are
+brought into view too. Pressing Stop ends that watch (a press), and the script run it starts redraws the stopped
+run, during which a browser may lose the scroll (the page under it shrinks for a moment): `after_stop` sends the
+script again on that run.
 
 `show_parting` sends another script, once a comparison has ended: it scrolls each of its two text boxes (which
 keep their newest line in view while they write) to where the two texts part, so that both show it.
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import itertools
 import json
+
+import streamlit as st
 
 WRITE, COMPARE, SWEEP = "write_area", "compare_area", "sweep_area"  # the runs' containers: CSS classes st-key-<key>
 COMPARE_EVIDENCE = "compare_evidence"  # beside Compare's chart: its table and the sentence reading it, kept in view
@@ -70,6 +75,13 @@ def keep_in_view(where, area: str) -> None:
     where.html(
         f'<script class="studio-scroll" data-send="{next(_sends)}">{script}</script>', unsafe_allow_javascript=True
     )
+
+
+def after_stop(where, area: str, stop_key: str) -> None:
+    """On the script run that the Stop button `stop_key` started: the stopped run in `area`, with what it ended with
+    (Compare's table, the Sweep's sentence), is brought back into view (see the module's note)."""
+    if st.session_state.get(stop_key):
+        keep_in_view(where, area)
 
 
 # Each text box of a finished comparison scrolled so that where the two texts part (the `.parted` span compare_view.py

@@ -323,4 +323,5 @@ def render(engine: gpt2_engine.TextEngine | None, stopped: list[Run]) -> Callabl
     elif request.go and request.settings is not None and engine is not None:
         return lambda: run_sweep(engine, request, view)
     view.show(runner.latest(keys.SWEEP))
+    screen.after_stop(view.scroll, screen.SWEEP, "sweep_stop")
     return None
