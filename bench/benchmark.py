@@ -1,16 +1,17 @@
 """The benchmark: the engine against transformers' `generate()` on the same weights, and llama.cpp beside them.
 
-For every precision that runs on this machine (gpt2_engine.capabilities) it loads the model (first and second
-load: int8's and q8's first converts the weights into a weights cache of the run's own, the second maps it),
-probes the machine's read bandwidth right before each timing, and measures: decode tokens/s (median per-token
-time after warm-up) for the engine and for `model.generate()` in alternating rounds, each as a share of the
-bandwidth ceiling (weight bytes x tokens/s / bandwidth); prefill tokens/s for prompts of 20, 200 and 1000
-tokens; time to first token; the window's cost (window 50 against off over 200 tokens, by re-prime and by
-shadow row); the gaps between tokens with window 20 over 300 tokens (median and longest: the pause a room
-sees at a reset); peak RSS and its anonymous part in a fresh process; teacher-forced agreement with fp32
-(top-1 and KL). Then what `auto` picks, measured as at a first load. With llama-cpp-python installed and
-its converter named (--llama-convert), llama.cpp's q8_0 and f16 of the same weights are rows of the table.
-Prints a Markdown table, the CPU and its flags, and writes a JSON report.
+For every precision that runs on this machine (gpt2_engine.capabilities) it loads the model (first and second load:
+int8's and q8's first converts the weights into a weights cache of the run's own, the second maps it), probes the
+machine's read bandwidth right before each timing, and measures: decode tokens/s (median per-token time after
+warm-up) for the engine and for `model.generate()` in alternating rounds, each as a share of the bandwidth ceiling
+(the bytes of weights a decode step reads x tokens/s / bandwidth: `Engine.step_bytes`, which leaves out the
+embedding tables a step looks one row up in, and q8's prompt kernel's copy); prefill tokens/s for prompts of 20, 200
+and 1000 tokens; time to first token; the window's cost (window 50 against off over 200 tokens, by re-prime and by
+shadow row); the gaps between tokens with window 20 over 300 tokens (median and longest: the pause a room sees at a
+reset); peak RSS and its anonymous part in a fresh process; teacher-forced agreement with fp32 (top-1 and KL). Then
+what `auto` picks, measured as at a first load. With llama-cpp-python installed and its converter named
+(--llama-convert), llama.cpp's q8_0 and f16 of the same weights are rows of the table. Prints a Markdown table, the
+CPU and its flags, and writes a JSON report.
 
     python -m bench.benchmark --model bench/models/gpt2-xl
     python -m bench.benchmark --llama-convert /path/to/llama-cpp-python/vendor/llama.cpp/convert_hf_to_gguf.py
@@ -20,6 +21,7 @@ Prints a Markdown table, the CPU and its flags, and writes a JSON report.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import gc
 import json
 import os
@@ -27,7 +29,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -41,6 +45,8 @@ from gpt2_engine import capabilities, weights_cache
 from gpt2_engine.decoding import WindowMode
 from gpt2_engine.fast import FastContext
 from gpt2_engine.memory import read_process_memory
+
+T = TypeVar("T")
 
 
 class TokenClock:
@@ -78,8 +84,16 @@ def engine_decode(engine: gpt2_engine.Engine, prompt: list[int], tokens: int, wa
     return per_token_seconds(times[1:], warmup), ids
 
 
+def alone(work: Callable[..., T], *args: object) -> T:
+    """`work(*args)` in a thread that ends with it, for every measurement that computes with torch outside the
+    engine (a bandwidth probe, generate(), a prefill): the pool of OpenMP workers such work leaves in its thread
+    slowed the engine's own thread after it by a third (libgomp, counting more threads than cores, stops spinning
+    between operators): 115 against 160 ms a token on gpt2-xl's shape at q8. A load does the same (loading.load)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(work, *args).result()
+
+
 def generate_decode(engine: gpt2_engine.Engine, prompt: list[int], tokens: int, warmup: int) -> tuple[float, list[int]]:
-    """Median seconds per token of `model.generate()` on the same model object, and its ids."""
     clock = TokenClock()
     ids = torch.tensor([prompt], device=engine.device)
     n = tokens + warmup + 1
@@ -152,25 +166,26 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
     engine = gpt2_engine.load(model_dir, dtype=precision, device=args.device)
     row["second_load_s"] = time.perf_counter() - start
     row["weight_bytes"] = engine.weight_bytes
+    row["step_bytes"] = engine.step_bytes  # what a decode step reads: the ceiling's numerator
     prompt = [(i * 31) % engine.model.config.vocab_size for i in range(20)]
     ours, theirs, probes = [], [], []
     for _ in range(args.rounds):  # alternate, so a noisy neighbour hurts both alike
-        probes.append(read_bandwidth(gb=1.0, repeats=5, device=engine.device))
+        probes.append(alone(read_bandwidth, 1.0, 5, engine.device))
         seconds, our_ids = engine_decode(engine, prompt, args.tokens // args.rounds, args.warmup)
         ours.append(seconds)
-        probes.append(read_bandwidth(gb=1.0, repeats=5, device=engine.device))
-        seconds, their_ids = generate_decode(engine, prompt, args.tokens // args.rounds, args.warmup)
+        probes.append(alone(read_bandwidth, 1.0, 5, engine.device))
+        seconds, their_ids = alone(generate_decode, engine, prompt, args.tokens // args.rounds, args.warmup)
         theirs.append(seconds)
     # a speed-up counts only if the outputs agree: greedy tokens, same prompt, same weights
     row["greedy_tokens_equal"] = next((i for i, (a, b) in enumerate(zip(our_ids, their_ids)) if a != b), len(our_ids))
     row["greedy_tokens_compared"] = len(our_ids)
     bandwidth = statistics.median(probes) * 1e9
     row["bandwidth_gb_s"] = bandwidth / 1e9
-    row["ceiling_tok_s"] = bandwidth / engine.weight_bytes
+    row["ceiling_tok_s"] = bandwidth / engine.step_bytes
     row["engine_tok_s"] = 1 / statistics.median(ours)
     row["generate_tok_s"] = 1 / statistics.median(theirs)
     for length in args.prefill:
-        row[f"prefill_{length}_tok_s"] = length / prefill(engine, length, args.prefill_repeats)
+        row[f"prefill_{length}_tok_s"] = length / alone(prefill, engine, length, args.prefill_repeats)
     first = next(
         iter(
             engine.stream(
@@ -199,9 +214,9 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
         )
     row["kv_bytes_per_token"] = engine.kv_bytes_per_token
     if precision == "fp32":
-        reference["fp32"] = log_probs(engine)
+        reference["fp32"] = alone(log_probs, engine)
     elif "fp32" in reference:
-        row["top1_agreement"], row["kl_vs_fp32"] = agreement(reference["fp32"], log_probs(engine))
+        row["top1_agreement"], row["kl_vs_fp32"] = agreement(reference["fp32"], alone(log_probs, engine))
     del engine
     gc.collect()
     return row

@@ -96,9 +96,11 @@ def supports(config: Any) -> bool:
 @functools.cache
 def activation(name: str) -> Callable[[Tensor], Tensor]:
     """GPT-2's MLP activation (config.activation_function) as one kernel: transformers writes gelu_new as
-    seven element-wise operations, each a launch per layer and token (the same function, to float rounding)."""
+    seven element-wise operations, each a launch per layer and token (the same function, to float rounding).
+    GELU's runs in place: its input is the MLP's own intermediate, and a prompt's is megabytes that would
+    otherwise be mapped afresh (memory.MMAP_FROM_BYTES) at every layer."""
     if name in ("gelu_new", "gelu_pytorch_tanh"):
-        return functools.partial(F.gelu, approximate="tanh")
+        return functools.partial(torch.ops.aten.gelu_, approximate="tanh")
     from transformers.activations import ACT2FN
 
     return ACT2FN[name]
@@ -175,8 +177,8 @@ def _forward_reads(model: Any, reads: list[Read]) -> Tensor:
             )  # (H, n, D)
             offset += n
         y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)  # (H, N, D)
-        x = x + block.attn.c_proj(y.transpose(0, 1).reshape(x.shape))
-        x = x + block.mlp.c_proj(act(block.mlp.c_fc(block.ln_2(x))))
+        x += block.attn.c_proj(y.transpose(0, 1).reshape(x.shape))  # in place: x is this pass's own
+        x += block.mlp.c_proj(act(block.mlp.c_fc(block.ln_2(x))))
     for (cache, row, *_), start, n in zip(reads, starts, sizes):
         cache.lengths[row] = start + n
     last = torch.tensor(list(itertools.accumulate(sizes)), device=device) - 1

@@ -70,13 +70,24 @@ class Engine:
     @property
     def weight_bytes(self) -> int:
         """Bytes of weights in memory (shared tensors, like the tied embedding, counted once)."""
-        tensors = {
-            id(t): t for t in (*self.model.parameters(), *self.model.buffers())
-        }  # parameters() skips tied copies
-        held = sum(
-            t.numel() * t.element_size() for t in tensors.values() if t.is_floating_point() or t.dtype == torch.int8
+        return self._tensor_bytes(skip=set()) + sum(getattr(m, "packed_bytes", 0) for m in self.model.modules())
+
+    @property
+    def step_bytes(self) -> int:
+        """Bytes of weights one decode step reads, the numerator of the bandwidth ceiling: every matrix once (q8:
+        fbgemm's copy, not the prompt kernel's), and not the embedding tables, of which a step looks up one row,
+        unless the LM head reads the token table itself (tied weights)."""
+        transformer, head = self.model.transformer, getattr(self.model.lm_head, "weight", None)
+        tables = {id(transformer.wte.weight), id(transformer.wpe.weight)} - {id(head)}
+        return self._tensor_bytes(skip=tables) + sum(getattr(m, "step_bytes", 0) for m in self.model.modules())
+
+    def _tensor_bytes(self, skip: set[int]) -> int:
+        tensors = {id(t): t for t in (*self.model.parameters(), *self.model.buffers())}  # tied: counted once
+        return sum(
+            t.numel() * t.element_size()
+            for key, t in tensors.items()
+            if key not in skip and (t.is_floating_point() or t.dtype == torch.int8)
         )
-        return held + sum(getattr(m, "packed_bytes", 0) for m in self.model.modules())  # fbgemm's own (q8)
 
     @property
     def prompt_kernel(self) -> bool:

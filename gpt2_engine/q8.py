@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .memory import available_bytes, drop_file_pages
 from .quantize import Converted, matrices, quantize_rows, to_int8
 
+PINS = 2  # the values 1 and -1 after each row of a Q8Linear's input (see there)
 SCRATCH_ROWS = 320  # q8's work buffers hold this many rows: a prompt chunk (scheduler.PIECE, 256) and the
 # decode steps of a full batch beside it (8 runs, each its token and a shadow row's few); larger passes slice
 
@@ -32,8 +33,10 @@ class Q8Linear(nn.Module):
     integer products, which read the int8 weights faster than any kernel that keeps x in floating point
     (docs/measurements.md, Performance). Like llama.cpp's q8_0, which scales x per 32 values, x is scaled per row here:
     fbgemm quantizes a whole call with one scale, so each row is divided by its own largest value first, and
-    a first row holding 1 and -1 pins the call's range to [-1, 1]. So a row's result does not depend on the
-    other rows of its call (the shadow row, a prompt's other tokens). On CPUs without VNNI, fbgemm's 8-bit
+    carries two more values, 1 and -1, that pin the call's range to [-1, 1] (the matrix has two columns of zeros
+    for them, so they add nothing). So a row's result does not depend on the other rows of its call (the shadow
+    row, a prompt's other tokens), and a decode step reads one row, not a pin row beside it (10 ms a token on
+    gpt2-xl's shape). On CPUs without VNNI, fbgemm's 8-bit
     products can saturate, so x keeps 7 bits there (`reduce_range`), as torch's dynamic quantization does."""
 
     bias: Tensor  # a buffer: typed here, as torch types a module's attributes Tensor | Module
@@ -45,15 +48,19 @@ class Q8Linear(nn.Module):
         zero = torch.zeros(weight.shape[0], dtype=torch.long)
         with warnings.catch_warnings():  # quantized tensors are deprecated in torch: the probe notices removal
             warnings.simplefilter("ignore", UserWarning)
-            quantized = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero, 0)
-        self.packed = torch.ops.quantized.linear_prepack(quantized, None)  # a copy, in fbgemm's layout
+            pinned = torch.cat([weight, weight.new_zeros(weight.shape[0], PINS)], dim=1)
+            quantized = torch._make_per_channel_quantized_tensor(pinned, scales.double(), zero, 0)
+        self.packed = torch.ops.quantized.linear_prepack(quantized, None)  # a copy, in fbgemm's layout, with the
+        # pins' two columns of zeros
         self.scratch = scratch or Scratch()
         self.prompt = PromptKernel(weight, scales) if self.scratch.prompt_kernel else None  # another copy, for prompts
         drop_file_pages(weight)  # the int8 matrix, when it is mapped from the weights cache, is not read again
         self.register_buffer("bias", torch.zeros(weight.shape[0]) if bias is None else bias.float())
         self.out_features = weight.shape[0]
-        self.packed_bytes = (1 + (self.prompt is not None)) * weight.numel() + 4 * self.out_features  # int8 matrix
-        # (twice with the prompt kernel's copy) + fbgemm's column offsets
+        self.step_bytes = weight.numel() + (PINS + 4) * self.out_features  # what a decode step reads: the int8
+        # matrix, the pins' zeros and fbgemm's column offsets
+        self.packed_bytes = self.step_bytes + (weight.numel() if self.prompt is not None else 0)  # held: and the
+        # prompt kernel's copy
         self.reduce_range = REDUCE_RANGE
         self.scratch.unit(weight.shape[1])  # made now, at load: part of what the process holds before any run
         if self.prompt is not None:
@@ -65,8 +72,8 @@ class Q8Linear(nn.Module):
         if self.prompt is not None and self.scratch.prompt_pass and rows.shape[0] >= PROMPT_ROWS:
             y = self.prompt(rows, peak, self.scratch)
             return torch.addcmul(self.bias, y, peak, out=y).view(*x.shape[:-1], self.out_features)
-        unit = self.scratch.unit(rows.shape[1])  # row 0 pins the range to [-1, 1]; the rows go after it
-        capacity = unit.shape[0] - 1
+        unit = self.scratch.unit(rows.shape[1])  # each row's last two values pin the range to [-1, 1]
+        capacity = unit.shape[0]
         if rows.shape[0] <= capacity:
             return self._rows(rows, peak, unit).view(*x.shape[:-1], self.out_features)
         out = torch.empty(rows.shape[0], self.out_features)  # a pass larger than the scratch (scoring a long
@@ -76,10 +83,10 @@ class Q8Linear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
     def _rows(self, rows: Tensor, peak: Tensor, unit: Tensor) -> Tensor:
-        n = rows.shape[0]
-        torch.div(rows, peak, out=unit[1 : n + 1])  # every row within [-1, 1], the pin spanning it
-        y = torch.ops.quantized.linear_dynamic(unit[: n + 1], self.packed, self.reduce_range)[1:]
-        return torch.addcmul(self.bias, y, peak)  # bias + y * peak
+        n, width = rows.shape
+        torch.div(rows, peak, out=unit[:n, :width])  # every row within [-1, 1], its pins spanning it
+        y = torch.ops.quantized.linear_dynamic(unit[:n], self.packed, self.reduce_range)
+        return torch.addcmul(self.bias, y, peak, out=y)  # bias + y * peak, into fbgemm's result
 
 
 class PromptKernel:
@@ -109,7 +116,7 @@ class PromptKernel:
         `scratch`: the model's work buffers, so that a pass allocates only its result."""
         n, width = rows.shape
         reuse = scratch is not None and n <= scratch.rows
-        work = scratch.unit(width)[1 : n + 1] if reuse else torch.empty_like(rows)  # type: ignore[union-attr]
+        work = scratch.unit(width)[:n, :width] if reuse else torch.empty_like(rows)  # type: ignore[union-attr]
         torch.div(rows, peak, out=work)
         # fbgemm rounds x * (1 / scale) + zero point computed as one fused multiply-add: addcmul is one here (a
         # separate multiply and add round twice, and a value near a half then lands on the other integer)
@@ -201,7 +208,7 @@ class Scratch:
     """A model's work buffers for Q8Linear, one per input width, made at load and reused by every matrix and
     every pass (one forward at a time per model: engine.lock), so that what a pass allocates does not depend on
     its number of rows: a day of phrases of every length adds nothing. A pass of more rows than `rows` is done
-    in slices. Each buffer's row 0 holds the pin [1, -1, 0, ...] that fixes fbgemm's range for the call.
+    in slices. Each buffer's rows end in the pins [1, -1] that fix fbgemm's range for the call (Q8Linear).
     `prompt_kernel`: the model's matrices keep a PromptKernel too; `prompt_pass`: the pass under way reads a
     prompt, so they use it."""
 
@@ -220,11 +227,11 @@ class Scratch:
         return made
 
     def unit(self, width: int) -> Tensor:
-        """The (rows + 1, width) buffer for matrices that read `width` values a row."""
+        """The (rows, width + PINS) buffer for matrices that read `width` values a row."""
         unit = self._units.get(width)
         if unit is None:
-            made = torch.zeros(self.rows + 1, width)
-            made[0, :2] = torch.tensor([1.0, -1.0])
+            made = torch.zeros(self.rows, width + PINS)
+            made[:, width:] = torch.tensor([1.0, -1.0])
             unit = self._units.setdefault(width, made)  # two matrices converted at once: one buffer still
         return unit
 

@@ -17,7 +17,7 @@ import torch
 
 from .generation import Engine
 from .q8 import prompt_pass
-from .threads import policy_for
+from .threads import passing, policy_for
 
 
 @dataclass(frozen=True)
@@ -40,32 +40,33 @@ def coherence(
     limit = engine.n_positions
     stride = stride or limit // 2
     total, count, done_until, begin = 0.0, 0, first, 0
-    with torch.inference_mode():
-        while True:
-            end = min(begin + limit, len(ids))
-            targets = range(max(done_until, begin + 1), end)  # positions scored in this window
-            if len(targets):
-                chunk = torch.tensor([ids[begin:end]], device=engine.device)
-                # one forward pass at a time on the model (the batch's streams go on between); many rows: q8's prompt
-                # kernel reads them (q8.PromptKernel)
-                with engine.lock, prompt_pass(engine.model, True):
-                    policy_for(
-                        engine.model
-                    ).apply()  # this thread computes with the count the engine measured fastest now
-                    logits = engine.model(input_ids=chunk).logits[0].float()  # (T, vocab)
-                rows = torch.tensor([t - begin - 1 for t in targets], device=logits.device)  # logits at t-1 predict t
-                logprobs = torch.log_softmax(logits[rows], dim=-1)
-                wanted = torch.tensor([ids[t] for t in targets], device=logits.device)
-                total += float(logprobs.gather(1, wanted[:, None]).sum())
-                count += len(targets)
-                done_until = end
-            if progress is not None:
-                progress(count, max(0, len(ids) - first))
-            if end == len(ids):
-                break
-            begin += stride
+    while True:
+        end = min(begin + limit, len(ids))
+        targets = range(max(done_until, begin + 1), end)  # positions scored in this window
+        if len(targets):
+            # one forward pass at a time on the model (the batch's streams go on between); many rows: q8's prompt
+            # kernel reads them (q8.PromptKernel); in a passing thread, so that this one keeps no OpenMP pool
+            with engine.lock, prompt_pass(engine.model, True):
+                total += passing(_summed_logprob, engine, ids[begin:end], targets.start - begin)
+            count += len(targets)
+            done_until = end
+        if progress is not None:
+            progress(count, max(0, len(ids) - first))
+        if end == len(ids):
+            break
+        begin += stride
     mean = total / count if count else 0.0
     return Coherence(tokens=count, mean_logprob=mean, perplexity=math.exp(-mean) if count else float("nan"))
+
+
+def _summed_logprob(engine: Engine, ids: Sequence[int], first: int) -> float:
+    """The summed log-probability of `ids[first:]`, each read after those before it in one forward pass."""
+    with torch.inference_mode():
+        policy_for(engine.model).apply()  # this thread computes with the count the engine measured fastest now
+        logits = engine.model(input_ids=torch.tensor([list(ids)], device=engine.device)).logits[0].float()  # (T, V)
+        logprobs = torch.log_softmax(logits[first - 1 : len(ids) - 1], dim=-1)  # the logits at t-1 predict t
+        wanted = torch.tensor(list(ids[first:]), device=logits.device)
+        return float(logprobs.gather(1, wanted[:, None]).sum())
 
 
 def window_logprobs(engine: Engine, ids: Sequence[int], window: int, prompt_tokens: int = 1) -> list[float]:
@@ -82,20 +83,27 @@ def window_logprobs(engine: Engine, ids: Sequence[int], window: int, prompt_toke
     blocks += [(t0 - n, t0, min(t0 + n, total)) for t0 in range(p + n, total, n)]
     out = [0.0] * total
     rows_per_pass = max(1, 8192 // (2 * n))
-    with torch.inference_mode():
-        for group in _same_length(blocks, rows_per_pass):
-            inputs = torch.tensor([list(ids[s : t1 - 1]) for s, _, t1 in group], device=engine.device)
-            with engine.lock:
-                policy_for(engine.model).apply()
-                logits = engine.model(input_ids=inputs).logits.float()  # (blocks, length, vocab)
-            logprobs = torch.log_softmax(logits, dim=-1)
-            for row, (s, t0, t1) in enumerate(group):
-                at = torch.arange(t0, t1)
-                wanted = torch.tensor([ids[t] for t in range(t0, t1)], device=logprobs.device)
-                picked = logprobs[row, at - 1 - s].gather(1, wanted[:, None])[:, 0]
-                for t, value in zip(range(t0, t1), picked.tolist(), strict=True):
-                    out[t] = value
+    for group in _same_length(blocks, rows_per_pass):
+        with engine.lock:  # in a passing thread, so that this one keeps no OpenMP pool (threads.passing)
+            for t, value in passing(_block_logprobs, engine, ids, group):
+                out[t] = value
     return out[p:]
+
+
+def _block_logprobs(engine: Engine, ids: Sequence[int], group: list[tuple[int, int, int]]) -> list[tuple[int, float]]:
+    """(t, log-probability of ids[t]) for each block (first input, first target, end of targets) of one length,
+    read in one forward pass."""
+    with torch.inference_mode():
+        inputs = torch.tensor([list(ids[s : t1 - 1]) for s, _, t1 in group], device=engine.device)
+        policy_for(engine.model).apply()
+        logprobs = torch.log_softmax(engine.model(input_ids=inputs).logits.float(), dim=-1)  # (blocks, length, V)
+        values: list[tuple[int, float]] = []
+        for row, (s, t0, t1) in enumerate(group):
+            at = torch.arange(t0, t1)
+            wanted = torch.tensor([ids[t] for t in range(t0, t1)], device=logprobs.device)
+            picked = logprobs[row, at - 1 - s].gather(1, wanted[:, None])[:, 0]
+            values.extend(zip(range(t0, t1), picked.tolist(), strict=True))
+        return values
 
 
 def _same_length(blocks: list[tuple[int, int, int]], most: int):

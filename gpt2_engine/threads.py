@@ -21,6 +21,7 @@ models in one process (a second visitor's pick) learn apart: their passes cost a
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import statistics
 import threading
@@ -29,9 +30,11 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 THREADS_ENV = "GPT2_STUDIO_THREADS"
 RECENT = 5  # passes of one kind remembered per thread count: their median is that count's speed now
@@ -274,3 +277,14 @@ def policy_for(model: Any) -> ThreadPolicy:
         if policy is None:
             policy = _POLICIES[model] = ThreadPolicy(pinned=pinned_threads())
         return policy
+
+
+def passing(work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` in a thread that ends with it, for torch work outside the batch's thread (scoring a text):
+    torch's OpenMP (libgomp) keeps a pool of workers for every thread that ever ran a parallel operator, for as
+    long as that thread lives, and with more pooled threads than cores it stops spinning between operators, so
+    the batch's every pass slows: after one scoring in a thread that went on living (a page's script thread
+    lives through a whole sweep), decoding gpt2-xl's shape at q8 took 164 against 121 ms a token. `load` works
+    in a thread of its own for the same reason (loading.py)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="passing") as alone:
+        return alone.submit(work, *args).result()

@@ -103,6 +103,7 @@ def test_the_real_batcher_reads_a_long_phrase_beside_a_writer_in_pieces_the_budg
     monkeypatched budget); and the passes' kinds are those of their reads."""
     passes: list[list[tuple[str, int]]] = []
     chosen: list[int] = []
+    learned: list[bool] = []
     real = fast.forward_reads
     budget = engine.batcher.scheduler.budget
 
@@ -110,6 +111,7 @@ def test_the_real_batcher_reads_a_long_phrase_beside_a_writer_in_pieces_the_budg
         passes.append([(read.kind, len(read.ids)) for read in reads])
         if any(read.kind == "prompt" for read in reads):
             chosen.append(budget.tokens())  # what the budget allowed this pass, as the scheduler asked it
+            learned.append(budget.step_s is not None and bool(budget.token_s))  # ... from what it had measured
         return real(model, reads)
 
     monkeypatch.setattr(fast, "forward_reads", recording)
@@ -117,7 +119,7 @@ def test_the_real_batcher_reads_a_long_phrase_beside_a_writer_in_pieces_the_budg
     writer = engine.stream("The cat", max_new_tokens=100_000, seed=1, stop_at_eos=False, window=None)
     for _ in range(5):
         next(writer)
-    passes.clear(), chosen.clear()  # the writer's own prompt was read alone
+    passes.clear(), chosen.clear(), learned.clear()  # the writer's own prompt was read alone
     phrase = "word " * 1000
     newcomer = engine.stream(phrase, max_new_tokens=1, seed=2, window=None)
     feeding = threading.Event()
@@ -140,7 +142,8 @@ def test_the_real_batcher_reads_a_long_phrase_beside_a_writer_in_pieces_the_budg
     # have none: the writer's reader had its steps waiting, yet the pass keeps to the budget, for its next step)
     assert pieces[0] == PromptBudget.FIRST and budget.token_s is not None  # it measured what a token adds
     assert pieces[:-1] == chosen[: len(pieces) - 1]  # each piece the budget of its pass (the last: what was left)
-    assert len(set(pieces[:-1])) > 1 or pieces[1] != PromptBudget.FIRST  # it moved from FIRST as it learned
+    assert any(learned[1 : len(pieces) - 1])  # later pieces are what it learned (which may be FIRST again, where a
+    # step costs about 8 tokens), not FIRST for want of a measure
 
 
 @pytest.mark.timeout(300)

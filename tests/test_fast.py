@@ -32,6 +32,22 @@ def test_fast_forward_logits_equal_transformers(engine) -> None:
             )
 
 
+@pytest.mark.parametrize("name", ["gelu_new", "gelu_pytorch_tanh", "relu"])
+def test_the_activation_is_transformers_own_in_one_kernel(name) -> None:
+    """GPT-2's activation as fast.py runs it: transformers' function to float rounding; GELU's in place (the MLP's
+    own intermediate), any other as transformers runs it."""
+    from transformers.activations import ACT2FN
+
+    from gpt2_engine.fast import activation
+
+    x = torch.randn(64, 256) * 4
+    expected = ACT2FN[name](x.clone())
+    given = x.clone()
+    got = activation(name)(given)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (got.data_ptr() == given.data_ptr()) == name.startswith("gelu")
+
+
 @pytest.mark.parametrize("sampler", ["nucleus", "tutorial", "greedy"])
 @pytest.mark.parametrize("window", [None, 1, 7, 32])
 def test_fast_and_reference_backends_make_the_same_tokens(engine, sampler, window) -> None:

@@ -213,3 +213,10 @@ def test_steps_carry_memory_and_time(engine) -> None:
     assert all(s.rss_bytes >= s.anon_bytes > 0 for s in steps)
     assert all(a.elapsed_s <= b.elapsed_s for a, b in itertools.pairwise(steps))
     assert steps[-1].stop_reason == "length" and all(s.stop_reason is None for s in steps[:-1])
+
+
+def test_a_step_reads_every_matrix_and_the_tied_token_table_not_the_position_table(engine) -> None:
+    """The bandwidth ceiling's bytes (bench.benchmark): fp32's LM head is the token table itself, read whole at every
+    step; of the position table a step reads one row."""
+    positions = engine.model.transformer.wpe.weight
+    assert engine.step_bytes == engine.weight_bytes - positions.numel() * positions.element_size()

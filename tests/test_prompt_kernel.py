@@ -85,6 +85,7 @@ def test_a_q8_engine_writes_the_same_texts_with_or_without_the_prompt_kernel(tin
     low = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
     assert low.prompt_kernel is kept and not plain.prompt_kernel
     assert low.weight_bytes > plain.weight_bytes if kept else low.weight_bytes == plain.weight_bytes  # its copy
+    assert low.step_bytes == plain.step_bytes  # ... which a decode step never reads (the bandwidth ceiling's bytes)
     passes: list[bool] = []
     real = fast._forward_reads
 

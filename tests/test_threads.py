@@ -192,3 +192,34 @@ def test_each_model_learns_its_own_pass_times() -> None:
     del small
     gc.collect()
     assert len(threads._POLICIES) == before - 1
+
+
+def test_scoring_computes_in_a_thread_that_ends_not_the_callers(engine, monkeypatch) -> None:
+    """A page's script thread that scored a text and lived on (a sweep) kept an OpenMP pool beside the batch's,
+    and slowed every pass after it: scoring's passes run in a passing thread, gone once it returns."""
+    import gpt2_engine
+    from gpt2_engine import scoring
+
+    seen: list[threading.Thread] = []
+    forward = type(engine.model).forward
+
+    def recording(self, *args, **kwargs):
+        seen.append(threading.current_thread())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(engine.model), "forward", recording)
+    ids = engine.tokenizer.encode("The cat sat on the mat and looked at the dog.")
+    score = gpt2_engine.coherence(engine, ids[:3], ids[3:])
+    scoring.read_with_window(engine, ids, 4)
+    assert score.tokens == len(ids) - 3 and len(seen) >= 2
+    assert all(thread is not threading.current_thread() and not thread.is_alive() for thread in seen)
+
+
+def test_passing_returns_what_the_work_returns_and_raises_what_it_raises() -> None:
+    assert threads.passing(lambda a, b: (a + b, threading.current_thread().name), 2, 3)[0] == 5
+    try:
+        threads.passing(int, "not a number")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("the work's error was not raised again")
