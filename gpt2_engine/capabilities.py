@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .threads import passing
+
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "q8")
 LOG = logging.getLogger("gpt2_studio")
 
@@ -142,7 +144,9 @@ def _probe(precision: str) -> Support:
 
 @functools.cache
 def _cpu_support() -> dict[str, Support]:
-    return {precision: _probe(precision) for precision in PRECISIONS}
+    # in a passing thread: a probe's kernels would leave the caller's thread an OpenMP pool (threads.passing),
+    # and a command line that probed in its main thread decoded a third slower in the batch's
+    return passing(lambda: {precision: _probe(precision) for precision in PRECISIONS})
 
 
 def supported(device: torch.device | str = "cpu") -> dict[str, Support]:

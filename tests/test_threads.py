@@ -223,3 +223,18 @@ def test_passing_returns_what_the_work_returns_and_raises_what_it_raises() -> No
         pass
     else:
         raise AssertionError("the work's error was not raised again")
+
+
+def test_the_precision_probes_run_in_a_thread_that_ends(monkeypatch) -> None:
+    """A command line that probed the precisions in its main thread kept an OpenMP pool there, beside the batch's,
+    and decoded a third slower: the probes run in a passing thread."""
+    from gpt2_engine import capabilities
+
+    seen: list[threading.Thread] = []
+    monkeypatch.setitem(capabilities.CPU_PROBES, "fp32", lambda: seen.append(threading.current_thread()))
+    capabilities.forget()
+    try:
+        assert capabilities.supported("cpu")["fp32"].runs
+    finally:
+        capabilities.forget()
+    assert seen and seen[0] is not threading.current_thread() and not seen[0].is_alive()
