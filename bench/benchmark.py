@@ -21,7 +21,6 @@ CPU and its flags, and writes a JSON report.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import gc
 import json
 import os
@@ -29,9 +28,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 
@@ -45,8 +42,7 @@ from gpt2_engine import capabilities, weights_cache
 from gpt2_engine.decoding import WindowMode
 from gpt2_engine.fast import FastContext
 from gpt2_engine.memory import read_process_memory
-
-T = TypeVar("T")
+from gpt2_engine.threads import passing
 
 
 class TokenClock:
@@ -82,15 +78,6 @@ def engine_decode(engine: gpt2_engine.Engine, prompt: list[int], tokens: int, wa
         times.append(time.perf_counter())
         ids.append(step.token_id)
     return per_token_seconds(times[1:], warmup), ids
-
-
-def alone(work: Callable[..., T], *args: object) -> T:
-    """`work(*args)` in a thread that ends with it, for every measurement that computes with torch outside the
-    engine (a bandwidth probe, generate(), a prefill): the pool of OpenMP workers such work leaves in its thread
-    slowed the engine's own thread after it by a third (libgomp, counting more threads than cores, stops spinning
-    between operators): 115 against 160 ms a token on gpt2-xl's shape at q8. A load does the same (loading.load)."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(work, *args).result()
 
 
 def generate_decode(engine: gpt2_engine.Engine, prompt: list[int], tokens: int, warmup: int) -> tuple[float, list[int]]:
@@ -170,11 +157,11 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
     prompt = [(i * 31) % engine.model.config.vocab_size for i in range(20)]
     ours, theirs, probes = [], [], []
     for _ in range(args.rounds):  # alternate, so a noisy neighbour hurts both alike
-        probes.append(alone(read_bandwidth, 1.0, 5, engine.device))
+        probes.append(passing(read_bandwidth, 1.0, 5, engine.device))
         seconds, our_ids = engine_decode(engine, prompt, args.tokens // args.rounds, args.warmup)
         ours.append(seconds)
-        probes.append(alone(read_bandwidth, 1.0, 5, engine.device))
-        seconds, their_ids = alone(generate_decode, engine, prompt, args.tokens // args.rounds, args.warmup)
+        probes.append(passing(read_bandwidth, 1.0, 5, engine.device))
+        seconds, their_ids = passing(generate_decode, engine, prompt, args.tokens // args.rounds, args.warmup)
         theirs.append(seconds)
     # a speed-up counts only if the outputs agree: greedy tokens, same prompt, same weights
     row["greedy_tokens_equal"] = next((i for i, (a, b) in enumerate(zip(our_ids, their_ids)) if a != b), len(our_ids))
@@ -185,7 +172,7 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
     row["engine_tok_s"] = 1 / statistics.median(ours)
     row["generate_tok_s"] = 1 / statistics.median(theirs)
     for length in args.prefill:
-        row[f"prefill_{length}_tok_s"] = length / alone(prefill, engine, length, args.prefill_repeats)
+        row[f"prefill_{length}_tok_s"] = length / passing(prefill, engine, length, args.prefill_repeats)
     first = next(
         iter(
             engine.stream(
@@ -214,9 +201,9 @@ def measure(model_dir: str, precision: str, args: argparse.Namespace, reference:
         )
     row["kv_bytes_per_token"] = engine.kv_bytes_per_token
     if precision == "fp32":
-        reference["fp32"] = alone(log_probs, engine)
+        reference["fp32"] = passing(log_probs, engine)
     elif "fp32" in reference:
-        row["top1_agreement"], row["kl_vs_fp32"] = agreement(reference["fp32"], alone(log_probs, engine))
+        row["top1_agreement"], row["kl_vs_fp32"] = agreement(reference["fp32"], passing(log_probs, engine))
     del engine
     gc.collect()
     return row

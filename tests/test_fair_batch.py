@@ -142,7 +142,7 @@ def test_the_real_batcher_reads_a_long_phrase_beside_a_writer_in_pieces_the_budg
     # have none: the writer's reader had its steps waiting, yet the pass keeps to the budget, for its next step)
     assert pieces[0] == PromptBudget.FIRST and budget.token_s is not None  # it measured what a token adds
     assert pieces[:-1] == chosen[: len(pieces) - 1]  # each piece the budget of its pass (the last: what was left)
-    assert any(learned[1 : len(pieces) - 1])  # later pieces are what it learned (which may be FIRST again, where a
+    assert any(learned[1:])  # later pieces are what it learned (which may be FIRST again, where a
     # step costs about 8 tokens), not FIRST for want of a measure
 
 
