@@ -155,13 +155,12 @@ def q8_engine(shapes: Shapes, rows: int) -> Built:
 
 
 def q8_prompt_kernel(shapes: Shapes, rows: int) -> Built:
-    """The engine's q8 in a pass that reads a prompt (q8.PromptKernel: oneDNN, AMX where the CPU has it; from
+    """The engine's q8 with its prompt kernel (q8.PromptKernel: oneDNN, AMX where the CPU has it; from
     PROMPT_ROWS rows, fbgemm below)."""
     from gpt2_engine.q8 import Q8Linear, Scratch
     from gpt2_engine.quantize import quantize_rows
 
     scratch = Scratch(prompt_kernel=True)
-    scratch.prompt_pass = True
     ws = [(i, Q8Linear(*quantize_rows(torch.randn(o, i) * 0.02), torch.zeros(o), scratch)) for i, o in shapes]
     xs = _inputs(shapes, rows)
     return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]

@@ -35,11 +35,12 @@ from typing import Any
 import torch
 
 from . import capabilities, weights_cache
-from .fast import SHADOW_CHUNK, FastContext
+from .fast import LONG_CHUNK, SHADOW_CHUNK, FastContext
 from .threads import policy_for
 from .window import Window
 
-FORMAT = 2  # bump when what a remembered choice means changes (2: a few layers measured, the shadow's chunk)
+FORMAT = 3  # bump when what a remembered choice means changes (2: a few layers measured, the shadow's chunk;
+# 3: a chunk that reaches q8's prompt kernel is among those measured)
 CHOICES_FILE = "auto-precision.json"
 MIN_TOP1 = 0.75  # a precision must pick fp32's most likely token this often on the check text (random weights'
 # flat distributions make top-1 fragile: KL is the sharper test) ...
@@ -49,7 +50,8 @@ PRIME_TOKENS = 8  # read as a prompt first, so that the prompt's path (several r
 CHECK_STEPS = 16  # decode steps timed and compared per precision
 GIVE_UP_AFTER = 2  # steps: a precision this many steps slower than 1.5x the best so far is not finished
 PROBE_LAYERS = 4  # layers each candidate is measured on (gpt2-xl has 48: a twelfth of its matrices, and its head)
-SHADOW_CHUNKS = (1, 2, 4)  # tokens the shadow row may read at a time beside a step: the cheapest on average wins
+SHADOW_CHUNKS = (1, 2, 4, LONG_CHUNK)  # tokens the shadow row may read at a time beside a step: the cheapest on
+# average wins
 LOG = logging.getLogger("gpt2_studio")
 
 

@@ -10,10 +10,11 @@ Rows: a cache can hold two rows. With a window N, the second row is a *shadow* c
 run will reach, it reads the tokens since the last reset, a few at a time, in the same forward passes as the
 main row; at the reset it holds the last N tokens at positions 0..N-1 but a few, reads those, and becomes the
 main row, so a reset costs one ordinary step instead of an N-token prefill. It starts as late as its pace allows
-(at 3/4 of the window when it reads 4 tokens a step) and not at all when the run ends before the next reset, so
-the cache holds what the run needs: a window as long as the run holds what off holds. What the extra rows cost
-depends on the kernel (almost nothing with q8's integer one on AVX-512), so `auto` measures how many tokens
-the shadow reads a step (autotune.Choice.shadow_chunk).
+(at 3/4 of the window when it reads 4 tokens a step, in the last few steps when it reads 15) and not at all when
+the run ends before the next reset, so the cache holds what the run needs: a window as long as the run holds what
+off holds. What the extra rows cost depends on the kernel (with q8 on gpt2-xl's shape: 4 tokens beside a step add
+a third of it, 15 add half, through the prompt kernel), so `auto` measures how many tokens the shadow reads a step
+(autotune.Choice.shadow_chunk).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .q8 import prompt_pass
 from .threads import policy_for
 from .window import Window
 
 SHADOW_CHUNK = 4  # tokens the shadow row reads at a time, beside a main-row step, unless `auto` measured a
-# better number here (autotune.Choice.shadow_chunk): 5 rows cost about 1 in q8's integer kernel on AVX-512
+# better number here (autotune.Choice.shadow_chunk) or q8 keeps its prompt kernel (generation.Engine.shadow_chunk)
+LONG_CHUNK = 15  # the longest chunk measured: gpt2-xl's shape at q8, a step took 101 ms alone, 141 with 5 tokens
+# beside it and 142 with 15 through the prompt kernel (183 through fbgemm): 3 ms a token read ahead against 8
 Progress = Callable[[int, int], None]  # (prompt tokens read so far, of how many)
 
 
@@ -139,10 +141,7 @@ def forward_reads(model: Any, reads: list[Read]) -> Tensor:
     Attention is per read, over its own row only: a row never sees another's tokens. The pass runs with the
     thread count the model's thread policy gives it (threads.policy_for; and teaches it what that count cost)."""
     steps_only = not any(read.kind in PIECED for read in reads)  # a pass of steps (and shadows) only
-    with (
-        policy_for(model).run_pass(sum(len(read.ids) for read in reads), may_try=steps_only),
-        prompt_pass(model, not steps_only),  # q8's matrices read a prompt's rows with their prompt kernel
-    ):
+    with policy_for(model).run_pass(sum(len(read.ids) for read in reads), may_try=steps_only):
         return _forward_reads(model, reads)
 
 

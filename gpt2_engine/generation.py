@@ -23,7 +23,7 @@ from .autotune import Choice
 from .batching import Batcher, ModelLock
 from .decoding import Backend, Candidate, Decoder, Prompt, Step, WindowMode, candidates, shadowed, token_text
 from .errors import SettingsError
-from .fast import SHADOW_CHUNK, Progress
+from .fast import LONG_CHUNK, SHADOW_CHUNK, Progress
 from .sampling import Distribution
 from .settings import MAX_SEED, GenerationSettings
 from .shapes import ModelShape, Precision
@@ -60,8 +60,11 @@ class Engine:
 
     @property
     def shadow_chunk(self) -> int:
-        """Tokens the shadow row reads at a time beside a step: what `auto` measured cheapest here, else fast's."""
-        return self.choice.shadow_chunk if self.choice else SHADOW_CHUNK
+        """Tokens the shadow row reads at a time beside a step: what `auto` measured cheapest here; else, where q8
+        keeps its prompt kernel (measured faster at load), fast.LONG_CHUNK, which it reads cheapest; else fast's."""
+        if self.choice:
+            return self.choice.shadow_chunk
+        return LONG_CHUNK if self.prompt_kernel else SHADOW_CHUNK
 
     @property
     def device(self) -> torch.device:

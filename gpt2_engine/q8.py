@@ -2,19 +2,17 @@
 
 `Q8Linear` reads a decode step's few rows through fbgemm's dynamic linear, the fastest kernel for them measured
 here; where it pays (`prompt_kernel_pays`), a second copy of each matrix in oneDNN's layout (`PromptKernel`, AMX
-where the CPU has it) reads the many rows of a prompt, bit for bit as fbgemm would. The matrices of a model share
-one `Scratch`, their work buffers, which also carries the one fact a forward pass tells them: whether it reads a
-prompt (`prompt_pass`). The int8 matrices themselves come from quantize.py's conversion (and its weights cache).
+where the CPU has it) reads every call of PROMPT_ROWS rows or more (a prompt's piece, the shadow rows' chunks
+beside steps), bit for bit as fbgemm would. The matrices of a model share one `Scratch`, their work buffers. The int8 matrices themselves come from quantize.py's conversion (and its weights cache).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,7 +67,7 @@ class Q8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])  # (R, in)
         peak = _peaks(rows)
-        if self.prompt is not None and self.scratch.prompt_pass and rows.shape[0] >= PROMPT_ROWS:
+        if self.prompt is not None and rows.shape[0] >= PROMPT_ROWS:
             y = self.prompt(rows, peak, self.scratch)
             return torch.addcmul(self.bias, y, peak, out=y).view(*x.shape[:-1], self.out_features)
         unit = self.scratch.unit(rows.shape[1])  # each row's last two values pin the range to [-1, 1]
@@ -98,8 +96,10 @@ class PromptKernel:
     where it is measured that much faster and the memory is there (`prompt_kernel_pays`). Each row is made 8-bit
     exactly as fbgemm makes the pinned rows (scale 2/255, zero point 128 over [-1, 1], one fused multiply-add), so
     its results are fbgemm's bit for bit: `prompt_kernel_pays` checks that on the model's own matrix before it is
-    used, so a row's result never depends on the kernel nor on the rows beside it. A pass that reads a prompt
-    piece sends every row through it, from PROMPT_ROWS rows (fast.forward_reads sets `Scratch.prompt_pass`)."""
+    used, so a row's result never depends on the kernel nor on the rows beside it. Every call of PROMPT_ROWS rows or
+    more goes through it: a prompt's piece, and as well a pass of steps with the shadow rows' chunks beside them
+    (over gpt2-xl's 193 matrices, 16 rows took 156 ms against fbgemm's 189, 40 rows 219 against 307; one row 105,
+    /tmp/rows.py in docs/measurements.md)."""
 
     X_SCALE = float(torch.tensor(2.0 / 255.0))  # fbgemm's quantization of [-1, 1], Q8Linear's pinned range
     X_ZERO = 128
@@ -141,9 +141,10 @@ class PromptKernel:
 
 
 PROMPT_FASTER = 1.5  # the prompt kernel is kept only where a prompt piece reads at least this much faster
-PROMPT_ROWS = 16  # a pass reading a prompt uses it from this many rows: for one or two rows oneDNN takes another
-# path, whose float scaling can differ from fbgemm's in the last bit; fewer rows cost fbgemm little anyway
-CHECKED_ROWS = (PROMPT_ROWS, PROMPT_ROWS + 1, 64, SCRATCH_ROWS)  # row counts the kernels must agree on at load
+PROMPT_ROWS = 6  # a call of this many rows or more uses it (gpt2-xl's 193 matrices, the dev VM: 1 row 101 ms
+# through fbgemm against 119 through oneDNN, 4 rows 126 against 125, 6 rows 141 against 132, 8 rows 150 against
+# 130, 16 rows 183 against 142): a batch of six writers and more, a prompt's piece, the shadow's chunk beside a step
+CHECKED_ROWS = (*range(PROMPT_ROWS, 18), 64, SCRATCH_ROWS)  # row counts the kernels must agree on at load
 PROMPT_KERNEL: bool | None = None  # None: measured at each q8 load (`prompt_kernel_pays`); tests force an answer
 
 
@@ -209,14 +210,12 @@ class Scratch:
     every pass (one forward at a time per model: engine.lock), so that what a pass allocates does not depend on
     its number of rows: a day of phrases of every length adds nothing. A pass of more rows than `rows` is done
     in slices. Each buffer's rows end in the pins [1, -1] that fix fbgemm's range for the call (Q8Linear).
-    `prompt_kernel`: the model's matrices keep a PromptKernel too; `prompt_pass`: the pass under way reads a
-    prompt, so they use it."""
+    `prompt_kernel`: the model's matrices keep a PromptKernel too, for their calls of PROMPT_ROWS rows or more."""
 
     def __init__(self, rows: int = SCRATCH_ROWS, prompt_kernel: bool = False):
         self.rows = rows
         self._units: dict[int, Tensor] = {}
         self.prompt_kernel = prompt_kernel
-        self.prompt_pass = False
         self._bytes: dict[int, Tensor] = {}
 
     def bytes(self, width: int) -> Tensor:
@@ -262,17 +261,3 @@ def to_q8(model: Any, saved: dict[str, Tensor] | None = None, progress: Converte
     converted = to_int8(model, torch.float32, saved, functools.partial(Q8Linear, scratch=scratch), progress)
     model.q8_scratch = scratch
     return converted
-
-
-@contextlib.contextmanager
-def prompt_pass(model: Any, reads_a_prompt: bool) -> Iterator[None]:
-    """Tells a q8 model's matrices, for one forward pass, whether it reads a prompt (their PromptKernel then)."""
-    scratch = getattr(model, "q8_scratch", None)
-    if scratch is None or not scratch.prompt_kernel:
-        yield
-        return
-    scratch.prompt_pass = reads_a_prompt
-    try:
-        yield
-    finally:
-        scratch.prompt_pass = False

@@ -23,11 +23,15 @@ PIECE = 256  # the most tokens of one prompt a pass reads: alone, a 1,024-token 
 
 class PromptBudget:
     """How many prompt tokens a pass reads beside other runs' steps: enough that the pass costs about STEP_SHARE
-    more than a pass of steps alone. Learned as it goes, from the passes' own times: a pass of steps alone says
-    what a step costs, and a pass with prompt tokens beside steps what each token adds."""
+    more than a pass of steps alone for each phrase being read (up to READERS of them), so that the writers, who
+    share one step, and each visitor waiting for a first word get about a step's time of every pass. Learned as it
+    goes, from the passes' own times: a pass of steps alone says what a step costs, and a pass with prompt tokens
+    beside steps what each token adds."""
 
-    STEP_SHARE = 1.0  # a pass with prompt tokens costs at most about (1 + this) steps: others' gaps stay about 2x
-    # a step's (0.6 kept them under 1.6x, but read a phrase beside eight writers at a third of the machine)
+    STEP_SHARE = 1.0  # one phrase beside writers: a pass costs about 2 steps, their gaps stay about 2x a step's
+    # (0.6 kept them under 1.6x, but read a phrase beside eight writers at a third of the machine)
+    READERS = 3  # phrases beyond this add nothing: writers' gaps stay within about 4x a step's. Counting only one
+    # left eight busy visitors a median of 37 s to their first word (a closed room reads ~450 prompt tokens a run)
     FIRST = 8  # tokens a pass takes before anything is measured
     LEAST = 4  # never fewer: a prompt always moves
 
@@ -35,10 +39,12 @@ class PromptBudget:
         self.step_s: float | None = None  # a pass of steps only (recent, smoothed)
         self.token_s: float | None = None  # what a prompt token adds to a pass
 
-    def tokens(self) -> int:
+    def tokens(self, readers: int = 1) -> int:
+        """The prompt tokens of a pass, in all, beside steps while `readers` phrases (or re-primes) are read."""
         if self.step_s is None or not self.token_s:
             return self.FIRST
-        return max(self.LEAST, min(PIECE, int(self.STEP_SHARE * self.step_s / self.token_s)))
+        share = self.STEP_SHARE * max(1, min(readers, self.READERS))
+        return max(self.LEAST, min(PIECE * readers, int(share * self.step_s / self.token_s)))
 
     def timed(self, reads: list[Read], seconds: float) -> None:
         """Learns from a pass: its reads and how long it took."""
@@ -99,12 +105,12 @@ class Scheduler:
 
     def plan(self, batch: list[Run], active: int = 0, now: float | None = None) -> Plan:
         """The pass over `batch` (runs with reads pending): every run's steps and shadows whole, and of the pieced
-        reads (prompts, re-primes) a piece each, in `turn` order: `budget.tokens()` in all beside other runs' steps,
+        reads (prompts, re-primes) a piece each, in `turn` order: `budget.tokens(readers)` in all beside other runs' steps,
         PIECE each when no run steps. `active`: the runs in the batch, this pass's and those waiting for their
         readers (whose next step must not wait behind a whole piece either)."""
         pieced = [run for run in batch if any(read.kind in PIECED for read in run.pending or ())]
         stepping = len(batch) > len(pieced) or active > len(pieced)
-        left = self.budget.tokens() if stepping else PIECE * len(pieced)
+        left = self.budget.tokens(len(pieced)) if stepping else PIECE * len(pieced)
         plan = Plan()
         now = time.monotonic() if now is None else now
         for run in [run for run in batch if run not in pieced] + sorted(pieced, key=lambda run: turn(run, now)):

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 
 from .generation import Engine
-from .q8 import prompt_pass
 from .threads import passing, policy_for
 
 
@@ -44,9 +43,9 @@ def coherence(
         end = min(begin + limit, len(ids))
         targets = range(max(done_until, begin + 1), end)  # positions scored in this window
         if len(targets):
-            # one forward pass at a time on the model (the batch's streams go on between); many rows: q8's prompt
-            # kernel reads them (q8.PromptKernel); in a passing thread, so that this one keeps no OpenMP pool
-            with engine.lock, prompt_pass(engine.model, True):
+            # one forward pass at a time on the model (the batch's streams go on between); in a passing thread, so
+            # that this one keeps no OpenMP pool
+            with engine.lock:
                 total += passing(_summed_logprob, engine, ids[begin:end], targets.start - begin)
             count += len(targets)
             done_until = end

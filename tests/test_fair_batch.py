@@ -43,6 +43,26 @@ def test_the_budget_follows_what_a_step_and_a_prompt_token_cost() -> None:
     assert budget.tokens() == PromptBudget.LEAST  # a prompt always moves
 
 
+def test_each_phrase_being_read_adds_a_share_of_the_pass_up_to_a_few() -> None:
+    """Eight busy visitors waited a median of 37 s for a first word while one phrase at a time got a step's share
+    of each pass: the writers' one step and each phrase waiting now get about a step's time, up to READERS."""
+    budget = PromptBudget()
+    budget.timed([step("cache")], 0.10)
+    budget.timed([step("cache"), prompt("other", 20)], 0.30)  # a token adds 0.01 s: 10 of them add a step
+    one = budget.tokens(1)
+    assert one == budget.tokens() == int(PromptBudget.STEP_SHARE * 10)
+    assert [budget.tokens(n) for n in range(2, PromptBudget.READERS + 1)] == [
+        n * one for n in range(2, PromptBudget.READERS + 1)
+    ]
+    assert budget.tokens(PromptBudget.READERS + 5) == PromptBudget.READERS * one  # writers' gaps stay bounded
+    scheduler = Scheduler(max_runs=8)
+    scheduler.budget = budget
+    stepping = run_with(("a", 1, "step"))
+    readers = [run_with((name, 100, "prompt")) for name in "bc"]
+    plan = scheduler.plan([stepping, *readers])
+    assert sum(len(read.ids) for read in plan.reads if read.kind == "prompt") == 2 * one
+
+
 def test_a_prompt_piece_as_short_as_a_step_still_counts_as_prompt() -> None:
     """Issue 30: a read was told a step from a prompt by its length (8 tokens or fewer: a step), so the budget's
     first pieces, 8 tokens, were learned as steps and the budget never moved from 8. Kinds say it now."""

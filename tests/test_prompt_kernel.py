@@ -11,6 +11,7 @@ import gpt2_engine
 from gpt2_engine import capabilities, fast, q8
 from gpt2_engine.q8 import PromptKernel, Q8Linear, Scratch
 from gpt2_engine.quantize import quantize_rows
+from gpt2_engine.window import Window
 
 pytestmark = pytest.mark.skipif(not capabilities.supported("cpu")["q8"].runs, reason="q8 does not run here")
 
@@ -28,7 +29,7 @@ needs_onednn = pytest.mark.skipif(
 
 
 @needs_onednn
-@pytest.mark.parametrize("rows", [1, 7, 16, 40, 320, 333])
+@pytest.mark.parametrize("rows", [1, 5, 6, 7, 12, 16, 40, 320, 333])
 def test_the_prompt_kernel_gives_fbgemms_results_bit_for_bit(rows) -> None:
     """From PROMPT_ROWS rows through oneDNN, below through fbgemm (where oneDNN's few-row path may round otherwise):
     the results are fbgemm's either way, and a row's own."""
@@ -37,7 +38,6 @@ def test_the_prompt_kernel_gives_fbgemms_results_bit_for_bit(rows) -> None:
     bias = torch.randn(384) * 0.01
     fbgemm = Q8Linear(weight, scales, bias, Scratch(prompt_kernel=False))
     onednn = Q8Linear(weight, scales, bias, Scratch(prompt_kernel=True))
-    onednn.scratch.prompt_pass = True
     x = torch.randn(rows, 256) * torch.rand(rows, 1) * 10  # rows of every scale
     with torch.inference_mode():
         assert torch.equal(onednn(x), fbgemm(x))
@@ -78,7 +78,8 @@ def test_without_onednn_or_where_it_disagrees_the_prompt_kernel_is_not_kept(monk
 @pytest.mark.parametrize("kept", [pytest.param(True, marks=needs_onednn), False])
 def test_a_q8_engine_writes_the_same_texts_with_or_without_the_prompt_kernel(tiny_model_dir, monkeypatch, kept) -> None:
     """The tiny model at q8, the decision forced each way: a run alone, and one joining another's steps (its prompt
-    read beside them: every row of those passes through the prompt kernel), write what fbgemm alone writes."""
+    read beside them: every row of those passes through the prompt kernel), write what fbgemm alone writes; and
+    steps with a window's shadow chunk beside them (PROMPT_ROWS rows in all) read through it too."""
     monkeypatch.setattr(q8, "PROMPT_KERNEL", False)
     plain = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
     monkeypatch.setattr(q8, "PROMPT_KERNEL", kept)
@@ -86,14 +87,6 @@ def test_a_q8_engine_writes_the_same_texts_with_or_without_the_prompt_kernel(tin
     assert low.prompt_kernel is kept and not plain.prompt_kernel
     assert low.weight_bytes > plain.weight_bytes if kept else low.weight_bytes == plain.weight_bytes  # its copy
     assert low.step_bytes == plain.step_bytes  # ... which a decode step never reads (the bandwidth ceiling's bytes)
-    passes: list[bool] = []
-    real = fast._forward_reads
-
-    def recording(model, reads):
-        passes.append(model.q8_scratch.prompt_pass)
-        return real(model, reads)
-
-    monkeypatch.setattr(fast, "_forward_reads", recording)
     through_onednn: list[int] = []
     real_call = PromptKernel.__call__
 
@@ -105,8 +98,8 @@ def test_a_q8_engine_writes_the_same_texts_with_or_without_the_prompt_kernel(tin
     settings = [gpt2_engine.GenerationSettings(max_new_tokens=30, seed=s, window=7, stop_at_eos=False) for s in (1, 2)]
     phrases = ("The cat", "Hello world! Is it raining? " * 20)
     expected = [[s.token_id for s in plain.stream(p, k)] for p, k in zip(phrases, settings)]
-    monkeypatch.setattr(low.batcher.scheduler.budget, "tokens", lambda: 24)  # pieces of 24 beside the steps: one
-    # pass's rows reach PROMPT_ROWS (the budget the tiny model would learn may stay below it)
+    # pieces of 24 beside the steps: one pass's rows reach PROMPT_ROWS (the budget the tiny model learns may not)
+    monkeypatch.setattr(low.batcher.scheduler.budget, "tokens", lambda readers=1: 24)
     first = low.stream(phrases[0], settings[0])
     written = [[next(first).token_id for _ in range(5)], []]
     second = low.stream(phrases[1], settings[1])  # its prompt is read beside the first run's steps
@@ -115,6 +108,35 @@ def test_a_q8_engine_writes_the_same_texts_with_or_without_the_prompt_kernel(tin
         written[0].extend(next(first).token_id for _ in range(1) if len(written[0]) < 30)
     written[0].extend(s.token_id for s in first)
     assert written == expected
-    assert (True in passes) is kept and False in passes  # a pass that reads a prompt is told so, where it matters
     assert bool(through_onednn) is kept and min(through_onednn, default=q8.PROMPT_ROWS) >= q8.PROMPT_ROWS
-    assert not low.model.q8_scratch.prompt_pass  # told for one pass only
+
+
+@needs_onednn
+def test_steps_with_a_shadow_chunk_beside_them_read_through_the_prompt_kernel_bit_for_bit(
+    tiny_model_dir, monkeypatch
+) -> None:
+    """A window's shadow row reading LONG_CHUNK tokens beside a step makes a call of more than PROMPT_ROWS rows,
+    which the prompt kernel reads (it is cheaper there than fbgemm): the logits are fbgemm's, bit for bit."""
+    monkeypatch.setattr(q8, "PROMPT_KERNEL", False)
+    plain = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
+    monkeypatch.setattr(q8, "PROMPT_KERNEL", True)
+    low = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
+    through_onednn: list[int] = []
+    real_call = PromptKernel.__call__
+
+    def counting(self, rows, peak, scratch=None):
+        through_onednn.append(rows.shape[0])
+        return real_call(self, rows, peak, scratch)
+
+    monkeypatch.setattr(PromptKernel, "__call__", counting)
+    ids = [(7 * i) % 200 + 10 for i in range(q8.PROMPT_ROWS + 2 * fast.LONG_CHUNK)]
+    PRIME = q8.PROMPT_ROWS  # through the prompt kernel too
+    logits = []
+    for engine in (plain, low):
+        window = Window(20, engine.model.config.n_positions)
+        context = fast.FastContext(engine.model, window, shadow=True, shadow_chunk=fast.LONG_CHUNK)
+        with torch.inference_mode():
+            logits.append([context.prime(ids[:PRIME]), *(context.append(token) for token in ids[PRIME:])])
+        assert context.cache.lengths[context.shadow] == 2 * fast.LONG_CHUNK  # it read two chunks ahead
+    assert all(torch.equal(a, b) for a, b in zip(*logits))
+    assert set(through_onednn) == {q8.PROMPT_ROWS, fast.LONG_CHUNK + 1}  # the prompt; steps with a chunk beside
