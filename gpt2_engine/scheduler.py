@@ -3,7 +3,7 @@ which waiting runs join the batch (`admit`), and what the pass reads (`plan`): e
 a window's re-prime (a read of kind fast.PIECED) a piece, shortest first (`turn`), as many tokens as the budget
 allows beside others' steps
 (`PromptBudget`, as llama.cpp's n_ubatch and vLLM's chunked prefill), so that a 1,000-token phrase does not freeze
-the room; alone, PIECE tokens a pass. Each read says its kind where it is made (fast.Read), so nothing here is
+the room; with no steps to read, PIECE tokens a pass in all. Each read says its kind where it is made (fast.Read), so nothing here is
 guessed from a read's length; the pass's kind (`Plan.kind`) is what the thread policy is told (fast.forward_reads)."""
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ class PromptBudget:
     """How many prompt tokens a pass reads beside other runs' steps: enough that the pass costs about STEP_SHARE
     more than a pass of steps alone for each phrase being read (up to READERS of them), so that the writers, who
     share one step, and each visitor waiting for a first word get about a step's time of every pass. Learned as it
-    goes, from the passes' own times: a pass of steps alone says what a step costs, and a pass with prompt tokens
-    beside steps what each token adds."""
+    goes, from the passes' own times: a pass of steps alone says what a step costs, and a pass with more tokens
+    beside its steps (a prompt's, or a window's shadow reading ahead, through the same kernels) what each adds. The
+    shadows' tokens of a pass come out of its budget (`Scheduler.plan`)."""
 
     STEP_SHARE = 1.0  # one phrase beside writers: a pass costs about 2 steps, their gaps stay about 2x a step's
     # (0.6 kept them under 1.6x, but read a phrase beside eight writers at a third of the machine)
@@ -37,7 +38,7 @@ class PromptBudget:
 
     def __init__(self) -> None:
         self.step_s: float | None = None  # a pass of steps only (recent, smoothed)
-        self.token_s: float | None = None  # what a prompt token adds to a pass
+        self.token_s: float | None = None  # what a token beside the steps adds to a pass
 
     def tokens(self, readers: int = 1) -> int:
         """The prompt tokens of a pass, in all, beside steps while `readers` phrases (or re-primes) are read."""
@@ -48,11 +49,11 @@ class PromptBudget:
 
     def timed(self, reads: list[Read], seconds: float) -> None:
         """Learns from a pass: its reads and how long it took."""
-        prompt = sum(len(read.ids) for read in reads if read.kind in PIECED)
-        if not prompt:
+        extra = sum(len(read.ids) for read in reads if read.kind != "step")  # a prompt's, a re-prime's, shadows'
+        if not extra:
             self.step_s = seconds if self.step_s is None else 0.8 * self.step_s + 0.2 * seconds
-        elif self.step_s is not None and any(read.kind not in PIECED for read in reads):  # beside steps
-            per_token = max(0.0, seconds - self.step_s) / prompt
+        elif self.step_s is not None and any(read.kind == "step" for read in reads):  # beside steps
+            per_token = max(0.0, seconds - self.step_s) / extra
             self.token_s = per_token if self.token_s is None else 0.7 * self.token_s + 0.3 * per_token
 
 
@@ -106,11 +107,15 @@ class Scheduler:
     def plan(self, batch: list[Run], active: int = 0, now: float | None = None) -> Plan:
         """The pass over `batch` (runs with reads pending): every run's steps and shadows whole, and of the pieced
         reads (prompts, re-primes) a piece each, in `turn` order: `budget.tokens(readers)` in all beside other runs' steps,
-        PIECE each when no run steps. `active`: the runs in the batch, this pass's and those waiting for their
-        readers (whose next step must not wait behind a whole piece either)."""
+        less the tokens the writers' shadows read this pass; PIECE in all when no run steps (a pass reading eight
+        phrases and re-primes whole, 2,000 tokens, read them no faster than passes of 256, and kept a writer's reset
+        behind it). `active`: the runs in the batch, this pass's and those waiting for their readers (whose next
+        step must not wait behind a whole piece either)."""
         pieced = [run for run in batch if any(read.kind in PIECED for read in run.pending or ())]
         stepping = len(batch) > len(pieced) or active > len(pieced)
-        left = self.budget.tokens(len(pieced)) if stepping else PIECE * len(pieced)
+        shadows = sum(len(read.ids) for run in batch for read in run.pending or () if read.kind == "shadow")
+        # ... which cost what prompt tokens do: beside steps, the budget is what they leave (at least LEAST)
+        left = max(self.budget.LEAST, self.budget.tokens(len(pieced)) - shadows) if stepping else PIECE
         plan = Plan()
         now = time.monotonic() if now is None else now
         for run in [run for run in batch if run not in pieced] + sorted(pieced, key=lambda run: turn(run, now)):

@@ -63,6 +63,25 @@ def test_each_phrase_being_read_adds_a_share_of_the_pass_up_to_a_few() -> None:
     assert sum(len(read.ids) for read in plan.reads if read.kind == "prompt") == 2 * one
 
 
+def test_the_shadows_tokens_come_out_of_the_budget_and_teach_it_alike() -> None:
+    """Three writers with window 50 read their shadows' 15 tokens beside their steps while a phrase was read: those
+    passes cost a step more than the budget planned, and a writer's longest gap reached 3.2x its median. A shadow's
+    tokens now count as a prompt's: they come out of the pass's budget, and the budget learns from them too."""
+    budget = PromptBudget()
+    budget.timed([step("a")], 0.10)
+    budget.timed([step("a"), fast.Read("a", 1, list(range(20)), "shadow")], 0.30)  # a shadow's 20 tokens add 0.2 s
+    assert budget.token_s == pytest.approx(0.01) and budget.tokens() == 10
+    scheduler = Scheduler(max_runs=8)
+    scheduler.budget = budget
+    writer = run_with(("a", 1, "step"), ("a-shadow", 6, "shadow"))
+    reader = run_with(("b", 100, "prompt"))
+    plan = scheduler.plan([writer, reader])
+    assert [len(read.ids) for read in plan.reads] == [1, 6, 10 - 6]  # the phrase gets what the shadow leaves
+    writer.pending = [step("a"), fast.Read("a-shadow", 1, list(range(15)), "shadow")]  # type: ignore[arg-type]
+    plan = scheduler.plan([writer, reader])
+    assert [len(read.ids) for read in plan.reads] == [1, 15, PromptBudget.LEAST]  # a phrase always moves
+
+
 def test_a_prompt_piece_as_short_as_a_step_still_counts_as_prompt() -> None:
     """Issue 30: a read was told a step from a prompt by its length (8 tokens or fewer: a step), so the budget's
     first pieces, 8 tokens, were learned as steps and the budget never moved from 8. Kinds say it now."""
@@ -78,8 +97,11 @@ def test_a_prompt_beside_steps_is_cut_to_the_budget_and_the_rest_kept() -> None:
     stepping = run_with(("a", 1, "step"), ("a-shadow", 4, "shadow"))
     reading, second = run_with(("b", 100, "prompt")), run_with(("c", 50, "prompt"))
     plan = scheduler.plan([stepping, reading, second])
-    assert plan.runs == [stepping, second] and plan.rest[second] == [prompt("c", 50)._replace(ids=list(range(8, 50)))]
-    assert sum(len(read.ids) for read in plan.reads if read.cache == "c") == PromptBudget.FIRST  # the shorter first
+    left = PromptBudget.FIRST - 4  # what the shadow's 4 tokens leave of the budget
+    assert plan.runs == [stepping, second] and plan.rest[second] == [
+        prompt("c", 50)._replace(ids=list(range(left, 50)))
+    ]
+    assert sum(len(read.ids) for read in plan.reads if read.cache == "c") == left  # the shorter first
     alone = run_with(("d", 600, "prompt"))
     plan = scheduler.plan([alone])  # nobody else waits: a whole piece
     assert plan.reads == [prompt("d", PIECE)] and alone in plan.rest and plan.kind == "prompt"
@@ -96,8 +118,10 @@ def test_the_shortest_phrase_is_read_first_and_a_long_wait_goes_ahead() -> None:
     assert plan.runs == [stepping, short]  # the budget (FIRST) went to the shorter, though it came later
     plan = scheduler.plan([stepping, long, short], now=100.0 + AGED_S)
     assert plan.runs == [stepping, long]  # the long one has waited AGED_S: it goes first now
-    alone = scheduler.plan([long, short], now=111.0)  # nobody steps: a whole piece each, the shorter's first
-    assert alone.runs == [short, long] and [len(read.ids) for read in alone.reads] == [40, PIECE]
+    alone = scheduler.plan([long, short], now=111.0)  # nobody steps: a whole piece in all, the shorter's first
+    assert alone.runs == [short, long] and [len(read.ids) for read in alone.reads] == [40, PIECE - 40]
+    crowd = [run_with((name, 200, "reprime")) for name in "defgh"]  # five writers' resets, nobody stepping
+    assert sum(len(read.ids) for read in scheduler.plan(crowd).reads) == PIECE  # not 1,000 tokens in one pass
 
 
 def test_admission_keeps_the_runs_and_bytes_within_the_bound() -> None:
