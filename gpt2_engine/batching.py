@@ -325,7 +325,12 @@ class Batcher:
     def _pass(self, batch: list[Run]) -> None:
         """One forward pass, as the scheduler plans it (every run's steps, a piece of a prompt or a re-prime);
         each run whose reads are done gets its own rows of logits."""
-        plan: Plan = self.scheduler.plan(batch, active=len(self._active))
+        try:
+            plan: Plan = self.scheduler.plan(batch, active=len(self._active))
+        except Exception as error:  # noqa: BLE001 - a fault in planning ends these runs, saying why, not the thread
+            for run in batch:  # (its readers would otherwise wait for ever)
+                self._fail(run, error)
+            return
         started = time.perf_counter()
         try:
             with torch.inference_mode():

@@ -233,7 +233,7 @@ def test_the_memory_bound_counts_every_rows_full_cache(engine, monkeypatch) -> N
 def test_a_newcomer_sees_its_first_token_within_its_prefill_and_two_passes(engine, monkeypatch) -> None:
     monkeypatch.setattr(scheduler, "PIECE", 16)
     monkeypatch.setattr(
-        engine.batcher.scheduler.budget, "tokens", lambda: 16
+        engine.batcher.scheduler.budget, "tokens", lambda readers=1: 16
     )  # its prompt beside the others' steps: 16 a pass
     running = [engine.stream(p, max_new_tokens=500, seed=k, stop_at_eos=False) for k, p in enumerate(["A", "B c"])]
     for steps in running:
@@ -323,3 +323,17 @@ def test_the_batch_hands_freed_memory_back_while_it_runs_and_when_its_last_run_e
     monkeypatch.setattr(batching, "TRIM_EVERY_S", 0.0)
     list(engine.stream("The cat", max_new_tokens=6, seed=1, stop_at_eos=False))
     assert batcher_thread_ended(engine) and len(trims) >= 6  # and between passes, as often as TRIM_EVERY_S says
+
+
+def test_a_fault_in_planning_a_pass_ends_the_runs_saying_why_instead_of_hanging(engine, monkeypatch) -> None:
+    """A test that patched the budget with the wrong signature left the batch's thread dead and its reader waiting
+    for ever; a pass that cannot be planned now fails its runs with the error, and the batch goes on."""
+
+    def broken(batch, active=0, now=None):
+        raise TypeError("plan() broke")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine.batcher.scheduler, "plan", broken)
+        with pytest.raises(TypeError, match="plan\\(\\) broke"):
+            list(engine.stream("The cat", max_new_tokens=3, seed=1))
+    assert len(list(engine.stream("The cat", max_new_tokens=3, seed=1))) == 3  # the next run is served
