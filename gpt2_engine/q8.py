@@ -98,8 +98,8 @@ class PromptKernel:
     its results are fbgemm's bit for bit: `prompt_kernel_pays` checks that on the model's own matrix before it is
     used, so a row's result never depends on the kernel nor on the rows beside it. Every call of PROMPT_ROWS rows or
     more goes through it: a prompt's piece, and as well a pass of steps with the shadow rows' chunks beside them
-    (over gpt2-xl's 193 matrices, 16 rows took 156 ms against fbgemm's 189, 40 rows 219 against 307; one row 105,
-    /tmp/rows.py in docs/measurements.md)."""
+    (over gpt2-xl's 193 matrices, 16 rows took 142 ms against fbgemm's 183, 8 rows 130 against 150, one row 119
+    against 101: docs/measurements.md, "Rows through each kernel")."""
 
     X_SCALE = float(torch.tensor(2.0 / 255.0))  # fbgemm's quantization of [-1, 1], Q8Linear's pinned range
     X_ZERO = 128
