@@ -75,26 +75,36 @@ def test_without_onednn_or_where_it_disagrees_the_prompt_kernel_is_not_kept(monk
     assert not q8.prompt_kernel_pays(weight, scales, model_bytes=weight.numel())
 
 
-@pytest.mark.parametrize("kept", [pytest.param(True, marks=needs_onednn), False])
-def test_a_q8_engine_writes_the_same_texts_with_or_without_the_prompt_kernel(tiny_model_dir, monkeypatch, kept) -> None:
-    """The tiny model at q8, the decision forced each way: a run alone, and one joining another's steps (its prompt
-    read beside them: every row of those passes through the prompt kernel), write what fbgemm alone writes; and
-    steps with a window's shadow chunk beside them (PROMPT_ROWS rows in all) read through it too."""
+def q8_engines(model_dir, monkeypatch, kept: bool) -> tuple[gpt2_engine.Engine, gpt2_engine.Engine]:
+    """The model at q8 twice: without the prompt kernel, and with the decision forced to `kept`."""
     monkeypatch.setattr(q8, "PROMPT_KERNEL", False)
-    plain = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
+    plain = gpt2_engine.load(str(model_dir), dtype="q8")
     monkeypatch.setattr(q8, "PROMPT_KERNEL", kept)
-    low = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
-    assert low.prompt_kernel is kept and not plain.prompt_kernel
-    assert low.weight_bytes > plain.weight_bytes if kept else low.weight_bytes == plain.weight_bytes  # its copy
-    assert low.step_bytes == plain.step_bytes  # ... which a decode step never reads (the bandwidth ceiling's bytes)
-    through_onednn: list[int] = []
+    return plain, gpt2_engine.load(str(model_dir), dtype="q8")
+
+
+def rows_through_the_prompt_kernel(monkeypatch) -> list[int]:
+    """From now on, the row count of every call the prompt kernel reads."""
+    rows_seen: list[int] = []
     real_call = PromptKernel.__call__
 
     def counting(self, rows, peak, scratch=None):
-        through_onednn.append(rows.shape[0])
+        rows_seen.append(rows.shape[0])
         return real_call(self, rows, peak, scratch)
 
     monkeypatch.setattr(PromptKernel, "__call__", counting)
+    return rows_seen
+
+
+@pytest.mark.parametrize("kept", [pytest.param(True, marks=needs_onednn), False])
+def test_a_q8_engine_writes_the_same_texts_with_or_without_the_prompt_kernel(tiny_model_dir, monkeypatch, kept) -> None:
+    """The tiny model at q8, the decision forced each way: a run alone, and one joining another's steps (its prompt
+    read beside them: every row of those passes through the prompt kernel), write what fbgemm alone writes."""
+    plain, low = q8_engines(tiny_model_dir, monkeypatch, kept)
+    assert low.prompt_kernel is kept and not plain.prompt_kernel
+    assert low.weight_bytes > plain.weight_bytes if kept else low.weight_bytes == plain.weight_bytes  # its copy
+    assert low.step_bytes == plain.step_bytes  # ... which a decode step never reads (the bandwidth ceiling's bytes)
+    through_onednn = rows_through_the_prompt_kernel(monkeypatch)
     settings = [gpt2_engine.GenerationSettings(max_new_tokens=30, seed=s, window=7, stop_at_eos=False) for s in (1, 2)]
     phrases = ("The cat", "Hello world! Is it raining? " * 20)
     expected = [[s.token_id for s in plain.stream(p, k)] for p, k in zip(phrases, settings)]
@@ -117,18 +127,8 @@ def test_steps_with_a_shadow_chunk_beside_them_read_through_the_prompt_kernel_bi
 ) -> None:
     """A window's shadow row reading LONG_CHUNK tokens beside a step makes a call of more than PROMPT_ROWS rows,
     which the prompt kernel reads (it is cheaper there than fbgemm): the logits are fbgemm's, bit for bit."""
-    monkeypatch.setattr(q8, "PROMPT_KERNEL", False)
-    plain = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
-    monkeypatch.setattr(q8, "PROMPT_KERNEL", True)
-    low = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
-    through_onednn: list[int] = []
-    real_call = PromptKernel.__call__
-
-    def counting(self, rows, peak, scratch=None):
-        through_onednn.append(rows.shape[0])
-        return real_call(self, rows, peak, scratch)
-
-    monkeypatch.setattr(PromptKernel, "__call__", counting)
+    plain, low = q8_engines(tiny_model_dir, monkeypatch, kept=True)
+    through_onednn = rows_through_the_prompt_kernel(monkeypatch)
     ids = [(7 * i) % 200 + 10 for i in range(q8.PROMPT_ROWS + 2 * fast.LONG_CHUNK)]
     PRIME = q8.PROMPT_ROWS  # through the prompt kernel too
     logits = []
