@@ -166,6 +166,20 @@ def q8_prompt_kernel(shapes: Shapes, rows: int) -> Built:
     return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]
 
 
+def int4_groups(shapes: Shapes, rows: int, group: int = 32) -> Built:
+    """4-bit weights, a bf16 scale and zero for each `group` of a row (torch's _weight_int4pack_mm_for_cpu, bf16
+    activations; gpt-fast's int4). Measured and not adopted: docs/measurements.md, "Tried and not adopted"."""
+    ws = []
+    for i, o in shapes:
+        out = o + (-o) % 16  # the packing takes a multiple of 16 rows: the LM head is padded
+        q = torch.randint(0, 16, (out, i), dtype=torch.int32)
+        scales_and_zeros = (torch.randn(i // group, out, 2) * 0.01).to(torch.bfloat16)
+        ws.append((i, torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 8), scales_and_zeros))
+    xs = _inputs(shapes, rows, torch.bfloat16)
+    nbytes = sum(packed.numel() * packed.element_size() + sz.numel() * 2 for _, packed, sz in ws)
+    return nbytes, lambda: [torch.ops.aten._weight_int4pack_mm_for_cpu(xs[i], p, group, sz) for i, p, sz in ws]
+
+
 def int8_compiled(shapes: Shapes, rows: int) -> Built:
     """_weight_int8pack_mm through torch.compile (inductor, frozen weights)."""
     import torch._inductor.config as inductor
@@ -238,6 +252,7 @@ KERNELS: list[tuple[str, Callable[[Shapes, int], Built]]] = [  # weights are bui
     ("int8 weights and activations (fbgemm dynamic)", int8_dynamic_fbgemm),
     ("int8 weights, activations 8-bit per row (the engine's q8, fbgemm)", q8_engine),
     ("the engine's q8 reading a prompt (its prompt kernel, oneDNN)", q8_prompt_kernel),
+    ("int4 weights per 32, bf16 act (_weight_int4pack_mm_for_cpu)", int4_groups),
     ("int8 weights, bf16 act, torch.compile (inductor, freezing)", int8_compiled),
     ("int8 weights and activations per 32 (ONNX Runtime MatMulNBits)", int8_onnx_runtime),
 ]

@@ -8,7 +8,9 @@ guessed from a read's length; the pass's kind (`Plan.kind`) is what the thread p
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,8 +28,9 @@ class PromptBudget:
     more than a pass of steps alone for each phrase being read (up to READERS of them), so that the writers, who
     share one step, and each visitor waiting for a first word get about a step's time of every pass. Learned as it
     goes, from the passes' own times: a pass of steps alone says what a step costs, and a pass with more tokens
-    beside its steps (a prompt's, or a window's shadow reading ahead, through the same kernels) what each adds. The
-    shadows' tokens of a pass come out of its budget (`Scheduler.plan`)."""
+    beside its steps (a prompt's, or a window's shadow reading ahead, through the same kernels) what each adds;
+    each the median of the last RECENT such passes. The shadows' tokens of a pass come out of its budget
+    (`Scheduler.plan`)."""
 
     STEP_SHARE = 1.0  # one phrase beside writers: a pass costs about 2 steps, their gaps stay about 2x a step's
     # (0.6 kept them under 1.6x, but read a phrase beside eight writers at a third of the machine)
@@ -35,10 +38,28 @@ class PromptBudget:
     # left eight busy visitors a median of 37 s to their first word (a closed room reads ~450 prompt tokens a run)
     FIRST = 8  # tokens a pass takes before anything is measured
     LEAST = 4  # never fewer: a prompt always moves
+    RECENT = 7  # passes each figure is the median of. Averaged instead, one step pass that a busy neighbour or a
+    # try of another thread count stretched (a second, where a step takes a tenth) made the prompt passes after it
+    # look free, and the budget kept to FIRST
 
     def __init__(self) -> None:
-        self.step_s: float | None = None  # a pass of steps only (recent, smoothed)
-        self.token_s: float | None = None  # what a token beside the steps adds to a pass
+        self._steps: deque[float] = deque(maxlen=self.RECENT)  # seconds of recent passes of steps only
+        self._tokens: deque[float] = deque(maxlen=self.RECENT)  # what a token beside the steps added, recently
+
+    @property
+    def step_s(self) -> float | None:
+        """What a pass of steps alone costs now (None until one is timed)."""
+        return statistics.median(self._steps) if self._steps else None
+
+    @property
+    def token_s(self) -> float | None:
+        """What a token beside the steps adds to a pass now (None until one is timed)."""
+        return statistics.median(self._tokens) if self._tokens else None
+
+    def forget(self) -> None:
+        """Back to knowing nothing, as at a server's start."""
+        self._steps.clear()
+        self._tokens.clear()
 
     def tokens(self, readers: int = 1) -> int:
         """The prompt tokens of a pass, in all, beside steps while `readers` phrases (or re-primes) are read."""
@@ -50,11 +71,11 @@ class PromptBudget:
     def timed(self, reads: list[Read], seconds: float) -> None:
         """Learns from a pass: its reads and how long it took."""
         extra = sum(len(read.ids) for read in reads if read.kind != "step")  # a prompt's, a re-prime's, shadows'
+        step_s = self.step_s
         if not extra:
-            self.step_s = seconds if self.step_s is None else 0.8 * self.step_s + 0.2 * seconds
-        elif self.step_s is not None and any(read.kind == "step" for read in reads):  # beside steps
-            per_token = max(0.0, seconds - self.step_s) / extra
-            self.token_s = per_token if self.token_s is None else 0.7 * self.token_s + 0.3 * per_token
+            self._steps.append(seconds)
+        elif step_s is not None and any(read.kind == "step" for read in reads):  # beside steps
+            self._tokens.append(max(0.0, seconds - step_s) / extra)
 
 
 @dataclass

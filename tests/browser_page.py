@@ -134,6 +134,29 @@ def full_length_seed(engine, prompt: str, length: int = MAX_LENGTH) -> int:
     raise AssertionError("no seed in 0..99 runs to the full length")
 
 
+def unfold_settings(page) -> None:
+    """Presenter mode folds the Write tab's settings as a run starts: unfold them, if folded, and wait until the
+    fold has finished opening (Streamlit animates its height, 0.5 s, longer on a busy machine). A press of Generate
+    while it still opened was lost, now and then, beside busy processes: no script run started."""
+    if page.get_by_role("button", name="Generate").is_visible():
+        return
+    page.get_by_text("Your phrase and the settings").click()
+    page.get_by_role("button", name="Generate").wait_for()
+    page.wait_for_function(
+        "[...document.querySelectorAll('[data-testid=stExpander] details')]"
+        ".every(fold => fold.getAnimations({subtree: true}).length === 0)"
+    )
+
+
+def writing_for_a_while(page, tokens: int = 10) -> None:
+    """Until the status says a run has written `tokens` tokens: a new run's, where the last run's text is still
+    on screen (the same seed writes the same text) until the new one's first token."""
+    page.wait_for_function(
+        f"+(document.querySelector('[data-testid=stAlert]')?.innerText.match(/Writing… ([0-9,]+)/)?.[1] ?? '0')"
+        f".replaceAll(',', '') >= {tokens}"
+    )
+
+
 def type_seed(page, seed: int) -> None:
     page.get_by_text("Advanced").click()
     page.get_by_role("textbox", name="Seed").fill(str(seed))

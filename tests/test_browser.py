@@ -28,8 +28,10 @@ from browser_page import (  # noqa: F401 - fixtures used by name
     status_text,
     text_length,
     type_seed,
+    unfold_settings,
     wait_until_idle,
     write_tab,
+    writing_for_a_while,
 )
 
 from studio.controls import MAX_LENGTH
@@ -200,14 +202,12 @@ def test_generate_while_writing_stops_and_a_reload_keeps_the_visit(browser, serv
     # in presenter mode, which shows the text at a reading pace: the tiny model writes its 1,000 tokens in about a
     # second, so a second press on a busy machine could come after the run had ended (a new run, rightly)
     page = open_page(browser, server + "/?presenter=1")  # noqa: F811 - its own page, not the fixture
-    if not page.get_by_role("button", name="Generate").is_visible():
-        page.get_by_text("Your phrase and the settings").click()
+    unfold_settings(page)
     set_length_to_max(page)
     type_seed(page, full_length_seed(engine, page.get_by_role("textbox", name="Your phrase").input_value()))
     page.get_by_role("button", name="Generate").click()
     page.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
-    if not page.get_by_role("button", name="Generate").is_visible():  # the settings fold as a run starts
-        page.get_by_text("Your phrase and the settings").click()
+    unfold_settings(page)  # the settings fold as a run starts
     page.get_by_role("button", name="Generate").click()  # again, while it writes: a Stop, not a new run
     page.get_by_text("Generate was pressed while it wrote").wait_for()
     assert "Stopped after" in status_text(page)
@@ -218,8 +218,7 @@ def test_generate_while_writing_stops_and_a_reload_keeps_the_visit(browser, serv
     page.reload()  # after the run: the same visit, its text, its History and its widgets
     page.get_by_text("Generate was pressed while it wrote").wait_for()
     assert generated_text(page) == text and history_titles(page) == ["Run 1"]
-    if not page.get_by_role("button", name="Generate").is_visible():  # folded, as presenter mode draws them
-        page.get_by_text("Your phrase and the settings").click()
+    unfold_settings(page)  # folded, as presenter mode draws them
     slider = write_tab(page).get_by_role("slider", name="Length (tokens)")
     assert slider.get_attribute("aria-valuetext") == str(MAX_LENGTH)
 
@@ -227,7 +226,7 @@ def test_generate_while_writing_stops_and_a_reload_keeps_the_visit(browser, serv
     while runs < 4:  # mid-run: the run stops, its text so far is kept
         runs += 1
         page.get_by_role("button", name="Generate").click()
-        page.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
+        writing_for_a_while(page)  # this run's (the last one's text stays on screen until its first token)
         page.reload()
         said = page.get_by_text("The page was reloaded while it wrote").or_(page.get_by_text("Done:"))
         said.first.wait_for()

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browser_page import CHROMIUM, browser, full_length_seed, server, shots  # noqa: F401 - fixtures used by name
+from browser_page import CHROMIUM, browser, full_length_seed, server, shots, unfold_settings  # noqa: F401 - fixtures used by name
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
@@ -113,8 +113,8 @@ def check_the_header_and_the_sidebar(page, presenting: bool) -> None:
 
 
 def write_then_stop(page, seed: int, presenting: bool, shot: Path) -> None:
-    if presenting and not page.get_by_role("button", name="Generate").is_visible():
-        page.get_by_text("Your phrase and the settings").click()
+    if presenting:
+        unfold_settings(page)
     slider = page.get_by_role("tabpanel", name="Write").get_by_role("slider", name="Length (tokens)")
     slider.press("End")
     page.get_by_role("tabpanel", name="Write").locator(f'[aria-valuetext="{MAX_LENGTH}"]').wait_for()
