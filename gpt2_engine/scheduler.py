@@ -38,9 +38,9 @@ class PromptBudget:
     # left eight busy visitors a median of 37 s to their first word (a closed room reads ~450 prompt tokens a run)
     FIRST = 8  # tokens a pass takes before anything is measured
     LEAST = 4  # never fewer: a prompt always moves
-    RECENT = 7  # passes each figure is the median of. Averaged instead, one step pass that a busy neighbour or a
-    # try of another thread count stretched (a second, where a step takes a tenth) made the prompt passes after it
-    # look free, and the budget kept to FIRST
+    RECENT = 7  # passes each figure is the median of. Averaged instead, a few step passes that a busy neighbour
+    # stretched (beside one, three writers' steps on gpt2-xl's shape took 1.07 s while the thread policy settled,
+    # 0.2 s after) made the prompt passes after them look free, and the budget kept to FIRST
 
     def __init__(self) -> None:
         self._steps: deque[float] = deque(maxlen=self.RECENT)  # seconds of recent passes of steps only

@@ -93,9 +93,9 @@ def test_a_prompt_piece_as_short_as_a_step_still_counts_as_prompt() -> None:
 
 
 def test_one_stretched_pass_does_not_make_prompt_tokens_look_free() -> None:
-    """Beside a busy process, one pass of steps that the thread policy ran at another count took a second, where a
-    step took a tenth. Averaged into what a step costs, it made every prompt pass after it look shorter than a step,
-    its tokens free, and the budget kept to FIRST (the suite failed so, beside a busy process). Medians shrug it off."""
+    """A pass of steps that a busy neighbour stretched, averaged into what a step costs, made the prompt passes
+    after it look shorter than a step, their tokens free, and the budget kept to FIRST (the real-batcher test below
+    failed so, once in three suites beside a busy process). A median shrugs one off."""
     budget = PromptBudget()
     for seconds in (0.10, 0.10, 0.10, 1.0):
         budget.timed([step("a")], seconds)
