@@ -1,10 +1,10 @@
 """What each forward pass of a batch does, decided in one place (as llama.cpp's slots and vLLM's scheduler do):
 which waiting runs join the batch (`admit`), and what the pass reads (`plan`): every run's step, and of a prompt or
 a window's re-prime (a read of kind fast.PIECED) a piece, shortest first (`turn`), as many tokens as the budget
-allows beside others' steps
-(`PromptBudget`, as llama.cpp's n_ubatch and vLLM's chunked prefill), so that a 1,000-token phrase does not freeze
-the room; with no steps to read, PIECE tokens a pass in all. Each read says its kind where it is made (fast.Read), so nothing here is
-guessed from a read's length; the pass's kind (`Plan.kind`) is what the thread policy is told (fast.forward_reads)."""
+allows beside others' steps (`PromptBudget`, as llama.cpp's n_ubatch and vLLM's chunked prefill), so that a
+1,000-token phrase does not freeze the room; with no steps to read, PIECE tokens a pass in all. Each read says its
+kind where it is made (fast.Read), so nothing here is guessed from a read's length; the pass's kind (`Plan.kind`)
+is what the thread policy is told (fast.forward_reads)."""
 
 from __future__ import annotations
 
