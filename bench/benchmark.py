@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+import bench
 import gpt2_engine
 from bench.kernels import read_bandwidth
 from bench.llama_peer import AGREEMENT_IDS, measure_llama  # teacher-forced ids for agreement
@@ -334,4 +335,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import bench
 import gpt2_engine
 from gpt2_engine import capabilities
 from gpt2_engine.threads import cores, policy_for
@@ -80,4 +81,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
+import bench
 import gpt2_engine
 from gpt2_engine import capabilities
 
@@ -77,4 +78,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import psutil
 
+import bench
 import gpt2_engine
 from gpt2_engine.memory import read_process_memory
 
@@ -220,4 +221,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+import bench
 from bench.peaks import fresh_python
 
 ONE_RUN = """
@@ -104,4 +105,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

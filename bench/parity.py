@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+import bench
 import gpt2_engine
 from bench.standin import build_standin
 from gpt2_engine.fast import FastContext
@@ -62,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

@@ -15,6 +15,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+import bench
 import gpt2_engine
 
 
@@ -45,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

@@ -20,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import bench
 import gpt2_engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,4 +138,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import bench
 import gpt2_engine
 from gpt2_engine import capabilities, fast
 from gpt2_engine.memory import read_process_memory, release_freed_memory
@@ -298,4 +299,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

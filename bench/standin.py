@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+import bench
 from gpt2_engine import hub
 from gpt2_engine.shapes import KNOWN_MODELS, ModelShape
 
@@ -212,4 +213,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    bench.run(main)

@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 
+import bench
 from gpt2_engine import SHIPPED_MODEL, format_bytes
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
@@ -87,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

