@@ -9,6 +9,7 @@ import torch
 
 import gpt2_engine
 from gpt2_engine import decoding
+from gpt2_engine.batching import LOOKAHEAD
 from gpt2_engine.context import KVCacheContext
 from gpt2_engine.fast import FastContext
 
@@ -198,7 +199,9 @@ def test_closing_the_stream_stops_the_work(engine, recording) -> None:
         if step.index == 9:
             break
     steps.close()
-    assert len(recording[0].calls) == 10  # the prime and nine appends: no forward pass after the break
+    assert engine.batcher.join(timeout_s=60)  # the run has left the batch, and the batch's thread has ended
+    # the prime and nine appends, and at most the steps the batch decoded ahead of a slow reader before the break
+    assert 10 <= len(recording[0].calls) <= 10 + LOOKAHEAD
 
 
 def test_speak_and_xspeak_keep_the_tutorial_api(engine) -> None:
