@@ -167,6 +167,22 @@ def q8_prompt_kernel(shapes: Shapes, rows: int) -> Built:
     return sum(i * o for i, o in shapes), lambda: [module(xs[i]) for i, module in ws]
 
 
+def q8_step_kernel(shapes: Shapes, rows: int) -> Built:
+    """The engine's q8 with its step kernel (gpt2_engine/step_kernel.py), for calls of up to STEP_ROWS rows."""
+    from gpt2_engine.q8 import Q8Linear, Scratch
+    from gpt2_engine.quantize import quantize_rows
+    from gpt2_engine.step_kernel import why_not
+
+    if why_not():
+        raise RuntimeError(why_not())
+    scratch = Scratch(step_kernel=True)
+    ws = [(i, Q8Linear(*quantize_rows(torch.randn(o, i) * 0.02), torch.zeros(o), scratch)) for i, o in shapes]
+    for _, module in ws:
+        module.packed = None  # fbgemm's copy is not read: every call here is a step's (the prompt kernel's place)
+    xs = _inputs(shapes, rows)
+    return sum(module.step_bytes for _, module in ws), lambda: [module(xs[i]) for i, module in ws]
+
+
 def int4_groups(shapes: Shapes, rows: int, group: int = 32) -> Built:
     """4-bit weights, a bf16 scale and zero for each `group` of a row (torch's _weight_int4pack_mm_for_cpu, bf16
     activations; gpt-fast's int4). Measured and not adopted: docs/measurements.md, "Tried and not adopted"."""
@@ -252,6 +268,7 @@ KERNELS: list[tuple[str, Callable[[Shapes, int], Built]]] = [  # weights are bui
     ("int8 weights dequantized to bf16, F.linear", int8_dequantized),
     ("int8 weights and activations (fbgemm dynamic)", int8_dynamic_fbgemm),
     ("int8 weights, activations 8-bit per row (the engine's q8, fbgemm)", q8_engine),
+    ("the engine's q8 with its step kernel (step_kernel.cpp)", q8_step_kernel),
     ("the engine's q8 reading a prompt (its prompt kernel, oneDNN)", q8_prompt_kernel),
     ("int4 weights per 32, bf16 act (_weight_int4pack_mm_for_cpu)", int4_groups),
     ("int8 weights, bf16 act, torch.compile (inductor, freezing)", int8_compiled),

@@ -78,7 +78,7 @@ class Engine:
     @property
     def step_bytes(self) -> int:
         """Bytes of weights one decode step reads, the numerator of the bandwidth ceiling: every matrix once (q8:
-        fbgemm's copy, not the prompt kernel's), and not the embedding tables, of which a step looks up one row,
+        the step kernel's copy or fbgemm's, not the prompt kernel's), and not the embedding tables, of which a step looks up one row,
         unless the LM head reads the token table itself (tied weights)."""
         transformer, head = self.model.transformer, getattr(self.model.lm_head, "weight", None)
         tables = {id(transformer.wte.weight), id(transformer.wpe.weight)} - {id(head)}
@@ -91,6 +91,12 @@ class Engine:
             for key, t in tensors.items()
             if key not in skip and (t.is_floating_point() or t.dtype == torch.int8)
         )
+
+    @property
+    def step_kernel(self) -> bool:
+        """Whether q8 reads decode steps with its own kernel, built for this CPU (step_kernel.py)."""
+        scratch = getattr(self.model, "q8_scratch", None)
+        return bool(scratch is not None and scratch.step_kernel)
 
     @property
     def prompt_kernel(self) -> bool:

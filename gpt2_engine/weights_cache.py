@@ -31,6 +31,11 @@ def cache_folder() -> Path | None:
         return None
     if asked:
         return Path(asked).expanduser()
+    return user_cache()
+
+
+def user_cache() -> Path:
+    """The user's cache folder for this project (~/.cache/gpt2-studio, or under XDG_CACHE_HOME)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt2-studio"
 
 

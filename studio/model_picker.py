@@ -277,7 +277,10 @@ def show_plan(plan: LoadPlan, engine: gpt2_engine.Engine | None) -> None:
         st.caption(
             "Phrases are read by oneDNN's int8 kernel, measured faster here than the one that writes: it keeps its "
             "own copy of the weights, counted above."
+            + (" Each word is written by a kernel built for this CPU at the first load." if engine.step_kernel else "")
         )
+    elif engine is not None and engine.step_kernel:
+        st.caption("Each word is written by a kernel built for this CPU at the first load, measured faster here.")
 
 
 def load_model(choice: ModelChoice, sidebar, loading_box, on_wait=None) -> gpt2_engine.Engine | None:

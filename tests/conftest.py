@@ -32,6 +32,7 @@ torch.set_num_threads(1)
 # turn either way on the tiny models: here it is off, so what a test's model holds never depends on a timing, and
 # tests/test_prompt_kernel.py forces each answer (and measures) where it is what is tested
 q8.PROMPT_KERNEL = False
+q8.STEP_KERNEL = False  # the same for the step kernel: tests/test_step_kernel.py forces each answer
 
 TRAINING_TEXT = [
     "The cat sat on the mat. Hello world! Is it raining? Yes, it is.",

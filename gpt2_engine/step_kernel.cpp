@@ -1,0 +1,129 @@
+// q8's decode-step kernel (step_kernel.py builds it here, for this CPU, and checks it against fbgemm): a step's
+// few rows of activations through int8 weights, each weight read once for all the rows, in the order it lies.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#if !defined(__AVX512VNNI__) && !defined(__AVXVNNI__)
+#error "the step kernel needs VNNI (AVX-512 or AVX): elsewhere fbgemm reads the steps"
+#endif
+
+namespace {
+
+constexpr int64_t BLOCK = 4;         // weight rows read together, stored interleaved 64 bytes at a time
+constexpr int64_t ROWS = 4;          // activation rows a weight is read once for
+constexpr int64_t PREFETCH = 2048;   // bytes ahead of the reads: 67-71 ms over gpt2-xl's matrices against 75-79 at 512
+
+// out[m * N + n] = sum_k x[m, k] * w[n, k] over a group of `M` activation rows (x: uint8, w: int8).
+template <int M>
+void dots(const uint8_t* x, int64_t K, const int8_t* w, int64_t n0, int64_t n1, int32_t* out, int64_t N) {
+  for (int64_t n = n0; n < n1; n += BLOCK) {
+    const int8_t* block = w + n * K;
+#if defined(__AVX512VNNI__)
+    __m512i acc[M][BLOCK];
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < BLOCK; ++j) acc[m][j] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 64) {
+      const int8_t* at = block + k * BLOCK;
+      for (int j = 0; j < BLOCK; ++j) _mm_prefetch(reinterpret_cast<const char*>(at + PREFETCH + 64 * j), _MM_HINT_T0);
+      __m512i wv[BLOCK];
+      for (int j = 0; j < BLOCK; ++j) wv[j] = _mm512_loadu_si512(at + 64 * j);
+      for (int m = 0; m < M; ++m) {
+        const __m512i xv = _mm512_loadu_si512(x + m * K + k);
+        for (int j = 0; j < BLOCK; ++j) acc[m][j] = _mm512_dpbusd_epi32(acc[m][j], xv, wv[j]);
+      }
+    }
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < BLOCK; ++j) out[m * N + n + j] = _mm512_reduce_add_epi32(acc[m][j]);
+#else  // AVX-VNNI: the same on 32 bytes at a time
+    __m256i acc[M][BLOCK];
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < BLOCK; ++j) acc[m][j] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < K; k += 64) {
+      const int8_t* at = block + k * BLOCK;
+      for (int j = 0; j < BLOCK; ++j) _mm_prefetch(reinterpret_cast<const char*>(at + PREFETCH + 64 * j), _MM_HINT_T0);
+      for (int half = 0; half < 2; ++half) {
+        __m256i wv[BLOCK];
+        for (int j = 0; j < BLOCK; ++j)
+          wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + 64 * j + 32 * half));
+        for (int m = 0; m < M; ++m) {
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + m * K + k + 32 * half));
+          for (int j = 0; j < BLOCK; ++j) acc[m][j] = _mm256_dpbusd_avx_epi32(acc[m][j], xv, wv[j]);
+        }
+      }
+    }
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < BLOCK; ++j) {
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc[m][j]), _mm256_extracti128_si256(acc[m][j], 1));
+        s = _mm_hadd_epi32(s, s);
+        s = _mm_hadd_epi32(s, s);
+        out[m * N + n + j] = _mm_cvtsi128_si32(s);
+      }
+#endif
+  }
+}
+
+// rows (R, in) fp32; weight (N, K) int8 as StepKernel lays it out (N and K padded to multiples of BLOCK and 64);
+// scales and offsets (N,): the activations' scale times each row's, and the zero point times each row's sum; bias
+// (out_features,). Returns (R, out_features): bit for bit what Q8Linear has fbgemm give. Each row is divided by
+// its peak (its largest magnitude, at least 1e-30), each value made 8-bit as x * inverse_scale + zero_point in one
+// fused multiply-add, rounded to even; each result is (dot - offset) * scale in fp32, then times the peak plus
+// the bias in one fused multiply-add, as torch's addcmul does.
+at::Tensor q8_step(const at::Tensor& rows, const at::Tensor& weight, const at::Tensor& scales, const at::Tensor& offsets,
+                   const at::Tensor& bias, int64_t out_features, double inverse_scale, int64_t zero_point) {
+  TORCH_CHECK(rows.dim() == 2 && rows.scalar_type() == at::kFloat && rows.is_contiguous(), "rows: (R, in) fp32");
+  const int64_t R = rows.size(0), width = rows.size(1), N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(width <= K && K % 64 == 0 && N % BLOCK == 0 && out_features <= N, "weight: StepKernel's layout");
+  auto x = at::full({R, K}, zero_point, rows.options().dtype(at::kByte));  // the padding reads zero weights
+  std::vector<float> peaks(R);
+  const float* xp = rows.data_ptr<float>();
+  uint8_t* q = x.data_ptr<uint8_t>();
+  const float inverse = static_cast<float>(inverse_scale), zero = static_cast<float>(zero_point);
+  for (int64_t r = 0; r < R; ++r) {
+    const float* row = xp + r * width;
+    float peak = 0.0f;
+    for (int64_t k = 0; k < width; ++k) peak = std::max(peak, std::fabs(row[k]));
+    peaks[r] = peak = std::max(peak, 1e-30f);
+    for (int64_t k = 0; k < width; ++k) {
+      const float v = std::nearbyint(std::fma(row[k] / peak, inverse, zero));
+      q[r * K + k] = static_cast<uint8_t>(std::min(std::max(v, 0.0f), 255.0f));
+    }
+  }
+  auto dot = at::empty({R, N}, rows.options().dtype(at::kInt));
+  int32_t* d = dot.data_ptr<int32_t>();
+  const int8_t* w = weight.data_ptr<int8_t>();
+  for (int64_t r0 = 0; r0 < R; r0 += ROWS) {  // more than ROWS rows: the weights are read again for each group
+    const int64_t M = std::min(ROWS, R - r0);
+    const uint8_t* xr = q + r0 * K;
+    int32_t* dr = d + r0 * N;
+    at::parallel_for(0, N / BLOCK, 16, [&](int64_t lo, int64_t hi) {
+      switch (M) {
+        case 1: dots<1>(xr, K, w, lo * BLOCK, hi * BLOCK, dr, N); break;
+        case 2: dots<2>(xr, K, w, lo * BLOCK, hi * BLOCK, dr, N); break;
+        case 3: dots<3>(xr, K, w, lo * BLOCK, hi * BLOCK, dr, N); break;
+        default: dots<4>(xr, K, w, lo * BLOCK, hi * BLOCK, dr, N); break;
+      }
+    });
+  }
+  auto out = at::empty({R, out_features}, rows.options());
+  float* o = out.data_ptr<float>();
+  const float* s = scales.data_ptr<float>();
+  const int32_t* off = offsets.data_ptr<int32_t>();
+  const float* b = bias.data_ptr<float>();
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t n = 0; n < out_features; ++n) {
+      const float product = static_cast<float>(d[r * N + n] - off[n]) * s[n];
+      o[r * out_features + n] = std::fma(product, peaks[r], b[n]);  // addcmul's one rounding
+    }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(gpt2_studio, m) { m.def("q8_step", &q8_step); }

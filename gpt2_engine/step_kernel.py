@@ -1,0 +1,120 @@
+"""q8's decode-step kernel: step_kernel.cpp, built here for this CPU at the first q8 load, and used only where it
+gives fbgemm's results bit for bit and reads a matrix faster.
+
+A decode step reads every weight once for one row of activations (a few with a batch), so its time is the weights'
+bytes over the memory's bandwidth. fbgemm's dynamic linear, q8's kernel for steps, read gpt2-xl's matrices on one
+row in 84-100 ms on this project's Xeon, about 55% of a read probe; this kernel, which lays each four rows of a
+matrix out in the order it reads them and prefetches ahead, in 67-71 ms (docs/measurements.md, "The step kernel").
+It makes each row 8-bit exactly as Q8Linear has fbgemm do, so a text never depends on which kernel read it.
+
+It needs a C++ compiler, ninja (a requirement) and a CPU with VNNI (AVX-512 or AVX); without them, or where the
+build or the check fails, fbgemm reads the steps as before, and `why_not()` says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .capabilities import cpu_flags
+from .weights_cache import remove_abandoned, user_cache
+
+SOURCE = Path(__file__).with_name("step_kernel.cpp")
+BLOCK, WIDTH = 4, 64  # step_kernel.cpp reads 4 rows of a matrix together, 64 values at a time
+ROWS = 4  # the activation rows it reads each weight once for: a call of more reads the weights once a group
+X_SCALE = float(torch.tensor(2.0 / 255.0))  # Q8Linear's pinned range [-1, 1] made 8-bit, as fbgemm makes it
+X_INVERSE = float(torch.tensor([1.0 / X_SCALE]))  # fbgemm multiplies by this fp32 inverse, in a fused multiply-add
+X_ZERO = 128
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]  # for this CPU; its fp32 rounded as written
+LOG = logging.getLogger("gpt2_studio")
+
+
+_BUILDING = threading.Lock()  # two models loading at once build and load it once
+
+
+def why_not() -> str:
+    """Empty where the kernel is built and loaded in this process, else a sentence saying why not. The build (8-30
+    s) is kept in ~/.cache/gpt2-studio/kernels (whatever GPT2_STUDIO_CACHE says of converted weights), under a name
+    that carries the source, the flags and the CPU's flags (-march=native builds for this CPU: a home folder shared
+    by two machines never loads the other's build); later processes load it in a moment, with no compiler."""
+    with _BUILDING:
+        return _build()
+
+
+@functools.cache
+def _build() -> str:
+    if not {"avx512_vnni", "avx_vnni"} & cpu_flags():
+        return "this CPU has no VNNI"
+    key = hashlib.sha1(SOURCE.read_bytes() + " ".join([*sorted(cpu_flags()), *FLAGS]).encode()).hexdigest()[:12]
+    built = user_cache() / "kernels" / f"step_kernel_{key}.so"
+    try:
+        if built.exists():
+            torch.ops.load_library(str(built))
+            return ""
+        with contextlib.suppress(ImportError):  # the build tool torch's builder calls: its wheel's, else PATH's
+            import ninja
+
+            os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+        from torch.utils.cpp_extension import load
+
+        # a folder of its own: torch's shared one has a lock that a killed build leaves, and the next waits on it
+        with tempfile.TemporaryDirectory(prefix="gpt2-studio-build-") as work:
+            name = f"step_kernel_{key}"
+            load(
+                name,
+                [str(SOURCE)],
+                extra_cflags=FLAGS,
+                extra_ldflags=["-fopenmp"],  # at::parallel_for's threads: torch's own OpenMP pool
+                build_directory=work,
+                is_python_module=False,  # loaded into torch.ops, and needs no Python headers
+                verbose=False,
+            )
+            with contextlib.suppress(OSError):  # kept for later processes, renamed into place whole
+                built.parent.mkdir(parents=True, exist_ok=True)
+                remove_abandoned(built.parent)
+                partial = built.with_name(f".{built.name}.{os.getpid()}.tmp")  # what remove_abandoned looks for
+                shutil.copyfile(Path(work) / f"{name}.so", partial)
+                os.replace(partial, built)
+    except Exception as error:  # noqa: BLE001 - no compiler, no ninja, a build that fails: fbgemm reads the steps
+        LOG.info("the step kernel is not built: %s", error)
+        lines = str(error).strip().splitlines() or [""]
+        said = next((line for line in lines if "error:" in line), lines[-1]).strip()  # the compiler's, if it spoke
+        return f"it could not be built here ({type(error).__name__}: {said[:160]})"
+    return ""
+
+
+class StepKernel:
+    """A Q8Linear's int8 matrix laid out for step_kernel.cpp: padded to whole blocks of 4 rows and 64 columns, each
+    block's rows interleaved 64 bytes at a time, with the scale and zero-point offset of each row."""
+
+    def __init__(self, weight: Tensor, scales: Tensor):
+        if why_not():
+            raise RuntimeError(f"the step kernel does not run here: {why_not()}")
+        out, width = weight.shape
+        rows, columns = -(-out // BLOCK) * BLOCK, -(-width // WIDTH) * WIDTH
+        padded = weight.new_zeros(rows, columns)
+        padded[:out, :width] = weight
+        self.weight = padded.view(rows // BLOCK, BLOCK, columns // WIDTH, WIDTH).transpose(1, 2).contiguous()
+        self.scales = torch.zeros(rows)
+        self.scales[:out] = torch.tensor(X_SCALE) * scales.float()  # in fp32, as fbgemm multiplies them
+        self.offsets = torch.zeros(rows, dtype=torch.int32)
+        self.offsets[:out] = X_ZERO * weight.sum(dim=1, dtype=torch.int32)
+        self.out_features = out
+        self.nbytes = self.weight.numel() + 8 * rows  # what a step reads: the matrix, the scales and the offsets
+
+    def __call__(self, rows: Tensor, bias: Tensor) -> Tensor:
+        """(R, out): `rows` (R, in) through the matrix, plus `bias`, as Q8Linear's fbgemm call gives them."""
+        return torch.ops.gpt2_studio.q8_step(
+            rows.contiguous(), self.weight.view(self.scales.shape[0], -1), self.scales, self.offsets, bias,
+            self.out_features, X_INVERSE, X_ZERO,
+        )  # fmt: skip
