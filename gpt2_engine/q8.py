@@ -1,7 +1,7 @@
 """q8: int8 weights read by integer kernels, each row of activations made 8-bit with its own scale.
 
 `Q8Linear` reads a decode step's few rows through step_kernel.py's kernel where it is built and pays here
-(`step_kernel_pays`), else through fbgemm's dynamic linear; where it pays (`prompt_kernel_pays`), a second copy of each matrix in oneDNN's layout (`PromptKernel`, AMX
+(`step_kernel.pays`), else through fbgemm's dynamic linear; where it pays (`prompt_kernel_pays`), a second copy of each matrix in oneDNN's layout (`PromptKernel`, AMX
 where the CPU has it) reads every call of PROMPT_ROWS rows or more (a prompt's piece, the shadow rows' chunks
 beside steps), bit for bit as fbgemm would. The matrices of a model share one `Scratch`, their work buffers. The int8 matrices themselves come from quantize.py's conversion (and its weights cache).
 """
@@ -9,7 +9,6 @@ beside steps), bit for bit as fbgemm would. The matrices of a model share one `S
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import time
 import warnings
@@ -19,12 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import step_kernel
 from .memory import available_bytes, drop_file_pages
 from .quantize import Converted, matrices, quantize_rows, to_int8
 from .step_kernel import ROWS as STEP_ROWS
-from .step_kernel import StepKernel, why_not
+from .step_kernel import StepKernel
 
-LOG = logging.getLogger("gpt2_studio")
 PINS = 2  # the values 1 and -1 after each row of a Q8Linear's input (see there)
 SCRATCH_ROWS = 320  # q8's work buffers hold this many rows: a prompt chunk (scheduler.PIECE, 256) and the
 # decode steps of a full batch beside it (8 runs, each its token and a shadow row's few); larger passes slice
@@ -75,13 +74,13 @@ class Q8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])  # (R, in)
-        if self.step is not None and rows.shape[0] <= (STEP_ROWS if self.packed is not None else PROMPT_ROWS - 1):
+        if self.step is not None and rows.shape[0] <= STEP_ROWS:
             return self.step(rows, self.bias).view(*x.shape[:-1], self.out_features)
         peak = _peaks(rows)
-        if self.prompt is not None and rows.shape[0] >= PROMPT_ROWS:
+        if self.prompt is not None and rows.shape[0] >= (STEP_ROWS + 1 if self.step else PROMPT_ROWS):
             y = self.prompt(rows, peak, self.scratch)
             return torch.addcmul(self.bias, y, peak, out=y).view(*x.shape[:-1], self.out_features)
-        assert self.packed is not None  # a call of more rows than the step kernel's without a prompt kernel
+        assert self.packed is not None  # kept wherever a call can come here
         unit = self.scratch.unit(rows.shape[1])  # each row's last two values pin the range to [-1, 1]
         capacity = unit.shape[0]
         if rows.shape[0] <= capacity:
@@ -156,10 +155,9 @@ PROMPT_FASTER = 1.5  # the prompt kernel is kept only where a prompt piece reads
 PROMPT_ROWS = 6  # a call of this many rows or more uses it (gpt2-xl's 193 matrices, the dev VM: 1 row 101 ms
 # through fbgemm against 119 through oneDNN, 4 rows 126 against 125, 6 rows 141 against 132, 8 rows 150 against
 # 130, 16 rows 183 against 142): a batch of six writers and more, a prompt's piece, the shadow's chunk beside a step
-CHECKED_ROWS = (*range(PROMPT_ROWS, 18), 64, SCRATCH_ROWS)  # row counts the kernels must agree on at load
+CHECKED_ROWS = (*range(STEP_ROWS + 1, 18), 64, SCRATCH_ROWS)  # row counts the kernels must agree on at load (from
+# 5 rows: beside the step kernel, which reads 4 rows at a time, the prompt kernel reads every call of more)
 PROMPT_KERNEL: bool | None = None  # None: measured at each q8 load (`prompt_kernel_pays`); tests force an answer
-STEP_KERNEL: bool | None = None  # the same for the step kernel (`step_kernel_pays`)
-STEP_FASTER = 1.05  # the step kernel is kept only where a step's row reads at least this much faster
 
 
 def prompt_kernel_agrees(weight: Tensor, scales: Tensor) -> bool:
@@ -198,37 +196,6 @@ def prompt_kernel_pays(weight: Tensor, scales: Tensor, model_bytes: int) -> bool
     return fbgemm_s >= PROMPT_FASTER * onednn_s
 
 
-def step_kernel_agrees(weight: Tensor, scales: Tensor) -> bool:
-    """Whether step_kernel.py's kernel is built here and gives fbgemm's results bit for bit over `weight`, for
-    every row count it reads (1 to PROMPT_ROWS - 1 rows, and one more than its groups of STEP_ROWS)."""
-    if REDUCE_RANGE or why_not():
-        return False
-    bias = torch.randn(weight.shape[0]) * 0.1
-    fbgemm, step = Q8Linear(weight, scales, bias, Scratch()), StepKernel(weight, scales)
-    rows = torch.randn(PROMPT_ROWS + STEP_ROWS, weight.shape[1]) * torch.rand(PROMPT_ROWS + STEP_ROWS, 1) * 10
-    with torch.inference_mode():
-        for n in range(1, PROMPT_ROWS + STEP_ROWS + 1):
-            if not torch.equal(step(rows[:n], bias), fbgemm(rows[:n])):
-                LOG.warning("the step kernel differs from fbgemm at %d rows here: fbgemm reads the steps", n)
-                return False
-    return True
-
-
-def step_kernel_pays(weight: Tensor, scales: Tensor, copy_bytes: int) -> bool:
-    """Whether the step kernel reads the steps: it is built here and agrees with fbgemm (`step_kernel_agrees`), one
-    row through `weight` takes fbgemm STEP_FASTER times as long, and `copy_bytes` more (its copy where fbgemm's stays,
-    for prompts, or 0) leave as much memory free again. STEP_KERNEL, where set, answers instead."""
-    if STEP_KERNEL is not None:
-        return STEP_KERNEL
-    if available_bytes() < 2 * copy_bytes or not step_kernel_agrees(weight, scales):
-        return False
-    fbgemm, step = Q8Linear(weight, scales, None, Scratch()), StepKernel(weight, scales)
-    row = torch.randn(1, weight.shape[1])
-    with torch.inference_mode():
-        fbgemm_s, step_s = _best_of(5, lambda: fbgemm(row)), _best_of(5, lambda: step(row, fbgemm.bias))
-    return fbgemm_s >= STEP_FASTER * step_s
-
-
 def _best_of(repeats: int, call: Callable[[], object]) -> float:
     call()  # the first call packs and warms
     best = math.inf
@@ -256,7 +223,8 @@ class Scratch:
     its number of rows: a day of phrases of every length adds nothing. A pass of more rows than `rows` is done
     in slices. Each buffer's rows end in the pins [1, -1] that fix fbgemm's range for the call (Q8Linear).
     `prompt_kernel`: the model's matrices keep a PromptKernel too, for their calls of PROMPT_ROWS rows or more;
-    `step_kernel`: a StepKernel, for the calls of fewer (or of STEP_ROWS at most, where fbgemm reads prompts)."""
+    `step_kernel`: a StepKernel, for the calls of STEP_ROWS rows at most (the prompt kernel then reads every call of
+    more, and fbgemm none)."""
 
     def __init__(self, rows: int = SCRATCH_ROWS, prompt_kernel: bool = False, step_kernel: bool = False):
         self.rows = rows
@@ -303,7 +271,7 @@ def to_q8(model: Any, saved: dict[str, Tensor] | None = None, progress: Converte
     sample = (saved["0.mlp.c_fc.weight"], saved["0.mlp.c_fc.scales"]) if saved else quantize_rows(first.weight.T)
     model_bytes = sum(w.numel() for _, _, w, _ in matrices(model))
     prompt = prompt_kernel_pays(*sample, model_bytes)
-    step = step_kernel_pays(*sample, 0 if prompt else model_bytes)  # with a prompt kernel, in fbgemm's place
+    step = step_kernel.pays(*sample, 0 if prompt else model_bytes)  # with a prompt kernel, in fbgemm's place
     scratch = Scratch(prompt_kernel=prompt, step_kernel=step)
     del sample
     converted = to_int8(model, torch.float32, saved, functools.partial(Q8Linear, scratch=scratch), progress)

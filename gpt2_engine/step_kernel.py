@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .capabilities import cpu_flags
+from .memory import available_bytes
 from .weights_cache import remove_abandoned, user_cache
 
 SOURCE = Path(__file__).with_name("step_kernel.cpp")
@@ -36,6 +37,8 @@ X_SCALE = float(torch.tensor(2.0 / 255.0))  # Q8Linear's pinned range [-1, 1] ma
 X_INVERSE = float(torch.tensor([1.0 / X_SCALE]))  # fbgemm multiplies by this fp32 inverse, in a fused multiply-add
 X_ZERO = 128
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]  # for this CPU; its fp32 rounded as written
+FORCED: bool | None = None  # None: decided at each q8 load (`pays`); tests force an answer
+FASTER = 1.05  # the step kernel is kept only where a step's row reads at least this much faster than fbgemm's
 LOG = logging.getLogger("gpt2_studio")
 
 
@@ -91,6 +94,41 @@ def _build() -> str:
         said = next((line for line in lines if "error:" in line), lines[-1]).strip()  # the compiler's, if it spoke
         return f"it could not be built here ({type(error).__name__}: {said[:160]})"
     return ""
+
+
+def agrees(weight: Tensor, scales: Tensor) -> bool:
+    """Whether step_kernel.py's kernel is built here and gives fbgemm's results bit for bit over `weight`, for
+    every row count Q8Linear gives it (1 to ROWS), and for a few more (calls of more rows read in groups)."""
+    from .q8 import REDUCE_RANGE, Q8Linear, Scratch  # q8 uses this module: imported when asked
+
+    if REDUCE_RANGE or why_not():
+        return False
+    bias = torch.randn(weight.shape[0]) * 0.1
+    fbgemm, step = Q8Linear(weight, scales, bias, Scratch()), StepKernel(weight, scales)
+    rows = torch.randn(2 * ROWS + 1, weight.shape[1]) * torch.rand(2 * ROWS + 1, 1) * 10
+    with torch.inference_mode():
+        for n in range(1, 2 * ROWS + 2):
+            if not torch.equal(step(rows[:n], bias), fbgemm(rows[:n])):
+                LOG.warning("the step kernel differs from fbgemm at %d rows here: fbgemm reads the steps", n)
+                return False
+    return True
+
+
+def pays(weight: Tensor, scales: Tensor, copy_bytes: int) -> bool:
+    """Whether the step kernel reads the steps: it is built here and agrees with fbgemm (`agrees`), one
+    row through `weight` takes fbgemm FASTER times as long, and `copy_bytes` more (its copy where fbgemm's stays,
+    for prompts, or 0) leave as much memory free again. FORCED, where set, answers instead."""
+    from .q8 import Q8Linear, Scratch, _best_of
+
+    if FORCED is not None:
+        return FORCED
+    if available_bytes() < 2 * copy_bytes or not agrees(weight, scales):
+        return False
+    fbgemm, step = Q8Linear(weight, scales, None, Scratch()), StepKernel(weight, scales)
+    row = torch.randn(1, weight.shape[1])
+    with torch.inference_mode():
+        fbgemm_s, step_s = _best_of(5, lambda: fbgemm(row)), _best_of(5, lambda: step(row, fbgemm.bias))
+    return fbgemm_s >= FASTER * step_s
 
 
 class StepKernel:

@@ -25,14 +25,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import gpt2_engine  # noqa: E402
-from gpt2_engine import capabilities, q8  # noqa: E402
+from gpt2_engine import capabilities, q8, step_kernel  # noqa: E402
 
 torch.set_num_threads(1)
 # q8's prompt kernel is kept where it is measured faster (q8.prompt_kernel_pays), a timing that a busy machine can
 # turn either way on the tiny models: here it is off, so what a test's model holds never depends on a timing, and
 # tests/test_prompt_kernel.py forces each answer (and measures) where it is what is tested
 q8.PROMPT_KERNEL = False
-q8.STEP_KERNEL = False  # the same for the step kernel: tests/test_step_kernel.py forces each answer
+step_kernel.FORCED = False  # the same for the step kernel: tests/test_step_kernel.py forces each answer
 
 TRAINING_TEXT = [
     "The cat sat on the mat. Hello world! Is it raining? Yes, it is.",

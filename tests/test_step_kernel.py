@@ -1,6 +1,6 @@
 """q8's step kernel (step_kernel.py): built here for this CPU, it reads a decode step's few rows and gives fbgemm's
 results bit for bit, so no text depends on which kernel read it. Both answers of the decision are tried here,
-whatever this CPU would decide (q8.STEP_KERNEL forces one); where it cannot be built, the tests of it skip, saying
+whatever this CPU would decide (step_kernel.FORCED forces one); where it cannot be built, the tests of it skip, saying
 why, and fbgemm reads the steps."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ needs_the_kernel = pytest.mark.skipif(bool(step_kernel.why_not()), reason=f"no s
 
 
 @needs_the_kernel
-@pytest.mark.parametrize("rows", range(1, q8.PROMPT_ROWS + step_kernel.ROWS + 1))
+@pytest.mark.parametrize("rows", range(1, 2 * step_kernel.ROWS + 2))
 @pytest.mark.parametrize("shape", [(384, 256), (10, 70), (201, 1600)])  # whole blocks, and padded ones
 def test_the_step_kernel_gives_fbgemms_results_bit_for_bit(rows, shape) -> None:
     torch.manual_seed(rows)
@@ -41,8 +41,8 @@ def test_the_step_kernel_gives_fbgemms_results_bit_for_bit(rows, shape) -> None:
 @needs_the_kernel
 @pytest.mark.parametrize("prompt_kernel", [True, False])
 def test_the_step_kernel_takes_fbgemms_place_only_beside_the_prompt_kernel(prompt_kernel) -> None:
-    """With a prompt kernel for the calls of PROMPT_ROWS rows and more, fbgemm's copy is not kept: the step kernel
-    reads the rest. Without one, fbgemm's copy stays for prompts, and the step kernel reads up to ROWS rows."""
+    """The step kernel reads every call of up to ROWS rows. With a prompt kernel, which then reads every call of
+    more, fbgemm's copy is not kept; without one, fbgemm's copy stays, for the calls of more."""
     weight, scales = quantize_rows(torch.randn(384, 256) * 0.02)
     plain = Q8Linear(weight, scales, None, Scratch())
     both = Q8Linear(weight, scales, None, Scratch(step_kernel=True, prompt_kernel=prompt_kernel))
@@ -50,46 +50,62 @@ def test_the_step_kernel_takes_fbgemms_place_only_beside_the_prompt_kernel(promp
     assert both.step_bytes == both.step.nbytes and both.step_bytes >= weight.numel()
     copies = (weight.numel() if prompt_kernel else plain.packed_bytes) + both.step.nbytes
     assert both.packed_bytes == copies
+    calls: list[str] = []
+    both.step = counting(both.step, "step", calls)
+    if prompt_kernel:
+        both.prompt = counting(both.prompt, "prompt", calls)
+    with torch.inference_mode():
+        for rows in (1, 4, 5, 40):
+            both(torch.randn(rows, 256))
+    assert calls == (["step", "step", "prompt", "prompt"] if prompt_kernel else ["step", "step"])  # else fbgemm
+
+
+def counting(kernel, name: str, calls: list[str]):
+    def call(*args):
+        calls.append(name)
+        return kernel(*args)
+
+    return call
 
 
 @needs_the_kernel
 def test_the_step_kernel_is_kept_only_where_it_pays(monkeypatch) -> None:
-    monkeypatch.setattr(q8, "STEP_KERNEL", None)  # measured, as at a user's load (conftest turns it off)
+    monkeypatch.setattr(step_kernel, "FORCED", None)  # measured, as at a user's load (conftest turns it off)
     weight, scales = quantize_rows(torch.randn(512, 256))
-    monkeypatch.setattr(q8, "STEP_FASTER", 1e9)  # no kernel is a billion times faster
-    assert not q8.step_kernel_pays(weight, scales, copy_bytes=0)
-    monkeypatch.setattr(q8, "STEP_FASTER", 0.0)
-    assert q8.step_kernel_pays(weight, scales, copy_bytes=0)
-    monkeypatch.setattr(q8, "available_bytes", lambda: weight.numel())  # no room for a copy beside fbgemm's
-    assert not q8.step_kernel_pays(weight, scales, copy_bytes=weight.numel())
-    assert q8.step_kernel_pays(weight, scales, copy_bytes=0)  # in fbgemm's place, it needs no room
+    monkeypatch.setattr(step_kernel, "FASTER", 1e9)  # no kernel is a billion times faster
+    assert not step_kernel.pays(weight, scales, copy_bytes=0)
+    monkeypatch.setattr(step_kernel, "FASTER", 0.0)
+    assert step_kernel.pays(weight, scales, copy_bytes=0)
+    monkeypatch.setattr(step_kernel, "available_bytes", lambda: weight.numel())  # no room for a copy beside fbgemm's
+    assert not step_kernel.pays(weight, scales, copy_bytes=weight.numel())
+    assert step_kernel.pays(weight, scales, copy_bytes=0)  # in fbgemm's place, it needs no room
 
 
 def test_where_it_is_not_built_or_disagrees_fbgemm_reads_the_steps(monkeypatch) -> None:
-    monkeypatch.setattr(q8, "STEP_KERNEL", None)
-    monkeypatch.setattr(q8, "STEP_FASTER", 0.0)
+    monkeypatch.setattr(step_kernel, "FORCED", None)
+    monkeypatch.setattr(step_kernel, "FASTER", 0.0)
     weight, scales = quantize_rows(torch.randn(512, 256))
     with monkeypatch.context() as patched:
         patched.setattr(step_kernel, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
         assert step_kernel._build.__wrapped__() == "this CPU has no VNNI"
     with monkeypatch.context() as patched:
-        patched.setattr(q8, "why_not", lambda: "it could not be built here (no compiler)")
-        assert not q8.step_kernel_pays(weight, scales, copy_bytes=0)
+        patched.setattr(step_kernel, "why_not", lambda: "it could not be built here (no compiler)")
+        assert not step_kernel.pays(weight, scales, copy_bytes=0)
     if not step_kernel.why_not():
         with monkeypatch.context() as patched:  # one value off: a text could then depend on the kernel
             patched.setattr(step_kernel, "X_INVERSE", 127.0)  # not 127.49999
-            assert not q8.step_kernel_pays(weight, scales, copy_bytes=0)
+            assert not step_kernel.pays(weight, scales, copy_bytes=0)
     monkeypatch.setattr(q8, "REDUCE_RANGE", True)  # fbgemm keeps 7 bits on CPUs without VNNI: no match
-    assert not q8.step_kernel_pays(weight, scales, copy_bytes=0)
+    assert not step_kernel.pays(weight, scales, copy_bytes=0)
 
 
 @pytest.mark.parametrize("kept", [pytest.param(True, marks=needs_the_kernel), False])
 def test_a_q8_engine_writes_the_same_texts_with_or_without_the_step_kernel(tiny_model_dir, monkeypatch, kept) -> None:
     """The tiny model at q8, the decision forced each way: two runs decoded together (two rows a pass), a window
     that resets, and a long phrase read beside the steps write what fbgemm alone writes."""
-    monkeypatch.setattr(q8, "STEP_KERNEL", False)
+    monkeypatch.setattr(step_kernel, "FORCED", False)
     plain = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
-    monkeypatch.setattr(q8, "STEP_KERNEL", kept)
+    monkeypatch.setattr(step_kernel, "FORCED", kept)
     fast = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
     assert fast.model.q8_scratch.step_kernel is kept
     settings = [gpt2_engine.GenerationSettings(max_new_tokens=30, seed=s, window=7, stop_at_eos=False) for s in (1, 2)]
