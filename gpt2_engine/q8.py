@@ -9,10 +9,7 @@ beside steps), bit for bit as fbgemm would. The matrices of a model share one `S
 from __future__ import annotations
 
 import functools
-import math
-import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,7 +19,7 @@ from . import step_kernel
 from .memory import available_bytes, drop_file_pages
 from .quantize import Converted, matrices, quantize_rows, to_int8
 from .step_kernel import ROWS as STEP_ROWS
-from .step_kernel import StepKernel
+from .step_kernel import StepKernel, best_of
 
 PINS = 2  # the values 1 and -1 after each row of a Q8Linear's input (see there)
 SCRATCH_ROWS = 320  # q8's work buffers hold this many rows: a prompt chunk (scheduler.PIECE, 256) and the
@@ -192,18 +189,8 @@ def prompt_kernel_pays(weight: Tensor, scales: Tensor, model_bytes: int) -> bool
     rows = torch.randn(SCRATCH_ROWS, weight.shape[1])
     peak = _peaks(rows)
     with torch.inference_mode():
-        fbgemm_s, onednn_s = _best_of(3, lambda: fbgemm(rows)), _best_of(3, lambda: onednn(rows, peak))
+        fbgemm_s, onednn_s = best_of(3, lambda: fbgemm(rows)), best_of(3, lambda: onednn(rows, peak))
     return fbgemm_s >= PROMPT_FASTER * onednn_s
-
-
-def _best_of(repeats: int, call: Callable[[], object]) -> float:
-    call()  # the first call packs and warms
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _peaks(rows: Tensor) -> Tensor:
@@ -271,7 +258,9 @@ def to_q8(model: Any, saved: dict[str, Tensor] | None = None, progress: Converte
     sample = (saved["0.mlp.c_fc.weight"], saved["0.mlp.c_fc.scales"]) if saved else quantize_rows(first.weight.T)
     model_bytes = sum(w.numel() for _, _, w, _ in matrices(model))
     prompt = prompt_kernel_pays(*sample, model_bytes)
-    step = step_kernel.pays(*sample, 0 if prompt else model_bytes)  # with a prompt kernel, in fbgemm's place
+    fbgemm = Q8Linear(*sample, torch.randn(sample[0].shape[0]) * 0.1, Scratch())  # what it must give, bit for bit
+    step = step_kernel.pays(fbgemm, *sample, 0 if prompt else model_bytes)  # with a prompt kernel: fbgemm's place
+    del fbgemm
     scratch = Scratch(prompt_kernel=prompt, step_kernel=step)
     del sample
     converted = to_int8(model, torch.float32, saved, functools.partial(Q8Linear, scratch=scratch), progress)

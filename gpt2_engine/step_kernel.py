@@ -17,11 +17,15 @@ import contextlib
 import functools
 import hashlib
 import logging
+import math
 import os
 import shutil
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -96,39 +100,44 @@ def _build() -> str:
     return ""
 
 
-def agrees(weight: Tensor, scales: Tensor) -> bool:
-    """Whether step_kernel.py's kernel is built here and gives fbgemm's results bit for bit over `weight`, for
-    every row count Q8Linear gives it (1 to ROWS), and for a few more (calls of more rows read in groups)."""
-    from .q8 import REDUCE_RANGE, Q8Linear, Scratch  # q8 uses this module: imported when asked
-
-    if REDUCE_RANGE or why_not():
+def agrees(fbgemm: Any, weight: Tensor, scales: Tensor) -> bool:
+    """Whether the kernel is built here and gives the results of `fbgemm` (a q8.Q8Linear of `weight`, `scales` and a
+    bias, with no other kernel; q8 imports this module, so it is passed in) bit for bit, for every row count Q8Linear gives it (1 to ROWS) and a few more (calls
+    of more rows read in groups). Never where fbgemm keeps 7 bits (`reduce_range`: CPUs without VNNI)."""
+    if fbgemm.reduce_range or why_not():
         return False
-    bias = torch.randn(weight.shape[0]) * 0.1
-    fbgemm, step = Q8Linear(weight, scales, bias, Scratch()), StepKernel(weight, scales)
+    step = StepKernel(weight, scales)
     rows = torch.randn(2 * ROWS + 1, weight.shape[1]) * torch.rand(2 * ROWS + 1, 1) * 10
     with torch.inference_mode():
         for n in range(1, 2 * ROWS + 2):
-            if not torch.equal(step(rows[:n], bias), fbgemm(rows[:n])):
+            if not torch.equal(step(rows[:n], fbgemm.bias), fbgemm(rows[:n])):
                 LOG.warning("the step kernel differs from fbgemm at %d rows here: fbgemm reads the steps", n)
                 return False
     return True
 
 
-def pays(weight: Tensor, scales: Tensor, copy_bytes: int) -> bool:
-    """Whether the step kernel reads the steps: it is built here and agrees with fbgemm (`agrees`), one
-    row through `weight` takes fbgemm FASTER times as long, and `copy_bytes` more (its copy where fbgemm's stays,
-    for prompts, or 0) leave as much memory free again. FORCED, where set, answers instead."""
-    from .q8 import Q8Linear, Scratch, _best_of
-
+def pays(fbgemm: Any, weight: Tensor, scales: Tensor, copy_bytes: int) -> bool:
+    """Whether the kernel reads the steps: it agrees with `fbgemm` (`agrees`), one row through `weight` takes fbgemm
+    FASTER times as long, and `copy_bytes` more (its copy where fbgemm's stays, for prompts, or 0) leave as much
+    memory free again. FORCED, where set, answers instead."""
     if FORCED is not None:
         return FORCED
-    if available_bytes() < 2 * copy_bytes or not agrees(weight, scales):
+    if available_bytes() < 2 * copy_bytes or not agrees(fbgemm, weight, scales):
         return False
-    fbgemm, step = Q8Linear(weight, scales, None, Scratch()), StepKernel(weight, scales)
-    row = torch.randn(1, weight.shape[1])
+    step, row = StepKernel(weight, scales), torch.randn(1, weight.shape[1])
     with torch.inference_mode():
-        fbgemm_s, step_s = _best_of(5, lambda: fbgemm(row)), _best_of(5, lambda: step(row, fbgemm.bias))
-    return fbgemm_s >= FASTER * step_s
+        return best_of(5, lambda: fbgemm(row)) >= FASTER * best_of(5, lambda: step(row, fbgemm.bias))
+
+
+def best_of(repeats: int, call: Callable[[], object]) -> float:
+    """The shortest of `repeats` timed calls, after one untimed (which packs and warms)."""
+    call()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 class StepKernel:

@@ -73,12 +73,12 @@ def test_the_step_kernel_is_kept_only_where_it_pays(monkeypatch) -> None:
     monkeypatch.setattr(step_kernel, "FORCED", None)  # measured, as at a user's load (conftest turns it off)
     weight, scales = quantize_rows(torch.randn(512, 256))
     monkeypatch.setattr(step_kernel, "FASTER", 1e9)  # no kernel is a billion times faster
-    assert not step_kernel.pays(weight, scales, copy_bytes=0)
+    assert not step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)
     monkeypatch.setattr(step_kernel, "FASTER", 0.0)
-    assert step_kernel.pays(weight, scales, copy_bytes=0)
+    assert step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)
     monkeypatch.setattr(step_kernel, "available_bytes", lambda: weight.numel())  # no room for a copy beside fbgemm's
-    assert not step_kernel.pays(weight, scales, copy_bytes=weight.numel())
-    assert step_kernel.pays(weight, scales, copy_bytes=0)  # in fbgemm's place, it needs no room
+    assert not step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=weight.numel())
+    assert step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)  # in fbgemm's place, it needs no room
 
 
 def test_where_it_is_not_built_or_disagrees_fbgemm_reads_the_steps(monkeypatch) -> None:
@@ -90,13 +90,18 @@ def test_where_it_is_not_built_or_disagrees_fbgemm_reads_the_steps(monkeypatch) 
         assert step_kernel._build.__wrapped__() == "this CPU has no VNNI"
     with monkeypatch.context() as patched:
         patched.setattr(step_kernel, "why_not", lambda: "it could not be built here (no compiler)")
-        assert not step_kernel.pays(weight, scales, copy_bytes=0)
+        assert not step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)
     if not step_kernel.why_not():
         with monkeypatch.context() as patched:  # one value off: a text could then depend on the kernel
             patched.setattr(step_kernel, "X_INVERSE", 127.0)  # not 127.49999
-            assert not step_kernel.pays(weight, scales, copy_bytes=0)
+            assert not step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)
     monkeypatch.setattr(q8, "REDUCE_RANGE", True)  # fbgemm keeps 7 bits on CPUs without VNNI: no match
-    assert not step_kernel.pays(weight, scales, copy_bytes=0)
+    assert not step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)
+
+
+def fbgemm(weight, scales) -> Q8Linear:
+    """The reference the step kernel must match: a Q8Linear with a bias, read by fbgemm alone."""
+    return Q8Linear(weight, scales, torch.randn(weight.shape[0]) * 0.1, Scratch())
 
 
 @pytest.mark.parametrize("kept", [pytest.param(True, marks=needs_the_kernel), False])
