@@ -27,9 +27,9 @@ class PromptBudget:
     """How many prompt tokens a pass reads beside other runs' steps: enough that the pass costs about STEP_SHARE
     more than a pass of steps alone for each phrase being read (up to READERS of them), so that the writers, who
     share one step, and each visitor waiting for a first word get about a step's time of every pass. Learned as it
-    goes, from the passes' own times: a pass of steps alone says what a step costs, and a pass with more tokens
-    beside its steps (a prompt's, or a window's shadow reading ahead, through the same kernels) what each adds;
-    each the median of the last RECENT such passes. The shadows' tokens of a pass come out of its budget
+    goes, from the passes' own times: a pass of steps alone says what a step costs, and the passes with more tokens
+    beside their steps (a prompt's, or a window's shadow reading ahead, through the same kernels) what each adds,
+    over the last RECENT such passes (`token_s`). The shadows' tokens of a pass come out of its budget
     (`Scheduler.plan`)."""
 
     STEP_SHARE = 1.0  # one phrase beside writers: a pass costs about 2 steps, their gaps stay about 2x a step's
@@ -45,6 +45,7 @@ class PromptBudget:
     def __init__(self) -> None:
         self._steps: deque[float] = deque(maxlen=self.RECENT)  # seconds of recent passes of steps only
         self._tokens: deque[float] = deque(maxlen=self.RECENT)  # what a token beside the steps added, recently
+        self._passes: deque[tuple[int, float]] = deque(maxlen=self.RECENT)  # (tokens beside the steps, seconds)
 
     @property
     def step_s(self) -> float | None:
@@ -53,13 +54,26 @@ class PromptBudget:
 
     @property
     def token_s(self) -> float | None:
-        """What a token beside the steps adds to a pass now (None until one is timed)."""
-        return statistics.median(self._tokens) if self._tokens else None
+        """What each more token beside the steps adds to a pass now (None until one is timed): the slope of the
+        recent passes' times against their tokens, where they read at least three different counts. A pass's first
+        tokens can cost more than the rest: from 5 rows q8's prompt kernel reads a pass that its step kernel read
+        (gpt2-xl's matrices: 4 rows in 92 ms through the step kernel, 118 through the prompt kernel), and counted
+        against a step alone, that jump made every token look dear (tests/test_fair_batch.py: 11 tokens a pass
+        where 24-28 add a step's time). Never under half the median of (time - a step's) / tokens, so that a few
+        noisy passes cannot flatten the slope."""
+        if not self._tokens:
+            return None
+        average = statistics.median(self._tokens)
+        counts, seconds = zip(*self._passes)
+        if len(set(counts)) < 3:
+            return average
+        return max(statistics.linear_regression(counts, seconds).slope, average / 2)
 
     def forget(self) -> None:
         """Back to knowing nothing, as at a server's start."""
         self._steps.clear()
         self._tokens.clear()
+        self._passes.clear()
 
     def tokens(self, readers: int = 1) -> int:
         """The prompt tokens of a pass, in all, beside steps while `readers` phrases (or re-primes) are read."""
@@ -76,6 +90,7 @@ class PromptBudget:
             self._steps.append(seconds)
         elif step_s is not None and any(read.kind == "step" for read in reads):  # beside steps
             self._tokens.append(max(0.0, seconds - step_s) / extra)
+            self._passes.append((extra, seconds))
 
 
 @dataclass

@@ -104,6 +104,20 @@ def test_one_stretched_pass_does_not_make_prompt_tokens_look_free() -> None:
     assert budget.tokens() == int(PromptBudget.STEP_SHARE * 0.10 / 0.005)
 
 
+def test_a_jump_at_the_first_tokens_is_not_charged_to_every_token() -> None:
+    """Passes that cost a step (0.085 s) alone and 0.13 s + 3 ms a token with tokens beside them (q8's prompt kernel
+    taking over from its step kernel): the budget settles where each phrase's tokens add about a step's time beyond
+    the jump, not where the jump itself is spread over them (13 tokens a pass)."""
+    budget = PromptBudget()
+    budget.timed([step("cache")], 0.085)
+    for _ in range(30):
+        tokens = budget.tokens()
+        budget.timed([step("cache"), prompt("other", tokens)], 0.13 + 0.003 * tokens)
+        budget.timed([step("cache")], 0.085)
+    assert 24 <= budget.tokens() <= int(0.085 / 0.003)
+    assert 0.13 + 0.003 * budget.tokens() <= 3 * 0.085  # the writers' gap: within 3 steps
+
+
 def test_a_prompt_beside_steps_is_cut_to_the_budget_and_the_rest_kept() -> None:
     scheduler = Scheduler(max_runs=8)
     stepping = run_with(("a", 1, "step"), ("a-shadow", 4, "shadow"))
