@@ -5,7 +5,8 @@ A decode step reads every weight once for one row of activations (a few with a b
 bytes over the memory's bandwidth. fbgemm's dynamic linear, q8's kernel for steps, read gpt2-xl's matrices on one
 row in 84-100 ms on this project's Xeon, 52-64% of a read probe; this kernel, which lays each four rows of a matrix
 out in the order it reads them and prefetches ahead, in 78-81 ms through Q8Linear, 67-75 alone (docs/measurements.md,
-"The step kernel"). It makes each row 8-bit exactly as Q8Linear has fbgemm do, so a text never depends on which kernel read it.
+"The step kernel"). It makes each row 8-bit exactly as Q8Linear has fbgemm do, so a text never depends on which
+kernel read it.
 
 It needs a C++ compiler, ninja (a requirement) and a CPU with VNNI (AVX-512 or AVX); without them, or where the
 build or the check fails, fbgemm reads the steps as before, and `why_not()` says why.
