@@ -1,9 +1,11 @@
 """q8: int8 weights read by integer kernels, each row of activations made 8-bit with its own scale.
 
-`Q8Linear` reads a decode step's few rows through step_kernel.py's kernel where it is built and pays here
-(`step_kernel.pays`), else through fbgemm's dynamic linear; where it pays (`prompt_kernel_pays`), a second copy of each matrix in oneDNN's layout (`PromptKernel`, AMX
-where the CPU has it) reads every call of PROMPT_ROWS rows or more (a prompt's piece, the shadow rows' chunks
-beside steps), bit for bit as fbgemm would. The matrices of a model share one `Scratch`, their work buffers. The int8 matrices themselves come from quantize.py's conversion (and its weights cache).
+`Q8Linear` reads a decode step's few rows (up to 4) through step_kernel.py's kernel where it is built and pays
+here (`step_kernel.pays`), else through fbgemm's dynamic linear. Where it pays (`prompt_kernel_pays`), a second copy
+of each matrix in oneDNN's layout (`PromptKernel`, AMX where the CPU has it) reads every call of PROMPT_ROWS rows or
+more (5 beside the step kernel: a prompt's piece, the shadow rows' chunks beside steps), bit for bit as fbgemm
+would. The matrices of a model share one `Scratch`, their work buffers. The int8 matrices themselves come from
+quantize.py's conversion (and its weights cache).
 """
 
 from __future__ import annotations
