@@ -53,8 +53,9 @@ _BUILDING = threading.Lock()  # two models loading at once build and load it onc
 def why_not() -> str:
     """Empty where the kernel is built and loaded in this process, else a sentence saying why not. The build (8-30
     s) is kept in ~/.cache/gpt2-studio/kernels (whatever GPT2_STUDIO_CACHE says of converted weights), under a name
-    that carries the source, the flags and the CPU's flags (-march=native builds for this CPU: a home folder shared
-    by two machines never loads the other's build); later processes load it in a moment, with no compiler."""
+    that carries the source, torch's version, the flags and the CPU's flags (-march=native builds for this CPU: a
+    home folder shared by two machines never loads the other's build); later processes load it in a moment, with
+    no compiler."""
     with _BUILDING:
         return _build()
 
@@ -63,7 +64,8 @@ def why_not() -> str:
 def _build() -> str:
     if not {"avx512_vnni", "avx_vnni"} & cpu_flags():
         return "this CPU has no VNNI"
-    key = hashlib.sha1(SOURCE.read_bytes() + " ".join([*sorted(cpu_flags()), *FLAGS]).encode()).hexdigest()[:12]
+    said = " ".join([torch.__version__, *sorted(cpu_flags()), *FLAGS])  # a build links one torch's libraries
+    key = hashlib.sha1(SOURCE.read_bytes() + said.encode()).hexdigest()[:12]
     built = user_cache() / "kernels" / f"step_kernel_{key}.so"
     try:
         if built.exists():
