@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import two_runs
 
 import gpt2_engine
 from gpt2_engine import capabilities, fast, q8
@@ -105,19 +106,10 @@ def test_a_q8_engine_writes_the_same_texts_with_or_without_the_prompt_kernel(tin
     assert low.weight_bytes > plain.weight_bytes if kept else low.weight_bytes == plain.weight_bytes  # its copy
     assert low.step_bytes == plain.step_bytes  # ... which a decode step never reads (the bandwidth ceiling's bytes)
     through_onednn = rows_through_the_prompt_kernel(monkeypatch)
-    settings = [gpt2_engine.GenerationSettings(max_new_tokens=30, seed=s, window=7, stop_at_eos=False) for s in (1, 2)]
-    phrases = ("The cat", "Hello world! Is it raining? " * 20)
-    expected = [[s.token_id for s in plain.stream(p, k)] for p, k in zip(phrases, settings)]
+    expected = two_runs.alone(plain)
     # pieces of 24 beside the steps: one pass's rows reach PROMPT_ROWS (the budget the tiny model learns may not)
     monkeypatch.setattr(low.batcher.scheduler.budget, "tokens", lambda readers=1: 24)
-    first = low.stream(phrases[0], settings[0])
-    written = [[next(first).token_id for _ in range(5)], []]
-    second = low.stream(phrases[1], settings[1])  # its prompt is read beside the first run's steps
-    for step in second:
-        written[1].append(step.token_id)
-        written[0].extend(next(first).token_id for _ in range(1) if len(written[0]) < 30)
-    written[0].extend(s.token_id for s in first)
-    assert written == expected
+    assert two_runs.together(low) == expected
     assert bool(through_onednn) is kept and min(through_onednn, default=q8.PROMPT_ROWS) >= q8.PROMPT_ROWS
 
 

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+import two_runs
 
 import gpt2_engine
 from gpt2_engine import capabilities, q8, step_kernel
@@ -113,17 +114,7 @@ def test_a_q8_engine_writes_the_same_texts_with_or_without_the_step_kernel(tiny_
     monkeypatch.setattr(step_kernel, "FORCED", kept)
     fast = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
     assert fast.model.q8_scratch.step_kernel is kept
-    settings = [gpt2_engine.GenerationSettings(max_new_tokens=30, seed=s, window=7, stop_at_eos=False) for s in (1, 2)]
-    phrases = ("The cat", "Hello world! Is it raining? " * 20)
-    expected = [[s.token_id for s in plain.stream(p, k)] for p, k in zip(phrases, settings)]
-    first = fast.stream(phrases[0], settings[0])
-    written = [[next(first).token_id for _ in range(5)], []]
-    second = fast.stream(phrases[1], settings[1])  # its prompt is read beside the first run's steps
-    for step in second:
-        written[1].append(step.token_id)
-        written[0].extend(next(first).token_id for _ in range(1) if len(written[0]) < 30)
-    written[0].extend(s.token_id for s in first)
-    assert written == expected
+    assert two_runs.together(fast) == two_runs.alone(plain)
 
 
 @needs_the_kernel
