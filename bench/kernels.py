@@ -168,7 +168,7 @@ def q8_prompt_kernel(shapes: Shapes, rows: int) -> Built:
 
 
 def q8_step_kernel(shapes: Shapes, rows: int) -> Built:
-    """The engine's q8 with its step kernel (gpt2_engine/step_kernel.py), for calls of up to STEP_ROWS rows."""
+    """The engine's q8 with its step kernel (gpt2_engine/step_kernel.py), for calls of up to step_kernel.MOST rows."""
     from gpt2_engine.q8 import Q8Linear, Scratch
     from gpt2_engine.quantize import quantize_rows
     from gpt2_engine.step_kernel import why_not

@@ -20,12 +20,17 @@ from torch import Tensor, nn
 from . import step_kernel
 from .memory import available_bytes, drop_file_pages
 from .quantize import Converted, matrices, quantize_rows, to_int8
-from .step_kernel import ROWS as STEP_ROWS
+from .step_kernel import MOST as STEP_ROWS
 from .step_kernel import StepKernel, best_of
 
 PINS = 2  # the values 1 and -1 after each row of a Q8Linear's input (see there)
 SCRATCH_ROWS = 320  # q8's work buffers hold this many rows: a prompt chunk (scheduler.PIECE, 256) and the
 # decode steps of a full batch beside it (8 runs, each its token and a shadow row's few); larger passes slice
+ROW_STEP = 16  # the prompt kernel reads a call's rows rounded up to a multiple of this (within SCRATCH_ROWS): oneDNN
+# keeps a primitive (about 0.4 MB) for each shape it has run, up to 1,024 of them, so gpt2-xl's 4 matrix shapes at
+# every row count from 9 to 320 held 400 MB more by the end of a day (the 30-minute soak kept 0.5 GB); at 20 row
+# counts a shape they held 35 MB. A call of 9 rows costs what one of 16 does: over gpt2-xl's 193 matrices, 8 rows
+# took 122 ms through oneDNN, 16 rows 134
 
 
 class Q8Linear(nn.Module):
@@ -131,8 +136,15 @@ class PromptKernel:
         # fbgemm rounds x * (1 / scale) + zero point computed as one fused multiply-add: addcmul is one here (a
         # separate multiply and add round twice, and a value near a half then lands on the other integer)
         torch.addcmul(self.zero, work, self.inverse, out=work).round_().clamp_(0, 255)
-        unit = scratch.bytes(width)[:n] if reuse else torch.empty_like(rows, dtype=torch.uint8)  # type: ignore[union-attr]
-        unit.copy_(work)
+        if reuse:  # the rows beyond n are whatever the buffer holds: each row's result is its own (ROW_STEP)
+            unit = scratch.bytes(width)[: min(-(-n // ROW_STEP) * ROW_STEP, scratch.rows)]  # type: ignore[union-attr]
+        else:
+            unit = torch.empty_like(rows, dtype=torch.uint8)
+        unit[:n].copy_(work)
+        return self.linear(unit)[:n]
+
+    def linear(self, unit: Tensor) -> Tensor:
+        """oneDNN's int8 product of `unit`, rows already made 8-bit."""
         return torch.ops.onednn.qlinear_pointwise(
             unit,
             self.X_SCALE,
@@ -154,8 +166,8 @@ PROMPT_FASTER = 1.5  # the prompt kernel is kept only where a prompt piece reads
 PROMPT_ROWS = 6  # a call of this many rows or more uses it (gpt2-xl's 193 matrices, the dev VM: 1 row 101 ms
 # through fbgemm against 119 through oneDNN, 4 rows 126 against 125, 6 rows 141 against 132, 8 rows 150 against
 # 130, 16 rows 183 against 142): a batch of six writers and more, a prompt's piece, the shadow's chunk beside a step
-CHECKED_ROWS = (*range(STEP_ROWS + 1, 18), 64, SCRATCH_ROWS)  # row counts the kernels must agree on at load (from
-# 5 rows: beside the step kernel, which reads 4 rows at a time, the prompt kernel reads every call of more)
+CHECKED_ROWS = (*range(5, 18), 64, SCRATCH_ROWS)  # row counts the kernels must agree on at load (from 5 rows: a
+# prompt kernel beside no step kernel reads from PROMPT_ROWS, beside one every call over STEP_ROWS)
 PROMPT_KERNEL: bool | None = None  # None: measured at each q8 load (`prompt_kernel_pays`); tests force an answer
 
 

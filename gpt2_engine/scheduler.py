@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .fast import PIECED, Read
+from .fast import PIECED, Read, steps_only
 
 Run = Any  # batching.Run (its `pending`, `cache_bytes`, `joined`): named here without importing batching
 AGED_S = 60.0  # a phrase read for this long goes ahead of shorter ones (`turn`); 20 s left the median time to
@@ -28,9 +28,9 @@ class PromptBudget:
     more than a pass of steps alone for each phrase being read (up to READERS of them), so that the writers, who
     share one step, and each visitor waiting for a first word get about a step's time of every pass. Learned as it
     goes, from the passes' own times: a pass of steps alone says what a step costs, and the passes with more tokens
-    beside their steps (a prompt's, or a window's shadow reading ahead, through the same kernels) what each adds,
-    over the last RECENT such passes (`token_s`). The shadows' tokens of a pass come out of its budget
-    (`Scheduler.plan`)."""
+    beside their steps (a prompt's, or a window's shadow reading ahead, through the same kernels) what the first
+    of them and each after it add, over the last RECENT such passes (`line`). The shadows' tokens of a pass come
+    out of its budget (`Scheduler.plan`)."""
 
     STEP_SHARE = 1.0  # one phrase beside writers: a pass costs about 2 steps, their gaps stay about 2x a step's
     # (0.6 kept them under 1.6x, but read a phrase beside eight writers at a third of the machine)
@@ -54,20 +54,28 @@ class PromptBudget:
 
     @property
     def token_s(self) -> float | None:
-        """What each more token beside the steps adds to a pass now (None until one is timed): the slope of the
-        recent passes' times against their tokens, where they read at least three different counts. A pass's first
-        tokens can cost more than the rest: from 5 rows q8's prompt kernel reads a pass that its step kernel read
-        (gpt2-xl's matrices: 4 rows in 92 ms through the step kernel, 118 through the prompt kernel), and counted
-        against a step alone, that jump made every token look dear (tests/test_fair_batch.py: 11 tokens a pass
-        where 24-28 add a step's time). Never under half the median of (time - a step's) / tokens, so that a few
-        noisy passes cannot flatten the slope."""
-        if not self._tokens:
+        """What each more token beside the steps adds to a pass now (None until one is timed): see `line`."""
+        line = self.line
+        return line[1] if line else None
+
+    @property
+    def line(self) -> tuple[float, float] | None:
+        """What a pass of steps with n tokens beside them costs now, as (its cost at n = 0, each token's): a
+        straight line through the recent passes' times against their tokens, where they read at least three
+        different counts; else from a pass of steps alone, at the median of (time - a step's) / tokens. A pass's
+        first tokens can cost more than the rest: over 8 rows q8's prompt kernel reads what its step kernel read
+        (gpt2-xl's shape, three writers: their steps 149 ms alone, 188 ms with 4 tokens beside them, 220 with 6, then
+        about 4 ms a token), so the line starts above a step. Its slope is never under half that median, so that a few
+        noisy passes cannot flatten it; nor its start under a step. None until a pass of each kind is timed."""
+        if self.step_s is None or not self._tokens:
             return None
         average = statistics.median(self._tokens)
         counts, seconds = zip(*self._passes)
         if len(set(counts)) < 3:
-            return average
-        return max(statistics.linear_regression(counts, seconds).slope, average / 2)
+            return self.step_s, average
+        slope = max(statistics.linear_regression(counts, seconds).slope, average / 2)
+        start = statistics.fmean(seconds) - slope * statistics.fmean(counts)
+        return max(start, self.step_s), slope
 
     def forget(self) -> None:
         """Back to knowing nothing, as at a server's start."""
@@ -77,10 +85,13 @@ class PromptBudget:
 
     def tokens(self, readers: int = 1) -> int:
         """The prompt tokens of a pass, in all, beside steps while `readers` phrases (or re-primes) are read."""
-        if self.step_s is None or not self.token_s:
+        line = self.line
+        if self.step_s is None or not line or not line[1]:
             return self.FIRST
+        start, token_s = line
         share = self.STEP_SHARE * max(1, min(readers, self.READERS))
-        return max(self.LEAST, min(PIECE * readers, int(share * self.step_s / self.token_s)))
+        fit = ((1 + share) * self.step_s - start) / token_s  # the tokens that bring the pass to its cost
+        return max(self.LEAST, min(PIECE * readers, int(fit + 1e-9)))
 
     def timed(self, reads: list[Read], seconds: float) -> None:
         """Learns from a pass: its reads and how long it took."""
@@ -102,9 +113,10 @@ class Plan:
     rest: dict[Run, list[Read]] = field(default_factory=dict)  # a pieced read's remainder, for the next passes
 
     @property
-    def kind(self) -> Literal["steps", "prompt"]:
-        """ "steps" (steps and shadows only: the thread policy may try a count on it) or "prompt"."""
-        return "prompt" if any(read.kind in PIECED for read in self.reads) else "steps"
+    def kind(self) -> Literal["steps", "tokens"]:
+        """ "steps" (decode steps only: the thread policy may try a count on it, fast.steps_only) or "tokens" (a
+        phrase's, a re-prime's or a shadow's beside them)."""
+        return "steps" if steps_only(self.reads) else "tokens"
 
 
 def turn(run: Run, now: float) -> tuple[bool, int, float]:
@@ -142,11 +154,11 @@ class Scheduler:
 
     def plan(self, batch: list[Run], active: int = 0, now: float | None = None) -> Plan:
         """The pass over `batch` (runs with reads pending): every run's steps and shadows whole, and of the pieced
-        reads (prompts, re-primes) a piece each, in `turn` order: `budget.tokens(readers)` in all beside other runs' steps,
-        less the tokens the writers' shadows read this pass; PIECE in all when no run steps (a pass reading eight
-        phrases and re-primes whole, 2,000 tokens, read them no faster than passes of 256, and kept a writer's reset
-        behind it). `active`: the runs in the batch, this pass's and those waiting for their readers (whose next
-        step must not wait behind a whole piece either)."""
+        reads (prompts, re-primes) a piece each, in `turn` order: `budget.tokens(readers)` in all beside other
+        runs' steps, less the tokens the writers' shadows read this pass (at least LEAST); PIECE
+        in all when no run steps (a pass reading eight phrases and re-primes whole, 2,000 tokens, read them no
+        faster than passes of 256, and kept a writer's reset behind it). `active`: the runs in the batch, this
+        pass's and those waiting for their readers (whose next step must not wait behind a whole piece either)."""
         pieced = [run for run in batch if any(read.kind in PIECED for read in run.pending or ())]
         stepping = len(batch) > len(pieced) or active > len(pieced)
         shadows = sum(len(read.ids) for run in batch for read in run.pending or () if read.kind == "shadow")

@@ -98,19 +98,21 @@ at::Tensor q8_step(const at::Tensor& rows, const at::Tensor& weight, const at::T
   auto dot = at::empty({R, N}, rows.options().dtype(at::kInt));
   int32_t* d = dot.data_ptr<int32_t>();
   const int8_t* w = weight.data_ptr<int8_t>();
-  for (int64_t r0 = 0; r0 < R; r0 += ROWS) {  // more than ROWS rows: the weights are read again for each group
-    const int64_t M = std::min(ROWS, R - r0);
-    const uint8_t* xr = q + r0 * K;
-    int32_t* dr = d + r0 * N;
-    at::parallel_for(0, N / BLOCK, 16, [&](int64_t lo, int64_t hi) {
-      switch (M) {
-        case 1: dots<1>(xr, K, w, lo * BLOCK, hi * BLOCK, dr, N); break;
-        case 2: dots<2>(xr, K, w, lo * BLOCK, hi * BLOCK, dr, N); break;
-        case 3: dots<3>(xr, K, w, lo * BLOCK, hi * BLOCK, dr, N); break;
-        default: dots<4>(xr, K, w, lo * BLOCK, hi * BLOCK, dr, N); break;
+  // Each block of BLOCK weight rows is read from memory once, for the first ROWS activation rows; the next groups
+  // of ROWS read it again while it is still in the core's cache (4 x K bytes: 6.4-25.6 KB on gpt2-xl's shape).
+  at::parallel_for(0, N / BLOCK, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b)
+      for (int64_t r0 = 0; r0 < R; r0 += ROWS) {
+        const uint8_t* xr = q + r0 * K;
+        int32_t* dr = d + r0 * N;
+        switch (std::min(ROWS, R - r0)) {
+          case 1: dots<1>(xr, K, w, b * BLOCK, (b + 1) * BLOCK, dr, N); break;
+          case 2: dots<2>(xr, K, w, b * BLOCK, (b + 1) * BLOCK, dr, N); break;
+          case 3: dots<3>(xr, K, w, b * BLOCK, (b + 1) * BLOCK, dr, N); break;
+          default: dots<4>(xr, K, w, b * BLOCK, (b + 1) * BLOCK, dr, N); break;
+        }
       }
-    });
-  }
+  });
   auto out = at::empty({R, out_features}, rows.options());
   float* o = out.data_ptr<float>();
   const float* s = scales.data_ptr<float>();

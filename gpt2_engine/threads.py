@@ -143,9 +143,10 @@ class ThreadPolicy:
     @contextmanager
     def run_pass(self, rows: int, may_try: bool = True) -> Iterator[int]:
         """Around one forward pass of `rows` tokens: applies the count for it (the current one, or one under try),
-        times the pass, and learns from it. Yields the count. `may_try=False` (a pass that reads a prompt, whose
-        arithmetic one thread fewer would slow by half, where a step's memory reads lose a fifth) keeps the current
-        count: a try happens on steps only, so that it never stretches another visitor's wait much."""
+        times the pass, and learns from it. Yields the count. `may_try=False` (a pass that reads a prompt's or a
+        shadow's tokens, whose arithmetic one thread fewer would slow by half, where a step's memory reads lose a
+        fifth) keeps the current count: a try happens on steps only, so that it never stretches another visitor's
+        wait much."""
         threads = self.apply(self.threads_for(rows) if may_try else self.current)
         started = time.perf_counter()
         yield threads

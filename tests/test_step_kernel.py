@@ -23,7 +23,7 @@ needs_the_kernel = pytest.mark.skipif(bool(step_kernel.why_not()), reason=f"no s
 
 
 @needs_the_kernel
-@pytest.mark.parametrize("rows", range(1, 2 * step_kernel.ROWS + 2))
+@pytest.mark.parametrize("rows", [*range(1, step_kernel.MOST + 2), 2 * step_kernel.MOST + 3])
 @pytest.mark.parametrize("shape", [(384, 256), (10, 70), (201, 1600)])  # whole blocks, and padded ones
 def test_the_step_kernel_gives_fbgemms_results_bit_for_bit(rows, shape) -> None:
     torch.manual_seed(rows)
@@ -35,14 +35,14 @@ def test_the_step_kernel_gives_fbgemms_results_bit_for_bit(rows, shape) -> None:
     x[0, 0] = -x[0].abs().max() * 2  # a row whose peak is negative
     with torch.inference_mode():
         assert torch.equal(step.step(x, bias), fbgemm(x))  # the kernel itself, at every row count
-        assert torch.equal(step(x), fbgemm(x))  # and the matrix, which reads more than ROWS rows with fbgemm
+        assert torch.equal(step(x), fbgemm(x))  # and the matrix, which reads more than MOST rows with fbgemm
         assert torch.equal(step(x[-1:]), step(x)[-1:])  # a row's result is its own
 
 
 @needs_the_kernel
 @pytest.mark.parametrize("prompt_kernel", [True, False])
 def test_the_step_kernel_takes_fbgemms_place_only_beside_the_prompt_kernel(prompt_kernel) -> None:
-    """The step kernel reads every call of up to ROWS rows. With a prompt kernel, which then reads every call of
+    """The step kernel reads every call of up to MOST rows. With a prompt kernel, which then reads every call of
     more, fbgemm's copy is not kept; without one, fbgemm's copy stays, for the calls of more."""
     weight, scales = quantize_rows(torch.randn(384, 256) * 0.02)
     plain = Q8Linear(weight, scales, None, Scratch())
@@ -56,7 +56,7 @@ def test_the_step_kernel_takes_fbgemms_place_only_beside_the_prompt_kernel(promp
     if prompt_kernel:
         both.prompt = counting(both.prompt, "prompt", calls)
     with torch.inference_mode():
-        for rows in (1, 4, 5, 40):
+        for rows in (1, step_kernel.MOST, step_kernel.MOST + 1, 40):
             both(torch.randn(rows, 256))
     assert calls == (["step", "step", "prompt", "prompt"] if prompt_kernel else ["step", "step"])  # else fbgemm
 
@@ -114,6 +114,7 @@ def test_a_q8_engine_writes_the_same_texts_with_or_without_the_step_kernel(tiny_
     monkeypatch.setattr(step_kernel, "FORCED", kept)
     fast = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
     assert fast.model.q8_scratch.step_kernel is kept
+    assert fast.shadow_chunk == (step_kernel.ROWS - 1 if kept else plain.shadow_chunk)  # a step and its chunk: one call
     assert two_runs.together(fast) == two_runs.alone(plain)
 
 
