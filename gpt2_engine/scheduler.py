@@ -134,6 +134,7 @@ class Scheduler:
         self.max_runs = max_runs
         self.kv_budget_bytes = 0  # set when a batch starts (batching.Batcher)
         self.budget = PromptBudget()
+        self._waited = False  # the last pass's shadows left the phrases being read nothing
 
     def admit(self, waiting: list[Run], active: list[Run]) -> list[Run]:
         """The waiting runs that join now, first come first served, while the batch's runs and cache bytes stay
@@ -155,15 +156,19 @@ class Scheduler:
     def plan(self, batch: list[Run], active: int = 0, now: float | None = None) -> Plan:
         """The pass over `batch` (runs with reads pending): every run's steps and shadows whole, and of the pieced
         reads (prompts, re-primes) a piece each, in `turn` order: `budget.tokens(readers)` in all beside other
-        runs' steps, less the tokens the writers' shadows read this pass (at least LEAST); PIECE
+        runs' steps, less the tokens the writers' shadows read this pass (at least LEAST every second pass); PIECE
         in all when no run steps (a pass reading eight phrases and re-primes whole, 2,000 tokens, read them no
         faster than passes of 256, and kept a writer's reset behind it). `active`: the runs in the batch, this
         pass's and those waiting for their readers (whose next step must not wait behind a whole piece either)."""
         pieced = [run for run in batch if any(read.kind in PIECED for read in run.pending or ())]
         stepping = len(batch) > len(pieced) or active > len(pieced)
         shadows = sum(len(read.ids) for run in batch for read in run.pending or () if read.kind == "shadow")
-        # ... which cost what prompt tokens do: beside steps, the budget is what they leave (at least LEAST)
-        left = max(self.budget.LEAST, self.budget.tokens(len(pieced)) - shadows) if stepping else PIECE
+        # ... which cost what prompt tokens do: beside steps, the budget is what they leave. Where that is under
+        # LEAST, the phrases wait a pass (the shadows are few passes before each reset), but never two in a row
+        left = self.budget.tokens(len(pieced)) - shadows if stepping else PIECE
+        if left < self.budget.LEAST:
+            left = self.budget.LEAST if self._waited else 0
+        self._waited = bool(pieced) and left == 0
         plan = Plan()
         now = time.monotonic() if now is None else now
         for run in [run for run in batch if run not in pieced] + sorted(pieced, key=lambda run: turn(run, now)):
