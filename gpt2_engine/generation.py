@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from . import step_kernel
 from .autotune import Choice
 from .batching import Batcher, ModelLock
 from .decoding import Backend, Candidate, Decoder, Prompt, Step, WindowMode, candidates, shadowed, token_text
@@ -27,7 +28,6 @@ from .fast import LONG_CHUNK, SHADOW_CHUNK, Progress
 from .sampling import Distribution
 from .settings import MAX_SEED, GenerationSettings
 from .shapes import ModelShape, Precision
-from .step_kernel import ROWS as STEP_ROWS
 from .window import Window
 
 
@@ -68,7 +68,7 @@ class Engine:
         `auto` measured cheapest for one run here; else, where q8 keeps its prompt kernel, fast.LONG_CHUNK, which
         it reads cheapest; else fast's."""
         if self.step_kernel:
-            return STEP_ROWS - 1
+            return step_kernel.ROWS - 1
         if self.choice:
             return self.choice.shadow_chunk
         return LONG_CHUNK if self.prompt_kernel else SHADOW_CHUNK

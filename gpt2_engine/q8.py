@@ -1,10 +1,10 @@
 """q8: int8 weights read by integer kernels, each row of activations made 8-bit with its own scale.
 
-`Q8Linear` reads a decode step's few rows (up to 4) through step_kernel.py's kernel where it is built and pays
-here (`step_kernel.pays`), else through fbgemm's dynamic linear. Where it pays (`prompt_kernel_pays`), a second copy
-of each matrix in oneDNN's layout (`PromptKernel`, AMX where the CPU has it) reads every call of PROMPT_ROWS rows or
-more (5 beside the step kernel: a prompt's piece, the shadow rows' chunks beside steps), bit for bit as fbgemm
-would. The matrices of a model share one `Scratch`, their work buffers. The int8 matrices themselves come from
+`Q8Linear` reads a decode step's few rows (up to step_kernel.MOST, 8) through step_kernel.py's kernel where it is
+built and pays here (`step_kernel.pays`), else through fbgemm's dynamic linear. Where it pays (`prompt_kernel_pays`),
+a second copy of each matrix in oneDNN's layout (`PromptKernel`, AMX where the CPU has it) reads every call of
+PROMPT_ROWS rows or more (9 beside the step kernel: a prompt's piece, many writers' steps and their shadows' chunks),
+bit for bit as fbgemm would. The matrices of a model share one `Scratch`, their work buffers. The int8 matrices themselves come from
 quantize.py's conversion (and its weights cache).
 """
 
@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from . import step_kernel
 from .memory import available_bytes, drop_file_pages
 from .quantize import Converted, matrices, quantize_rows, to_int8
-from .step_kernel import MOST as STEP_ROWS
 from .step_kernel import StepKernel, best_of
 
 PINS = 2  # the values 1 and -1 after each row of a Q8Linear's input (see there)
@@ -78,10 +77,10 @@ class Q8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])  # (R, in)
-        if self.step is not None and rows.shape[0] <= STEP_ROWS:
+        if self.step is not None and rows.shape[0] <= step_kernel.MOST:
             return self.step(rows, self.bias).view(*x.shape[:-1], self.out_features)
         peak = _peaks(rows)
-        if self.prompt is not None and rows.shape[0] >= (STEP_ROWS + 1 if self.step else PROMPT_ROWS):
+        if self.prompt is not None and rows.shape[0] >= (step_kernel.MOST + 1 if self.step else PROMPT_ROWS):
             y = self.prompt(rows, peak, self.scratch)
             return torch.addcmul(self.bias, y, peak, out=y).view(*x.shape[:-1], self.out_features)
         assert self.packed is not None  # kept wherever a call can come here
@@ -167,7 +166,7 @@ PROMPT_ROWS = 6  # a call of this many rows or more uses it (gpt2-xl's 193 matri
 # through fbgemm against 119 through oneDNN, 4 rows 126 against 125, 6 rows 141 against 132, 8 rows 150 against
 # 130, 16 rows 183 against 142): a batch of six writers and more, a prompt's piece, the shadow's chunk beside a step
 CHECKED_ROWS = (*range(5, 18), 64, SCRATCH_ROWS)  # row counts the kernels must agree on at load (from 5 rows: a
-# prompt kernel beside no step kernel reads from PROMPT_ROWS, beside one every call over STEP_ROWS)
+# prompt kernel beside no step kernel reads from PROMPT_ROWS, beside one every call over step_kernel.MOST)
 PROMPT_KERNEL: bool | None = None  # None: measured at each q8 load (`prompt_kernel_pays`); tests force an answer
 
 
@@ -224,8 +223,8 @@ class Scratch:
     its number of rows: a day of phrases of every length adds nothing. A pass of more rows than `rows` is done
     in slices. Each buffer's rows end in the pins [1, -1] that fix fbgemm's range for the call (Q8Linear).
     `prompt_kernel`: the model's matrices keep a PromptKernel too, for their calls of PROMPT_ROWS rows or more;
-    `step_kernel`: a StepKernel, for the calls of STEP_ROWS rows at most (the prompt kernel then reads every call of
-    more, and fbgemm none)."""
+    `step_kernel`: a StepKernel, for the calls of step_kernel.MOST rows at most (the prompt kernel then reads
+    every call of more, and fbgemm none)."""
 
     def __init__(self, rows: int = SCRATCH_ROWS, prompt_kernel: bool = False, step_kernel: bool = False):
         self.rows = rows

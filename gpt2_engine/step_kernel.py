@@ -109,8 +109,8 @@ def _build() -> str:
 def agrees(fbgemm: Any, weight: Tensor, scales: Tensor) -> bool:
     """Whether the kernel is built here and gives the results of `fbgemm` (a q8.Q8Linear of `weight`, `scales` and a
     bias, with no other kernel; q8 imports this module, so it is passed in) bit for bit, for every row count
-    Q8Linear gives it (1 to MOST) and one more. Never where fbgemm keeps 7
-    bits (`reduce_range`: CPUs without VNNI)."""
+    Q8Linear gives it (1 to MOST) and one more. Never where fbgemm keeps 7 bits (`reduce_range`: CPUs without
+    VNNI)."""
     if fbgemm.reduce_range or why_not():
         return False
     step = StepKernel(weight, scales)
