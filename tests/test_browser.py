@@ -33,6 +33,7 @@ from browser_page import (  # noqa: F401 - fixtures used by name
     write_tab,
     writing_for_a_while,
 )
+from playwright.sync_api import expect
 
 from studio.controls import MAX_LENGTH
 
@@ -54,7 +55,7 @@ def test_type_generate_and_watch_it_stream(page, engine, shots: Path) -> None:  
     assert write_tab(page).locator(".studio-text .prompt").inner_text() == "The cat sat on the mat."
     assert generated_text(page).strip()
     write_tab(page).locator('[data-testid="stVegaLiteChart"]').first.wait_for()  # its code loads on first use
-    assert write_tab(page).locator('[data-testid="stVegaLiteChart"]').count() == 1  # what the run added, KV cache in it
+    expect(write_tab(page).locator('[data-testid="stVegaLiteChart"]')).to_have_count(1)  # the run's, KV cache in it
     write_tab(page).locator(
         '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg'
     ).first.wait_for()
@@ -103,7 +104,7 @@ def test_a_bad_model_path_shows_what_to_do(page, shots: Path, tmp_path: Path) ->
     folder.fill(str(tmp_path / "no-such-model"))
     folder.press("Enter")
     page.get_by_text("Could not load this model").wait_for()
-    assert page.get_by_text("Pick another model").count() == 1
+    page.get_by_text("Pick another model in the sidebar").wait_for()  # drawn after the error: wait, not count
     assert page.locator('[data-testid="stException"]').count() == 0
     screenshot(page, shots / "5-bad-model.png")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from browser_page import CHROMIUM, browser, open_page, server, shots  # noqa: F401 - fixtures used by name
+from playwright.sync_api import expect
 
 from gpt2_engine.records import load_record, settings_from_record
 from gpt2_engine.stats import generated_text
@@ -55,9 +56,9 @@ def test_compare_in_tutorial_mode_then_download_and_replay_a_run(browser, server
     compare.get_by_role("button", name="Compare").click()
     compare.get_by_role("button", name="Keep this seed").wait_for()  # both runs written and scored
     compare.locator('[data-testid="stDataFrameResizable"]').first.wait_for()  # the table comes after scoring
-    assert compare.locator(".compare-text").count() == 2
-    assert compare.locator('[data-testid="stVegaLiteChart"]').count() == 1
-    assert compare.locator('[data-testid="stDataFrameResizable"]').count() == 1
+    expect(compare.locator(".compare-text")).to_have_count(2)  # expect waits: a busy machine draws late
+    expect(compare.locator('[data-testid="stVegaLiteChart"]')).to_have_count(1)
+    expect(compare.locator('[data-testid="stDataFrameResizable"]')).to_have_count(1)
     assert f"seed {seed}" in compare.inner_text()
     assert compare.get_by_text("tutorial mode", exact=True).count() == 2  # each run says so
     assert page.locator('[data-testid="stException"]').count() == 0
@@ -92,12 +93,11 @@ def test_a_sweep_draws_one_point_per_window_and_downloads(browser, server, shots
     sweep.get_by_role("button", name="Sweep", exact=True).click()
     sweep.get_by_text("Swept 4 windows with seed 3").wait_for()
     charts = sweep.locator('[data-testid="stVegaLiteChart"]')
-    assert charts.count() == 2  # the points, and under them each window's texts reread (mean and range)
+    expect(charts).to_have_count(2)  # the points, and under them each window's texts reread (mean and range)
     chart = charts.first
-    assert charts.nth(1).locator("g.sweep_text_means_marks path").count() == 4
+    expect(charts.nth(1).locator("g.sweep_text_means_marks path")).to_have_count(4)
     points = chart.locator("g.sweep_points_marks path")
-    points.first.wait_for()
-    assert points.count() == 4  # one point per window
+    expect(points).to_have_count(4)  # one point per window
     labels = chart.locator("g[class*=sweep_labels] text").evaluate_all("texts => texts.map(t => t.textContent)")
     assert sorted(labels) == ["window 10", "window 20", "window 50", "window off"]  # each point says its window
     assert re.search(r"keeps (all of|[\d.]+% of) .*coherence for", sweep.inner_text())  # the sentence reading the chart
