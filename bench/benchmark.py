@@ -322,7 +322,7 @@ def main() -> None:
     machine = report["machine"]
     print(
         f"\n{machine['cpu']} ({machine['vector_units']}; torch kernels: {machine['torch_cpu_capability']}), "
-        f"{machine['torch_threads']} threads, torch {machine['torch']}, transformers {machine['transformers']}\n"
+        f"{machine['cores']} cores, torch {machine['torch']}, transformers {machine['transformers']}\n"
         f"flags: {machine['cpu_flags']}\n"
     )
     print(table(rows))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 
 import torch
 
-from gpt2_engine import capabilities
+from gpt2_engine import capabilities, threads
 
 
 def _cell(row: dict, key: str, form: str, scale: float = 1.0) -> str:
@@ -73,7 +72,7 @@ def machine_facts() -> dict:
         "cpu": capabilities.cpu_name(),
         "vector_units": capabilities.vector_units(),
         "cpu_flags": " ".join(sorted(capabilities.cpu_flags())),
-        "cores": os.cpu_count(),
+        "cores": threads.cores(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -114,14 +114,30 @@ def one_run(engine: gpt2_engine.Engine, chance: random.Random, visitor: Visitor,
         visitor.kv_bytes = 0
 
 
-def slope_mb_per_min(samples: list[tuple[float, int]]) -> float:
-    """Least-squares slope of RSS over time, MB a minute."""
-    if len(samples) < 2:
-        return 0.0
+def slope_and_error(samples: list[tuple[float, int]]) -> tuple[float, float]:
+    """Least-squares slope of RSS over time and its standard error, MB a minute. The samples are a second apart and a
+    run holds its KV cache for minutes, so neighbours are alike: the error counts the samples as fewer by their lag-1
+    autocorrelation (n (1 - r) / (1 + r)), or it would claim a precision the soak does not have."""
+    if len(samples) < 3:
+        return 0.0, float("inf")
     xs, ys = [t / 60 for t, _ in samples], [rss / 1e6 for _, rss in samples]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     var = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+    if not var:
+        return 0.0, float("inf")
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+    residuals = [y - my - slope * (x - mx) for x, y in zip(xs, ys)]
+    squares = sum(r * r for r in residuals)
+    if not squares:
+        return slope, 0.0
+    lag1 = max(0.0, sum(a * b for a, b in zip(residuals, residuals[1:])) / squares)
+    effective = max(3.0, len(samples) * (1 - lag1) / (1 + lag1))
+    return slope, (squares / (len(samples) - 2) / var * len(samples) / effective) ** 0.5
+
+
+def describe_slope(samples: list[tuple[float, int]]) -> str:
+    slope, error = slope_and_error(samples)
+    return f"{slope:+.2f} ± {error:.2f} MB/min"
 
 
 def soak(
@@ -171,8 +187,8 @@ def soak(
         f"RSS {start_rss / 1e9:.2f} GB at the start, {end_rss / 1e9:.2f} GB at the end ({trimmed_rss / 1e9:.2f} GB once "
         f"freed memory is handed back), peak "
         f"{max((r for _, r in samples), default=end_rss) / 1e9:.2f} GB; slope over the last {last_minutes:g} min "
-        f"{slope_mb_per_min(tail):+.2f} MB/min (less the live runs' KV caches: "
-        f"{slope_mb_per_min(tail_beside_kv):+.2f} MB/min); threads: {policy_for(engine.model).describe()}"
+        f"{describe_slope(tail)} (less the live runs' KV caches: {describe_slope(tail_beside_kv)}); "
+        f"threads: {policy_for(engine.model).describe()}"
     )
     for error in failed[:5]:
         print("  failed:", error)

@@ -118,7 +118,30 @@ def test_a_ci_sized_soak_ends_every_run_well_and_reports_its_memory(tiny_model_d
     summary = next(line for line in out.stdout.splitlines() if line.startswith("3 visitors"))
     runs, failed = (int(word) for word in summary.split(": ")[1].replace(",", "").split()[0:3:2])
     assert runs >= 3 and failed == 0, out.stdout
-    assert "MB/min" in summary and out.stdout.count("\n| ") >= 3  # the slope, and a row per visitor
+    assert "MB/min" in summary and "±" in summary and out.stdout.count("\n| ") >= 3  # the slope, and a row per visitor
+
+
+def test_the_soaks_slope_says_its_error_and_the_error_counts_alike_neighbours_as_fewer() -> None:
+    """A clean climb of 5 MB/min is read as such, with a small error; a slow random walk with no trend (as the live
+    runs' KV caches swing RSS) gets an error wide enough to cover the zero it truly has, wider than the one that
+    counts every second's sample as new would give."""
+    import random
+
+    from bench.soak import slope_and_error
+
+    chance = random.Random(7)
+    climb = [(t, int(4e9 + 5e6 * t / 60 + chance.gauss(0, 1e6))) for t in range(1200)]
+    slope, error = slope_and_error(climb)
+    assert abs(slope - 5) < 0.05 and error < 0.05
+    swing, walk = 0.0, []
+    for t in range(1200):
+        swing = 0.995 * swing + chance.gauss(0, 30e6)
+        walk.append((t, int(4e9 + swing)))
+    slope, error = slope_and_error(walk)
+    assert abs(slope) < 3 * error
+    shuffled = sorted(walk, key=lambda _: chance.random())  # the same samples out of order: no neighbours alike
+    assert error > 3 * slope_and_error(shuffled)[1]
+    assert slope_and_error(climb[:2]) == (0.0, float("inf"))
 
 
 def test_the_pile_up_check_and_the_gaps_and_the_busy_phases_run(tiny_model_dir) -> None:
