@@ -126,14 +126,28 @@ def agrees(fbgemm: Any, weight: Tensor, scales: Tensor) -> bool:
 def pays(fbgemm: Any, weight: Tensor, scales: Tensor, copy_bytes: int) -> bool:
     """Whether the kernel reads the steps: it agrees with `fbgemm` (`agrees`), one row through `weight` takes fbgemm
     FASTER times as long, and `copy_bytes` more (its copy where fbgemm's stays, for prompts, or 0) leave as much
-    memory free again. FORCED, where set, answers instead."""
+    memory free again. FORCED, where set, answers instead. Where it says no, `declined` says why."""
+    global declined
+    declined = ""
     if FORCED is not None:
+        declined = "" if FORCED else "turned off (step_kernel.FORCED)"
         return FORCED
-    if available_bytes() < 2 * copy_bytes or not agrees(fbgemm, weight, scales):
-        return False
-    step, row = StepKernel(weight, scales), torch.randn(1, weight.shape[1])
-    with torch.inference_mode():
-        return best_of(5, lambda: fbgemm(row)) >= FASTER * best_of(5, lambda: step(row, fbgemm.bias))
+    if available_bytes() < 2 * copy_bytes:
+        declined = f"{available_bytes() / 1e9:.1f} GB free, and its copy needs {2 * copy_bytes / 1e9:.1f}"
+    elif not agrees(fbgemm, weight, scales):
+        declined = why_not() or "its results differ from fbgemm's here"
+    else:
+        step, row = StepKernel(weight, scales), torch.randn(1, weight.shape[1])
+        with torch.inference_mode():
+            theirs, ours = best_of(5, lambda: fbgemm(row)), best_of(5, lambda: step(row, fbgemm.bias))
+        if theirs < FASTER * ours:
+            declined = f"a row took {ours * 1e3:.3f} ms, fbgemm's {theirs * 1e3:.3f} ms ({FASTER}x faster needed)"
+    if declined:
+        LOG.info("q8's step kernel is not used: %s", declined)
+    return not declined
+
+
+declined = ""  # why the last `pays` said no ("" where it said yes): the soak and the benchmark print it
 
 
 def best_of(repeats: int, call: Callable[[], object]) -> float:

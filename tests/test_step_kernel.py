@@ -75,10 +75,13 @@ def test_the_step_kernel_is_kept_only_where_it_pays(monkeypatch) -> None:
     weight, scales = quantize_rows(torch.randn(512, 256))
     monkeypatch.setattr(step_kernel, "FASTER", 1e9)  # no kernel is a billion times faster
     assert not step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)
+    assert "fbgemm's" in step_kernel.declined and "1000000000.0x faster needed" in step_kernel.declined
     monkeypatch.setattr(step_kernel, "FASTER", 0.0)
     assert step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)
+    assert step_kernel.declined == ""
     monkeypatch.setattr(step_kernel, "available_bytes", lambda: weight.numel())  # no room for a copy beside fbgemm's
     assert not step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=weight.numel())
+    assert "GB free, and its copy needs" in step_kernel.declined
     assert step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)  # in fbgemm's place, it needs no room
 
 
@@ -92,10 +95,12 @@ def test_where_it_is_not_built_or_disagrees_fbgemm_reads_the_steps(monkeypatch) 
     with monkeypatch.context() as patched:
         patched.setattr(step_kernel, "why_not", lambda: "it could not be built here (no compiler)")
         assert not step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)
+        assert step_kernel.declined == "it could not be built here (no compiler)"
     if not step_kernel.why_not():
         with monkeypatch.context() as patched:  # one value off: a text could then depend on the kernel
             patched.setattr(step_kernel, "X_INVERSE", 127.0)  # not 127.49999
             assert not step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)
+            assert step_kernel.declined == "its results differ from fbgemm's here"
     monkeypatch.setattr(q8, "REDUCE_RANGE", True)  # fbgemm keeps 7 bits on CPUs without VNNI: no match
     assert not step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)
 
