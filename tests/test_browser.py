@@ -69,7 +69,8 @@ def test_type_generate_and_watch_it_stream(page, engine, shots: Path) -> None:  
 def test_stop_ends_a_long_run_and_keeps_its_text(page, engine, shots: Path) -> None:  # noqa: F811
     set_length_to_max(page)
     # a seed that writes all the slider's tokens: Stop, not <|endoftext|>, must end this run
-    type_seed(page, full_length_seed(engine, page.get_by_role("textbox", name="Your phrase").input_value()))
+    seed = full_length_seed(engine, page.get_by_role("textbox", name="Your phrase").input_value())
+    type_seed(page, seed)
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("Writing…").wait_for()
     page.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
@@ -78,7 +79,7 @@ def test_stop_ends_a_long_run_and_keeps_its_text(page, engine, shots: Path) -> N
     page.get_by_role("button", name="Stop").dispatch_event("click")
     page.get_by_text("Stopped after").or_(page.get_by_text("Done:")).first.wait_for()
     stopped = status_text(page)
-    assert "Stopped after" in stopped, stopped
+    assert "Stopped after" in stopped, f"{stopped} (seed {seed} typed; the run: {settings_line(page)})"
     tokens = int(stopped.split("Stopped after ")[1].split(" ")[0])
     assert 0 < tokens < 1000
     text = generated_text(page)
@@ -86,6 +87,12 @@ def test_stop_ends_a_long_run_and_keeps_its_text(page, engine, shots: Path) -> N
     wait_until_idle(page)  # the script run is over: a run that had not stopped would have written on until then
     assert generated_text(page) == text and status_text(page) == stopped
     screenshot(page, shots / "4-stopped.png")
+
+
+def settings_line(page) -> str:  # noqa: F811
+    """The line under a run's text that says what made it, seed included."""
+    line = write_tab(page).get_by_text("Written with")
+    return line.first.inner_text() if line.count() else "no settings line"
 
 
 def test_a_bad_model_path_shows_what_to_do(page, shots: Path, tmp_path: Path) -> None:  # noqa: F811
