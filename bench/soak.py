@@ -5,8 +5,8 @@ each with a phrase of a random length (1 to --max-phrase tokens), a random windo
 model allows), seed and length, and now and then a Stop part-way (the stream closed). Reported: runs, runs that
 failed (an exception the visitor did not cause), the process's RSS at the start and the end and its slope over the
 last part of the soak (least squares over a sample a second, with its standard error; also with the KV caches of
-the runs being written at each sample taken out, which swing RSS by a GB), each visitor's median and longest gap between two tokens, and time
-to first token (median and worst).
+the runs being written at each sample taken out, which swing RSS by a GB), each visitor's median and longest gap
+between two tokens, and time to first token (median and worst).
 
     python -m bench.soak --model bench/models/gpt2-xl --visitors 8 --minutes 30
     python -m bench.soak --model bench/models/gpt2-large --precision q8 --runs 30 --words 4,236   # pile-up check
@@ -303,14 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     engine = gpt2_engine.load(args.model, dtype=args.precision)
     print(f"{args.model} at {engine.precision}; resets by {engine.window_mode} ({engine.shadow_chunk} a step)")
     if engine.precision == "q8":  # where the steps are read is most of a q8 soak's speed: say it
-        print(
-            "decode steps through "
-            + (
-                "the step kernel"
-                if engine.step_kernel
-                else f"fbgemm ({step_kernel.declined or step_kernel.why_not() or 'no step kernel'})"
-            )
-        )
+        steps = "the step kernel" if engine.step_kernel else f"fbgemm ({step_kernel.declined})"
+        print(f"decode steps through {steps}")
     list(engine.stream("Warm up", max_new_tokens=4, seed=0))
     with busy(args.busy):
         if args.runs:

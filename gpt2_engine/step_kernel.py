@@ -132,10 +132,14 @@ def pays(fbgemm: Any, weight: Tensor, scales: Tensor, copy_bytes: int) -> bool:
     if FORCED is not None:
         declined = "" if FORCED else "turned off (step_kernel.FORCED)"
         return FORCED
-    if available_bytes() < 2 * copy_bytes:
+    if fbgemm.reduce_range:
+        declined = "fbgemm keeps 7 bits on this CPU (no VNNI)"
+    elif why_not():
+        declined = why_not()
+    elif available_bytes() < 2 * copy_bytes:
         declined = f"{available_bytes() / 1e9:.1f} GB free, and its copy needs {2 * copy_bytes / 1e9:.1f}"
     elif not agrees(fbgemm, weight, scales):
-        declined = why_not() or "its results differ from fbgemm's here"
+        declined = "its results differ from fbgemm's here"
     else:
         step, row = StepKernel(weight, scales), torch.randn(1, weight.shape[1])
         with torch.inference_mode():
@@ -147,7 +151,7 @@ def pays(fbgemm: Any, weight: Tensor, scales: Tensor, copy_bytes: int) -> bool:
     return not declined
 
 
-declined = ""  # why the last `pays` said no ("" where it said yes): the soak and the benchmark print it
+declined = ""  # why the last `pays` said no ("" where it said yes): `bench.soak` prints it
 
 
 def best_of(repeats: int, call: Callable[[], object]) -> float:

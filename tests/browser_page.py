@@ -181,6 +181,12 @@ def status_text(page) -> str:
     return page.locator('[data-testid="stAlert"]').first.inner_text()
 
 
+def settings_line(page) -> str:
+    """The line under a run's text that says what made it, seed included."""
+    line = write_tab(page).get_by_text("Written with")
+    return line.first.inner_text() if line.count() else "no settings line"
+
+
 def wait_until_idle(page, timeout_ms: int = 120_000) -> None:
     """Until the server's script run for this page has ended: Streamlit's running indicator (its status widget)
     is gone. A run writes only inside a script run, so after this nothing on the page changes without a new

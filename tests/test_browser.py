@@ -24,6 +24,7 @@ from browser_page import (  # noqa: F401 - fixtures used by name
     screenshot,
     server,
     set_length_to_max,
+    settings_line,
     shots,
     status_text,
     text_length,
@@ -87,12 +88,6 @@ def test_stop_ends_a_long_run_and_keeps_its_text(page, engine, shots: Path) -> N
     wait_until_idle(page)  # the script run is over: a run that had not stopped would have written on until then
     assert generated_text(page) == text and status_text(page) == stopped
     screenshot(page, shots / "4-stopped.png")
-
-
-def settings_line(page) -> str:  # noqa: F811
-    """The line under a run's text that says what made it, seed included."""
-    line = write_tab(page).get_by_text("Written with")
-    return line.first.inner_text() if line.count() else "no settings line"
 
 
 def test_a_bad_model_path_shows_what_to_do(page, shots: Path, tmp_path: Path) -> None:  # noqa: F811

@@ -103,6 +103,7 @@ def test_where_it_is_not_built_or_disagrees_fbgemm_reads_the_steps(monkeypatch) 
             assert step_kernel.declined == "its results differ from fbgemm's here"
     monkeypatch.setattr(q8, "REDUCE_RANGE", True)  # fbgemm keeps 7 bits on CPUs without VNNI: no match
     assert not step_kernel.pays(fbgemm(weight, scales), weight, scales, copy_bytes=0)
+    assert step_kernel.declined == "fbgemm keeps 7 bits on this CPU (no VNNI)"
 
 
 def fbgemm(weight, scales) -> Q8Linear:
