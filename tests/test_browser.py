@@ -27,6 +27,7 @@ from browser_page import (  # noqa: F401 - fixtures used by name
     settings_line,
     shots,
     status_text,
+    stop_a_long_run,
     text_length,
     type_seed,
     unfold_settings,
@@ -68,18 +69,7 @@ def test_type_generate_and_watch_it_stream(page, engine, shots: Path) -> None:  
 
 
 def test_stop_ends_a_long_run_and_keeps_its_text(page, engine, shots: Path) -> None:  # noqa: F811
-    set_length_to_max(page)
-    # a seed that writes all the slider's tokens: Stop, not <|endoftext|>, must end this run
-    seed = full_length_seed(engine, page.get_by_role("textbox", name="Your phrase").input_value())
-    type_seed(page, seed)
-    page.get_by_role("button", name="Generate").click()
-    page.get_by_text("Writing…").wait_for()
-    page.wait_for_function("document.querySelector('.studio-text .generated')?.innerText.length > 20")
-    # a click event at once: Stop is drawn anew at each token, and a real click waits for it to hold still, which on
-    # a quiet machine can be after the tiny model has written all its tokens
-    page.get_by_role("button", name="Stop").dispatch_event("click")
-    page.get_by_text("Stopped after").or_(page.get_by_text("Done:")).first.wait_for()
-    stopped = status_text(page)
+    seed, stopped = stop_a_long_run(page, engine)
     assert "Stopped after" in stopped, f"{stopped} (seed {seed} typed; the run: {settings_line(page)})"
     tokens = int(stopped.split("Stopped after ")[1].split(" ")[0])
     assert 0 < tokens < 1000
