@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import fused_step
 from .threads import policy_for
 from .window import Window
 
@@ -153,16 +154,30 @@ def steps_only(reads: list[Read]) -> bool:
 
 def _forward_reads(model: Any, reads: list[Read]) -> Tensor:
     transformer = model.transformer
-    act = activation(model.config.activation_function)
     device = transformer.wte.weight.device
     starts = [read.cache.lengths[read.row] for read in reads]
     sizes = [len(read.ids) for read in reads]
     tokens = torch.tensor([t for read in reads for t in read.ids], device=device)  # (N,)
     positions = torch.tensor([start + t for start, n in zip(starts, sizes) for t in range(n)], device=device)
     x = transformer.wte(tokens) + transformer.wpe(positions)  # (N, E)
+    fused = fused_step.for_pass(model, sizes)
+    if fused is not None:  # the loop below, in one call: the same bits, without Python between the operators
+        keys, values = [read.cache.keys[read.row] for read in reads], [read.cache.values[read.row] for read in reads]
+        x = fused(x, keys, values, starts)
+    else:
+        _layers(model, reads, starts, sizes, x)
+    for (cache, row, *_), start, n in zip(reads, starts, sizes):
+        cache.lengths[row] = start + n
+    last = torch.tensor(list(itertools.accumulate(sizes)), device=device) - 1
+    return model.lm_head(transformer.ln_f(x[last]))  # (reads, vocab)
+
+
+def _layers(model: Any, reads: list[Read], starts: list[int], sizes: list[int], x: Tensor) -> None:
+    """Every layer over the pass's tokens x (N, E), in place, each read's keys and values written into its row."""
+    act = activation(model.config.activation_function)
     n_head, head_dim = model.config.n_head, model.config.n_embd // model.config.n_head
-    masks = [_causal_mask(start, n, device) for start, n in zip(starts, sizes)]
-    for layer, block in enumerate(transformer.h):
+    masks = [_causal_mask(start, n, x.device) for start, n in zip(starts, sizes)]
+    for layer, block in enumerate(model.transformer.h):
         qkv = block.attn.c_attn(block.ln_1(x))  # (N, 3E): the weights are read once for every token
         q, k, v = (t.view(-1, n_head, head_dim).transpose(0, 1) for t in qkv.split(x.shape[-1], dim=1))  # (H, N, D)
         ys, offset = [], 0
@@ -184,10 +199,6 @@ def _forward_reads(model: Any, reads: list[Read]) -> Tensor:
         y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)  # (H, N, D)
         x += block.attn.c_proj(y.transpose(0, 1).reshape(x.shape))  # in place: x is this pass's own
         x += block.mlp.c_proj(act(block.mlp.c_fc(block.ln_2(x))))
-    for (cache, row, *_), start, n in zip(reads, starts, sizes):
-        cache.lengths[row] = start + n
-    last = torch.tensor(list(itertools.accumulate(sizes)), device=device) - 1
-    return model.lm_head(transformer.ln_f(x[last]))  # (reads, vocab)
 
 
 def _causal_mask(start: int, n: int, device: torch.device) -> Tensor | None:

@@ -1,0 +1,75 @@
+"""A decode step's layers in one call: every layer of a q8 model for the newest token of each run in a pass, in C++
+(step_kernel.cpp's `decode_layers`), where fast.py makes some 40 calls a layer from Python.
+
+On gpt2-xl's shape a step spent 17-24 ms of its ~105 outside the step kernel: Python, module calls, and the
+launches of the small operators around each matrix (layer norms, the cache's writes, attention, GELU). The C++
+makes the same ATen calls with the same arguments in the same order as `fast._forward_reads`, so a token's logits
+are the same bits either way (tests/test_fused_step.py compares them); only the Python between them is gone.
+
+It reads a pass where the step kernel reads every matrix (a q8 model that kept it), the activation is GPT-2's
+tanh GELU, and each read is one token, at most step_kernel.MOST of them (one run's step, or a batch's); anything
+else (a prompt, a shadow row's catch-up, a model without the kernel) goes through fast.py's loop as before.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import step_kernel
+from .q8 import Q8Linear
+
+GELU = ("gelu_new", "gelu_pytorch_tanh")  # fast.activation's tanh GELU, which the C++ applies
+ENABLED = True  # tests turn it off, to compare with fast.py's loop
+
+
+class FusedStep:
+    """A model's layers' tensors in the order `decode_layers` takes them: 20 a layer."""
+
+    def __init__(self, model: Any) -> None:
+        config = model.config
+        self.n_head, self.eps = config.n_head, model.transformer.h[0].ln_1.eps
+        self.params: list[Tensor] = []
+        for block in model.transformer.h:
+            for norm, linears in ((block.ln_1, (block.attn.c_attn, block.attn.c_proj)),
+                                  (block.ln_2, (block.mlp.c_fc, block.mlp.c_proj))):  # fmt: skip
+                self.params += [norm.weight, norm.bias]
+                for linear in linears:
+                    step = linear.step
+                    self.params += [step.weight.view(step.scales.shape[0], -1), step.scales, step.offsets, linear.bias]
+
+    def __call__(self, x: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], starts: Sequence[int]) -> Tensor:
+        """x (R, E): each row the embedding of a run's newest token, to be written at `starts[r]` in its cache
+        (keys[r], values[r]); returns x after the last layer, changed in place."""
+        return torch.ops.gpt2_studio.decode_layers(
+            x, self.params, list(keys), list(values), list(starts), self.n_head, self.eps,
+            step_kernel.X_INVERSE, step_kernel.X_ZERO,
+        )  # fmt: skip
+
+
+_MODELS: weakref.WeakKeyDictionary[Any, FusedStep | None] = weakref.WeakKeyDictionary()
+
+
+def for_pass(model: Any, sizes: Sequence[int]) -> FusedStep | None:
+    """The model's FusedStep where it reads a pass of reads of these sizes (see the module's docstring), else None."""
+    if not ENABLED or len(sizes) > step_kernel.MOST or any(size != 1 for size in sizes):
+        return None
+    if model not in _MODELS:
+        _MODELS[model] = FusedStep(model) if fits(model) else None
+    return _MODELS[model]
+
+
+def fits(model: Any) -> bool:
+    """Whether every matrix of every layer is read by the step kernel, with GPT-2's tanh GELU between."""
+    if model.config.activation_function not in GELU:
+        return False
+    linears = [
+        linear
+        for block in model.transformer.h
+        for linear in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
+    ]
+    return all(isinstance(linear, Q8Linear) and linear.step is not None for linear in linears)

@@ -1,0 +1,86 @@
+"""A decode step's layers in one C++ call (fused_step.py): the same bits as fast.py's loop, for one run's step and a
+batch's, and used only where every matrix is the step kernel's and each read is one token."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import two_runs
+
+import gpt2_engine
+from gpt2_engine import capabilities, fast, fused_step, step_kernel
+
+pytestmark = [
+    pytest.mark.skipif(not capabilities.supported("cpu")["q8"].runs, reason="q8 does not run here"),
+    pytest.mark.skipif(bool(step_kernel.why_not()), reason=f"no step kernel: {step_kernel.why_not()}"),
+]
+
+
+@pytest.fixture(scope="module")
+def q8_engine(tiny_model_dir) -> gpt2_engine.Engine:
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(step_kernel, "FORCED", True)
+        return gpt2_engine.load(str(tiny_model_dir), dtype="q8")
+
+
+def primed_caches(engine, phrases: list[str]) -> fast.StaticKVCache:
+    """One cache row per phrase, each holding its phrase (read by fast.py's loop: a prompt is never fused)."""
+    cache = fast.StaticKVCache(engine.model, len(phrases))
+    ids = [engine.tokenizer.encode(phrase) for phrase in phrases]
+    fast.forward_reads(engine.model, [fast.Read(cache, row, row_ids, "prompt") for row, row_ids in enumerate(ids)])
+    return cache
+
+
+@pytest.mark.parametrize("runs", [1, 3, step_kernel.MOST])
+def test_a_step_through_the_fused_layers_gives_the_loops_bits(q8_engine, runs, monkeypatch) -> None:
+    """Runs at different positions (so each attends over its own length) step once each, in one pass: the logits,
+    the keys and values written, and the rows' lengths are the loop's exactly."""
+    phrases = [("Hello there, " * (row + 1)).strip() for row in range(runs)]
+    cache = primed_caches(q8_engine, phrases)
+    twin = copy.deepcopy(cache)
+    tokens = [11 + row for row in range(runs)]
+    with torch.inference_mode():
+        fused = fast.forward_reads(q8_engine.model, [fast.Read(cache, r, [t]) for r, t in enumerate(tokens)])
+        monkeypatch.setattr(fused_step, "ENABLED", False)
+        loop = fast.forward_reads(q8_engine.model, [fast.Read(twin, r, [t]) for r, t in enumerate(tokens)])
+    assert torch.equal(fused, loop)
+    assert cache.lengths == twin.lengths
+    for row in range(runs):
+        held = cache.lengths[row]
+        assert torch.equal(cache.keys[row][:, :, :held], twin.keys[row][:, :, :held])
+        assert torch.equal(cache.values[row][:, :, :held], twin.values[row][:, :, :held])
+
+
+def test_an_engine_writes_the_same_texts_fused_or_not_and_its_steps_are_fused(q8_engine, monkeypatch) -> None:
+    """Two runs decoded together (two rows a pass), a window that resets, a long phrase read beside the steps: the
+    texts of the loop, and the decode steps went through the fused layers."""
+    calls: list[int] = []
+    real = fused_step.FusedStep.__call__
+
+    def counted(self, x, *rest):
+        calls.append(x.shape[0])
+        return real(self, x, *rest)
+
+    monkeypatch.setattr(fused_step.FusedStep, "__call__", counted)
+    fused = two_runs.together(q8_engine)
+    assert calls and set(calls) <= {1, 2}, calls  # one run's steps, and both runs' in one pass
+    monkeypatch.setattr(fused_step, "ENABLED", False)
+    assert fused == two_runs.alone(q8_engine) == two_runs.together(q8_engine)
+
+
+def test_only_one_token_reads_of_a_model_read_by_the_step_kernel_are_fused(q8_engine, tiny_model_dir) -> None:
+    model = q8_engine.model
+    assert fused_step.for_pass(model, [1]) is not None
+    assert fused_step.for_pass(model, [1] * step_kernel.MOST) is not None
+    assert fused_step.for_pass(model, [1] * (step_kernel.MOST + 1)) is None  # fbgemm or the prompt kernel reads them
+    assert fused_step.for_pass(model, [1, 3]) is None  # a shadow row's catch-up beside a step
+    assert fused_step.for_pass(model, [12]) is None  # a prompt
+    fp32 = gpt2_engine.load(str(tiny_model_dir), dtype="fp32")
+    assert fused_step.for_pass(fp32.model, [1]) is None
+    assert not fused_step.fits(fp32.model)
+    other = copy.copy(model)  # the same layers, another activation than the C++ applies
+    other.config = copy.copy(model.config)
+    other.config.activation_function = "relu"
+    assert not fused_step.fits(other)
