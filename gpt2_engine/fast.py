@@ -163,7 +163,7 @@ def _forward_reads(model: Any, reads: list[Read]) -> Tensor:
     fused = fused_step.for_pass(model, sizes)
     if fused is not None:  # the loop below, in one call: the same bits, without Python between the operators
         keys, values = [read.cache.keys[read.row] for read in reads], [read.cache.values[read.row] for read in reads]
-        x = fused(x, keys, values, starts)
+        x = fused(x, keys, values, starts, sizes)
     else:
         _layers(model, reads, starts, sizes, x)
     for (cache, row, *_), start, n in zip(reads, starts, sizes):

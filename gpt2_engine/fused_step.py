@@ -7,8 +7,9 @@ makes the same ATen calls with the same arguments in the same order as `fast._fo
 are the same bits either way (tests/test_fused_step.py compares them); only the Python between them is gone.
 
 It reads a pass where the step kernel reads every matrix (a q8 model that kept it), the activation is GPT-2's
-tanh GELU, and each read is one token, at most step_kernel.MOST of them (one run's step, or a batch's); anything
-else (a prompt, a shadow row's catch-up, a model without the kernel) goes through fast.py's loop as before.
+tanh GELU, and the pass has at most step_kernel.MOST tokens, the most the step kernel reads in a call: one run's
+step, a window's step with its shadow row's few tokens beside it, a batch's steps. Anything else (a prompt's
+piece, a model without the kernel) goes through fast.py's loop as before.
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ class FusedStep:
                     step = linear.step
                     self.params += [step.weight.view(step.scales.shape[0], -1), step.scales, step.offsets, linear.bias]
 
-    def __call__(self, x: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], starts: Sequence[int]) -> Tensor:
-        """x (R, E): each row the embedding of a run's newest token, to be written at `starts[r]` in its cache
-        (keys[r], values[r]); returns x after the last layer, changed in place."""
+    def __call__(
+        self, x: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], starts: Sequence[int], sizes: Sequence[int]
+    ) -> Tensor:
+        """x (N, E): the embeddings of each read's `sizes[r]` tokens in turn, to be written from `starts[r]` on in
+        its cache (keys[r], values[r]); returns x after the last layer, changed in place."""
         return torch.ops.gpt2_studio.decode_layers(
-            x, self.params, list(keys), list(values), list(starts), self.n_head, self.eps,
+            x, self.params, list(keys), list(values), list(starts), list(sizes), self.n_head, self.eps,
             step_kernel.X_INVERSE, step_kernel.X_ZERO,
         )  # fmt: skip
 
@@ -56,7 +59,7 @@ _MODELS: weakref.WeakKeyDictionary[Any, FusedStep | None] = weakref.WeakKeyDicti
 
 def for_pass(model: Any, sizes: Sequence[int]) -> FusedStep | None:
     """The model's FusedStep where it reads a pass of reads of these sizes (see the module's docstring), else None."""
-    if not ENABLED or len(sizes) > step_kernel.MOST or any(size != 1 for size in sizes):
+    if not ENABLED or sum(sizes) > step_kernel.MOST:
         return None
     if model not in _MODELS:
         _MODELS[model] = FusedStep(model) if fits(model) else None

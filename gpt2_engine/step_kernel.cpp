@@ -1,5 +1,6 @@
 // q8's decode-step kernel (step_kernel.py builds it here, for this CPU, and checks it against fbgemm): a step's
-// few rows of activations through int8 weights, each weight read once for all the rows, in the order it lies.
+// few rows of activations through int8 weights, each weight read once for all the rows, in the order it lies; and
+// `decode_layers`, a pass of few tokens through every layer in one call (fused_step.py).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -126,18 +127,29 @@ at::Tensor q8_step(const at::Tensor& rows, const at::Tensor& weight, const at::T
   return out;
 }
 
-// A decode step's newest tokens through every layer: one token for each of R runs, each in its own KV cache (keys[r]
-// and values[r]: layer, head, position, head_dim), x (R, E) their embeddings, changed in place and returned. The
-// same ATen calls with the same arguments, in the same order, as fast._forward_reads makes from Python for such a
-// pass, so the same bits (fused_step.py says why); `params` holds each layer's 20 tensors in FusedStep's order.
+// A pass of few tokens through every layer: sizes[r] tokens for each of R reads, each into its own KV cache (keys[r]
+// and values[r]: layer, head, position, head_dim) after the starts[r] it holds; x (N, E) their embeddings, N the
+// sizes' sum, changed in place and returned. The same ATen calls with the same arguments, in the same order, as
+// fast._forward_reads makes from Python for such a pass, so the same bits (fused_step.py says why); `params` holds
+// each layer's 20 tensors in FusedStep's order.
 at::Tensor decode_layers(at::Tensor x, const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& keys,
-                         const std::vector<at::Tensor>& values, const std::vector<int64_t>& starts, int64_t n_head,
-                         double eps, double inverse_scale, int64_t zero_point) {
-  const int64_t R = x.size(0), E = x.size(1), D = E / n_head, layers = keys[0].size(0);
-  TORCH_CHECK(R >= 1 && R <= 8 && int64_t(keys.size()) == R && int64_t(values.size()) == R &&
-                  int64_t(starts.size()) == R && int64_t(params.size()) == 20 * layers,
-              "decode_layers: x (R, E) with R <= 8, a cache and a start per row, 20 tensors a layer");
-  // p[at] the step kernel's matrix, then its scales, offsets and the linear's bias
+                         const std::vector<at::Tensor>& values, const std::vector<int64_t>& starts,
+                         const std::vector<int64_t>& sizes, int64_t n_head, double eps, double inverse_scale,
+                         int64_t zero_point) {
+  const int64_t N = x.size(0), E = x.size(1), D = E / n_head, R = int64_t(keys.size()), layers = keys[0].size(0);
+  int64_t total = 0;
+  for (int64_t n : sizes) total += n;
+  TORCH_CHECK(N >= 1 && N <= 8 && total == N && int64_t(values.size()) == R && int64_t(starts.size()) == R &&
+                  int64_t(sizes.size()) == R && int64_t(params.size()) == 20 * layers,
+              "decode_layers: x (N, E) with N <= 8 the sizes' sum, a cache, a start and a size per read, 20 tensors a layer");
+  std::vector<c10::optional<at::Tensor>> masks;  // fast._causal_mask's: None for one token or a row read from 0
+  for (int64_t r = 0; r < R; ++r) {
+    if (sizes[r] == 1 || starts[r] == 0)
+      masks.emplace_back(c10::nullopt);
+    else
+      masks.emplace_back(at::ones({sizes[r], starts[r] + sizes[r]}, x.options().dtype(at::kBool)).tril(starts[r]));
+  }
+  // p[0] the step kernel's matrix, then its scales, offsets and the linear's bias
   auto linear = [&](const at::Tensor& in, const at::Tensor* p) {
     return q8_step(in.contiguous(), p[0], p[1], p[2], p[3], p[3].size(0), inverse_scale, zero_point);
   };
@@ -145,19 +157,22 @@ at::Tensor decode_layers(at::Tensor x, const std::vector<at::Tensor>& params, co
     const at::Tensor* p = params.data() + 20 * l;  // ln_1, c_attn, c_proj, ln_2, c_fc, mlp's c_proj
     auto qkv = linear(at::layer_norm(x, {E}, p[0], p[1], eps), p + 2);
     auto parts = qkv.split(E, 1);
-    auto q = parts[0].view({-1, n_head, D}).transpose(0, 1);  // (H, R, D)
+    auto q = parts[0].view({-1, n_head, D}).transpose(0, 1);  // (H, N, D)
     auto k = parts[1].view({-1, n_head, D}).transpose(0, 1);
     auto v = parts[2].view({-1, n_head, D}).transpose(0, 1);
     std::vector<at::Tensor> ys;
+    int64_t offset = 0;
     for (int64_t r = 0; r < R; ++r) {
-      const int64_t start = starts[r], end = start + 1;
-      keys[r].select(0, l).slice(1, start, end).copy_(k.slice(1, r, r + 1));
-      values[r].select(0, l).slice(1, start, end).copy_(v.slice(1, r, r + 1));
-      ys.push_back(at::scaled_dot_product_attention(q.unsqueeze(0).slice(2, r, r + 1),
+      const int64_t start = starts[r], n = sizes[r], end = start + n;
+      keys[r].select(0, l).slice(1, start, end).copy_(k.slice(1, offset, offset + n));
+      values[r].select(0, l).slice(1, start, end).copy_(v.slice(1, offset, offset + n));
+      ys.push_back(at::scaled_dot_product_attention(q.unsqueeze(0).slice(2, offset, offset + n),
                                                     keys[r].select(0, l).unsqueeze(0).slice(2, 0, end),
-                                                    values[r].select(0, l).unsqueeze(0).slice(2, 0, end))[0]);
+                                                    values[r].select(0, l).unsqueeze(0).slice(2, 0, end), masks[r],
+                                                    0.0, !masks[r].has_value() && n > 1)[0]);
+      offset += n;
     }
-    auto y = R == 1 ? ys[0] : at::cat(ys, 1);  // (H, R, D)
+    auto y = R == 1 ? ys[0] : at::cat(ys, 1);  // (H, N, D)
     x.add_(linear(y.transpose(0, 1).reshape(x.sizes()), p + 6));
     auto h = linear(at::layer_norm(x, {E}, p[10], p[11], eps), p + 12);
     at::gelu_(h, "tanh");

@@ -1,5 +1,5 @@
-"""A decode step's layers in one C++ call (fused_step.py): the same bits as fast.py's loop, for one run's step and a
-batch's, and used only where every matrix is the step kernel's and each read is one token."""
+"""A pass's layers in one C++ call (fused_step.py): the same bits as fast.py's loop, for one run's step, a window's
+step with its shadow's tokens, a batch's steps; used only where the step kernel reads every matrix, whole."""
 
 from __future__ import annotations
 
@@ -33,21 +33,27 @@ def primed_caches(engine, phrases: list[str]) -> fast.StaticKVCache:
     return cache
 
 
-@pytest.mark.parametrize("runs", [1, 3, step_kernel.MOST])
-def test_a_step_through_the_fused_layers_gives_the_loops_bits(q8_engine, runs, monkeypatch) -> None:
-    """Runs at different positions (so each attends over its own length) step once each, in one pass: the logits,
-    the keys and values written, and the rows' lengths are the loop's exactly."""
-    phrases = [("Hello there, " * (row + 1)).strip() for row in range(runs)]
-    cache = primed_caches(q8_engine, phrases)
+@pytest.mark.parametrize(
+    "sizes",
+    [[1], [1, 1, 1], [1] * step_kernel.MOST, [1, 3], [2, 2, 2, 2], [5]],  # steps; a step and a shadow's few tokens
+    ids=["a step", "3 steps", "8 steps", "a step and a shadow's 3", "4 reads of 2", "5 tokens"],
+)
+@pytest.mark.parametrize("primed", [True, False])  # rows that hold a phrase (a mask), or nothing (causal from 0)
+def test_a_pass_through_the_fused_layers_gives_the_loops_bits(q8_engine, sizes, primed, monkeypatch) -> None:
+    """Reads at different positions (so each attends over its own length) in one pass: the logits, the keys and
+    values written, and the rows' lengths are the loop's exactly."""
+    phrases = [("Hello there, " * (row + 1)).strip() for row in range(len(sizes))]
+    cache = primed_caches(q8_engine, phrases) if primed else fast.StaticKVCache(q8_engine.model, len(sizes))
     twin = copy.deepcopy(cache)
-    tokens = [11 + row for row in range(runs)]
+    ids = [[11 + row + t for t in range(n)] for row, n in enumerate(sizes)]
+    assert fused_step.for_pass(q8_engine.model, sizes) is not None
     with torch.inference_mode():
-        fused = fast.forward_reads(q8_engine.model, [fast.Read(cache, r, [t]) for r, t in enumerate(tokens)])
+        fused = fast.forward_reads(q8_engine.model, [fast.Read(cache, r, i) for r, i in enumerate(ids)])
         monkeypatch.setattr(fused_step, "ENABLED", False)
-        loop = fast.forward_reads(q8_engine.model, [fast.Read(twin, r, [t]) for r, t in enumerate(tokens)])
+        loop = fast.forward_reads(q8_engine.model, [fast.Read(twin, r, i) for r, i in enumerate(ids)])
     assert torch.equal(fused, loop)
     assert cache.lengths == twin.lengths
-    for row in range(runs):
+    for row in range(len(sizes)):
         held = cache.lengths[row]
         assert torch.equal(cache.keys[row][:, :, :held], twin.keys[row][:, :, :held])
         assert torch.equal(cache.values[row][:, :, :held], twin.values[row][:, :, :held])
@@ -65,18 +71,17 @@ def test_an_engine_writes_the_same_texts_fused_or_not_and_its_steps_are_fused(q8
 
     monkeypatch.setattr(fused_step.FusedStep, "__call__", counted)
     fused = two_runs.together(q8_engine)
-    assert calls and set(calls) <= {1, 2}, calls  # one run's steps, and both runs' in one pass
+    assert {1, 2} <= set(calls), calls  # one run's steps, and both runs' in one pass
     monkeypatch.setattr(fused_step, "ENABLED", False)
     assert fused == two_runs.alone(q8_engine) == two_runs.together(q8_engine)
 
 
-def test_only_one_token_reads_of_a_model_read_by_the_step_kernel_are_fused(q8_engine, tiny_model_dir) -> None:
+def test_only_passes_the_step_kernel_reads_whole_are_fused(q8_engine, tiny_model_dir) -> None:
     model = q8_engine.model
-    assert fused_step.for_pass(model, [1]) is not None
-    assert fused_step.for_pass(model, [1] * step_kernel.MOST) is not None
-    assert fused_step.for_pass(model, [1] * (step_kernel.MOST + 1)) is None  # fbgemm or the prompt kernel reads them
-    assert fused_step.for_pass(model, [1, 3]) is None  # a shadow row's catch-up beside a step
-    assert fused_step.for_pass(model, [12]) is None  # a prompt
+    for sizes in ([1], [1] * step_kernel.MOST, [1, 3], [step_kernel.MOST]):
+        assert fused_step.for_pass(model, sizes) is not None, sizes
+    for sizes in ([1] * (step_kernel.MOST + 1), [4, 5], [12]):  # more rows: fbgemm or the prompt kernel reads them
+        assert fused_step.for_pass(model, sizes) is None, sizes
     fp32 = gpt2_engine.load(str(tiny_model_dir), dtype="fp32")
     assert fused_step.for_pass(fp32.model, [1]) is None
     assert not fused_step.fits(fp32.model)
