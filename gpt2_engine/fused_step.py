@@ -1,5 +1,5 @@
-"""A decode step's layers in one call: every layer of a q8 model for the newest token of each run in a pass, in C++
-(step_kernel.cpp's `decode_layers`), where fast.py makes some 40 calls a layer from Python.
+"""A decode step's layers in one call: every layer of a q8 model for a pass of a few tokens (each run's newest, a
+shadow row's), in C++ (step_kernel.cpp's `decode_layers`), where fast.py makes some 40 calls a layer from Python.
 
 On gpt2-xl's shape a step spent 17-24 ms of its ~105 outside the step kernel: Python, module calls, and the
 launches of the small operators around each matrix (layer norms, the cache's writes, attention, GELU). The C++
