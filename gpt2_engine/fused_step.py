@@ -1,5 +1,6 @@
 """A decode step's layers in one call: every layer of a q8 model for a pass of a few tokens (each run's newest, a
-shadow row's), in C++ (step_kernel.cpp's `decode_layers`), where fast.py makes some 40 calls a layer from Python.
+shadow row's), in C++ (step_kernel.cpp's `decode_layers`), where fast.py's loop makes about 100 ATen calls a layer
+from Python (views and slices included: 4,900 a step on gpt2-xl's shape).
 
 On gpt2-xl's shape a step spent 17-24 ms of its ~105 outside the step kernel: Python, module calls, and the
 launches of the small operators around each matrix (layer norms, the cache's writes, attention, GELU). The C++
@@ -28,6 +29,11 @@ GELU = ("gelu_new", "gelu_pytorch_tanh")  # fast.activation's tanh GELU, which t
 ENABLED = True  # tests turn it off, to compare with fast.py's loop
 
 
+def linears(block: Any) -> tuple[Any, ...]:
+    """A layer's four matrices, in `decode_layers`' order."""
+    return block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj
+
+
 class FusedStep:
     """A model's layers' tensors in the order `decode_layers` takes them: 20 a layer."""
 
@@ -36,12 +42,14 @@ class FusedStep:
         self.n_head, self.eps = config.n_head, model.transformer.h[0].ln_1.eps
         self.params: list[Tensor] = []
         for block in model.transformer.h:
-            for norm, linears in ((block.ln_1, (block.attn.c_attn, block.attn.c_proj)),
-                                  (block.ln_2, (block.mlp.c_fc, block.mlp.c_proj))):  # fmt: skip
-                self.params += [norm.weight, norm.bias]
-                for linear in linears:
-                    step = linear.step
-                    self.params += [step.weight.view(step.scales.shape[0], -1), step.scales, step.offsets, linear.bias]
+            attention, projection, up, down = linears(block)
+            for part in (block.ln_1, attention, projection, block.ln_2, up, down):
+                if isinstance(part, Q8Linear):
+                    step = part.step
+                    assert step is not None  # made only where `fits`
+                    self.params += [step.weight.view(step.scales.shape[0], -1), step.scales, step.offsets, part.bias]
+                else:  # a layer norm
+                    self.params += [part.weight, part.bias]
 
     def __call__(
         self, x: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], starts: Sequence[int], sizes: Sequence[int]
@@ -70,9 +78,8 @@ def fits(model: Any) -> bool:
     """Whether every matrix of every layer is read by the step kernel, with GPT-2's tanh GELU between."""
     if model.config.activation_function not in GELU:
         return False
-    linears = [
-        linear
+    return all(
+        isinstance(linear, Q8Linear) and linear.step is not None
         for block in model.transformer.h
-        for linear in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
-    ]
-    return all(isinstance(linear, Q8Linear) and linear.step is not None for linear in linears)
+        for linear in linears(block)
+    )

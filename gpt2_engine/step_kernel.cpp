@@ -139,9 +139,9 @@ at::Tensor decode_layers(at::Tensor x, const std::vector<at::Tensor>& params, co
   const int64_t N = x.size(0), E = x.size(1), D = E / n_head, R = int64_t(keys.size()), layers = keys[0].size(0);
   int64_t total = 0;
   for (int64_t n : sizes) total += n;
-  TORCH_CHECK(N >= 1 && N <= 8 && total == N && int64_t(values.size()) == R && int64_t(starts.size()) == R &&
+  TORCH_CHECK(N >= 1 && total == N && int64_t(values.size()) == R && int64_t(starts.size()) == R &&
                   int64_t(sizes.size()) == R && int64_t(params.size()) == 20 * layers,
-              "decode_layers: x (N, E) with N <= 8 the sizes' sum, a cache, a start and a size per read, 20 tensors a layer");
+              "decode_layers: x (N, E) with N the sizes' sum, a cache, a start and a size per read, 20 tensors a layer");
   std::vector<c10::optional<at::Tensor>> masks;  // fast._causal_mask's: None for one token or a row read from 0
   for (int64_t r = 0; r < R; ++r) {
     if (sizes[r] == 1 || starts[r] == 0)

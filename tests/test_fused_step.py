@@ -12,10 +12,8 @@ import two_runs
 import gpt2_engine
 from gpt2_engine import capabilities, fast, fused_step, step_kernel
 
-pytestmark = [
-    pytest.mark.skipif(not capabilities.supported("cpu")["q8"].runs, reason="q8 does not run here"),
-    pytest.mark.skipif(bool(step_kernel.why_not()), reason=f"no step kernel: {step_kernel.why_not()}"),
-]
+pytestmark = pytest.mark.skipif(not capabilities.supported("cpu")["q8"].runs, reason="q8 does not run here")
+needs_the_kernel = pytest.mark.skipif(bool(step_kernel.why_not()), reason=f"no step kernel: {step_kernel.why_not()}")
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +31,7 @@ def primed_caches(engine, phrases: list[str]) -> fast.StaticKVCache:
     return cache
 
 
+@needs_the_kernel
 @pytest.mark.parametrize(
     "sizes",
     [[1], [1, 1, 1], [1] * step_kernel.MOST, [1, 3], [2, 2, 2, 2], [5]],  # steps; a step and a shadow's few tokens
@@ -59,6 +58,7 @@ def test_a_pass_through_the_fused_layers_gives_the_loops_bits(q8_engine, sizes, 
         assert torch.equal(cache.values[row][:, :, :held], twin.values[row][:, :, :held])
 
 
+@needs_the_kernel
 def test_an_engine_writes_the_same_texts_fused_or_not_and_its_steps_are_fused(q8_engine, monkeypatch) -> None:
     """Two runs decoded together (two rows a pass), a window that resets, a long phrase read beside the steps: the
     texts of the loop, and the decode steps went through the fused layers."""
@@ -76,6 +76,7 @@ def test_an_engine_writes_the_same_texts_fused_or_not_and_its_steps_are_fused(q8
     assert fused == two_runs.alone(q8_engine) == two_runs.together(q8_engine)
 
 
+@needs_the_kernel
 def test_only_passes_the_step_kernel_reads_whole_are_fused(q8_engine, tiny_model_dir) -> None:
     model = q8_engine.model
     for sizes in ([1], [1] * step_kernel.MOST, [1, 3], [step_kernel.MOST]):
@@ -89,3 +90,18 @@ def test_only_passes_the_step_kernel_reads_whole_are_fused(q8_engine, tiny_model
     other.config = copy.copy(model.config)
     other.config.activation_function = "relu"
     assert not fused_step.fits(other)
+
+
+def test_without_the_step_kernel_every_pass_takes_the_loop(tiny_model_dir, monkeypatch) -> None:
+    """What a CPU without VNNI (AVX2 only, ARM) or without a compiler loads: q8 read by fbgemm. Nothing is fused, and
+    the texts are fbgemm's, whatever this CPU could do (the step kernel's decision forced to no)."""
+    monkeypatch.setattr(step_kernel, "FORCED", False)
+    engine = gpt2_engine.load(str(tiny_model_dir), dtype="q8")
+    assert not engine.model.q8_scratch.step_kernel
+    assert not fused_step.fits(engine.model)
+    assert fused_step.for_pass(engine.model, [1]) is None
+    calls: list[int] = []
+    monkeypatch.setattr(fused_step.FusedStep, "__call__", lambda self, x, *rest: calls.append(x.shape[0]))
+    monkeypatch.setattr(fused_step, "ENABLED", True)
+    written = two_runs.alone(engine)
+    assert not calls and all(len(tokens) == 30 for tokens in written)
