@@ -16,6 +16,7 @@ model writes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ ADDED_COLOR, KV_COLOR, AHEAD_COLOR, RESET_COLOR = "#1f6feb", "#e8590c", "#f4b183
 XL_KV_PER_TOKEN = KNOWN_MODELS["gpt2-xl"].shape.kv_bytes_per_token("fp32")  # 614,400 bytes: its keys and values
 XL_SCALE_FROM = 4.0  # a model whose token holds at most 1/4 of gpt2-xl's gets the second axis
 HEIGHT_PX = 230  # of the chart element, title and legend included (a spec's own height is not kept)
+AXIS_STEPS = (1, 1.25, 1.5, 1.75, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 10)  # axis_top: at most a quarter past the peak
 MACHINE_GB = (8, 16, 24)  # common laptops' memory: "would this fit on mine?", said in words under the charts
 TITLE = {"anchor": "start", "subtitleColor": "#6b7080", "subtitleFontSize": 12}
 COMPACT = {  # less room around the plot than Streamlit's theme leaves, so a short chart still has a tall plot
@@ -163,12 +165,21 @@ def process_memory_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:
     }
 
 
+def axis_top(value: float) -> float:
+    """The next step of AXIS_STEPS (x 10^k) at or above `value`: where a growing chart's axis
+    ends. While a run writes, its chart's spec then stays the same from one redraw to the next, bar a few steps, so
+    the browser swaps the chart's data in place instead of building the whole chart again (Streamlit does that when
+    only the datasets change), and the axis the room reads does not move at every token."""
+    scale = 10.0 ** math.floor(math.log10(value))
+    return next(step * scale for step in AXIS_STEPS if step * scale >= value * (1 - 1e-9))
+
+
 def _kv_axes(peak_bytes: float, kv_per_token: int) -> tuple[str, float, dict[str, Any], list[dict[str, Any]]]:
     """The cache's y axis (its unit, the divisor, the encoding's scale) and, for a small model, the layers that
     draw gpt2-xl's axis on the right: the same line, scaled by gpt2-xl's bytes per token (drawn invisible: only
     its axis shows). Both scales are fixed, from 0 to a little past the peak, so the two axes read one line."""
     unit, divisor = kv_unit(peak_bytes)
-    top = max(peak_bytes, 1.0) * 1.08
+    top = axis_top(max(peak_bytes, 1.0) * 1.08 / divisor) * divisor
     scale = {"domain": [0, top / divisor], "nice": False, "zero": True}
     ratio = xl_scale(kv_per_token)
     if ratio is None:

@@ -19,7 +19,7 @@ from gpt2_engine import format_bytes, memory_csv, record_json, settings_from_rec
 
 from . import charts, keys, runner, status, visits
 from .run import Run
-from .run_view import text_html
+from .run_view import TEXT_EVERY_S, text_html
 from .words import count, tokens
 
 PREVIEW_CHARS = 220  # of the text shown in the list
@@ -140,7 +140,7 @@ class ReplayView:
         status.waiting(self.status, ahead)
 
     def update(self, run: Run) -> None:
-        if time.monotonic() - self._drawn_at >= 0.1:  # ~10 draws a second, as the Write tab
+        if time.monotonic() - self._drawn_at >= TEXT_EVERY_S:  # as often as the Write tab redraws its text
             self.show(run)
 
     def start(self, run: Run) -> None:

@@ -26,8 +26,11 @@ from . import charts, keys, screen, status
 from .run import Run
 from .words import count, ordinal, percent, quoted, window_label
 
-TEXT_EVERY_S = 0.1  # at most ~10 text updates a second: a tiny model writes faster than a browser draws
-CHARTS_EVERY_S = 0.5  # charts and numbers take milliseconds to build and more to draw, from the model's time
+# How often a run's parts are redrawn while it writes. Each redraw costs the browser a pass over Streamlit's whole
+# page (tens of ms of its main thread), on the cores the model computes on, and a 2-thread decode step waits for
+# its slower thread: at 10 text and 2 chart redraws a second, Chromium took half a core beside gpt2-xl's shape.
+TEXT_EVERY_S = 0.2  # the text, 5 times a second: a reading pace shows one or two tokens each time
+CHARTS_EVERY_S = 1.0  # the status line's count, the charts and the numbers under them
 RESET_MARK = '<span class="reset" title="window reset: the model forgot all but the last N tokens">⟲</span>'
 INSPECT_CANDIDATES = 5  # per token, for the tooltips: microseconds, against a gpt2-xl token's tenths of a second
 COLOUR_KEY = "colour_tokens"  # the "Colour by probability" toggle
@@ -136,6 +139,7 @@ class RunView:
             self.numbers = st.empty()
             self.scroll = st.empty()
         self._text_at = self._charts_at = float("-inf")
+        self._drawn: dict[str, object] = {}  # what the parts drawn only on a change show now (`_changed`)
         self._stop_drawn = False
 
     def start(self, run: Run) -> None:
@@ -163,10 +167,10 @@ class RunView:
         now = time.monotonic()
         if now - self._text_at >= TEXT_EVERY_S:
             self._text_at = now
-            self._draw_status(run)
             self._draw_text(run)
         if now - self._charts_at >= CHARTS_EVERY_S:
             self._charts_at = now
+            self._draw_status(run)
             self._draw_charts(run)
             self._draw_numbers(run)
 
@@ -191,22 +195,35 @@ class RunView:
         legends = [legend_html(run.settings.window)] if run is not None and run.stats.resets else []
         if colour and run is not None:
             legends.append(colour_legend_html())
-        if legends:
-            self.legends.html("".join(legends))
-        else:
-            self.legends.empty()
+        if self._changed("legends", legends):
+            if legends:
+                self.legends.html("".join(legends))
+            else:
+                self.legends.empty()
+        line = None if run is None else status.settings_line(run)
+        dropped = 0 if run is None else run.stats.prompt_tokens_dropped
+        if not self._changed("notes", (line, dropped)):
+            return
         if run is None:
             self.notes.empty()
             return
         with self.notes.container():  # under the text: what made it, whatever the widgets show now
-            st.caption("Written with " + status.settings_line(run))
-            if run.stats.prompt_tokens_dropped:
+            st.caption(f"Written with {line}")
+            if dropped:
                 st.warning(
-                    "Your phrase was longer than the model can read at once: its first "
-                    f"{run.stats.prompt_tokens_dropped:,} tokens were left out, and the model saw the last "
-                    f"{run.stats.prompt_tokens:,}.",
+                    f"Your phrase was longer than the model can read at once: its first {dropped:,} tokens were "
+                    f"left out, and the model saw the last {run.stats.prompt_tokens:,}.",
                     icon=":material/content_cut:",
                 )
+
+    def _changed(self, part: str, content: object) -> bool:
+        """Whether `part` (legends, notes) would show something other than what it shows now; if so, it will.
+        Each redraw costs the browser a pass over the whole page (Streamlit's frontend), tenths of a core while
+        GPT-2 writes, on the same cores as the model: a part that has not changed is left as it is."""
+        if self._drawn.get(part, self) == content:
+            return False
+        self._drawn[part] = content
+        return True
 
     def _draw_charts(self, run: Run | None) -> None:
         if run is None or not run.steps:

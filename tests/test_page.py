@@ -155,6 +155,45 @@ def test_the_memory_chart_draws_the_kv_cache_and_says_the_whole_program_beside_i
     assert format_bytes(run.steps[-1].rss_bytes) in said and "computer's memory" in said  # the whole program
 
 
+def test_a_growing_chart_keeps_its_spec_between_most_redraws(page_engine: gpt2_engine.Engine) -> None:
+    """While a run writes, its chart is redrawn with one more token each time. Streamlit's browser side rebuilds a
+    chart whose spec changed and only swaps the data of one whose spec is the same: the cache's axis ends on a step
+    of a ladder (a little past the peak), so the spec changes a few times a run, not at every redraw."""
+    steps = list(page_engine.stream("Hello world!", max_new_tokens=60, window=None, seed=3))
+    specs = []
+    for k in range(1, len(steps) + 1):
+        spec = charts.kv_chart(steps[:k], 60, page_engine.kv_bytes_per_token)
+        y = spec["layer"][0]["layer"][0]["encoding"]["y"]
+        divisor = {"kB": 1e3, "MB": MB}[y["title"].removeprefix("KV cache, ")]
+        peak = max(step.kv_bytes for step in steps[:k]) / divisor
+        assert 1.08 * peak <= y["scale"]["domain"][1] <= 1.08 * peak * 1.25 + 1e-9  # room above, at most a quarter
+        specs.append(json.dumps({key: value for key, value in spec.items() if key != "datasets"}, sort_keys=True))
+    assert steps[-1].kv_bytes > 10 * steps[0].kv_bytes  # a cache that grew tenfold (a short phrase, no window)...
+    assert len(set(specs)) <= len(specs) // 3  # ... in a third as many specs as redraws (16 of 60)
+    assert [charts.axis_top(v) for v in (0.5, 1, 1.05, 7.9, 8.1, 101)] == pytest.approx([0.5, 1, 1.25, 8, 10, 125])
+
+
+def test_the_lines_under_the_text_are_drawn_again_only_when_they_change(
+    page: AppTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every redraw costs the browser a pass over the page, beside the model: the settings line under the text
+    is drawn as the run starts and when its seed is known, not at each of its 30 tokens."""
+    import streamlit
+
+    from studio import run_view
+
+    lines: list[str] = []
+    caption = streamlit.caption
+    monkeypatch.setattr(run_view, "TEXT_EVERY_S", 0.0)  # the text redrawn at every token
+    monkeypatch.setattr(
+        streamlit, "caption", lambda body, *args, **kwargs: (lines.append(body), caption(body, *args, **kwargs))[1]
+    )
+    at = generate(page, length=30, seed="5", window=8)
+    assert len(at.session_state["run"].steps) >= 10
+    assert 1 <= sum(line.startswith("Written with") for line in lines) <= 2
+    assert any(c.value.startswith("Written with") and "seed 5" in c.value for c in at.tabs[0].caption)
+
+
 def test_window_off_has_no_resets(page: AppTest) -> None:
     at = generate(page, prompt="Hello world!", length=20, window="off", seed="3")
     resets = next(d for d in chart_datasets(at) if "reset_at" in d.columns)
