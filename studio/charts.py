@@ -166,10 +166,10 @@ def process_memory_chart(steps: Sequence[Step], x_max: int) -> dict[str, Any]:
 
 
 def axis_top(value: float) -> float:
-    """The next step of AXIS_STEPS (x 10^k) at or above `value`: where a growing chart's axis
-    ends. While a run writes, its chart's spec then stays the same from one redraw to the next, bar a few steps, so
-    the browser swaps the chart's data in place instead of building the whole chart again (Streamlit does that when
-    only the datasets change), and the axis the room reads does not move at every token."""
+    """The next step of AXIS_STEPS (x 10^k) at or above `value`: where a growing chart's axis ends. While a run
+    writes, its chart's spec then stays the same from one redraw to the next, bar a few steps, so the browser swaps
+    the chart's data in place instead of building the whole chart again (Streamlit does that when only the datasets
+    change), and the axis the room reads does not move at every token."""
     scale = 10.0 ** math.floor(math.log10(value))
     return next(step * scale for step in AXIS_STEPS if step * scale >= value * (1 - 1e-9))
 
