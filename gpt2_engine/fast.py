@@ -260,13 +260,9 @@ class FastContext:
     def prime_reads(self, ids: list[int]) -> list[Read]:
         """What a `prime` reads: the run's phrase ("prompt") or a window's reset ("reprime") as one read, which a
         batch reads a piece at a time; or, where the shadow row holds all but the newest token, those few
-        ("shadow"). A reset the shadow row did not read ahead for (`Window.read_ahead_from`: holding it would have
-        held more than the window off) is a re-prime, not a shadow read of the whole window: read whole, as a shadow
-        is, it made every other run of the batch wait for it (three such resets at once, 150 tokens in one pass:
-        1.2 s on gpt2-xl's shape, where a step took 0.1 s)."""
+        ("shadow")."""
         assert self._reading is None, "one operation at a time"
-        read_ahead = self.shadow_ids or len(self.pending) <= self.shadow_chunk  # a few tokens, read whole
-        if self.shadowed and self.shadow_ids + self.pending == ids[:-1] and read_ahead:
+        if self.shadowed and self.shadow_ids + self.pending == ids[:-1]:
             # the shadow holds (or is owed) all but the newest token: read those, then swap roles
             self._make_shadow_row()  # if a reset comes that the run did not expect to reach
             self._reading = "shadow"

@@ -55,8 +55,7 @@ class Window:
     def read_ahead_from(self, generated: int, prompt_tokens: int, last: int) -> int | None:
         """How many tokens are read after the newest before the window's next reset, for a shadow row to read the
         next window ahead; None when the run (`last` tokens at most) ends first, or when reading ahead would hold
-        more than the window off ever holds in this run (the reset is then a re-prime of the window: one pass alone,
-        pieces of it beside other runs' steps in a batch)."""
+        more than the window off ever holds in this run (the reset then reads the window in one pass)."""
         if self.size is None:
             return None
         window = self.size

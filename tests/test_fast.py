@@ -7,7 +7,6 @@ import torch
 from conftest import runs_here
 
 import gpt2_engine
-from gpt2_engine import fast
 from gpt2_engine.context import KVCacheContext
 from gpt2_engine.fast import FastContext
 from gpt2_engine.window import Window
@@ -74,37 +73,6 @@ def test_shadow_reset_equals_a_fresh_prime_of_the_last_n_ids(engine, window) -> 
             else:
                 context.append(token)
     assert context.resets_by_shadow == len(generated) // window  # no reset needed a prefill
-
-
-def test_a_reset_the_shadow_did_not_read_ahead_for_is_a_reprime_of_the_window(engine, monkeypatch) -> None:
-    """Where holding the next window ahead would hold more than the window off (a short run), the shadow row reads
-    nothing, and the reset is a re-prime, which a batch reads a piece at a time beside other runs' steps: not a
-    shadow read of the whole window in one pass, which three such resets at once made 1.2 s long on gpt2-xl's shape
-    while every other run waited."""
-    window = 8
-    prompt_ids = engine.tokenizer.encode("The cat sat on the mat")
-    generated = engine.tokenizer.encode(" Hello world! Is it raining? Yes, it is.")[:window]
-    with torch.inference_mode():
-        context = FastContext(engine.model, Window(window, engine.n_positions), shadow=True)
-        context.prime(prompt_ids)
-        for token in generated[:-1]:
-            context.took(fast.forward_reads(engine.model, context.append_reads(token, reset_in=None)))
-        ids = (prompt_ids + generated)[-window:]
-        (read,) = context.prime_reads(ids)
-        assert (read.kind, read.row, read.ids) == ("reprime", context.main, ids)
-        logits = context.took(fast.forward_reads(engine.model, [read]))
-    torch.testing.assert_close(logits, full_logits(engine.model, ids), rtol=1e-4, atol=1e-4)
-    assert context.cache.capacity(context.shadow) == 0 and context.resets_by_shadow == 0  # no block held for it
-    # ... and a run whose read-ahead is declined (12 tokens, window 8) writes the tokens of the re-prime mode
-    kinds: list[tuple[str, int]] = []
-    real = fast.forward_reads
-    monkeypatch.setattr(
-        fast, "forward_reads", lambda m, reads: kinds.extend((r.kind, len(r.ids)) for r in reads) or real(m, reads)
-    )
-    settings = dict(max_new_tokens=12, window=window, seed=4, stop_at_eos=False)
-    shadowed = [s.token_id for s in engine.stream("The cat", **settings)]
-    assert ("reprime", window) in kinds and not any(kind == "shadow" for kind, _ in kinds)
-    assert shadowed == [s.token_id for s in engine.stream("The cat", window_mode="reprime", **settings)]
 
 
 def test_shadow_kv_bytes_count_both_rows(engine) -> None:
