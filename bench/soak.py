@@ -274,7 +274,7 @@ def fairness(engine: gpt2_engine.Engine, tokens: int) -> None:
     median = statistics.median(before)
     print(
         f"\n3 visitors streaming; a 4th's {first.prompt_tokens:,}-token phrase read in {read_s:.1f} s "
-        f"(prompt budget now {engine.batcher.scheduler.budget.tokens()} tokens a pass)"
+        f"(beside three writers' steps, a pass now reads {engine.batcher.scheduler.budget(3, 3)} of a phrase's tokens)"
     )
     print(f"the tokens of its phrase each pass read ({len(pieces)} passes): {', '.join(map(str, pieces))}")
     print(

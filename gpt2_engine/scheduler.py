@@ -1,19 +1,22 @@
 """What each forward pass of a batch does, decided in one place (as llama.cpp's slots and vLLM's scheduler do):
 which waiting runs join the batch (`admit`), and what the pass reads (`plan`): every run's step, and of a prompt or
-a window's re-prime (a read of kind fast.PIECED) a piece, shortest first (`turn`), as many tokens as the budget
-allows beside others' steps (`PromptBudget`, as llama.cpp's n_ubatch and vLLM's chunked prefill), so that a
-1,000-token phrase does not freeze the room; with no steps to read, PIECE tokens a pass in all. Each read says its
-kind where it is made (fast.Read), so nothing here is guessed from a read's length; the pass's kind (`Plan.kind`)
-is what the thread policy is told (fast.forward_reads)."""
+a window's re-prime (a read of kind fast.PIECED) a piece, shortest first (`turn`), as many tokens as keep the pass
+within its share of time beside others' steps (`PassCost`, as llama.cpp's n_ubatch and vLLM's chunked prefill), so
+that a 1,000-token phrase does not freeze the room; with no steps to read, PIECE tokens a pass in all. Each read
+says its kind where it is made (fast.Read), so nothing here is guessed from a read's length; the pass's kind
+(`Plan.kind`) is what the thread policy is told (fast.forward_reads)."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import step_kernel
 from .fast import PIECED, Read, steps_only
 
 Run = Any  # batching.Run (its `pending`, `cache_bytes`, `joined`): named here without importing batching
@@ -22,86 +25,78 @@ AGED_S = 60.0  # a phrase read for this long goes ahead of shorter ones (`turn`)
 PIECE = 256  # the most tokens of one prompt a pass reads: alone, a 1,024-token phrase takes 4 passes (its progress
 # told at each), and a q8 model's work buffers hold them (q8.SCRATCH_ROWS)
 
+Line = tuple[float, float]  # a pass's seconds as (start, each row's): start + each * rows
 
-class PromptBudget:
-    """How many prompt tokens a pass reads beside other runs' steps: enough that the pass costs about STEP_SHARE
-    more than a pass of steps alone for each phrase being read (up to READERS of them), so that the writers, who
-    share one step, and each visitor waiting for a first word get about a step's time of every pass. Learned as it
-    goes, from the passes' own times: a pass of steps alone says what a step costs, and the passes with more tokens
-    beside their steps (a prompt's, or a window's shadow reading ahead, through the same kernels) what the first
-    of them and each after it add, over the last RECENT such passes (`line`). The shadows' tokens of a pass come
-    out of its budget (`Scheduler.plan`)."""
 
-    STEP_SHARE = 1.0  # one phrase beside writers: a pass costs about 2 steps, their gaps stay about 2x a step's
-    # (0.6 kept them under 1.6x, but read a phrase beside eight writers at a third of the machine)
-    READERS = 3  # phrases beyond this add nothing: writers' gaps stay within about 4x a step's. Counting only one
-    # left eight busy visitors a median of 37 s to their first word (a closed room reads ~450 prompt tokens a run)
-    FIRST = 8  # tokens a pass takes before anything is measured
-    LEAST = 4  # never fewer: a prompt always moves
-    RECENT = 7  # passes each figure is the median of. Averaged instead, a few step passes that a busy neighbour
-    # stretched (beside one, three writers' steps on gpt2-xl's shape took 1.07 s while the thread policy settled,
-    # 0.2 s after) made the prompt passes after them look free, and the budget kept to FIRST
+class PassCost:
+    """What a pass costs, learned as the batch goes from its own passes' times: a straight line of seconds against
+    rows (the pass's tokens in all: steps, shadows' and prompts' alike, since they go through the same matrices),
+    one through the recent passes of up to FEW rows and one through those of more. Two lines, since q8 reads a pass
+    of FEW rows or fewer through its step kernel (the weights once from memory) and a larger one through its prompt
+    kernel or fbgemm, which costs more at first, then each row's arithmetic (on gpt2-xl's shape 13-15 ms a row
+    without AMX, 5-7 ms with it). A model without the step kernel simply has two lines alike.
+
+    Each line is the median of the slopes between pairs of its passes (weighed by how far apart their rows are),
+    through the median of their starts (Theil-Sen), so a few passes a busy neighbour or a thread count's try
+    stretched do not move it. A range whose passes all read the same rows takes its slope from the other range;
+    with neither, nothing is known yet."""
+
+    FEW = step_kernel.MOST
+    RECENT = 15  # passes each line is fitted through
 
     def __init__(self) -> None:
-        self._steps: deque[float] = deque(maxlen=self.RECENT)  # seconds of recent passes of steps only
-        self._tokens: deque[float] = deque(maxlen=self.RECENT)  # what a token beside the steps added, recently
-        self._passes: deque[tuple[int, float]] = deque(maxlen=self.RECENT)  # (tokens beside the steps, seconds)
-
-    @property
-    def step_s(self) -> float | None:
-        """What a pass of steps alone costs now (None until one is timed)."""
-        return statistics.median(self._steps) if self._steps else None
-
-    @property
-    def token_s(self) -> float | None:
-        """What each more token beside the steps adds to a pass now (None until one is timed): see `line`."""
-        line = self.line
-        return line[1] if line else None
-
-    @property
-    def line(self) -> tuple[float, float] | None:
-        """What a pass of steps with n tokens beside them costs now, as (its cost at n = 0, each token's): a
-        straight line through the recent passes' times against their tokens, where they read at least three
-        different counts; else from a pass of steps alone, at the median of (time - a step's) / tokens. A pass's
-        first tokens can cost more than the rest: over 8 rows q8's prompt kernel reads what its step kernel read
-        (gpt2-xl's shape, three writers: their steps 149 ms alone, 188 ms with 4 tokens beside them, 220 with 6, then
-        about 4 ms a token), so the line starts above a step. Its slope is never under half that median, so that a few
-        noisy passes cannot flatten it; nor its start under a step. None until a pass of each kind is timed."""
-        if self.step_s is None or not self._tokens:
-            return None
-        average = statistics.median(self._tokens)
-        counts, seconds = zip(*self._passes)
-        if len(set(counts)) < 3:
-            return self.step_s, average
-        slope = max(statistics.linear_regression(counts, seconds).slope, average / 2)
-        start = statistics.fmean(seconds) - slope * statistics.fmean(counts)
-        return max(start, self.step_s), slope
+        self._passes: dict[bool, deque[tuple[int, float]]] = {many: deque(maxlen=self.RECENT) for many in (False, True)}
+        self._sized: deque[int] = deque(maxlen=self.RECENT)
 
     def forget(self) -> None:
         """Back to knowing nothing, as at a server's start."""
-        self._steps.clear()
-        self._tokens.clear()
-        self._passes.clear()
+        for passes in self._passes.values():
+            passes.clear()
+        self._sized.clear()
 
-    def tokens(self, readers: int = 1) -> int:
-        """The prompt tokens of a pass, in all, beside steps while `readers` phrases (or re-primes) are read."""
-        line = self.line
-        if self.step_s is None or not line or not line[1]:
-            return self.FIRST
-        start, token_s = line
-        share = self.STEP_SHARE * max(1, min(readers, self.READERS))
-        fit = ((1 + share) * self.step_s - start) / token_s  # the tokens that bring the pass to its cost
-        return max(self.LEAST, min(PIECE * readers, int(fit + 1e-9)))
+    def timed(self, rows: int, seconds: float, sized: bool = False) -> None:
+        """Learns from a pass of `rows` rows that took `seconds`; `sized`: one whose piece the budget chose."""
+        self._passes[rows > self.FEW].append((rows, seconds))
+        if sized:
+            self._sized.append(rows)
 
-    def timed(self, reads: list[Read], seconds: float) -> None:
-        """Learns from a pass: its reads and how long it took."""
-        extra = sum(len(read.ids) for read in reads if read.kind != "step")  # a prompt's, a re-prime's, shadows'
-        step_s = self.step_s
-        if not extra:
-            self._steps.append(seconds)
-        elif step_s is not None and any(read.kind == "step" for read in reads):  # beside steps
-            self._tokens.append(max(0.0, seconds - step_s) / extra)
-            self._passes.append((extra, seconds))
+    def line(self, many: bool) -> Line | None:
+        """The line of passes of more than FEW rows (`many`) or of up to FEW; None until it can be drawn."""
+        passes = self._passes[many]
+        if not passes:
+            return None
+        slope = self._slope(passes)
+        if slope is None:
+            slope = self._slope(self._passes[not many])
+        if slope is None:
+            return None
+        return statistics.median(seconds - slope * rows for rows, seconds in passes), slope
+
+    def largest(self) -> int:
+        """The most rows of a recent pass whose piece the budget sized (0 if none): passes reading a phrase alone,
+        256 tokens, do not count, as their times say little of a pass beside steps."""
+        return max(self._sized, default=0)
+
+    def seconds(self, rows: int) -> float | None:
+        """What a pass of `rows` rows costs now (None until its range's line can be drawn)."""
+        line = self.line(rows > self.FEW)
+        return None if line is None else line[0] + line[1] * rows
+
+    @staticmethod
+    def _slope(passes: deque[tuple[int, float]]) -> float | None:
+        """The median of the slopes between pairs of passes, each weighed by how far apart their rows are: pairs a
+        few rows apart say little against the noise, and passes the budget sized all cost about its target, so the
+        plain median of slopes came out near flat (a soak's passes of 20-60 rows beside steps) and a pass read 518
+        tokens in 5.5 s."""
+        pairs = sorted(
+            ((s2 - s1) / (r2 - r1), abs(r2 - r1))
+            for (r1, s1), (r2, s2) in itertools.combinations(passes, 2)
+            if r1 != r2
+        )
+        if not pairs:
+            return None
+        weights = list(itertools.accumulate(apart for _, apart in pairs))
+        return max(0.0, pairs[bisect.bisect_left(weights, weights[-1] / 2)][0])
 
 
 @dataclass
@@ -128,13 +123,24 @@ def turn(run: Run, now: float) -> tuple[bool, int, float]:
 
 
 class Scheduler:
-    """The batch's decisions: who joins (`admit`), what each pass reads (`plan`), and what passes cost (`timed`)."""
+    """The batch's decisions: who joins (`admit`), what each pass reads (`plan`, within `budget`), and what passes
+    cost (`timed`, into `costs`)."""
+
+    STEP_SHARE = 1.0  # one phrase beside writers: a pass costs about 2 steps, their gaps stay about 2x a step's
+    # (0.6 kept them under 1.6x, but read a phrase beside eight writers at a third of the machine)
+    READERS = 3  # phrases beyond this add nothing: writers' gaps stay within about 4x a step's. Counting only one
+    # left eight busy visitors a median of 37 s to their first word (a closed room reads ~450 prompt tokens a run)
+    FIRST = 8  # tokens a pass takes while what a pass costs is not known (alternately twice as many: see `budget`)
+    LEAST = 4  # what a phrase gets when it has waited PATIENCE passes
+    PATIENCE = 8  # passes in a row the phrases wait where the writers' shadows take all of a pass's time. Three
+    # writers started together read their shadows in the same 12 of every 50 passes at window 50; at 1, every other
+    # one of those passes read both, and a writer's longest gap was 4.9x its median (no AMX, gpt2-xl's shape)
 
     def __init__(self, max_runs: int):
         self.max_runs = max_runs
         self.kv_budget_bytes = 0  # set when a batch starts (batching.Batcher)
-        self.budget = PromptBudget()
-        self._waited = False  # the last pass's shadows left the phrases being read nothing
+        self.costs = PassCost()
+        self._waited = 0  # passes in a row the phrases being read got nothing
 
     def admit(self, waiting: list[Run], active: list[Run]) -> list[Run]:
         """The waiting runs that join now, first come first served, while the batch's runs and cache bytes stay
@@ -153,22 +159,50 @@ class Scheduler:
             cache += run.cache_bytes
         return admitted
 
+    def budget(self, writers: int, rows: int, readers: int = 1) -> int:
+        """The prompt tokens, in all, of a pass that reads `rows` rows anyway (its runs' steps and their shadows'
+        tokens) while `writers` runs write and `readers` phrases (or re-primes) are read: the most that keep the
+        pass within (1 + STEP_SHARE x readers, up to READERS) times a pass of the writers' steps alone, so that the
+        writers, who share one step, and each visitor waiting for a first word get about a step's time of a pass.
+        At most PIECE a phrase, and at most twice the rows of the largest recent pass it sized (a line is trusted
+        that far: drawn through passes of 9-14 rows whose times a neighbour moved, one slope came out flat, and a
+        256-token piece beside three writers took 2.4 s); 0 where not one token fits. While the costs are not
+        known, FIRST and then twice FIRST: passes of two sizes draw a line."""
+        most = PIECE * readers
+        few, many = self.costs.line(False), self.costs.line(True)
+        step = self.costs.seconds(max(1, writers))
+        if few is None or many is None or step is None:  # FIRST, then twice as many once FIRST's pass is timed
+            return min(most, self.FIRST * (1 + (self.costs.largest() >= rows + self.FIRST)))
+        target = (1 + self.STEP_SHARE * max(1, min(readers, self.READERS))) * step
+        fits = 0
+        trusted = max(2 * self.costs.largest(), rows + 2 * self.FIRST) - rows
+        for (start, each), low, high in ((few, 1, self.costs.FEW - rows), (many, self.costs.FEW + 1 - rows, trusted)):
+            low, high = max(1, low), min(most, high)
+            if low > high or start + each * (rows + low) > target:
+                continue  # no piece of this range keeps the pass within its time
+            fits = max(fits, high if each == 0 else min(high, int((target - start) / each + 1e-9) - rows))
+        return fits
+
     def plan(self, batch: list[Run], active: int = 0, now: float | None = None) -> Plan:
         """The pass over `batch` (runs with reads pending): every run's steps and shadows whole, and of the pieced
-        reads (prompts, re-primes) a piece each, in `turn` order: `budget.tokens(readers)` in all beside other
-        runs' steps, less the tokens the writers' shadows read this pass (at least LEAST every second pass); PIECE
-        in all when no run steps (a pass reading eight phrases and re-primes whole, 2,000 tokens, read them no
-        faster than passes of 256, and kept a writer's reset behind it). `active`: the runs in the batch, this
-        pass's and those waiting for their readers (whose next step must not wait behind a whole piece either)."""
+        reads (prompts, re-primes) a piece each, in `turn` order, `budget` tokens in all beside other runs' steps;
+        where that is under LEAST (the writers' shadows took the pass's time), none, up to PATIENCE passes in a row,
+        then LEAST. PIECE in all when no run writes (a pass reading eight phrases and re-primes whole, 2,000
+        tokens, read them no faster than passes of 256, and kept a writer's reset behind it). `active`: the runs in
+        the batch, this pass's and those waiting for their readers (whose next step must not wait behind a whole
+        piece either)."""
         pieced = [run for run in batch if any(read.kind in PIECED for read in run.pending or ())]
-        stepping = len(batch) > len(pieced) or active > len(pieced)
-        shadows = sum(len(read.ids) for run in batch for read in run.pending or () if read.kind == "shadow")
-        # ... which cost what prompt tokens do: beside steps, the budget is what they leave. Where that is under
-        # LEAST, the phrases wait a pass (the shadows are few passes before each reset), but never two in a row
-        left = self.budget.tokens(len(pieced)) - shadows if stepping else PIECE
-        if left < self.budget.LEAST:
-            left = self.budget.LEAST if self._waited else 0
-        self._waited = bool(pieced) and left == 0
+        writers = max(len(batch), active) - len(pieced)
+        reads = [read for run in batch if run not in pieced for read in run.pending or ()]
+        if not writers or not pieced:
+            left = PIECE
+        elif any(read.kind == "shadow" for read in reads):
+            left = 0  # the shadows' rows took a pass's time of their own: the phrases take the next
+        else:
+            left = self.budget(writers, sum(len(read.ids) for read in reads), len(pieced))
+        if left < self.LEAST:
+            left = self.LEAST if self._waited >= self.PATIENCE else 0
+        self._waited = self._waited + 1 if pieced and left == 0 else 0
         plan = Plan()
         now = time.monotonic() if now is None else now
         for run in [run for run in batch if run not in pieced] + sorted(pieced, key=lambda run: turn(run, now)):
@@ -189,4 +223,6 @@ class Scheduler:
         return plan
 
     def timed(self, plan: Plan, seconds: float) -> None:
-        self.budget.timed(plan.reads, seconds)
+        """Learns from a pass as planned: its rows and how long it took."""
+        sized = any(read.kind in PIECED for read in plan.reads) and any(read.kind == "step" for read in plan.reads)
+        self.costs.timed(sum(len(read.ids) for read in plan.reads), seconds, sized)

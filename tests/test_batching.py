@@ -233,7 +233,7 @@ def test_the_memory_bound_counts_every_rows_full_cache(engine, monkeypatch) -> N
 def test_a_newcomer_sees_its_first_token_within_its_prefill_and_two_passes(engine, monkeypatch) -> None:
     monkeypatch.setattr(scheduler, "PIECE", 16)
     monkeypatch.setattr(
-        engine.batcher.scheduler.budget, "tokens", lambda readers=1: 16
+        engine.batcher.scheduler, "budget", lambda writers, rows, readers=1: 16
     )  # its prompt beside the others' steps: 16 a pass
     running = [engine.stream(p, max_new_tokens=500, seed=k, stop_at_eos=False) for k, p in enumerate(["A", "B c"])]
     for steps in running:

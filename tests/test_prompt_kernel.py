@@ -131,7 +131,7 @@ def test_a_q8_engine_writes_the_same_texts_with_or_without_the_prompt_kernel(tin
     through_onednn = rows_through_the_prompt_kernel(monkeypatch)
     expected = two_runs.alone(plain)
     # pieces of 24 beside the steps: one pass's rows reach PROMPT_ROWS (the budget the tiny model learns may not)
-    monkeypatch.setattr(low.batcher.scheduler.budget, "tokens", lambda readers=1: 24)
+    monkeypatch.setattr(low.batcher.scheduler, "budget", lambda writers, rows, readers=1: 24)
     assert two_runs.together(low) == expected
     assert bool(through_onednn) is kept and min(through_onednn, default=q8.PROMPT_ROWS) >= q8.PROMPT_ROWS
 
