@@ -63,28 +63,35 @@ class PassCost:
         if sized:
             self._sized.append(rows)
 
+    def lines(self) -> tuple[Line | None, Line | None]:
+        """The lines of passes of up to FEW rows and of more; each None until it can be drawn."""
+        few, many = self._slope(self._passes[False]), self._slope(self._passes[True])
+        if few is not None and many is not None:
+            many = max(many, few / 2)  # (see the class's docstring)
+
+        def drawn(passes: deque[tuple[int, float]], slope: float | None) -> Line | None:
+            if slope is None or not passes:
+                return None
+            return statistics.median(seconds - slope * rows for rows, seconds in passes), slope
+
+        return (
+            drawn(self._passes[False], few if few is not None else many),
+            drawn(self._passes[True], many if many is not None else few),
+        )
+
     def line(self, many: bool) -> Line | None:
         """The line of passes of more than FEW rows (`many`) or of up to FEW; None until it can be drawn."""
-        passes = self._passes[many]
-        if not passes:
-            return None
-        slope, other = self._slope(passes), self._slope(self._passes[not many])
-        if slope is None:
-            slope = other
-        elif many and other is not None:
-            slope = max(slope, other / 2)  # (see the class's docstring)
-        if slope is None:
-            return None
-        return statistics.median(seconds - slope * rows for rows, seconds in passes), slope
+        return self.lines()[many]
 
     def largest(self) -> int:
         """The most rows of a recent pass whose piece the budget sized (0 if none): passes reading a phrase alone,
         256 tokens, do not count, as their times say little of a pass beside steps."""
         return max(self._sized, default=0)
 
-    def seconds(self, rows: int) -> float | None:
-        """What a pass of `rows` rows costs now (None until its range's line can be drawn)."""
-        line = self.line(rows > self.FEW)
+    def seconds(self, rows: int, lines: tuple[Line | None, Line | None] | None = None) -> float | None:
+        """What a pass of `rows` rows costs now (None until its range's line can be drawn); `lines`: `lines()`, if
+        the caller has them already."""
+        line = (lines or self.lines())[rows > self.FEW]
         return None if line is None else line[0] + line[1] * rows
 
     @staticmethod
@@ -169,13 +176,13 @@ class Scheduler:
         tokens) while `writers` runs write and `readers` phrases (or re-primes) are read: the most that keep the
         pass within (1 + STEP_SHARE x readers, up to READERS) times a pass of the writers' steps alone, so that the
         writers, who share one step, and each visitor waiting for a first word get about a step's time of a pass.
-        At most PIECE a phrase, and at most twice the rows of the largest recent pass it sized (a line is trusted
-        that far: drawn through passes of 9-14 rows whose times a neighbour moved, one slope came out flat, and a
+        At most PIECE a phrase, and at most twice the rows of the largest recent pass it sized, or 2 x FIRST
+        beyond this pass's own rows where that is more (a line is trusted that far: drawn through passes of 9-14 rows whose times a neighbour moved, one slope came out flat, and a
         256-token piece beside three writers took 2.4 s); 0 where not one token fits. While the costs are not
         known, FIRST and then twice FIRST: passes of two sizes draw a line."""
         most = PIECE * readers
-        few, many = self.costs.line(False), self.costs.line(True)
-        step = self.costs.seconds(max(1, writers))
+        lines = few, many = self.costs.lines()
+        step = self.costs.seconds(max(1, writers), lines)
         if few is None or many is None or step is None:  # FIRST, then twice as many once FIRST's pass is timed
             return min(most, self.FIRST * (1 + (self.costs.largest() >= rows + self.FIRST)))
         target = (1 + self.STEP_SHARE * max(1, min(readers, self.READERS))) * step
