@@ -15,7 +15,7 @@ still gets a plain generator of Steps, fed from the batcher's thread.
   end of the pass under way; a run that raises ends only itself (a batched pass that raises is done again run
   by run: a failed pass changes no cache, since a row's length moves only once every layer is written).
 - A bound: `max_runs` runs at once (GPT2_STUDIO_MAX_RUNS, default 8: a pass reads a row for each run's step, and a
-  window's shadow row its few tokens only near a reset), and their caches within KV_SHARE of the memory
+  window's shadow row a few tokens beside it, near a reset or, in a batch of 2-4, all through the window), and their caches within KV_SHARE of the memory
   available when the batch started, each counted
   full (n_positions tokens, ModelShape.kv_bytes_per_token). Beyond it runs wait, first come first served,
   and their streams report how many runs are ahead (`on_wait`).
@@ -310,7 +310,7 @@ class Batcher:
                 if self._stepped(run, decoder):
                     return
             while not run.left and run.steps_waiting < LOOKAHEAD:
-                run.pending = decoder.reads() or None
+                run.pending = decoder.reads(self.scheduler.shadow_chunk(len(self._active))) or None
                 if run.pending is not None or self._stepped(run, decoder):
                     return
         except Exception as error:  # noqa: BLE001 - handed to its reader: the run ends, the batch goes on

@@ -272,12 +272,12 @@ class Decoder:
             if reads:
                 self.took(fast.forward_reads(self.model, reads))
 
-    def reads(self) -> list[Read]:
+    def reads(self, shadow_chunk: int | None = None) -> list[Read]:
         """What must be read before the next step (fast.Read): the prompt; or the newest token against the cache,
-        with the shadow row's read-ahead beside it; or, when the window says so (Window.reset_keep), the ids it
-        keeps, read again. Whoever does the forward pass then calls `took` with its logits; [] when nothing is left
-        to read. A context without reads to share (transformers' own cache, tutorial mode) reads here, at once,
-        and answers []."""
+        with the shadow row's read-ahead beside it (at most `shadow_chunk` tokens, if given); or, when the window
+        says so (Window.reset_keep), the ids it keeps, read again. Whoever does the forward pass then calls `took`
+        with its logits; [] when nothing is left to read. A context without reads to share (transformers' own
+        cache, tutorial mode) reads here, at once, and answers []."""
         assert self._reading is None, "took() finishes the reads given before"
         if not self.prompt_read:
             what, keep = "prompt", len(self.ids)
@@ -290,7 +290,7 @@ class Decoder:
         context = self.context
         if isinstance(context, FastContext):
             if what == "token":
-                return context.append_reads(self.ids[-1], self._read_ahead_from())
+                return context.append_reads(self.ids[-1], self._read_ahead_from(), shadow_chunk)
             return context.prime_reads(self.ids[-keep:])
         with self._grad_mode():
             self._took(context.append(self.ids[-1]) if what == "token" else context.prime(self.ids[-keep:]))

@@ -276,16 +276,17 @@ class FastContext:
         self._reading = "prime"
         return [Read(self.cache, self.main, ids, "reprime" if self.primed else "prompt")]
 
-    def append_reads(self, token_id: int, reset_in: int | None = 0) -> list[Read]:
+    def append_reads(self, token_id: int, reset_in: int | None = 0, chunk: int | None = None) -> list[Read]:
         """What an `append` reads: the token, and the shadow row's read-ahead beside it where the reset is near.
         `reset_in`: how many appends follow this one before the window's next reset; None when the run ends before
-        it, so no shadow is read."""
+        it, so no shadow is read. `chunk`: the most tokens the shadow reads this time, if fewer than `shadow_chunk`
+        (a batch's scheduler says: scheduler.Scheduler.shadow_chunk)."""
         assert self._reading is None, "one operation at a time"
         assert self.length < self.cache.capacity(self.main), "position ids beyond what this cache holds"
         reads: list[Read] = [Read(self.cache, self.main, [token_id], "step")]
         if self.shadowed:
             self.pending.append(token_id)
-            reads += self._shadow_reads(reset_in)
+            reads += self._shadow_reads(reset_in, min(self.shadow_chunk, chunk or self.shadow_chunk))
         self._reading = "append"
         return reads
 
@@ -306,10 +307,11 @@ class FastContext:
         self.length = self.cache.lengths[self.main]
         return logits[0]
 
-    def _shadow_reads(self, reset_in: int | None) -> list[Read]:
+    def _shadow_reads(self, reset_in: int | None, chunk: int) -> list[Read]:
         """The shadow row's read beside this step, if any: a chunk of its pending tokens, once the reset is near
-        enough that reading a chunk a step from now on leaves at most a chunk for the reset's own pass."""
-        chunk, pending = self.shadow_chunk, self.pending
+        enough that reading a chunk a step from now on leaves at most a chunk for the reset's own pass (a chunk of
+        1 keeps pace from the window's first step)."""
+        pending = self.pending
         if reset_in is None or len(pending) < chunk or (chunk - 1) * reset_in > len(pending):
             return []  # no reset to come, or not yet near: the row stays empty (and unallocated)
         self._make_shadow_row()

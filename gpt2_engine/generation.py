@@ -63,8 +63,8 @@ class Engine:
     def shadow_chunk(self) -> int:
         """Tokens the shadow row reads at a time beside a step. Where q8 reads steps with its step kernel, as many
         as keep a step and its chunk one call of that kernel (3): one run pays what a chunk of 15 costs (gpt2-xl's
-        shape, window 50: +4.8% a token against +4.6%), and three writers whose resets come together read 9 tokens
-        beside their steps, not 45 (0.24 s a pass, not 0.4-0.8 s against 0.15 s for their steps alone). Else what
+        shape, window 50: +4.8% a token against +4.6%), and a batch reads fewer where its runs' shadows would pass
+        the kernel's rows together (scheduler.Scheduler.shadow_chunk). Else what
         `auto` measured cheapest for one run here; else, where q8 keeps its prompt kernel, fast.LONG_CHUNK, which
         it reads cheapest; else fast's."""
         if self.step_kernel:

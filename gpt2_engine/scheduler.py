@@ -1,8 +1,10 @@
 """What each forward pass of a batch does, decided in one place (as llama.cpp's slots and vLLM's scheduler do):
 which waiting runs join the batch (`admit`), and what the pass reads (`plan`): every run's step, and of a prompt or
 a window's re-prime (a read of kind fast.PIECED) a piece, shortest first (`turn`), as many tokens as keep the pass
-within its share of time beside others' steps (`PassCost`, as llama.cpp's n_ubatch and vLLM's chunked prefill), so
-that a 1,000-token phrase does not freeze the room; with no steps to read, PIECE tokens a pass in all. Each read
+within its share of time beside others' steps (as llama.cpp's n_ubatch and vLLM's chunked prefill: the share is
+measured on `PassCost`, the piece learned from the passes' times), so that a 1,000-token phrase does not freeze the
+room; near their resets, two to four writers' shadows read as few tokens a step as keep them all within the step
+kernel (`shadow_chunk`); with no steps to read, PIECE tokens a pass in all. Each read
 says its kind where it is made (fast.Read), so nothing here is guessed from a read's length; the pass's kind
 (`Plan.kind`) is what the thread policy is told (fast.forward_reads)."""
 
@@ -29,20 +31,17 @@ Line = tuple[float, float]  # a pass's seconds as (start, each row's): start + e
 
 
 class PassCost:
-    """What a pass costs, learned as the batch goes from its own passes' times: a straight line of seconds against
-    rows (the pass's tokens in all: steps, shadows' and prompts' alike, since they go through the same matrices),
-    one through the recent passes of up to FEW rows and one through those of more. Two lines, since q8 reads a pass
-    of FEW rows or fewer through its step kernel (the weights once from memory) and a larger one through its prompt
-    kernel or fbgemm, which costs more at first, then each row's arithmetic (on gpt2-xl's shape 13-15 ms a row
-    without AMX, 5-7 ms with it). A model without the step kernel simply has two lines alike.
+    """What a pass costs by its rows, learned from the batch's own passes' times (the writers' usual pass until one
+    is measured, and whether a pass's own rows already cost its target: `Scheduler.budget`). Rows are a pass's tokens
+    in all (steps, shadows' and prompts' alike: they go through the same matrices), and a pass costs a straight
+    line of them, one through the recent passes of up to FEW rows (q8's step kernel: the weights once from memory)
+    and one through larger ones (its prompt kernel or fbgemm: a jump, then each row's arithmetic, on gpt2-xl's
+    shape 13-15 ms a row without AMX, 5-7 with it). A model without the step kernel has two lines alike.
 
-    Each line is the median of the slopes between pairs of its passes (weighed by how far apart their rows are),
-    through the median of their starts (Theil-Sen), so a few passes a busy neighbour or a thread count's try
-    stretched do not move it. A range whose passes all read the same rows takes its slope from the other range;
-    with neither, nothing is known yet. The slope beyond FEW is never under half the slope up to FEW: three
-    writers' shadow passes, all 12 rows, filled that range with a few pieces beside them, the slope through them came
-    out flat, and a piece of 73 tokens took 1.9 s (no AMX: a row there costs about twice one up to FEW; with AMX's
-    prompt kernel, about a third)."""
+    Each line is the median of the slopes between pairs of its passes, weighed by how far apart their rows are,
+    through the median of their starts (Theil-Sen), so a few passes a busy neighbour stretched do not move it. A
+    range whose passes all read the same rows takes the other's slope; the slope beyond FEW is never under half
+    the slope up to FEW (three writers' 12-row shadow passes once drew it flat)."""
 
     FEW = step_kernel.MOST
     RECENT = 15  # passes each line is fitted through
@@ -118,6 +117,8 @@ class Plan:
     runs: list[Run] = field(default_factory=list)  # the runs it reads for, in the batch's order
     reads: list[Read] = field(default_factory=list)  # what it reads
     rest: dict[Run, list[Read]] = field(default_factory=dict)  # a pieced read's remainder, for the next passes
+    target: float | None = None  # the seconds the budget kept it within, where it sized a piece beside steps
+    shares: int = 0  # the phrases the budget gave a share to (at most Scheduler.READERS)
 
     @property
     def kind(self) -> Literal["steps", "tokens"]:
@@ -145,20 +146,30 @@ class Scheduler:
     FIRST = 8  # tokens a pass takes while what a pass costs is not known (alternately twice as many: see `budget`)
     LEAST = 4  # what a phrase gets when it has waited PATIENCE passes
     PATIENCE = 8  # passes in a row the phrases wait where the writers' shadows take all of a pass's time. Three
-    # writers started together read their shadows in the same 12 of every 50 passes at window 50; at 1, every other
-    # one of those passes read both, and a writer's longest gap was 4.9x its median (no AMX, gpt2-xl's shape)
+    # writers started together read their shadows in the same 12 of every 50 passes at window 50 (before
+    # `shadow_chunk`; five or more writers still do); at 1, every other one of those passes read both, and a
+    # writer's longest gap was 4.9x its median (no AMX, gpt2-xl's shape)
 
     def __init__(self, max_runs: int):
         self.max_runs = max_runs
         self.kv_budget_bytes = 0  # set when a batch starts (batching.Batcher)
         self.costs = PassCost()
+        self.forget()
+
+    def forget(self) -> None:
+        """Back to knowing nothing of what passes cost, as at a server's start."""
+        self.costs.forget()
         self._waited = 0  # passes in a row the phrases being read got nothing
+        self._piece = self.FIRST  # a share's tokens of a pass beside steps, as the passes' times teach (`timed`)
+        self._over = PIECE  # the piece the last pass over its target was cut to: it grows by one from there
+        self._usual: dict[int, deque[float]] = {}  # by writers: the seconds of their recent passes with no phrase
 
     def admit(self, waiting: list[Run], active: list[Run]) -> list[Run]:
         """The waiting runs that join now, first come first served, while the batch's runs and cache bytes stay
         within the bound (a run alone is always let in). They are taken off `waiting`. A run counts once, window or
-        not: its shadow row reads a few tokens beside its step only near a reset (fast.FastContext), so counting it
-        as a second run kept half the room waiting for rows that are idle most of the time."""
+        not: its shadow row reads a few tokens beside its step (near a reset, or all through the window as 1 token
+        a step: `shadow_chunk`), so counting it as a second run kept half the room waiting for rows that cost
+        little."""
         admitted: list[Run] = []
         cache = sum(run.cache_bytes for run in active)
         while waiting:
@@ -171,29 +182,61 @@ class Scheduler:
             cache += run.cache_bytes
         return admitted
 
+    def shadow_chunk(self, runs: int) -> int | None:
+        """The most tokens a run's shadow row reads beside its step while `runs` runs are in the batch: as many as
+        keep all their steps and shadows within the step kernel's FEW rows where their resets come together, down
+        to 1 (a token a step, from the window's first step); None (each run's own chunk) for a run alone, or where
+        not even 1 fits: the shadows then go through the larger kernels whatever their chunk, and fewer, larger
+        passes pay those kernels' start fewer times. Three writers started together at window 50 read 3 steps and 9
+        shadow tokens in 12 of every 50 passes, through fbgemm (no AMX, gpt2-xl's shape): 2.0x their steps alone,
+        and their longest gap 4-5x its median; 3 steps and 3 shadow tokens cost 1.4x, in every pass (5% more over
+        the window)."""
+        fits = self.costs.FEW // max(1, runs) - 1
+        return fits if runs > 1 and fits >= 1 else None
+
+    def target(self, writers: int, rows: int, readers: int = 1) -> float | None:
+        """The seconds a pass that reads `rows` rows anyway (its runs' steps and their shadows' tokens) for `writers`
+        writers is kept within while `readers` phrases (or re-primes) are read: (1 + STEP_SHARE x readers, up to
+        READERS) times the writers' usual pass, so that the writers, who share one step, and each visitor waiting for
+        a first word get about a step's time of a pass. The usual pass is the median of the last RECENT passes of
+        as many writers' steps with no phrase, alone or with shadows the step kernel reads beside them; before there
+        is one, what `costs` says of this pass's steps and shadows where the step kernel reads them, else of their
+        steps alone. Not this pass's own rows: a writer whose reader lags is not in it, and three writers' usual gap
+        was measured against one's step and shadow, their piece cut to LEAST. Nor eight writers' passes with their
+        shadows (32 rows, 0.5 s): passes with no phrase are mostly those, as the budget reads none beside them, and
+        a usual pass measured on them let passes of 2.5 s through. None while what a pass costs is not known."""
+        recent = self._usual.get(writers)
+        usual = (
+            statistics.median(recent)
+            if recent
+            else self.costs.seconds(max(1, rows if rows <= self.costs.FEW else writers))
+        )
+        return None if usual is None else (1 + self.STEP_SHARE * self.shares(readers)) * usual
+
+    def shares(self, readers: int) -> int:
+        """The phrases being read that get a step's share of a pass: 1 to READERS."""
+        return max(1, min(readers, self.READERS))
+
     def budget(self, writers: int, rows: int, readers: int = 1) -> int:
-        """The prompt tokens, in all, of a pass that reads `rows` rows anyway (its runs' steps and their shadows'
-        tokens) while `writers` runs write and `readers` phrases (or re-primes) are read: the most that keep the
-        pass within (1 + STEP_SHARE x readers, up to READERS) times a pass of the writers' steps alone, so that the
-        writers, who share one step, and each visitor waiting for a first word get about a step's time of a pass.
-        At most PIECE a phrase, and at most twice the rows of the largest recent pass it sized, or 2 x FIRST
-        beyond this pass's own rows where that is more (a line is trusted that far: drawn through passes of 9-14 rows whose times a neighbour moved, one slope came out flat, and a
-        256-token piece beside three writers took 2.4 s); 0 where not one token fits. While the costs are not
-        known, FIRST and then twice FIRST: passes of two sizes draw a line."""
+        """The prompt tokens, in all, of a pass that reads `rows` rows anyway while `writers` runs write and
+        `readers` phrases are read: the piece the passes' own times have taught (`timed`) for each share, at most
+        PIECE a phrase; 0 where the pass's own rows already cost its `target` (the writers' shadows, beyond the
+        step kernel). While what a pass costs is not known, FIRST and then twice FIRST: passes of two sizes draw
+        the lines the target is measured on.
+
+        The piece is learned, not read off the cost's line: beyond the step kernel a pass's cost is a jump, a
+        plateau and then a slope (three writers' steps and shadows, 6 rows, beside 4 to 15 of a phrase's tokens:
+        all about 235 ms; 16: 303 ms; no AMX), and the budget's own pieces, all sized to about its target, bunch
+        where a line's slope is their noise. Lines drawn that way read 4 tokens a pass where 15 fitted, or a
+        73-token piece that took 1.9 s."""
         most = PIECE * readers
-        lines = few, many = self.costs.lines()
-        step = self.costs.seconds(max(1, writers), lines)
-        if few is None or many is None or step is None:  # FIRST, then twice as many once FIRST's pass is timed
+        target = self.target(writers, rows, readers)
+        if target is None:
             return min(most, self.FIRST * (1 + (self.costs.largest() >= rows + self.FIRST)))
-        target = (1 + self.STEP_SHARE * max(1, min(readers, self.READERS))) * step
-        fits = 0
-        trusted = max(2 * self.costs.largest(), rows + 2 * self.FIRST) - rows
-        for (start, each), low, high in ((few, 1, self.costs.FEW - rows), (many, self.costs.FEW + 1 - rows, trusted)):
-            low, high = max(1, low), min(most, high)
-            if low > high or start + each * (rows + low) > target:
-                continue  # no piece of this range keeps the pass within its time
-            fits = max(fits, high if each == 0 else min(high, int((target - start) / each + 1e-9) - rows))
-        return fits
+        anyway = self.costs.seconds(rows)
+        if anyway is not None and anyway >= target:
+            return 0
+        return min(most, self._piece * self.shares(readers))
 
     def plan(self, batch: list[Run], active: int = 0, now: float | None = None) -> Plan:
         """The pass over `batch` (runs with reads pending): every run's steps and shadows whole, and of the pieced
@@ -203,19 +246,20 @@ class Scheduler:
         tokens, read them no faster than passes of 256, and kept a writer's reset behind it). `active`: the runs in
         the batch, this pass's and those waiting for their readers (whose next step must not wait behind a whole
         piece either)."""
+        plan = Plan()
         pieced = [run for run in batch if any(read.kind in PIECED for read in run.pending or ())]
         writers = max(len(batch), active) - len(pieced)
         reads = [read for run in batch if run not in pieced for read in run.pending or ()]
         if not writers or not pieced:
             left = PIECE
-        elif any(read.kind == "shadow" for read in reads):
-            left = 0  # the shadows' rows took a pass's time of their own: the phrases take the next
         else:
-            left = self.budget(writers, sum(len(read.ids) for read in reads), len(pieced))
-        if left < self.LEAST:
-            left = self.LEAST if self._waited >= self.PATIENCE else 0
+            rows = sum(len(read.ids) for read in reads)
+            left = self.budget(writers, rows, len(pieced))
+            if left < self.LEAST:
+                left = self.LEAST if self._waited >= self.PATIENCE else 0
+            if left:  # a piece beside steps: its time teaches the next (`timed`)
+                plan.target, plan.shares = self.target(writers, rows, len(pieced)), self.shares(len(pieced))
         self._waited = self._waited + 1 if pieced and left == 0 else 0
-        plan = Plan()
         now = time.monotonic() if now is None else now
         for run in [run for run in batch if run not in pieced] + sorted(pieced, key=lambda run: turn(run, now)):
             pending: list[Read] = run.pending or []
@@ -235,6 +279,22 @@ class Scheduler:
         return plan
 
     def timed(self, plan: Plan, seconds: float) -> None:
-        """Learns from a pass as planned: its rows and how long it took."""
+        """Learns from a pass as planned: its rows and how long it took; and, where the budget sized its piece,
+        the next piece, as TCP's congestion window is: after a pass within its target a quarter more (at least
+        LEAST), or one more once a piece has gone over; after one over it, cut to three quarters of its share of the
+        target, and never under LEAST. The pieces then hover under where the passes cost their target, whatever the
+        shape of the cost, and go over about once in as many passes as the cut took off: on a cost with a jump (no
+        AMX, the writers' shadows beside), a cut in proportion went over every 4th pass, 2.4x the writers' usual gap."""
         sized = any(read.kind in PIECED for read in plan.reads) and any(read.kind == "step" for read in plan.reads)
         self.costs.timed(sum(len(read.ids) for read in plan.reads), seconds, sized)
+        steps, rows = sum(read.kind == "step" for read in plan.reads), sum(len(read.ids) for read in plan.reads)
+        if steps and rows <= max(steps, self.costs.FEW) and not any(read.kind in PIECED for read in plan.reads):
+            self._usual.setdefault(steps, deque(maxlen=PassCost.RECENT)).append(seconds)  # (see `target`)
+        if plan.target is None or not plan.shares:
+            return
+        share = sum(len(read.ids) for read in plan.reads if read.kind in PIECED) / plan.shares
+        if seconds <= plan.target:
+            grown = share + (max(self.LEAST, share / 4) if share < self._over else 1)
+            self._piece = max(self._piece, min(PIECE, int(grown)))
+        else:
+            self._piece = self._over = max(self.LEAST, int(0.75 * share * plan.target / seconds))

@@ -147,6 +147,42 @@ def test_sampled_runs_batched_equal_their_solo_runs_token_for_token(engine) -> N
     assert batcher_thread_ended(engine)
 
 
+def test_three_windowed_writers_read_their_shadows_a_token_a_step_and_write_their_solo_texts(
+    engine, monkeypatch
+) -> None:
+    """Three writers started together reset together: their shadows read 3 tokens each beside their steps in the
+    same passes, 12 rows, past the step kernel's 8 (2-2.5x their steps alone, no AMX). In a batch of three the
+    scheduler has each shadow read one token a step, from the window's first step: every pass keeps within the
+    step kernel's rows, and the texts are those written alone."""
+    kinds: list[list[tuple[str, int]]] = []
+    real = fast.forward_reads
+
+    def recording(model, reads):
+        kinds.append([(read.kind, len(read.ids)) for read in reads])
+        return real(model, reads)
+
+    monkeypatch.setattr(fast, "forward_reads", recording)
+    settings = [
+        gpt2_engine.GenerationSettings(max_new_tokens=40, seed=seed, window=10, stop_at_eos=False) for seed in (1, 2, 3)
+    ]
+    prompts = ["The cat", "Hello world!", "Is it raining?"]
+    streams = [engine.stream(p, s, window_mode="shadow") for p, s in zip(prompts, settings)]
+    batched: list[list[int]] = [[] for _ in streams]
+    for _ in range(40):  # one reader taking a step from each in turn
+        for k, steps in enumerate(streams):
+            batched[k].append(next(steps).token_id)
+    for steps in streams:
+        steps.close()
+    shadows = [n for reads in kinds for kind, n in reads if kind == "shadow"]
+    assert shadows and shadows.count(1) >= 0.8 * len(shadows)  # a token a step (a reset reads what is owed
+    # from the steps before all three had joined, alongside its newest token)
+    full = [reads for reads in kinds if sum(1 for kind, _ in reads if kind == "step") == 3]
+    assert full and all(sum(n for _, n in reads) <= scheduler.PassCost.FEW for reads in full)
+    for prompt, s, tokens in zip(prompts, settings, batched):
+        assert tokens == solo(engine, prompt, s, "shadow")
+    assert batcher_thread_ended(engine)
+
+
 def test_a_closed_or_finished_run_leaves_no_cache_and_no_thread(engine, monkeypatch) -> None:
     caches: list[weakref.ref] = []
     real_decoder = gpt2_engine.Engine.decoder
