@@ -172,6 +172,7 @@ def soak(
         thread.join()
     done.set()
     sampler.join()
+    engine.batcher.join(timeout_s=60)  # the last run's cache is freed once the batch ends, not as its reader leaves
     end_rss = read_process_memory().rss_bytes
     release_freed_memory()  # as a run's start does on the page: what stays is what the engine kept
     trimmed_rss = read_process_memory().rss_bytes
