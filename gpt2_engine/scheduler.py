@@ -78,10 +78,6 @@ class PassCost:
             drawn(self._passes[True], many if many is not None else few),
         )
 
-    def line(self, many: bool) -> Line | None:
-        """The line of passes of more than FEW rows (`many`) or of up to FEW; None until it can be drawn."""
-        return self.lines()[many]
-
     def largest(self) -> int:
         """The most rows of a recent pass whose piece the budget sized (0 if none): passes reading a phrase alone,
         256 tokens, do not count, as their times say little of a pass beside steps."""
@@ -204,7 +200,8 @@ class Scheduler:
         steps alone. Not this pass's own rows: a writer whose reader lags is not in it, and three writers' usual gap
         was measured against one's step and shadow, their piece cut to LEAST. Nor eight writers' passes with their
         shadows (32 rows, 0.5 s): passes with no phrase are mostly those, as the budget reads none beside them, and
-        a usual pass measured on them let passes of 2.5 s through. None while what a pass costs is not known."""
+        a usual pass measured on them would let a pass four times theirs through. None while what a pass costs is
+        not known."""
         recent = self._usual.get(writers)
         usual = (
             statistics.median(recent)

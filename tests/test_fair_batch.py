@@ -50,7 +50,7 @@ def test_a_pass_costs_a_line_of_its_rows_on_each_side_of_the_step_kernel() -> No
     step kernel reads them (up to FEW) and one beyond, with the jump to the prompt kernel or fbgemm between."""
     scheduler = learned(few=(0.08, 0.005), many=(0.15, 0.004))
     costs = scheduler.costs
-    assert costs.line(False) == pytest.approx((0.08, 0.005)) and costs.line(True) == pytest.approx((0.15, 0.004))
+    assert costs.lines()[0] == pytest.approx((0.08, 0.005)) and costs.lines()[1] == pytest.approx((0.15, 0.004))
     assert costs.seconds(3) == pytest.approx(0.095) and costs.seconds(20) == pytest.approx(0.23)
     for _ in range(3):  # passes a busy neighbour stretched: a median of slopes shrugs a few off
         costs.timed(3, 0.9)
@@ -58,10 +58,10 @@ def test_a_pass_costs_a_line_of_its_rows_on_each_side_of_the_step_kernel() -> No
     costs.forget()
     assert costs.seconds(3) is None
     costs.timed(3, 0.1)
-    assert costs.line(False) is None  # one count of rows draws no line ...
+    assert costs.lines()[0] is None  # one count of rows draws no line ...
     costs.timed(12, 0.2)
     costs.timed(20, 0.24)
-    assert costs.line(False) == pytest.approx((0.085, 0.005))  # ... until the other range gives a slope
+    assert costs.lines()[0] == pytest.approx((0.085, 0.005))  # ... until the other range gives a slope
 
 
 def test_a_pass_is_kept_within_a_step_more_for_each_phrase_being_read_up_to_a_few() -> None:
@@ -153,8 +153,8 @@ def test_the_slope_beyond_the_step_kernel_is_never_under_half_the_slope_up_to_it
     many += [(12, 0.285), (12, 0.374), (12, 0.247), (12, 0.316), (12, 0.41), (12, 0.364), (9, 0.298)]
     for rows, seconds in few + many:
         scheduler.costs.timed(rows, seconds, sized=rows in (8, 9, 16))
-    few_slope = scheduler.costs.line(False)[1]
-    assert scheduler.costs.line(True)[1] == pytest.approx(few_slope / 2)  # not flat
+    few_slope = scheduler.costs.lines()[0][1]
+    assert scheduler.costs.lines()[1][1] == pytest.approx(few_slope / 2)  # not flat
     assert scheduler.budget(writers=3, rows=3) <= 16  # a piece the passes taught, not 73 tokens
 
 
