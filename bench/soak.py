@@ -6,7 +6,10 @@ model allows), seed and length, and now and then a Stop part-way (the stream clo
 failed (an exception the visitor did not cause), the process's RSS at the start and the end and its slope over the
 last part of the soak (least squares over a sample a second, with its standard error; also with the KV caches of
 the runs being written at each sample taken out, which swing RSS by a GB), each visitor's median and longest gap
-between two tokens, and time to first token (median and worst).
+between two tokens, and time to first token (median and worst). Every --lull-every minutes the room has a lull: each
+visitor finishes the run it is writing and waits until every other has and the batch has ended, and RSS is read
+then, as it is, with no run's cache in it: the slope through those readings is what piles up, without the live
+caches' swing that a slope through every second carries (a 20-minute one moved between -7 and +31 MB/min).
 
     python -m bench.soak --model bench/models/gpt2-xl --visitors 8 --minutes 30
     python -m bench.soak --model bench/models/gpt2-large --precision q8 --runs 30 --words 4,236   # pile-up check
@@ -141,7 +144,13 @@ def describe_slope(samples: list[tuple[float, int]]) -> str:
 
 
 def soak(
-    engine: gpt2_engine.Engine, visitors: int, minutes: float, seed: int, last_minutes: float, runs_each: int = 0
+    engine: gpt2_engine.Engine,
+    visitors: int,
+    minutes: float,
+    seed: int,
+    last_minutes: float,
+    runs_each: int = 0,
+    lull_every: float = 0.0,
 ) -> None:
     release_freed_memory()
     start_rss = read_process_memory().rss_bytes
@@ -158,9 +167,27 @@ def soak(
             samples.append((now, rss))
             beside_kv.append((now, rss - sum(v.kv_bytes for v in results)))
 
+    lulls: list[tuple[float, int]] = []  # RSS with no run live: each lull's and the end's
+    lulled_s: list[float] = []  # how long each lull kept the room from writing, from when it was due
+    every = 0.0 if runs_each else 60 * lull_every
+
+    def lull() -> None:  # run by the last visitor to reach it, while the others wait
+        engine.batcher.join(timeout_s=60)  # a run's cache is freed once its batch has ended
+        now = time.perf_counter() - t0
+        lulls.append((now, read_process_memory().rss_bytes))
+        lulled_s.append(now - every * len(lulls))
+
+    barrier = threading.Barrier(visitors, action=lull)
+
     def visit(k: int, out: Visitor) -> None:
         chance = random.Random(seed * 1000 + k)
-        while (out.runs + len(out.failed) < runs_each) if runs_each else time.perf_counter() < end:
+        due = every  # this visitor's next lull, seconds from the start
+        while True:
+            while every and due < 60 * minutes and time.perf_counter() - t0 >= due:
+                barrier.wait()
+                due += every
+            if not ((out.runs + len(out.failed) < runs_each) if runs_each else time.perf_counter() < end):
+                break
             one_run(engine, chance, out)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -174,6 +201,7 @@ def soak(
     sampler.join()
     engine.batcher.join(timeout_s=60)  # the last run's cache is freed once the batch ends, not as its reader leaves
     end_rss = read_process_memory().rss_bytes
+    lulls.append((time.perf_counter() - t0, end_rss))
     release_freed_memory()  # as a run's start does on the page: what stays is what the engine kept
     trimmed_rss = read_process_memory().rss_bytes
     since = samples[-1][0] - 60 * last_minutes if samples else 0.0
@@ -191,6 +219,14 @@ def soak(
         f"{describe_slope(tail)} (less the live runs' KV caches: {describe_slope(tail_beside_kv)}); "
         f"threads: {policy_for(engine.model).describe()}"
     )
+    if every:
+        tail_lulls = [(t, rss) for t, rss in lulls if t >= since]
+        print(
+            f"RSS at each lull (every visitor between runs, the batch ended, nothing handed back) and at the end: "
+            f"{', '.join(f'{rss / 1e9:.3f}' for _, rss in lulls)} GB; through those of the last {last_minutes:g} min "
+            f"{describe_slope(tail_lulls)}; the lulls kept the room from writing "
+            f"{sum(lulled_s):.0f} s in all (each visitor finishing its run)"
+        )
     for error in failed[:5]:
         print("  failed:", error)
     ttfts = sorted(t for v in results for t in v.ttfts_s)
@@ -291,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--visitors", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--last-minutes", type=float, default=20.0, help="the RSS slope is over this last part")
+    parser.add_argument("--lull-every", type=float, default=5.0, help="minutes between the room's lulls (0: none)")
     parser.add_argument("--runs", type=int, help="pile-up check: one visitor, this many runs one after another")
     parser.add_argument("--words", default="4,236", help="with --runs: phrases of A to B words")
     parser.add_argument("--fairness", type=int, metavar="TOKENS", help="three stream while a fourth sends TOKENS")
@@ -315,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
             fairness(engine, args.fairness)
         else:
             last = min(args.last_minutes, args.minutes)
-            soak(engine, args.visitors, args.minutes, args.seed, last, args.runs_each)
+            soak(engine, args.visitors, args.minutes, args.seed, last, args.runs_each, args.lull_every)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 which waiting runs join the batch (`admit`), and what the pass reads (`plan`): every run's step, and of a prompt or
 a window's re-prime (a read of kind fast.PIECED) a piece, shortest first (`turn`), as many tokens as keep the pass
 within its share of time beside others' steps (as llama.cpp's n_ubatch and vLLM's chunked prefill: the share is
-measured on `PassCost`, the piece learned from the passes' times), so that a 1,000-token phrase does not freeze the
-room; near their resets, two to four writers' shadows read as few tokens a step as keep them all within the step
-kernel (`shadow_chunk`); with no steps to read, PIECE tokens a pass in all. Each read
-says its kind where it is made (fast.Read), so nothing here is guessed from a read's length; the pass's kind
-(`Plan.kind`) is what the thread policy is told (fast.forward_reads)."""
+measured on the writers' own passes of steps alone, the piece learned from the passes' times), so that a 1,000-token
+phrase does not freeze the room; near their resets, two to four writers' shadows read as few tokens a step as keep
+them all within the step kernel (`shadow_chunk`); with no steps to read, PIECE tokens a pass in all. Each read says
+its kind where it is made (fast.Read), so nothing here is guessed from a read's length; the pass's kind (`Plan.kind`)
+is what the thread policy is told (fast.forward_reads)."""
 
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ Line = tuple[float, float]  # a pass's seconds as (start, each row's): start + e
 
 
 class PassCost:
-    """What a pass costs by its rows, learned from the batch's own passes' times (the writers' usual pass until one
-    is measured, and whether a pass's own rows already cost its target: `Scheduler.budget`). Rows are a pass's tokens
-    in all (steps, shadows' and prompts' alike: they go through the same matrices), and a pass costs a straight
-    line of them, one through the recent passes of up to FEW rows (q8's step kernel: the weights once from memory)
-    and one through larger ones (its prompt kernel or fbgemm: a jump, then each row's arithmetic, on gpt2-xl's
-    shape 13-15 ms a row without AMX, 5-7 with it). A model without the step kernel has two lines alike.
+    """What a pass costs by its rows, learned from the batch's own passes' times: whether a pass's own rows (many
+    writers' shadows) already cost its target (`Scheduler.budget`). Rows are a pass's tokens in all (steps, shadows'
+    and prompts' alike: they go through the same matrices), and a pass costs a straight line of them, one through the
+    recent passes of up to FEW rows (q8's step kernel: the weights once from memory) and one through larger ones (its
+    prompt kernel or fbgemm: a jump, then each row's arithmetic, on gpt2-xl's shape 13-15 ms a row without AMX, 5-7
+    with it). A model without the step kernel has two lines alike.
 
     Each line is the median of the slopes between pairs of its passes, weighed by how far apart their rows are,
     through the median of their starts (Theil-Sen), so a few passes a busy neighbour stretched do not move it. A
@@ -48,19 +48,15 @@ class PassCost:
 
     def __init__(self) -> None:
         self._passes: dict[bool, deque[tuple[int, float]]] = {many: deque(maxlen=self.RECENT) for many in (False, True)}
-        self._sized: deque[int] = deque(maxlen=self.RECENT)
 
     def forget(self) -> None:
         """Back to knowing nothing, as at a server's start."""
         for passes in self._passes.values():
             passes.clear()
-        self._sized.clear()
 
-    def timed(self, rows: int, seconds: float, sized: bool = False) -> None:
-        """Learns from a pass of `rows` rows that took `seconds`; `sized`: one whose piece the budget chose."""
+    def timed(self, rows: int, seconds: float) -> None:
+        """Learns from a pass of `rows` rows that took `seconds`."""
         self._passes[rows > self.FEW].append((rows, seconds))
-        if sized:
-            self._sized.append(rows)
 
     def lines(self) -> tuple[Line | None, Line | None]:
         """The lines of passes of up to FEW rows and of more; each None until it can be drawn."""
@@ -77,11 +73,6 @@ class PassCost:
             drawn(self._passes[False], few if few is not None else many),
             drawn(self._passes[True], many if many is not None else few),
         )
-
-    def largest(self) -> int:
-        """The most rows of a recent pass whose piece the budget sized (0 if none): passes reading a phrase alone,
-        256 tokens, do not count, as their times say little of a pass beside steps."""
-        return max(self._sized, default=0)
 
     def seconds(self, rows: int, lines: tuple[Line | None, Line | None] | None = None) -> float | None:
         """What a pass of `rows` rows costs now (None until its range's line can be drawn); `lines`: `lines()`, if
@@ -115,6 +106,7 @@ class Plan:
     rest: dict[Run, list[Read]] = field(default_factory=dict)  # a pieced read's remainder, for the next passes
     target: float | None = None  # the seconds the budget kept it within, where it sized a piece beside steps
     shares: int = 0  # the phrases the budget gave a share to (at most Scheduler.READERS)
+    writers: int = 0  # the runs in the batch that write (this pass's steps, and those waiting for their readers)
 
     @property
     def kind(self) -> Literal["steps", "tokens"]:
@@ -139,7 +131,8 @@ class Scheduler:
     # (0.6 kept them under 1.6x, but read a phrase beside eight writers at a third of the machine)
     READERS = 3  # phrases beyond this add nothing: writers' gaps stay within about 4x a step's. Counting only one
     # left eight busy visitors a median of 37 s to their first word (a closed room reads ~450 prompt tokens a run)
-    FIRST = 8  # tokens a pass takes while what a pass costs is not known (alternately twice as many: see `budget`)
+    FIRST = 8  # a share's piece until the passes' times teach another (`timed`)
+    STALE = 40  # passes after which the writers' usual pass is measured again (a pass of their steps alone)
     LEAST = 4  # what a phrase gets when it has waited PATIENCE passes
     PATIENCE = 8  # passes in a row the phrases wait where the writers' shadows take all of a pass's time. Three
     # writers started together read their shadows in the same 12 of every 50 passes at window 50 (before
@@ -158,7 +151,9 @@ class Scheduler:
         self._waited = 0  # passes in a row the phrases being read got nothing
         self._piece = self.FIRST  # a share's tokens of a pass beside steps, as the passes' times teach (`timed`)
         self._over = PIECE  # the piece the last pass over its target was cut to: it grows by one from there
-        self._usual: dict[int, deque[float]] = {}  # by writers: the seconds of their recent passes with no phrase
+        self._usual: dict[int, deque[tuple[int, float]]] = {}  # by writers: their recent passes with no phrase,
+        # each (the pass's number, its seconds)
+        self._passes = 0  # passes timed
 
     def admit(self, waiting: list[Run], active: list[Run]) -> list[Run]:
         """The waiting runs that join now, first come first served, while the batch's runs and cache bytes stay
@@ -190,25 +185,26 @@ class Scheduler:
         fits = self.costs.FEW // max(1, runs) - 1
         return fits if runs > 1 and fits >= 1 else None
 
-    def target(self, writers: int, rows: int, readers: int = 1) -> float | None:
-        """The seconds a pass that reads `rows` rows anyway (its runs' steps and their shadows' tokens) for `writers`
-        writers is kept within while `readers` phrases (or re-primes) are read: (1 + STEP_SHARE x readers, up to
-        READERS) times the writers' usual pass, so that the writers, who share one step, and each visitor waiting for
-        a first word get about a step's time of a pass. The usual pass is the median of the last RECENT passes of
-        as many writers' steps with no phrase, alone or with shadows the step kernel reads beside them; before there
-        is one, what `costs` says of this pass's steps and shadows where the step kernel reads them, else of their
-        steps alone. Not this pass's own rows: a writer whose reader lags is not in it, and three writers' usual gap
-        was measured against one's step and shadow, their piece cut to LEAST. Nor eight writers' passes with their
-        shadows (32 rows, 0.5 s): passes with no phrase are mostly those, as the budget reads none beside them, and
-        a usual pass measured on them would let a pass four times theirs through. None while what a pass costs is
-        not known."""
-        recent = self._usual.get(writers)
-        usual = (
-            statistics.median(recent)
-            if recent
-            else self.costs.seconds(max(1, rows if rows <= self.costs.FEW else writers))
-        )
-        return None if usual is None else (1 + self.STEP_SHARE * self.shares(readers)) * usual
+    def target(self, writers: int, readers: int = 1) -> float | None:
+        """The seconds a pass for `writers` writers is kept within while `readers` phrases (or re-primes) are read:
+        (1 + STEP_SHARE x readers, up to READERS) times the writers' usual pass, so that the writers, who share one
+        step, and each visitor waiting for a first word get about a step's time of a pass. The usual pass is the
+        median of the recent passes (up to RECENT, none over 3 x STALE passes old) of as many writers' steps with no
+        phrase, alone or with shadows the step kernel reads beside them (`timed`), while the newest of them is under
+        STALE passes old; else None, and the next pass reads no phrase, to measure it (`budget`).
+
+        Measured, not drawn from `costs`: in a room where phrases always wait (eight visitors, most of the machine
+        their phrases'), no pass of up to FEW rows came, no line was drawn, and every pass read 16 tokens of a
+        phrase for good. Not this pass's own rows: a writer whose reader lags is not in it, and three writers' usual
+        gap was measured against one's step and shadow, their piece cut to LEAST. Nor eight writers' passes with
+        their shadows (32 rows, 0.5 s), which a pass four times as long would then have let through. And not for
+        long: the VM this was tuned on moves 20-40% (at times 2x) from one minute to the next, and a usual pass
+        from before such a move would hold every pass over (or far under) what it means."""
+        usual = self._usual.get(writers)
+        if not usual or self._passes - usual[-1][0] >= self.STALE:
+            return None
+        recent = [seconds for number, seconds in usual if self._passes - number < 3 * self.STALE]
+        return (1 + self.STEP_SHARE * self.shares(readers)) * statistics.median(recent)
 
     def shares(self, readers: int) -> int:
         """The phrases being read that get a step's share of a pass: 1 to READERS."""
@@ -218,22 +214,21 @@ class Scheduler:
         """The prompt tokens, in all, of a pass that reads `rows` rows anyway while `writers` runs write and
         `readers` phrases are read: the piece the passes' own times have taught (`timed`) for each share, at most
         PIECE a phrase; 0 where the pass's own rows already cost its `target` (the writers' shadows, beyond the
-        step kernel). While what a pass costs is not known, FIRST and then twice FIRST: passes of two sizes draw
-        the lines the target is measured on.
+        step kernel), or where the writers' usual pass is not known (or stale): this pass, their steps alone,
+        measures it (unless it has none: their readers lag).
 
         The piece is learned, not read off the cost's line: beyond the step kernel a pass's cost is a jump, a
         plateau and then a slope (three writers' steps and shadows, 6 rows, beside 4 to 15 of a phrase's tokens:
         all about 235 ms; 16: 303 ms; no AMX), and the budget's own pieces, all sized to about its target, bunch
         where a line's slope is their noise. Lines drawn that way read 4 tokens a pass where 15 fitted, or a
         73-token piece that took 1.9 s."""
-        most = PIECE * readers
-        target = self.target(writers, rows, readers)
-        if target is None:
-            return min(most, self.FIRST * (1 + (self.costs.largest() >= rows + self.FIRST)))
+        target = self.target(writers, readers)
+        if target is None and rows:
+            return 0  # the writers' steps alone: their usual pass
         anyway = self.costs.seconds(rows)
-        if anyway is not None and anyway >= target:
+        if target is not None and anyway is not None and anyway >= target:
             return 0
-        return min(most, self._piece * self.shares(readers))
+        return min(PIECE * readers, self._piece * self.shares(readers))
 
     def plan(self, batch: list[Run], active: int = 0, now: float | None = None) -> Plan:
         """The pass over `batch` (runs with reads pending): every run's steps and shadows whole, and of the pieced
@@ -245,7 +240,7 @@ class Scheduler:
         piece either)."""
         plan = Plan()
         pieced = [run for run in batch if any(read.kind in PIECED for read in run.pending or ())]
-        writers = max(len(batch), active) - len(pieced)
+        writers = plan.writers = max(len(batch), active) - len(pieced)
         reads = [read for run in batch if run not in pieced for read in run.pending or ()]
         if not writers or not pieced:
             left = PIECE
@@ -255,7 +250,7 @@ class Scheduler:
             if left < self.LEAST:
                 left = self.LEAST if self._waited >= self.PATIENCE else 0
             if left:  # a piece beside steps: its time teaches the next (`timed`)
-                plan.target, plan.shares = self.target(writers, rows, len(pieced)), self.shares(len(pieced))
+                plan.target, plan.shares = self.target(writers, len(pieced)), self.shares(len(pieced))
         self._waited = self._waited + 1 if pieced and left == 0 else 0
         now = time.monotonic() if now is None else now
         for run in [run for run in batch if run not in pieced] + sorted(pieced, key=lambda run: turn(run, now)):
@@ -282,11 +277,12 @@ class Scheduler:
         target, and never under LEAST. The pieces then hover under where the passes cost their target, whatever the
         shape of the cost, and go over about once in as many passes as the cut took off: on a cost with a jump (no
         AMX, the writers' shadows beside), a cut in proportion went over every 4th pass, 2.4x the writers' usual gap."""
-        sized = any(read.kind in PIECED for read in plan.reads) and any(read.kind == "step" for read in plan.reads)
-        self.costs.timed(sum(len(read.ids) for read in plan.reads), seconds, sized)
+        self._passes += 1
         steps, rows = sum(read.kind == "step" for read in plan.reads), sum(len(read.ids) for read in plan.reads)
+        self.costs.timed(rows, seconds)
         if steps and rows <= max(steps, self.costs.FEW) and not any(read.kind in PIECED for read in plan.reads):
-            self._usual.setdefault(steps, deque(maxlen=PassCost.RECENT)).append(seconds)  # (see `target`)
+            usual = self._usual.setdefault(plan.writers or steps, deque(maxlen=PassCost.RECENT))
+            usual.append((self._passes, seconds))  # as many writers as `target` is asked for
         if plan.target is None or not plan.shares:
             return
         share = sum(len(read.ids) for read in plan.reads if read.kind in PIECED) / plan.shares

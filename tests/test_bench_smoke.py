@@ -101,7 +101,8 @@ def test_load_figures_run_k_visitors_at_once_on_the_tiny_model(tmp_path, tiny_mo
 
 
 def test_a_ci_sized_soak_ends_every_run_well_and_reports_its_memory(tiny_model_dir) -> None:
-    """bench.soak for half a minute on the tiny model: visitors with phrases of every length, windows, Stops."""
+    """bench.soak for half a minute on the tiny model: visitors with phrases of every length, windows, Stops, and
+    lulls where every visitor waits for the others between runs (the RSS read with no run live)."""
     out = run_module(
         "bench.soak",
         "--model",
@@ -114,11 +115,16 @@ def test_a_ci_sized_soak_ends_every_run_well_and_reports_its_memory(tiny_model_d
         "0.5",
         "--last-minutes",
         "0.3",
+        "--lull-every",
+        "0.1",
     )
     summary = next(line for line in out.stdout.splitlines() if line.startswith("3 visitors"))
     runs, failed = (int(word) for word in summary.split(": ")[1].replace(",", "").split()[0:3:2])
     assert runs >= 3 and failed == 0, out.stdout
     assert "MB/min" in summary and "±" in summary and out.stdout.count("\n| ") >= 3  # the slope, and a row per visitor
+    lulls = next(line for line in out.stdout.splitlines() if line.startswith("RSS at each lull"))
+    readings = lulls.split(": ")[1].split(" GB")[0].split(", ")
+    assert len(readings) == 5 and all(float(gb) > 0 for gb in readings), lulls  # 4 lulls, and the end
 
 
 def test_the_soaks_slope_says_its_error_and_the_error_counts_alike_neighbours_as_fewer() -> None:
