@@ -167,15 +167,12 @@ def soak(
             samples.append((now, rss))
             beside_kv.append((now, rss - sum(v.kv_bytes for v in results)))
 
-    lulls: list[tuple[float, int]] = []  # RSS with no run live: each lull's and the end's
-    lulled_s: list[float] = []  # how long each lull kept the room from writing, from when it was due
+    lulls: list[tuple[float, int]] = []  # RSS with no run live: each lull's (the k-th due at k x every) and the end's
     every = 0.0 if runs_each else 60 * lull_every
 
     def lull() -> None:  # run by the last visitor to reach it, while the others wait
         engine.batcher.join(timeout_s=60)  # a run's cache is freed once its batch has ended
-        now = time.perf_counter() - t0
-        lulls.append((now, read_process_memory().rss_bytes))
-        lulled_s.append(now - every * len(lulls))
+        lulls.append((time.perf_counter() - t0, read_process_memory().rss_bytes))
 
     barrier = threading.Barrier(visitors, action=lull)
 
@@ -220,12 +217,13 @@ def soak(
         f"threads: {policy_for(engine.model).describe()}"
     )
     if every:
+        lulled_s = sum(when - every * k for k, (when, _) in enumerate(lulls[:-1], 1))  # each from when it was due
         tail_lulls = [(t, rss) for t, rss in lulls if t >= since]
         print(
             f"RSS at each lull (every visitor between runs, the batch ended, nothing handed back) and at the end: "
             f"{', '.join(f'{rss / 1e9:.3f}' for _, rss in lulls)} GB; through those of the last {last_minutes:g} min "
             f"{describe_slope(tail_lulls)}; the lulls kept the room from writing "
-            f"{sum(lulled_s):.0f} s in all (each visitor finishing its run)"
+            f"{lulled_s:.0f} s in all (each visitor finishing its run)"
         )
     for error in failed[:5]:
         print("  failed:", error)
