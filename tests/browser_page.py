@@ -170,15 +170,19 @@ def stop_a_long_run(page, engine, tries: int = 4) -> tuple[int, str]:
 def unfold_settings(page) -> None:
     """Presenter mode folds the Write tab's settings as a run starts: unfold them, if folded, and wait until the
     fold has finished opening (Streamlit animates its height, 0.5 s, longer on a busy machine). A press of Generate
-    while it still opened was lost, now and then, beside busy processes: no script run started."""
+    while it still opened was lost, now and then, beside busy processes: no script run started. A fold still
+    closing is waited for first: its button is visible until the end of the animation, and CI once found it so,
+    went on, and then waited 60 s for a button the fold had hidden."""
+    settled = (
+        "[...document.querySelectorAll('[data-testid=stExpander] details')]"
+        ".every(fold => fold.getAnimations({subtree: true}).length === 0)"
+    )
+    page.wait_for_function(settled)
     if page.get_by_role("button", name="Generate").is_visible():
         return
     page.get_by_text("Your phrase and the settings").click()
     page.get_by_role("button", name="Generate").wait_for()
-    page.wait_for_function(
-        "[...document.querySelectorAll('[data-testid=stExpander] details')]"
-        ".every(fold => fold.getAnimations({subtree: true}).length === 0)"
-    )
+    page.wait_for_function(settled)
 
 
 def writing_for_a_while(page, tokens: int = 10) -> None:
