@@ -5,7 +5,9 @@ the same text through `engine.stream()` (the batch, as the page and the command 
 one busy process (a pure-Python loop, pinned nowhere), quiet again, and beside two; each phase under each policy:
 the engine's own (`adaptive`: gpt2_engine.threads), every core pinned (what torch does by default) and one thread
 pinned. Each row: tokens/s, its ratio to the same policy's first quiet phase, and the thread counts its passes ran
-with. The machine's CPU and flags are printed first.
+with; and beside it what a plain read of memory reaches in the same phase on one thread and on every core, and
+the better of the two against quiet's better, the most a decode step (which reads every weight once) could keep
+there. The machine's CPU and flags are printed first.
 
     python -m bench.busy --model bench/models/gpt2-xl                 # auto's precision, 48 tokens a phase
     python -m bench.busy --model bench/models/gpt2-xl --tokens 96 --policies adaptive
@@ -20,10 +22,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
+
 import bench
 import gpt2_engine
+from bench.kernels import read_bandwidth
 from gpt2_engine import capabilities
-from gpt2_engine.threads import cores, policy_for
+from gpt2_engine.threads import cores, passing, policy_for
 
 PHRASE = "The old lighthouse keeper climbed the stairs every evening, and"
 PHASES = (("quiet", 0), ("1 busy", 1), ("quiet again", 0), ("2 busy", 2))
@@ -41,6 +46,17 @@ def busy(processes: int) -> Iterator[None]:
         for loop in loops:
             loop.kill()
             loop.wait()
+
+
+def reads() -> tuple[float, float]:
+    """GB/s of a plain read of memory on one thread and on every core, each in a thread that ends with it (so
+    that no OpenMP pool it makes lives on beside the batch's: gpt2_engine.threads.passing)."""
+
+    def read(threads: int) -> float:
+        torch.set_num_threads(threads)
+        return read_bandwidth(1.0, 7)
+
+    return passing(read, 1), passing(read, cores())
 
 
 def tokens_per_s(engine: gpt2_engine.Engine, tokens: int) -> float:
@@ -65,19 +81,29 @@ def main(argv: list[str] | None = None) -> None:
     for policy in args.policies.split(","):
         pinned = POLICIES[policy]
         threads.pin(threads.most if pinned == -1 else pinned)
-        quiet = None
+        quiet = quiet_read = None
         for phase, processes in PHASES:
             with busy(processes):
+                one, every = reads()
                 threads.passes_by_count.clear()
                 speed = tokens_per_s(engine, args.tokens)
-            quiet = quiet or speed
+            quiet, quiet_read = quiet or speed, quiet_read or max(one, every)
             counts = ", ".join(f"{n}: {c}" for n, c in sorted(threads.passes_by_count.items()))
-            rows.append((policy, phase, speed, speed / quiet, counts))
-            print(f"{policy:10} {phase:12} {speed:6.2f} tok/s  x{speed / quiet:.2f}  passes by threads {counts}")
+            row = (policy, phase, speed, speed / quiet, counts, one, every, max(one, every) / quiet_read)
+            rows.append(row)
+            print(
+                f"{policy:10} {phase:12} {speed:6.2f} tok/s  x{speed / quiet:.2f}  passes by threads {counts}; "
+                f"a read {one:.1f} / {every:.1f} GB/s, x{row[-1]:.2f}"
+            )
     threads.pin(None)
-    print("\n| policy | phase | tok/s | x its quiet | passes by thread count |\n|---|---|---:|---:|---|")
-    for policy, phase, speed, ratio, counts in rows:
-        print(f"| {policy} | {phase} | {speed:.2f} | {ratio:.2f} | {counts} |")
+    print(
+        "\n| policy | phase | tok/s | x its quiet | passes by thread count | a read, 1 thread / every core (GB/s) "
+        "| the better read x quiet's |\n|---|---|---:|---:|---|---|---:|"
+    )
+    for policy, phase, speed, ratio, counts, one, every, read_ratio in rows:
+        print(
+            f"| {policy} | {phase} | {speed:.2f} | {ratio:.2f} | {counts} | {one:.1f} / {every:.1f} | {read_ratio:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -6,13 +6,13 @@ the neighbour pushed off its core: decoding ran 4-6x slower beside one busy proc
 giving up that core costs ~20%. No reading of the machine says in advance which is faster (load averages lag,
 a neighbour may be a browser that sleeps between frames), so the policy measures: every forward pass is timed
 under the thread count it ran with, and now and then a few passes try one thread fewer (or one more). A count
-that decodes faster is taken, and kept until a later try says otherwise; a step that suddenly runs long (a
-neighbour has started) triggers a try at once. A try that runs much slower than the current count ends after
-one pass, so a busy machine pays little for looking; one that runs much faster is taken after one pass. Below every
-core, the policy also watches the machine's idle time (/proc/stat): a core left idle (the neighbour has gone) makes
-it try one thread more at once, rather than at its next scheduled try, and while no core is idle it does not try
-one more at all (that thread would wait for a core at every operator: one such pass beside two busy processes cost
-about a second, where a step takes a tenth).
+that decodes faster is taken, and kept until a later try says otherwise; steps that suddenly run long (a neighbour
+has started: a few a little long, or one far too long) trigger a try at once. A try that runs much slower than the
+current count ends after one pass, so a busy machine pays little for looking; one that runs much faster is taken
+after one pass. Below every core, the policy also watches the machine's idle time (/proc/stat): a core left idle
+(the neighbour has gone) makes it try one thread more at once, rather than at its next scheduled try, and while no
+core is idle it does not try one more at all (that thread would wait for a core at every operator: one such pass
+beside two busy processes cost about a second, where a step takes a tenth).
 
 `GPT2_STUDIO_THREADS=N` pins N threads (no tries). One policy serves each model (`policy_for`): every thread that
 runs it (the batch's, step mode's, scoring's) applies its count before a pass; OpenMP keeps a count per thread. Two
@@ -43,6 +43,8 @@ CLEARLY_WORSE = 1.5  # a try pass this much slower than the current count's medi
 CLEARLY_BETTER = 0.75  # ... this much faster: the try is taken at once
 BETTER = 0.93  # a try is taken when its median is at most this share of the current count's
 SLOWED = 1.6  # the current count's median this much above its best: the machine got busier, try at once
+SUDDEN = 2.5  # ... or one pass this much above it: a neighbour has just started (gpt2-xl's shape at q8 beside busy
+# processes: the first steps of two threads took 250-330 ms, quiet ones 80, one thread's 150-250)
 FIRST_TRY_AFTER = 16  # passes between tries, doubling after each try that changed nothing ...
 LONGEST_WAIT = 128  # ... up to this many
 IDLE_EVERY = 8  # passes between two looks at the machine's idle time, below every core
@@ -220,6 +222,9 @@ class ThreadPolicy:
             self.passes_by_count[threads] = self.passes_by_count.get(threads, 0) + 1
             recent = self._recent.setdefault((threads, rows), deque(maxlen=RECENT))
             recent.append(seconds)
+            known = self._best.get((threads, rows))
+            if known is not None and seconds > SUDDEN * known and threads == self.current:
+                recent.extend([seconds] * (RECENT - 1))  # it speaks for the machine now, and a try is measured on it
             if len(recent) >= 3:
                 median = statistics.median(recent)
                 best = self._best.get((threads, rows), median)
