@@ -87,13 +87,13 @@ def main(argv: list[str] | None = None) -> None:
                 one, every = reads()
                 threads.passes_by_count.clear()
                 speed = tokens_per_s(engine, args.tokens)
-            quiet, quiet_read = quiet or speed, quiet_read or max(one, every)
+            better = max(one, every)
+            quiet, quiet_read = quiet or speed, quiet_read or better
             counts = ", ".join(f"{n}: {c}" for n, c in sorted(threads.passes_by_count.items()))
-            row = (policy, phase, speed, speed / quiet, counts, one, every, max(one, every) / quiet_read)
-            rows.append(row)
+            rows.append((policy, phase, speed, speed / quiet, counts, one, every, better / quiet_read))
             print(
                 f"{policy:10} {phase:12} {speed:6.2f} tok/s  x{speed / quiet:.2f}  passes by threads {counts}; "
-                f"a read {one:.1f} / {every:.1f} GB/s, x{row[-1]:.2f}"
+                f"a read {one:.1f} / {every:.1f} GB/s, x{better / quiet_read:.2f}"
             )
     threads.pin(None)
     print(
